@@ -1,0 +1,316 @@
+/**
+ * A fake CometAPI for Kling multi-image2video, over real HTTP. Faithful to shared/research/upstream-api.md:
+ * the `{code, message, request_id, data}` envelope, `succeed` spelling, numeric-string task ids, ms timestamps,
+ * query by task id or external id (a miss is HTTP 400 code 1201), flat callback bodies POSTed to
+ * `callback_url` on every status change, and both error shapes. Tests script it through `/_sim/*`
+ * (or the same methods on the object) and count what it did.
+ */
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
+import { randomInt, randomUUID, createHash } from 'node:crypto'
+import { request as undiciRequest } from 'undici'
+
+export type SimStatus = 'submitted' | 'processing' | 'succeed' | 'failed'
+
+export interface SimTask {
+  task_id: string
+  external_task_id: string | null
+  callback_url: string | null
+  status: SimStatus
+  status_msg: string
+  body: Record<string, unknown>
+  created_at: number
+  updated_at: number
+  callbacks_sent: number
+}
+
+/** What to do to the next matching request(s). */
+export interface SimFault {
+  on: 'create' | 'query'
+  kind:
+  | 'http-error' // `status` with a comet_api_error body
+  | 'rate-limit' // 429 + Retry-After: `retryAfter` seconds
+  | 'kling-error' // `status` (default 400) with a Kling `{code, message}` body
+  | 'reset' // the socket is destroyed before any response
+  | 'hang' // headers never come
+  | 'accept-then-hang' // create: the task is made, then the response never comes
+  | 'accept-then-reset' // create: the task is made, then the socket is destroyed
+  | 'not-found' // query: 400 / 1201 even if the task exists
+  | 'status' // query: answer with `taskStatus` whatever the task's real state
+  times?: number
+  status?: number
+  code?: number | string
+  message?: string
+  retryAfter?: number
+  taskStatus?: SimStatus
+}
+
+/** How callbacks are sent: lost, duplicated, reordered or late. */
+export interface CallbackPolicy { drop: boolean, duplicate: number, delayMs: number, reorder: boolean }
+
+export interface SimOptions {
+  /** Bearer key the simulator requires; any non-empty key when undefined. */
+  apiKey?: string
+  /** Automatic progress: submitted → processing after `processingAfterMs`, → terminal after `finishAfterMs`. */
+  auto?: boolean
+  processingAfterMs?: number
+  finishAfterMs?: number
+  outcome?: 'succeed' | 'failed'
+  logger?: boolean
+}
+
+const PATH = '/kling/v1/videos/multi-image2video'
+const MAX_HANG_MS = 120_000
+
+export class Simulator {
+  readonly app: FastifyInstance
+  readonly tasks = new Map<string, SimTask>()
+  readonly byExternal = new Map<string, string>()
+  faults: SimFault[] = []
+  callbackPolicy: CallbackPolicy = { drop: false, duplicate: 1, delayMs: 0, reorder: false }
+  counts = { creates: 0, accepted: 0, queries: 0, callbacks: 0, callbackFailures: 0 }
+  opts: Required<Omit<SimOptions, 'apiKey' | 'logger'>> & { apiKey?: string }
+  baseUrl = ''
+  private readonly timers = new Set<NodeJS.Timeout>()
+  private readonly held = new Set<FastifyReply>()
+  private readonly pendingReorder: Array<() => void> = []
+  private nextId = BigInt(860_000_000_000_000_000n) + BigInt(randomInt(1, 1_000_000_000))
+
+  constructor (opts: SimOptions = {}) {
+    this.opts = { auto: true, processingAfterMs: 200, finishAfterMs: 600, outcome: 'succeed', ...opts }
+    this.app = Fastify({ logger: opts.logger ?? false, bodyLimit: 64 * 1024 * 1024, forceCloseConnections: true })
+    this.routes()
+  }
+
+  /** Listens on a free loopback port and returns the base URL. */
+  async listen (port = 0): Promise<string> {
+    const address = await this.app.listen({ host: '127.0.0.1', port })
+    this.baseUrl = address.replace('[::1]', '127.0.0.1')
+    return this.baseUrl
+  }
+
+  async close (): Promise<void> {
+    for (const t of this.timers) clearTimeout(t)
+    this.timers.clear()
+    for (const reply of this.held) reply.raw.destroy()
+    this.held.clear()
+    await this.app.close()
+  }
+
+  reset (): void {
+    this.tasks.clear()
+    this.byExternal.clear()
+    this.faults = []
+    this.callbackPolicy = { drop: false, duplicate: 1, delayMs: 0, reorder: false }
+    this.counts = { creates: 0, accepted: 0, queries: 0, callbacks: 0, callbackFailures: 0 }
+  }
+
+  /** Queues a fault for the next `times` (default 1) matching requests. */
+  inject (fault: SimFault): void { this.faults.push({ times: 1, ...fault }) }
+
+  /** Tasks accepted for one external id: the "never two paid tasks" count. */
+  acceptedFor (externalTaskId: string): number {
+    return [...this.tasks.values()].filter(t => t.external_task_id === externalTaskId).length
+  }
+
+  /** Moves a task to `status` and sends its callback, as Kling would. */
+  setStatus (taskId: string, status: SimStatus, msg = ''): SimTask {
+    const task = this.tasks.get(taskId)
+    if (task === undefined) throw new Error(`no task ${taskId}`)
+    task.status = status
+    task.status_msg = msg
+    task.updated_at = Date.now()
+    this.sendCallback(task)
+    return task
+  }
+
+  /** The body CometAPI's query (and the flat callback) carries for a task. */
+  taskView (task: SimTask, status: SimStatus = task.status): Record<string, unknown> {
+    return {
+      task_id: task.task_id,
+      task_status: status,
+      task_status_msg: status === 'failed' ? (task.status_msg || 'task failed') : task.status_msg,
+      task_info: task.external_task_id === null ? {} : { external_task_id: task.external_task_id },
+      task_result: status === 'succeed'
+        ? { videos: [{ id: `v-${task.task_id}`, url: `${this.baseUrl}/_sim/videos/${task.task_id}.mp4`, duration: String(task.body.duration ?? '5') }] }
+        : {},
+      created_at: task.created_at,
+      updated_at: task.updated_at
+    }
+  }
+
+  /** The fake video: deterministic bytes per task, so a mirror can be checked byte for byte. */
+  static videoBytes (taskId: string, size = 64 * 1024): Buffer {
+    const seed = createHash('sha256').update(taskId).digest()
+    const out = Buffer.alloc(size)
+    for (let i = 0; i < size; i += seed.length) seed.copy(out, i)
+    return out
+  }
+
+  private takeFault (on: SimFault['on']): SimFault | undefined {
+    const i = this.faults.findIndex(f => f.on === on)
+    if (i < 0) return undefined
+    const fault = this.faults[i]
+    fault.times = (fault.times ?? 1) - 1
+    if (fault.times <= 0) this.faults.splice(i, 1)
+    return fault
+  }
+
+  private later (ms: number, fn: () => void): void {
+    const t = setTimeout(() => { this.timers.delete(t); fn() }, ms)
+    this.timers.add(t)
+  }
+
+  private hold (reply: FastifyReply): FastifyReply {
+    this.held.add(reply)
+    this.later(MAX_HANG_MS, () => { this.held.delete(reply); reply.raw.destroy() })
+    return reply
+  }
+
+  /** Answers a fault that needs no task; returns true when the request has been dealt with. */
+  private applyCommonFault (fault: SimFault | undefined, reply: FastifyReply): boolean {
+    if (fault === undefined) return false
+    switch (fault.kind) {
+      case 'http-error':
+        void reply.code(fault.status ?? 500).send({ error: { message: `${fault.message ?? 'upstream error'} (request id: ${randomUUID()})`, type: 'comet_api_error', param: '', code: fault.code ?? '' } })
+        return true
+      case 'rate-limit':
+        void reply.code(429).header('retry-after', String(fault.retryAfter ?? 1)).send({ error: { message: 'rate limit exceeded', type: 'comet_api_error', param: '', code: 'rate_limit' } })
+        return true
+      case 'kling-error':
+        void reply.code(fault.status ?? 400).send({ code: fault.code ?? 1201, message: fault.message ?? 'invalid params', request_id: randomUUID() })
+        return true
+      case 'reset':
+        reply.raw.socket?.destroy()
+        return true
+      case 'hang':
+        this.hold(reply)
+        return true
+      default:
+        return false
+    }
+  }
+
+  private authorized (request: FastifyRequest, reply: FastifyReply): boolean {
+    const auth = request.headers.authorization ?? ''
+    const ok = auth.startsWith('Bearer ') && auth.length > 7 && (this.opts.apiKey === undefined || auth === `Bearer ${this.opts.apiKey}`)
+    if (!ok) void reply.code(401).send({ error: { message: 'invalid token', type: 'comet_api_error', param: '', code: '' } })
+    return ok
+  }
+
+  private create (body: Record<string, unknown>): SimTask {
+    const now = Date.now()
+    this.nextId += BigInt(randomInt(1, 1000))
+    const external = typeof body.external_task_id === 'string' ? body.external_task_id : null
+    const task: SimTask = {
+      task_id: this.nextId.toString(),
+      external_task_id: external,
+      callback_url: typeof body.callback_url === 'string' ? body.callback_url : null,
+      status: 'submitted',
+      status_msg: '',
+      body: { ...body, image_list: undefined },
+      created_at: now,
+      updated_at: now,
+      callbacks_sent: 0
+    }
+    this.tasks.set(task.task_id, task)
+    if (external !== null) this.byExternal.set(external, task.task_id)
+    this.counts.accepted++
+    if (this.opts.auto) {
+      this.later(this.opts.processingAfterMs, () => { if (task.status === 'submitted') this.setStatus(task.task_id, 'processing') })
+      this.later(this.opts.finishAfterMs, () => {
+        if (task.status === 'succeed' || task.status === 'failed') return
+        this.setStatus(task.task_id, this.opts.outcome, this.opts.outcome === 'failed' ? 'content risk control' : '')
+      })
+    }
+    return task
+  }
+
+  /** Kling's own parameter checks, loosely: enough that a gateway bug shows up as 1201. */
+  private invalid (body: Record<string, unknown>): string | undefined {
+    const list = body.image_list
+    if (!Array.isArray(list) || list.length < 1 || list.length > 4) return 'image_list must have 1-4 items'
+    if (typeof body.prompt !== 'string' || body.prompt.length === 0) return 'prompt is required'
+    if (body.duration !== undefined && body.duration !== '5' && body.duration !== '10') return 'duration must be "5" or "10"'
+    if (body.model_name !== undefined && body.model_name !== 'kling-v1-6') return `model ${String(body.model_name)} not supported`
+    if (typeof body.external_task_id === 'string' && this.byExternal.has(body.external_task_id)) return 'external_task_id already exists'
+    return undefined
+  }
+
+  private sendCallback (task: SimTask): void {
+    if (task.callback_url === null) return
+    const policy = this.callbackPolicy
+    if (policy.drop) return
+    const body = JSON.stringify(this.taskView(task))
+    const url = task.callback_url
+    const send = () => {
+      for (let i = 0; i < policy.duplicate; i++) {
+        this.counts.callbacks++
+        task.callbacks_sent++
+        undiciRequest(url, { method: 'POST', body, headers: { 'content-type': 'application/json' }, headersTimeout: 5000, bodyTimeout: 5000 })
+          .then(async res => { await res.body.dump(); if (res.statusCode >= 300) this.counts.callbackFailures++ })
+          .catch(() => { this.counts.callbackFailures++ })
+      }
+    }
+    if (policy.reorder) {
+      // Hold this callback and release every held one in reverse order when the task ends.
+      this.pendingReorder.push(send)
+      if (task.status === 'succeed' || task.status === 'failed') {
+        const all = this.pendingReorder.splice(0).reverse()
+        this.later(policy.delayMs, () => { for (const s of all) s() })
+      }
+      return
+    }
+    if (policy.delayMs > 0) this.later(policy.delayMs, send)
+    else send()
+  }
+
+  private routes (): void {
+    const app = this.app
+
+    app.post(PATH, async (request, reply) => {
+      this.counts.creates++
+      if (!this.authorized(request, reply)) return reply
+      const fault = this.takeFault('create')
+      if (this.applyCommonFault(fault, reply)) return reply
+      const body = (request.body ?? {}) as Record<string, unknown>
+      const problem = this.invalid(body)
+      if (problem !== undefined) return reply.code(400).send({ code: 1201, message: problem, request_id: randomUUID() })
+      const task = this.create(body)
+      if (fault?.kind === 'accept-then-hang') return this.hold(reply)
+      if (fault?.kind === 'accept-then-reset') { reply.raw.socket?.destroy(); return reply }
+      return { code: 0, message: 'SUCCEED', data: { task_id: task.task_id, task_status: task.status, task_info: task.external_task_id === null ? {} : { external_task_id: task.external_task_id }, created_at: task.created_at, updated_at: task.updated_at } }
+    })
+
+    app.get<{ Params: { id: string } }>(`${PATH}/:id`, async (request, reply) => {
+      this.counts.queries++
+      if (!this.authorized(request, reply)) return reply
+      const fault = this.takeFault('query')
+      if (this.applyCommonFault(fault, reply)) return reply
+      const id = request.params.id
+      const task = this.tasks.get(id) ?? this.tasks.get(this.byExternal.get(id) ?? '')
+      if (task === undefined || fault?.kind === 'not-found') {
+        return reply.code(400).send({ code: 1201, message: `Task not found by id/external id: ${id}`, request_id: randomUUID() })
+      }
+      const status = fault?.kind === 'status' ? (fault.taskStatus ?? task.status) : task.status
+      return { code: 0, message: 'SUCCEED', request_id: randomUUID(), data: this.taskView(task, status) }
+    })
+
+    app.get<{ Params: { id: string } }>('/_sim/videos/:id', async (request, reply) => {
+      const taskId = request.params.id.replace(/\.mp4$/, '')
+      if (!this.tasks.has(taskId)) return reply.code(404).send('not found')
+      return reply.type('video/mp4').send(Simulator.videoBytes(taskId))
+    })
+
+    // Control API, for tests in other processes and for poking the demo by hand.
+    app.get('/_sim/state', async () => ({ counts: this.counts, faults: this.faults, tasks: [...this.tasks.values()] }))
+    app.post('/_sim/faults', async (request) => { this.inject(request.body as SimFault); return { faults: this.faults } })
+    app.delete('/_sim/faults', async () => { this.faults = []; return { faults: [] } })
+    app.post('/_sim/callbacks', async (request) => { Object.assign(this.callbackPolicy, request.body); return this.callbackPolicy })
+    app.post('/_sim/options', async (request) => { Object.assign(this.opts, request.body); return this.opts })
+    app.post('/_sim/reset', async () => { this.reset(); return { ok: true } })
+    app.post<{ Params: { id: string }, Body: { status: SimStatus, message?: string } }>('/_sim/tasks/:id/status', async (request, reply) => {
+      if (!this.tasks.has(request.params.id)) return reply.code(404).send({ error: 'no such task' })
+      return this.setStatus(request.params.id, request.body.status, request.body.message)
+    })
+  }
+}

@@ -1,0 +1,8 @@
+/** Runs the simulator on its own: `npm run simulator` (PORT, default 4010). */
+import { Simulator } from './app.ts'
+
+const port = Number(process.argv[2] ?? 4010)
+const sim = new Simulator({ logger: true })
+const url = await sim.listen(port)
+console.log(`CometAPI simulator on ${url} (control API under ${url}/_sim)`)
+for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => { void sim.close() })

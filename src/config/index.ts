@@ -1,0 +1,157 @@
+import { Type, type Static } from 'typebox'
+import { Value } from 'typebox/value'
+import { createHash } from 'node:crypto'
+
+/** Every variable the service reads, as strings from the environment (API.md §1). */
+export const EnvSchema = Type.Object({
+  PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 3000 }),
+  HOST: Type.String({ minLength: 1, default: '0.0.0.0' }),
+  REDIS_URL: Type.Optional(Type.String({ pattern: '^rediss?://' })),
+  REDIS_CLUSTER_NODES: Type.Optional(Type.String({ pattern: '^[^,:\\s]+:\\d+(,[^,:\\s]+:\\d+)*$' })),
+  REDIS_SENTINELS: Type.Optional(Type.String({ pattern: '^[^,:\\s]+:\\d+(,[^,:\\s]+:\\d+)*$' })),
+  REDIS_SENTINEL_NAME: Type.Optional(Type.String({ minLength: 1 })),
+  REDIS_PREFIX: Type.String({ pattern: '^[A-Za-z0-9_.-]{1,32}$', default: 'kg' }),
+  COMETAPI_BASE_URL: Type.String({ pattern: '^https?://[^/]+', default: 'https://api.cometapi.com' }),
+  COMETAPI_KEY: Type.Optional(Type.String({ minLength: 1 })),
+  PUBLIC_BASE_URL: Type.Optional(Type.String({ pattern: '^https?://[^/]+' })),
+  CALLBACK_SECRET: Type.Optional(Type.String({ minLength: 32 })),
+  API_KEYS: Type.Optional(Type.String({ minLength: 1 })),
+  ADMIN_API_KEYS: Type.Optional(Type.String({ minLength: 1 })),
+  ALLOWED_MODELS: Type.String({ pattern: '^[A-Za-z0-9._-]+(,[A-Za-z0-9._-]+)*$', default: 'kling-v1-6' }),
+  UPSTREAM_CONCURRENCY: Type.Integer({ minimum: 1, maximum: 1000, default: 8 }),
+  UPSTREAM_TIMEOUT_MS: Type.Integer({ minimum: 10, maximum: 600_000, default: 30_000 }),
+  RECONCILE_INTERVAL_MS: Type.Integer({ minimum: 10, default: 30_000 }),
+  RECONCILE_AFTER_MS: Type.Integer({ minimum: 0, default: 60_000 }),
+  TASK_DEADLINE_MS: Type.Integer({ minimum: 1000, default: 3_600_000 }),
+  WEBHOOK_RETRY_SCHEDULE: Type.String({ pattern: '^\\d+(ms|s|m|h)?(,\\d+(ms|s|m|h)?)*$', default: '0,5s,5m,30m,2h,5h,10h,10h' }),
+  WEBHOOK_TIMEOUT_MS: Type.Integer({ minimum: 10, maximum: 600_000, default: 15_000 }),
+  WEBHOOK_ALLOW_PRIVATE: Type.Boolean({ default: false }),
+  LOG_LEVEL: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map(l => Type.Literal(l)), { default: 'info' }),
+  DATA_DIR: Type.String({ minLength: 1, default: '.data' }),
+  CREATE_BODY_LIMIT_BYTES: Type.Integer({ minimum: 1024, default: 60 * 1024 * 1024 }),
+  SHUTDOWN_GRACE_MS: Type.Integer({ minimum: 0, default: 10_000 })
+})
+type Env = Static<typeof EnvSchema>
+
+/** A caller's API key, kept only as its SHA-256 so the plain key never sits in memory longer than parsing. */
+export interface ApiKey { caller: string, sha256: Buffer, admin: boolean }
+
+/** The checked, parsed configuration every part receives. */
+export interface Config {
+  port: number
+  host: string
+  redis: { url?: string, clusterNodes?: Array<{ host: string, port: number }>, sentinels?: Array<{ host: string, port: number }>, sentinelName?: string }
+  prefix: string
+  upstream: { baseUrl: string, key?: string, concurrency: number, timeoutMs: number }
+  publicBaseUrl?: string
+  callbackSecret?: string
+  apiKeys: ApiKey[]
+  allowedModels: string[]
+  reconcile: { intervalMs: number, afterMs: number, deadlineMs: number }
+  webhooks: { retryScheduleMs: number[], timeoutMs: number, allowPrivate: boolean }
+  logLevel: Env['LOG_LEVEL']
+  dataDir: string
+  createBodyLimit: number
+  shutdownGraceMs: number
+}
+
+/** Thrown by loadConfig; its message names every bad variable, and never a value. */
+export class ConfigError extends Error {
+  constructor (readonly problems: string[]) {
+    super(`invalid environment:\n  ${problems.join('\n  ')}`)
+    this.name = 'ConfigError'
+  }
+}
+
+const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }
+
+/** Parses `0,5s,5m,2h` into milliseconds. */
+export function parseDurations (list: string): number[] {
+  return list.split(',').map(item => {
+    const [, n, unit] = /^(\d+)(ms|s|m|h)?$/.exec(item.trim()) ?? []
+    return Number(n) * UNIT_MS[unit ?? 'ms']
+  })
+}
+
+function parseHostPorts (list: string): Array<{ host: string, port: number }> {
+  return list.split(',').map(hp => {
+    const i = hp.lastIndexOf(':')
+    return { host: hp.slice(0, i), port: Number(hp.slice(i + 1)) }
+  })
+}
+
+/** `caller:key` or `caller:sha256:<hex>` entries; problems are reported by variable name only. */
+function parseKeys (name: string, list: string | undefined, admin: boolean, problems: string[]): ApiKey[] {
+  if (list === undefined) return []
+  const keys: ApiKey[] = []
+  for (const [i, entry] of list.split(',').entries()) {
+    const m = /^([A-Za-z0-9_.-]{1,64}):(?:sha256:([0-9a-fA-F]{64})|(.{16,}))$/.exec(entry.trim())
+    if (m === null) {
+      problems.push(`${name}: entry ${i + 1} must be caller:key (key ≥ 16 characters) or caller:sha256:<64 hex>`)
+      continue
+    }
+    const sha256 = m[2] !== undefined ? Buffer.from(m[2], 'hex') : createHash('sha256').update(m[3]).digest()
+    keys.push({ caller: m[1], sha256, admin })
+  }
+  return keys
+}
+
+/**
+ * Reads and checks the environment once. Pure: the same env gives the same config, and every bad
+ * variable is named in one ConfigError. Development defaults that need randomness (a dev API key, a
+ * callback secret) are filled in by server.ts, not here.
+ */
+export function loadConfig (env: Record<string, string | undefined> = process.env): Config {
+  // An empty variable means "unset", as in most shells' `FOO= cmd`.
+  const raw = Object.fromEntries(Object.entries(env).filter(([k, v]) => k in EnvSchema.properties && v !== undefined && v !== ''))
+  const value = Value.Default(EnvSchema, Value.Convert(EnvSchema, raw)) as Env
+  const problems = Value.Check(EnvSchema, value)
+    ? []
+    : Value.Errors(EnvSchema, value).map(e => `${e.instancePath.slice(1) || '(root)'}: ${e.message}`)
+
+  if (value.COMETAPI_KEY !== undefined && value.CALLBACK_SECRET === undefined) {
+    problems.push('CALLBACK_SECRET: required when COMETAPI_KEY is set (32+ characters)')
+  }
+  if (value.REDIS_SENTINELS !== undefined && value.REDIS_SENTINEL_NAME === undefined) {
+    problems.push('REDIS_SENTINEL_NAME: required with REDIS_SENTINELS')
+  }
+  const redisModes = [value.REDIS_URL, value.REDIS_CLUSTER_NODES, value.REDIS_SENTINELS].filter(v => v !== undefined)
+  if (redisModes.length > 1) problems.push('REDIS_URL: set only one of REDIS_URL, REDIS_CLUSTER_NODES, REDIS_SENTINELS')
+  const apiKeys = [
+    ...parseKeys('API_KEYS', value.API_KEYS, false, problems),
+    ...parseKeys('ADMIN_API_KEYS', value.ADMIN_API_KEYS, true, problems)
+  ]
+  if (problems.length > 0) throw new ConfigError(problems)
+
+  return {
+    port: value.PORT,
+    host: value.HOST,
+    redis: {
+      url: value.REDIS_URL,
+      clusterNodes: value.REDIS_CLUSTER_NODES === undefined ? undefined : parseHostPorts(value.REDIS_CLUSTER_NODES),
+      sentinels: value.REDIS_SENTINELS === undefined ? undefined : parseHostPorts(value.REDIS_SENTINELS),
+      sentinelName: value.REDIS_SENTINEL_NAME
+    },
+    prefix: value.REDIS_PREFIX,
+    upstream: {
+      baseUrl: value.COMETAPI_BASE_URL.replace(/\/+$/, ''),
+      key: value.COMETAPI_KEY,
+      concurrency: value.UPSTREAM_CONCURRENCY,
+      timeoutMs: value.UPSTREAM_TIMEOUT_MS
+    },
+    publicBaseUrl: value.PUBLIC_BASE_URL?.replace(/\/+$/, ''),
+    callbackSecret: value.CALLBACK_SECRET,
+    apiKeys,
+    allowedModels: value.ALLOWED_MODELS.split(','),
+    reconcile: { intervalMs: value.RECONCILE_INTERVAL_MS, afterMs: value.RECONCILE_AFTER_MS, deadlineMs: value.TASK_DEADLINE_MS },
+    webhooks: {
+      retryScheduleMs: parseDurations(value.WEBHOOK_RETRY_SCHEDULE),
+      timeoutMs: value.WEBHOOK_TIMEOUT_MS,
+      allowPrivate: value.WEBHOOK_ALLOW_PRIVATE
+    },
+    logLevel: value.LOG_LEVEL,
+    dataDir: value.DATA_DIR,
+    createBodyLimit: value.CREATE_BODY_LIMIT_BYTES,
+    shutdownGraceMs: value.SHUTDOWN_GRACE_MS
+  }
+}

@@ -1,0 +1,57 @@
+import fp from 'fastify-plugin'
+import type { FastifyError, FastifyInstance, FastifyReply } from 'fastify'
+import { GatewayError, type FieldError } from '../domain/errors.ts'
+import { STATUS_CODES } from 'node:http'
+
+const LOCATIONS: Record<string, FieldError['location']> = { body: 'body', querystring: 'query', params: 'params', headers: 'headers' }
+
+interface AjvError { instancePath: string, message?: string, keyword: string, params: Record<string, unknown> }
+
+/** Turns one Ajv error into a pointer at the offending field (the missing or unknown property itself). */
+export function fieldErrorOf (e: AjvError, location?: FieldError['location']): FieldError {
+  const escape = (s: string) => s.replace(/~/g, '~0').replace(/\//g, '~1')
+  let pointer = e.instancePath
+  let detail = e.message ?? 'is invalid'
+  if (e.keyword === 'required') {
+    pointer += '/' + escape(String(e.params.missingProperty))
+    detail = 'is required'
+  } else if (e.keyword === 'additionalProperties') {
+    pointer += '/' + escape(String(e.params.additionalProperty))
+    detail = 'is not an accepted field'
+  }
+  return { pointer: pointer === '' ? '/' : pointer, detail, ...(location !== undefined && { location }) }
+}
+
+/** Sends a problem+json body; the only place error bodies are shaped. */
+export function sendProblem (reply: FastifyReply, status: number, code: string, detail: string, errors?: FieldError[]) {
+  return reply.code(status).type('application/problem+json').send({
+    type: `urn:kling-gateway:problem:${code.toLowerCase()}`,
+    title: STATUS_CODES[status] ?? 'Error',
+    status,
+    detail,
+    code,
+    ...(errors !== undefined && errors.length > 0 && { errors })
+  })
+}
+
+/** One error handler for the whole app: validation, our own errors, Fastify's 4xx, and opaque 5xx. */
+export default fp(async function errors (app: FastifyInstance) {
+  app.setErrorHandler((err: FastifyError, request, reply) => {
+    if (err.validation !== undefined) {
+      const location = LOCATIONS[err.validationContext ?? 'body']
+      const fields = err.validation.map(e => fieldErrorOf(e as AjvError, location))
+      return sendProblem(reply, 400, 'INVALID_REQUEST', `${fields.length} invalid field${fields.length === 1 ? '' : 's'}`, fields)
+    }
+    if (err instanceof GatewayError) {
+      if (err.headers !== undefined) reply.headers(err.headers)
+      if (err.statusCode >= 500) request.log.warn({ code: err.code }, err.message)
+      return sendProblem(reply, err.statusCode, err.code, err.message, err.errors)
+    }
+    const status = err.statusCode ?? 500
+    if (status < 500) return sendProblem(reply, status, err.code ?? 'BAD_REQUEST', err.message)
+    request.log.error({ err }, 'unhandled error')
+    return sendProblem(reply, status, 'INTERNAL', 'the gateway failed to handle this request; it has been logged')
+  })
+  app.setNotFoundHandler((request, reply) =>
+    sendProblem(reply, 404, 'NOT_FOUND', `no route ${request.method} ${request.url.split('?')[0]}`))
+}, { name: 'errors' })

@@ -1,0 +1,7 @@
+import type { FastifyInstance } from 'fastify'
+import health from './health.ts'
+
+/** Every route module, registered explicitly (aesthetics §8.5). */
+export default async function routes (app: FastifyInstance) {
+  await app.register(health, { prefix: '/health' })
+}

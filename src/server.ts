@@ -1,0 +1,80 @@
+/**
+ * The process entry and the only file that listens or handles signals. With nothing configured it runs a
+ * complete development gateway: an embedded redis-server (AOF on, data under DATA_DIR) and the CometAPI
+ * simulator as upstream. Shutdown order: stop intake (app.close), then the connections and children we made.
+ */
+import closeWithGrace from 'close-with-grace'
+import { randomBytes } from 'node:crypto'
+import { join, resolve } from 'node:path'
+import { buildApp } from './app.ts'
+import { ConfigError, loadConfig, type Config } from './config/index.ts'
+import { createLogger } from './infra/logger.ts'
+import { createRedis, waitReady } from './infra/redis.ts'
+import { startRedisServer, RedisServerMissing } from './infra/embedded-redis.ts'
+import { createHash } from 'node:crypto'
+import { Simulator } from '../simulator/app.ts'
+
+let config: Config
+try {
+  config = loadConfig(process.env)
+} catch (err) {
+  if (!(err instanceof ConfigError)) throw err
+  console.error(err.message)
+  process.exit(1)
+}
+
+const logger = createLogger(config.logLevel)
+const cleanups: Array<() => Promise<unknown>> = []
+
+try {
+  if (config.redis.url === undefined && config.redis.clusterNodes === undefined && config.redis.sentinels === undefined) {
+    const embedded = await startRedisServer({ dir: resolve(config.dataDir, 'redis') })
+    cleanups.unshift(embedded.stop)
+    config.redis.url = embedded.url
+    logger.info({ url: embedded.url, dir: join(config.dataDir, 'redis') }, 'REDIS_URL is not set: started an embedded redis-server (AOF on)')
+  }
+  if (config.upstream.key === undefined) {
+    const sim = new Simulator()
+    config.upstream.baseUrl = await sim.listen()
+    config.upstream.key = 'simulator'
+    cleanups.unshift(() => sim.close())
+    logger.warn({ url: config.upstream.baseUrl }, 'COMETAPI_KEY is not set: UPSTREAM IS THE BUILT-IN SIMULATOR, no real videos will be made')
+  }
+  config.callbackSecret ??= randomBytes(32).toString('hex')
+  let devKey: string | undefined
+  if (config.apiKeys.length === 0) {
+    devKey = `dev_${randomBytes(18).toString('base64url')}`
+    config.apiKeys.push({ caller: 'dev', sha256: createHash('sha256').update(devKey).digest(), admin: true })
+  }
+
+  const redis = createRedis(config.redis, 'command')
+  redis.on('error', (err: Error) => logger.warn({ err: err.message }, 'redis connection error'))
+  cleanups.unshift(async () => { await redis.quit().catch(() => redis.disconnect()) })
+  await waitReady(redis, 30_000)
+
+  const app = await buildApp({ config, redis, logger })
+  cleanups.unshift(() => app.close())
+  const address = await app.listen({ host: config.host, port: config.port })
+  const port = new URL(address).port
+  config.publicBaseUrl ??= `http://127.0.0.1:${port}`
+  const local = `http://127.0.0.1:${port}`
+  logger.info(`kling-gateway listening: API ${local}/v1  docs ${local}/docs`)
+  if (devKey !== undefined) {
+    // Printed on purpose: a development key only exists when API_KEYS is unset, and dies with the process.
+    console.log(`\n  API     ${local}/v1/videos\n  Docs    ${local}/docs\n  Dev key ${devKey}\n  Try     curl -H 'authorization: Bearer ${devKey}' ${local}/v1/videos\n`)
+  }
+} catch (err) {
+  if (err instanceof RedisServerMissing) {
+    console.error(err.message)
+  } else {
+    logger.error({ err }, 'failed to start')
+  }
+  for (const cleanup of cleanups) await cleanup().catch(() => {})
+  process.exit(1)
+}
+
+closeWithGrace({ delay: config.shutdownGraceMs, logger }, async ({ err, signal }) => {
+  if (err !== undefined) logger.error({ err }, 'closing on error')
+  else logger.info({ signal }, 'closing')
+  for (const cleanup of cleanups) await cleanup().catch(e => logger.warn({ err: e }, 'cleanup failed'))
+})
