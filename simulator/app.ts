@@ -171,13 +171,13 @@ export class Simulator {
     if (fault === undefined) return false
     switch (fault.kind) {
       case 'http-error':
-        void reply.code(fault.status ?? 500).send({ error: { message: `${fault.message ?? 'upstream error'} (request id: ${randomUUID()})`, type: 'comet_api_error', param: '', code: fault.code ?? '' } })
+        reply.code(fault.status ?? 500).send({ error: { message: `${fault.message ?? 'upstream error'} (request id: ${randomUUID()})`, type: 'comet_api_error', param: '', code: fault.code ?? '' } })
         return true
       case 'rate-limit':
-        void reply.code(429).header('retry-after', String(fault.retryAfter ?? 1)).send({ error: { message: 'rate limit exceeded', type: 'comet_api_error', param: '', code: 'rate_limit' } })
+        reply.code(429).header('retry-after', String(fault.retryAfter ?? 1)).send({ error: { message: 'rate limit exceeded', type: 'comet_api_error', param: '', code: 'rate_limit' } })
         return true
       case 'kling-error':
-        void reply.code(fault.status ?? 400).send({ code: fault.code ?? 1201, message: fault.message ?? 'invalid params', request_id: randomUUID() })
+        reply.code(fault.status ?? 400).send({ code: fault.code ?? 1201, message: fault.message ?? 'invalid params', request_id: randomUUID() })
         return true
       case 'reset':
         reply.raw.socket?.destroy()
@@ -193,7 +193,7 @@ export class Simulator {
   private authorized (request: FastifyRequest, reply: FastifyReply): boolean {
     const auth = request.headers.authorization ?? ''
     const ok = auth.startsWith('Bearer ') && auth.length > 7 && (this.opts.apiKey === undefined || auth === `Bearer ${this.opts.apiKey}`)
-    if (!ok) void reply.code(401).send({ error: { message: 'invalid token', type: 'comet_api_error', param: '', code: '' } })
+    if (!ok) reply.code(401).send({ error: { message: 'invalid token', type: 'comet_api_error', param: '', code: '' } })
     return ok
   }
 

@@ -1,0 +1,58 @@
+import { describe, it, expect } from 'vitest'
+import { ConfigError, loadConfig, parseDurations } from '../src/config/index.ts'
+
+describe('loadConfig', () => {
+  it('gives the documented defaults for an empty environment', () => {
+    const c = loadConfig({})
+    expect(c.port).toBe(3000)
+    expect(c.host).toBe('0.0.0.0')
+    expect(c.prefix).toBe('kg')
+    expect(c.upstream).toEqual({ baseUrl: 'https://api.cometapi.com', key: undefined, concurrency: 8, timeoutMs: 30_000 })
+    expect(c.allowedModels).toEqual(['kling-v1-6'])
+    expect(c.reconcile).toEqual({ intervalMs: 30_000, afterMs: 60_000, deadlineMs: 3_600_000 })
+    expect(c.webhooks.retryScheduleMs).toEqual([0, 5000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 36_000_000])
+    expect(c.webhooks.allowPrivate).toBe(false)
+    expect(c.apiKeys).toEqual([])
+  })
+
+  it('names every bad variable in one error, without echoing values', () => {
+    const secretish = 'not-a-url-but-secret-looking'
+    let err: unknown
+    try {
+      loadConfig({ PORT: 'eighty', REDIS_URL: secretish, UPSTREAM_CONCURRENCY: '0', WEBHOOK_RETRY_SCHEDULE: '5x', LOG_LEVEL: 'loud', COMETAPI_KEY: 'sk-1' })
+    } catch (e) { err = e }
+    expect(err).toBeInstanceOf(ConfigError)
+    const problems = (err as ConfigError).problems.join('\n')
+    for (const name of ['PORT', 'REDIS_URL', 'UPSTREAM_CONCURRENCY', 'WEBHOOK_RETRY_SCHEDULE', 'LOG_LEVEL', 'CALLBACK_SECRET']) {
+      expect(problems).toContain(name)
+    }
+    expect((err as Error).message).not.toContain(secretish)
+    expect((err as Error).message).not.toContain('sk-1')
+  })
+
+  it('treats empty variables as unset and converts types', () => {
+    const c = loadConfig({ PORT: '', WEBHOOK_ALLOW_PRIVATE: 'true', UPSTREAM_CONCURRENCY: '3', ALLOWED_MODELS: 'kling-v1-6,kling-v2' })
+    expect(c.port).toBe(3000)
+    expect(c.webhooks.allowPrivate).toBe(true)
+    expect(c.upstream.concurrency).toBe(3)
+    expect(c.allowedModels).toEqual(['kling-v1-6', 'kling-v2'])
+  })
+
+  it('parses API keys, plain or as sha256, and refuses short ones by position only', () => {
+    const c = loadConfig({ API_KEYS: `a:0123456789abcdef0123,b:sha256:${'ab'.repeat(32)}`, ADMIN_API_KEYS: 'ops:zzzzzzzzzzzzzzzzzzzz' })
+    expect(c.apiKeys.map(k => [k.caller, k.admin])).toEqual([['a', false], ['b', false], ['ops', true]])
+    expect(c.apiKeys[1].sha256.toString('hex')).toBe('ab'.repeat(32))
+    expect(() => loadConfig({ API_KEYS: 'a:short' })).toThrow(/API_KEYS: entry 1/)
+    expect(() => loadConfig({ API_KEYS: 'a:short' })).not.toThrow(/short/)
+  })
+
+  it('accepts one Redis topology at a time and requires the sentinel name', () => {
+    expect(() => loadConfig({ REDIS_URL: 'redis://x:1', REDIS_CLUSTER_NODES: 'a:1' })).toThrow(/only one/)
+    expect(() => loadConfig({ REDIS_SENTINELS: 'a:1,b:2' })).toThrow(/REDIS_SENTINEL_NAME/)
+    expect(loadConfig({ REDIS_CLUSTER_NODES: 'a:1,b:2' }).redis.clusterNodes).toEqual([{ host: 'a', port: 1 }, { host: 'b', port: 2 }])
+  })
+
+  it('parses duration lists with units', () => {
+    expect(parseDurations('0,250ms,5s,5m,2h,7')).toEqual([0, 250, 5000, 300_000, 7_200_000, 7])
+  })
+})

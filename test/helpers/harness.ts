@@ -1,0 +1,86 @@
+/**
+ * Builds the real app against the run's real redis-server and a real simulator on loopback, each harness
+ * under its own key prefix. Everything it starts it stops, and on close it checks that no secret it handed
+ * out reached a log line.
+ */
+import { inject } from 'vitest'
+import { Writable } from 'node:stream'
+import { randomBytes } from 'node:crypto'
+import { buildApp, type App } from '../../src/app.ts'
+import { loadConfig, type Config } from '../../src/config/index.ts'
+import { createLogger } from '../../src/infra/logger.ts'
+import { createRedis, waitReady, type RedisClient } from '../../src/infra/redis.ts'
+import { Simulator, type SimOptions } from '../../simulator/app.ts'
+
+/** Collects pino's JSON lines in memory. */
+export class LogCapture extends Writable {
+  lines: string[] = []
+  override _write (chunk: Buffer, _enc: string, done: () => void) { this.lines.push(...chunk.toString().split('\n').filter(Boolean)); done() }
+  get text () { return this.lines.join('\n') }
+}
+
+export const KEYS = {
+  alice: 'alice-key-0123456789abcdef',
+  bob: 'bob-key-0123456789abcdef00',
+  ops: 'ops-admin-key-0123456789ab',
+  comet: 'sk-comet-test-' + randomBytes(8).toString('hex'),
+  callbackSecret: randomBytes(32).toString('hex')
+}
+
+export interface Harness {
+  app: App
+  config: Config
+  redis: RedisClient
+  sim: Simulator
+  logs: LogCapture
+  prefix: string
+  close: () => Promise<void>
+}
+
+export const auth = (who: 'alice' | 'bob' | 'ops') => ({ authorization: `Bearer ${KEYS[who]}` })
+
+/** Env a harness runs with; tests override single variables. */
+export function testEnv (over: Record<string, string> = {}): Record<string, string> {
+  return {
+    REDIS_URL: inject('redisUrl'),
+    REDIS_PREFIX: `t${randomBytes(6).toString('hex')}`,
+    COMETAPI_KEY: KEYS.comet,
+    CALLBACK_SECRET: KEYS.callbackSecret,
+    API_KEYS: `alice:${KEYS.alice},bob:${KEYS.bob}`,
+    ADMIN_API_KEYS: `ops:${KEYS.ops}`,
+    PUBLIC_BASE_URL: 'http://127.0.0.1:1',
+    WEBHOOK_ALLOW_PRIVATE: 'true',
+    LOG_LEVEL: 'info',
+    ...over
+  }
+}
+
+export async function startHarness (opts: { env?: Record<string, string>, sim?: SimOptions, simulator?: Simulator } = {}): Promise<Harness> {
+  const sim = opts.simulator ?? new Simulator({ apiKey: KEYS.comet, ...opts.sim })
+  if (sim.baseUrl === '') await sim.listen()
+  const config = loadConfig(testEnv({ COMETAPI_BASE_URL: sim.baseUrl, ...opts.env }))
+  const logs = new LogCapture()
+  const redis = createRedis(config.redis, 'command')
+  redis.on('error', () => {})
+  await waitReady(redis)
+  const app = await buildApp({ config, redis, logger: createLogger(config.logLevel, logs) })
+  await app.ready()
+  const close = async () => {
+    await app.close()
+    const keys = await redis.keys(`{${config.prefix}}:*`)
+    if (keys.length > 0) await redis.del(...keys)
+    await redis.quit()
+    if (opts.simulator === undefined) await sim.close()
+    assertNoSecrets(logs.text)
+  }
+  return { app, config, redis, sim, logs, prefix: config.prefix, close }
+}
+
+/** Fails when a key, secret or unredacted callback token is in the logs. */
+export function assertNoSecrets (text: string) {
+  for (const [name, secret] of Object.entries(KEYS)) {
+    if (text.includes(secret)) throw new Error(`secret ${name} reached a log line`)
+  }
+  const token = /token=(?!\[REDACTED\])[^&"\s]+/.exec(text)
+  if (token !== null) throw new Error('a callback token reached a log line')
+}
