@@ -36,6 +36,7 @@ export interface SimFault {
   | 'accept-then-reset' // create: the task is made, then the socket is destroyed
   | 'not-found' // query: 400 / 1201 even if the task exists
   | 'status' // query: answer with `taskStatus` whatever the task's real state
+  | 'html' // `status` (default 200) with an HTML page instead of JSON, as a wrong base URL gives
   times?: number
   status?: number
   code?: number | string
@@ -82,9 +83,9 @@ export class Simulator {
   }
 
   /** Listens on a free loopback port and returns the base URL. */
-  async listen (port = 0): Promise<string> {
-    const address = await this.app.listen({ host: '127.0.0.1', port })
-    this.baseUrl = address.replace('[::1]', '127.0.0.1')
+  async listen (port = 0, host = '127.0.0.1'): Promise<string> {
+    const address = await this.app.listen({ host, port })
+    this.baseUrl = address
     return this.baseUrl
   }
 
@@ -184,6 +185,9 @@ export class Simulator {
         return true
       case 'hang':
         this.hold(reply)
+        return true
+      case 'html':
+        reply.code(fault.status ?? 200).type('text/html; charset=utf-8').send('<!doctype html><html><head><title>Welcome</title></head><body><h1>Welcome</h1></body></html>')
         return true
       default:
         return false

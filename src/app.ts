@@ -8,6 +8,10 @@ import type { RedisClient } from './infra/redis.ts'
 import errors from './plugins/errors.ts'
 import docs from './plugins/swagger.ts'
 import routes from './routes/index.ts'
+import auth from './plugins/auth.ts'
+import { TaskStore } from './store/tasks.ts'
+import { SubmitJobs } from './jobs/submit.ts'
+import type { UpstreamClient } from './upstream/client.ts'
 
 /** Everything the app needs from outside; whoever creates a client closes it (aesthetics §8.3). */
 export interface AppDeps {
@@ -17,10 +21,21 @@ export interface AppDeps {
   logger: Logger
   clock: () => number
   ids: () => string
+  upstream: UpstreamClient
+  /** A connection BullMQ may block on; without it no queue or worker is made (OpenAPI generation). */
+  queueConnection?: RedisClient
+  /** Run this replica's workers (default true when there is a queue connection). */
+  workers?: boolean
+}
+
+/** What routes and plugins reach through `app.deps`: the injected deps plus the parts built from them. */
+export interface AppContext extends AppDeps {
+  store: TaskStore
+  jobs: SubmitJobs
 }
 
 declare module 'fastify' {
-  interface FastifyInstance { deps: AppDeps }
+  interface FastifyInstance { deps: AppContext }
 }
 
 /** The app with the TypeBox type provider, as buildApp returns it. */
@@ -30,7 +45,10 @@ export const SMALL_BODY_LIMIT = 1024 * 1024
 
 /** Builds the un-listened app. server.ts listens; tests inject or listen on port 0. */
 export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids'> & Partial<AppDeps>): Promise<App> {
-  const deps: AppDeps = { clock: Date.now, ids: randomUUID, ...input }
+  const base: AppDeps = { clock: Date.now, ids: randomUUID, ...input }
+  const store = new TaskStore(base.redis, base.config.prefix, base.clock)
+  const jobs = new SubmitJobs({ config: base.config, store, upstream: base.upstream, logger: base.logger, clock: base.clock, connection: base.queueConnection })
+  const deps: AppContext = { ...base, store, jobs }
   const app = Fastify({
     loggerInstance: deps.logger as FastifyBaseLogger,
     bodyLimit: SMALL_BODY_LIMIT,
@@ -43,7 +61,10 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids'> & Partial<
   }).withTypeProvider<TypeBoxTypeProvider>()
 
   app.decorate('deps', deps)
+  if (deps.queueConnection !== undefined && deps.workers !== false) await jobs.start()
+  app.addHook('onClose', async () => { await jobs.close() })
   await app.register(errors)
+  await app.register(auth)
   await app.register(docs)
   await app.register(routes)
   return app

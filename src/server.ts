@@ -13,6 +13,7 @@ import { createRedis, waitReady } from './infra/redis.ts'
 import { startRedisServer, RedisServerMissing } from './infra/embedded-redis.ts'
 import { createHash } from 'node:crypto'
 import { Simulator } from '../simulator/app.ts'
+import { UpstreamClient } from './upstream/client.ts'
 
 let config: Config
 try {
@@ -51,8 +52,13 @@ try {
   redis.on('error', (err: Error) => logger.warn({ err: err.message }, 'redis connection error'))
   cleanups.unshift(async () => { await redis.quit().catch(() => redis.disconnect()) })
   await waitReady(redis, 30_000)
+  const queueConnection = createRedis(config.redis, 'worker')
+  queueConnection.on('error', (err: Error) => logger.warn({ err: err.message }, 'redis (queues) connection error'))
+  cleanups.unshift(async () => { await queueConnection.quit().catch(() => queueConnection.disconnect()) })
+  const upstream = new UpstreamClient({ baseUrl: config.upstream.baseUrl, apiKey: config.upstream.key, timeoutMs: config.upstream.timeoutMs })
+  cleanups.unshift(() => upstream.close())
 
-  const app = await buildApp({ config, redis, logger })
+  const app = await buildApp({ config, redis, logger, upstream, queueConnection })
   cleanups.unshift(() => app.close())
   const address = await app.listen({ host: config.host, port: config.port })
   const port = new URL(address).port

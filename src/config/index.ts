@@ -20,6 +20,9 @@ export const EnvSchema = Type.Object({
   ALLOWED_MODELS: Type.String({ pattern: '^[A-Za-z0-9._-]+(,[A-Za-z0-9._-]+)*$', default: 'kling-v1-6' }),
   UPSTREAM_CONCURRENCY: Type.Integer({ minimum: 1, maximum: 1000, default: 8 }),
   UPSTREAM_TIMEOUT_MS: Type.Integer({ minimum: 10, maximum: 600_000, default: 30_000 }),
+  UPSTREAM_RETRY_BASE_MS: Type.Integer({ minimum: 1, maximum: 600_000, default: 1000 }),
+  UPSTREAM_SUBMIT_ATTEMPTS: Type.Integer({ minimum: 1, maximum: 100, default: 12 }),
+  SUBMIT_UNCONFIRMED_GRACE_MS: Type.Integer({ minimum: 0, default: 30_000 }),
   RECONCILE_INTERVAL_MS: Type.Integer({ minimum: 10, default: 30_000 }),
   RECONCILE_AFTER_MS: Type.Integer({ minimum: 0, default: 60_000 }),
   TASK_DEADLINE_MS: Type.Integer({ minimum: 1000, default: 3_600_000 }),
@@ -42,7 +45,7 @@ export interface Config {
   host: string
   redis: { url?: string, clusterNodes?: Array<{ host: string, port: number }>, sentinels?: Array<{ host: string, port: number }>, sentinelName?: string }
   prefix: string
-  upstream: { baseUrl: string, key?: string, concurrency: number, timeoutMs: number }
+  upstream: { baseUrl: string, key?: string, concurrency: number, timeoutMs: number, retryBaseMs: number, submitAttempts: number, unconfirmedGraceMs: number }
   publicBaseUrl?: string
   callbackSecret?: string
   apiKeys: ApiKey[]
@@ -137,7 +140,10 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
       baseUrl: value.COMETAPI_BASE_URL.replace(/\/+$/, ''),
       key: value.COMETAPI_KEY,
       concurrency: value.UPSTREAM_CONCURRENCY,
-      timeoutMs: value.UPSTREAM_TIMEOUT_MS
+      timeoutMs: value.UPSTREAM_TIMEOUT_MS,
+      retryBaseMs: value.UPSTREAM_RETRY_BASE_MS,
+      submitAttempts: value.UPSTREAM_SUBMIT_ATTEMPTS,
+      unconfirmedGraceMs: value.SUBMIT_UNCONFIRMED_GRACE_MS
     },
     publicBaseUrl: value.PUBLIC_BASE_URL?.replace(/\/+$/, ''),
     callbackSecret: value.CALLBACK_SECRET,

@@ -11,6 +11,7 @@ import { loadConfig, type Config } from '../../src/config/index.ts'
 import { createLogger } from '../../src/infra/logger.ts'
 import { createRedis, waitReady, type RedisClient } from '../../src/infra/redis.ts'
 import { Simulator, type SimOptions } from '../../simulator/app.ts'
+import { UpstreamClient } from '../../src/upstream/client.ts'
 
 /** Collects pino's JSON lines in memory. */
 export class LogCapture extends Writable {
@@ -34,6 +35,7 @@ export interface Harness {
   sim: Simulator
   logs: LogCapture
   prefix: string
+  upstream: UpstreamClient
   close: () => Promise<void>
 }
 
@@ -55,7 +57,7 @@ export function testEnv (over: Record<string, string> = {}): Record<string, stri
   }
 }
 
-export async function startHarness (opts: { env?: Record<string, string>, sim?: SimOptions, simulator?: Simulator } = {}): Promise<Harness> {
+export async function startHarness (opts: { env?: Record<string, string>, sim?: SimOptions, simulator?: Simulator, workers?: boolean } = {}): Promise<Harness> {
   const sim = opts.simulator ?? new Simulator({ apiKey: KEYS.comet, ...opts.sim })
   if (sim.baseUrl === '') await sim.listen()
   const config = loadConfig(testEnv({ COMETAPI_BASE_URL: sim.baseUrl, ...opts.env }))
@@ -63,17 +65,22 @@ export async function startHarness (opts: { env?: Record<string, string>, sim?: 
   const redis = createRedis(config.redis, 'command')
   redis.on('error', () => {})
   await waitReady(redis)
-  const app = await buildApp({ config, redis, logger: createLogger(config.logLevel, logs) })
+  const queueConnection = createRedis(config.redis, 'worker')
+  queueConnection.on('error', () => {})
+  const upstream = new UpstreamClient({ baseUrl: config.upstream.baseUrl, apiKey: config.upstream.key ?? '', timeoutMs: config.upstream.timeoutMs })
+  const app = await buildApp({ config, redis, upstream, queueConnection, workers: opts.workers, logger: createLogger(config.logLevel, logs) })
   await app.ready()
   const close = async () => {
     await app.close()
+    await queueConnection.quit()
+    await upstream.close()
     const keys = await redis.keys(`{${config.prefix}}:*`)
     if (keys.length > 0) await redis.del(...keys)
     await redis.quit()
     if (opts.simulator === undefined) await sim.close()
     assertNoSecrets(logs.text)
   }
-  return { app, config, redis, sim, logs, prefix: config.prefix, close }
+  return { app, config, redis, sim, logs, prefix: config.prefix, upstream, close }
 }
 
 /** Fails when a key, secret or unredacted callback token is in the logs. */

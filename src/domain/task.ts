@@ -1,0 +1,86 @@
+/** Task states and the rules for moving between them (DESIGN.md "Task lifecycle"). Pure. */
+
+export const TASK_STATUSES = ['queued', 'submitted', 'processing', 'succeeded', 'failed', 'canceled'] as const
+export type TaskStatus = typeof TASK_STATUSES[number]
+
+const RANK: Record<TaskStatus, number> = { queued: 0, submitted: 1, processing: 2, succeeded: 3, failed: 3, canceled: 3 }
+
+export const isTerminal = (s: TaskStatus): boolean => RANK[s] === 3
+
+/** Forward only; `canceled` only from `queued`; nothing leaves a terminal state. */
+export function canMove (from: TaskStatus, to: TaskStatus): boolean {
+  if (to === 'canceled') return from === 'queued'
+  return RANK[to] > RANK[from]
+}
+
+/** Kling spells success `succeed`; ours is `succeeded`. */
+export function fromKling (status: 'submitted' | 'processing' | 'succeed' | 'failed'): TaskStatus {
+  return status === 'succeed' ? 'succeeded' : status
+}
+
+export interface UpstreamView { task_id: string, status: 'submitted' | 'processing' | 'succeed' | 'failed', status_msg: string | null }
+export interface ResultVideo { id: string, url: string, duration: string | null, upstream_url: string, upstream_expires_at: string | null }
+export interface TaskError { code: string, message: string }
+
+/** A task as stored: the public view plus what only the gateway needs. */
+export interface TaskRecord {
+  id: string
+  caller: string
+  status: TaskStatus
+  createdAt: number
+  updatedAt: number
+  sequence: number
+  reference: string | null
+  metadata: Record<string, unknown> | null
+  request: Record<string, unknown>
+  upstream: UpstreamView | null
+  result: { videos: ResultVideo[] } | null
+  error: TaskError | null
+  externalTaskId: string
+  webhookUrl: string | null
+  /** Set just before a create is sent upstream; an attempt that finds it set must ask upstream before sending again. */
+  submitSentAt: number | null
+}
+
+/** The task as callers see it (API.md §2 "The task object"). */
+export interface TaskView {
+  id: string
+  status: TaskStatus
+  created_at: string
+  updated_at: string
+  reference: string | null
+  metadata: Record<string, unknown> | null
+  request: Record<string, unknown>
+  upstream: UpstreamView | null
+  result: { videos: ResultVideo[] } | null
+  error: TaskError | null
+  sequence: number
+}
+
+export function toView (t: TaskRecord): TaskView {
+  return {
+    id: t.id,
+    status: t.status,
+    created_at: new Date(t.createdAt).toISOString(),
+    updated_at: new Date(t.updatedAt).toISOString(),
+    reference: t.reference,
+    metadata: t.metadata,
+    request: t.request,
+    upstream: t.upstream,
+    result: t.result,
+    error: t.error,
+    sequence: t.sequence
+  }
+}
+
+export type EventType = `video.${TaskStatus}`
+
+/** One entry of a task's event log; the same object feeds SSE, webhooks and the Redis Stream. */
+export interface TaskEvent {
+  type: EventType
+  task_id: string
+  caller: string
+  sequence: number
+  timestamp: string
+  data: TaskView
+}

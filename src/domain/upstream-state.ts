@@ -1,0 +1,34 @@
+/** How an upstream task's state becomes a change of ours. Pure. */
+import { canMove, fromKling, type ResultVideo, type TaskRecord, type TaskStatus } from './task.ts'
+
+/** Kling deletes results after 30 days (upstream-api.md §4.2). */
+export const UPSTREAM_RETENTION_MS = 30 * 24 * 3600_000
+
+export interface UpstreamSnapshot {
+  taskId: string
+  status: 'submitted' | 'processing' | 'succeed' | 'failed'
+  statusMsg: string | null
+  videos: Array<{ id: string, url: string, duration: string | null }>
+  updatedAt: number | null
+}
+
+export interface StateChange {
+  to: TaskStatus
+  upstream: NonNullable<TaskRecord['upstream']>
+  result?: TaskRecord['result']
+  error?: TaskRecord['error']
+}
+
+/** The change that brings `task` to what upstream says, or null when that would not move it forward. */
+export function changeFromUpstream (task: TaskRecord, up: UpstreamSnapshot, now: number): StateChange | null {
+  const to = fromKling(up.status)
+  if (!canMove(task.status, to)) return null
+  const change: StateChange = { to, upstream: { task_id: up.taskId, status: up.status, status_msg: up.statusMsg } }
+  if (to === 'succeeded') {
+    const expires = new Date((up.updatedAt ?? now) + UPSTREAM_RETENTION_MS).toISOString()
+    const videos: ResultVideo[] = up.videos.map(v => ({ id: v.id, url: v.url, duration: v.duration, upstream_url: v.url, upstream_expires_at: expires }))
+    change.result = { videos }
+  }
+  if (to === 'failed') change.error = { code: 'UPSTREAM_FAILED', message: up.statusMsg ?? 'the upstream task failed' }
+  return change
+}

@@ -1,0 +1,175 @@
+/**
+ * The submit queue: gets each queued task accepted by CometAPI exactly once.
+ *
+ * - BullMQ job per task (jobId = task id, so a second enqueue is a no-op), global concurrency
+ *   UPSTREAM_CONCURRENCY across every replica, exponential backoff with jitter, Retry-After honoured by
+ *   rate-limiting the whole queue (a 429 is about the account, not the task).
+ * - Before a create is sent, the task records `submit_sent_at`. An attempt that finds it set does not send: it
+ *   asks upstream for the task by its `external_task_id` (fixed at create time) and adopts it if it is there. It
+ *   sends again only when upstream still says "not found" after SUBMIT_UNCONFIRMED_GRACE_MS, and even then the
+ *   same external_task_id makes a second paid task impossible upstream (Kling refuses a duplicate).
+ * - Base64 images never enter job data: the job carries the task id; images are read from the parked blobs.
+ */
+import { Queue, Worker, type Job } from 'bullmq'
+import type { Logger } from 'pino'
+import type { Config } from '../config/index.ts'
+import { callbackToken } from '../domain/callback-token.ts'
+import { upstreamBody } from '../domain/create.ts'
+import { changeFromUpstream } from '../domain/upstream-state.ts'
+import type { TaskRecord } from '../domain/task.ts'
+import type { RedisClient } from '../infra/redis.ts'
+import type { TaskStore } from '../store/tasks.ts'
+import { UpstreamError, type UpstreamClient, type UpstreamTask } from '../upstream/client.ts'
+
+export const SUBMIT_QUEUE = 'submit'
+
+interface SubmitData { taskId: string }
+
+export interface SubmitDeps {
+  config: Config
+  store: TaskStore
+  upstream: UpstreamClient
+  logger: Logger
+  clock: () => number
+  /** A connection BullMQ may block on (maxRetriesPerRequest: null); none = no queue (OpenAPI generation). */
+  connection?: RedisClient
+}
+
+/** Exponential backoff with full jitter between half and all of the step, or what upstream asked for. */
+export function backoffDelay (attemptsMade: number, baseMs: number, err?: Error): number {
+  if (err instanceof UpstreamError && err.retryAfterMs !== null) return err.retryAfterMs
+  const step = Math.min(baseMs * 2 ** Math.max(0, attemptsMade - 1), 60_000)
+  return Math.round(step / 2 + Math.random() * step / 2)
+}
+
+export class SubmitJobs {
+  private readonly q?: Queue<SubmitData>
+  private worker?: Worker<SubmitData>
+  private readonly log: Logger
+
+  constructor (private readonly deps: SubmitDeps) {
+    this.log = deps.logger.child({ component: 'submit' })
+    if (deps.connection === undefined) return
+    this.q = new Queue<SubmitData>(SUBMIT_QUEUE, { connection: deps.connection as never, prefix: deps.store.k.bullPrefix })
+    this.q.on('error', err => this.log.warn({ err: err.message }, 'submit queue error'))
+  }
+
+  get queue (): Queue<SubmitData> {
+    if (this.q === undefined) throw new Error('no queue connection was given')
+    return this.q
+  }
+
+  /** Starts this replica's worker; the cap is global, so N replicas never exceed it together. */
+  async start (): Promise<void> {
+    const { config } = this.deps
+    await this.queue.setGlobalConcurrency(config.upstream.concurrency)
+    this.worker = new Worker<SubmitData>(SUBMIT_QUEUE, async job => await this.process(job), {
+      connection: this.deps.connection as never,
+      prefix: this.deps.store.k.bullPrefix,
+      concurrency: config.upstream.concurrency,
+      settings: { backoffStrategy: (attemptsMade, _type, err) => backoffDelay(attemptsMade, config.upstream.retryBaseMs, err) }
+    })
+    this.worker.on('error', err => this.log.warn({ err: err.message }, 'submit worker error'))
+  }
+
+  /** Queues a task for submission; safe to call again for the same task. */
+  async submit (taskId: string): Promise<void> {
+    await this.queue.add('submit', { taskId }, {
+      jobId: taskId,
+      attempts: this.deps.config.upstream.submitAttempts,
+      backoff: { type: 'custom' },
+      removeOnComplete: true,
+      removeOnFail: { age: 7 * 24 * 3600 }
+    })
+  }
+
+  /**
+   * Lets active jobs finish for up to `graceMs`, then forces the worker closed: a blocking read that hangs
+   * after a Redis reconnect (ioredis #1888) must not hang shutdown. A job cut short is stalled, picked up
+   * again by any replica, and finds `submit_sent_at` set, so it asks upstream before sending anything.
+   */
+  async close (graceMs = 5000): Promise<void> {
+    const worker = this.worker
+    if (worker !== undefined) {
+      let timer: NodeJS.Timeout | undefined
+      const closed = await Promise.race([
+        worker.close().then(() => true),
+        new Promise<false>(resolve => { timer = setTimeout(() => resolve(false), graceMs) })
+      ])
+      clearTimeout(timer)
+      if (!closed) {
+        this.log.warn('submit worker did not close in time; forcing it')
+        await worker.close(true)
+      }
+    }
+    await this.q?.close()
+  }
+
+  private async process (job: Job<SubmitData>): Promise<string> {
+    const { store, upstream, config, clock } = this.deps
+    const task = await store.get(job.data.taskId)
+    if (task === null || task.status !== 'queued') return 'not-queued'
+    const lastAttempt = job.attemptsMade + 1 >= (job.opts.attempts ?? 1)
+
+    try {
+      if (task.submitSentAt !== null) {
+        // An earlier attempt may have created it: ask before sending anything.
+        const found = await upstream.query(task.externalTaskId)
+        if (found !== null) return await this.adopt(task, found)
+        if (clock() - task.submitSentAt < config.upstream.unconfirmedGraceMs) {
+          throw new UpstreamError({ code: 'UPSTREAM_UNCONFIRMED', message: 'upstream does not know the task yet; asking again before resending', retryable: true, maybeCreated: true })
+        }
+        this.log.info({ taskId: task.id }, 'upstream still has no task for this external id: sending again')
+      }
+
+      const claimed = await store.transition(task.id, t => t.status === 'queued' ? { to: 'queued', submitSentAt: clock() } : null, { event: false })
+      if (!claimed.applied) return 'not-queued'
+      const images = await store.parked(task.id)
+      const body = upstreamBody(task.request, images, {
+        callback_url: this.callbackUrl(task.id),
+        external_task_id: task.externalTaskId
+      })
+      const created = await upstream.create(body)
+      return await this.adopt(task, created)
+    } catch (err) {
+      if (!(err instanceof UpstreamError)) throw err
+      if (!err.maybeCreated) {
+        // Certainly nothing upstream: the next attempt may send without asking first.
+        await store.transition(task.id, t => t.status === 'queued' && t.submitSentAt !== null ? { to: 'queued', submitSentAt: null } : null, { event: false })
+      }
+      if (!err.retryable) return await this.fail(task, err.code, err.message)
+      if (lastAttempt && !err.maybeCreated) return await this.fail(task, 'UPSTREAM_UNAVAILABLE', `gave up after ${job.attemptsMade + 1} attempts: ${err.message}`)
+      this.log.warn({ taskId: task.id, code: err.code, attempt: job.attemptsMade + 1, retryAfterMs: err.retryAfterMs }, 'submit attempt failed; will retry')
+      if (err.httpStatus === 429 || err.code === 'KLING_1302' || err.code === 'KLING_1303') {
+        // The whole account is limited: hold the queue, do not burn this task's attempts.
+        await this.worker?.rateLimit(err.retryAfterMs ?? backoffDelay(job.attemptsMade + 1, config.upstream.retryBaseMs))
+        throw Worker.RateLimitError()
+      }
+      throw err
+    }
+  }
+
+  /** Records the upstream task and moves ours to where upstream says it is. */
+  private async adopt (task: TaskRecord, up: UpstreamTask): Promise<string> {
+    const { store, clock } = this.deps
+    const snapshot = { taskId: up.taskId, status: up.status, statusMsg: up.statusMsg, videos: up.videos, updatedAt: up.updatedAt }
+    await store.redis.set(store.k.upstreamId(up.taskId), task.id)
+    const outcome = await store.transition(task.id, t => changeFromUpstream(t, snapshot, clock()))
+    await store.dropParked(task.id)
+    this.log.info({ taskId: task.id, upstreamTaskId: up.taskId, applied: outcome.applied }, 'upstream accepted the task')
+    return 'submitted'
+  }
+
+  private async fail (task: TaskRecord, code: string, message: string): Promise<string> {
+    const { store } = this.deps
+    await store.transition(task.id, t => t.status === 'queued' ? { to: 'failed', error: { code, message } } : null)
+    await store.dropParked(task.id)
+    this.log.warn({ taskId: task.id, code }, 'submit failed for good')
+    return 'failed'
+  }
+
+  private callbackUrl (taskId: string): string {
+    const { config } = this.deps
+    return `${config.publicBaseUrl ?? `http://127.0.0.1:${config.port}`}/callbacks/kling?token=${callbackToken(config.callbackSecret ?? '', taskId)}`
+  }
+}

@@ -1,0 +1,34 @@
+import fp from 'fastify-plugin'
+import { createHash, timingSafeEqual } from 'node:crypto'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
+import type { ApiKey } from '../config/index.ts'
+import { Unauthorized } from '../domain/errors.ts'
+
+export interface Caller { name: string, admin: boolean }
+
+declare module 'fastify' {
+  interface FastifyRequest { caller: Caller | null }
+  interface FastifyInstance { authenticate: (request: FastifyRequest) => Promise<void> }
+}
+
+/** Finds the key's owner comparing fixed-length SHA-256 digests in constant time, every key every time. */
+export function findCaller (keys: ApiKey[], presented: string): Caller | null {
+  const digest = createHash('sha256').update(presented).digest()
+  let found: Caller | null = null
+  for (const key of keys) {
+    if (timingSafeEqual(digest, key.sha256) && found === null) found = { name: key.caller, admin: key.admin }
+  }
+  return found
+}
+
+/** Bearer API keys (API.md §2); routes opt in with `onRequest: app.authenticate`. */
+export default fp(async function auth (app: FastifyInstance) {
+  app.decorateRequest('caller', null)
+  app.decorate('authenticate', async (request: FastifyRequest) => {
+    const header = request.headers.authorization
+    const m = header === undefined ? null : /^Bearer +(\S{1,512})$/i.exec(header)
+    const caller = m === null ? null : findCaller(app.deps.config.apiKeys, m[1])
+    if (caller === null) throw new Unauthorized()
+    request.caller = caller
+  })
+}, { name: 'auth', dependencies: ['errors'] })

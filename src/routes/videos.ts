@@ -1,0 +1,137 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { randomUUID } from 'node:crypto'
+import { Type } from 'typebox'
+import { checkCreate } from '../domain/create.ts'
+import { Conflict, GatewayError, InvalidRequest, NotFound } from '../domain/errors.ts'
+import { toView, type TaskRecord } from '../domain/task.ts'
+import { problem } from '../schemas/common.ts'
+import { CreateVideoSchema, IdempotencyHeadersSchema, ListQuerySchema, TaskParamsSchema, TaskSchema } from '../schemas/videos.ts'
+import type { Caller } from '../plugins/auth.ts'
+
+const errors = {
+  400: problem('invalid request: every bad field is listed in `errors`'),
+  401: problem('missing or unknown API key'),
+  404: problem('no such task for this caller')
+}
+
+/** A caller sees its own tasks; an admin sees every caller's. Others' are 404, never 403. */
+const visible = (task: TaskRecord | null, caller: Caller): task is TaskRecord => task !== null && (caller.admin || task.caller === caller.name)
+
+const videos: FastifyPluginAsyncTypebox = async (app) => {
+  const { store, jobs, config } = app.deps
+  app.addSchema(TaskSchema)
+  app.addHook('onRequest', app.authenticate)
+
+  app.post('/', {
+    bodyLimit: config.createBodyLimit,
+    schema: {
+      tags: ['videos'],
+      operationId: 'createVideo',
+      summary: 'Create a multi-image-to-video task',
+      security: [{ bearer: [] }],
+      headers: IdempotencyHeadersSchema,
+      body: CreateVideoSchema,
+      response: {
+        202: Type.Ref('Task'),
+        ...errors,
+        409: problem('the reference is taken (detail names the existing task), or the same Idempotency-Key is still in flight'),
+        413: problem('body too large'),
+        422: problem('the Idempotency-Key was used with a different body'),
+        503: problem('Redis is unreachable; retry after Retry-After')
+      }
+    }
+  }, async (request, reply) => {
+    const caller = request.caller as Caller
+    const checked = checkCreate(request.body, { allowedModels: config.allowedModels, allowInsecureWebhooks: config.webhooks.allowPrivate })
+    if (!checked.ok) throw new InvalidRequest(checked.errors)
+    const { request: stored, images, fingerprint } = checked.value
+
+    const idemKey = request.headers['idempotency-key']
+    if (idemKey !== undefined) {
+      const previous = await store.reserveIdempotency(caller.name, idemKey, fingerprint)
+      if (previous.state !== 'new' && previous.fingerprint !== fingerprint) {
+        throw new GatewayError('IDEMPOTENCY_KEY_REUSED', 422, 'this Idempotency-Key was used with a different request body')
+      }
+      if (previous.state === 'pending') throw new Conflict('IDEMPOTENCY_IN_FLIGHT', 'a request with this Idempotency-Key is still being handled; retry shortly')
+      if (previous.state === 'done') return reply.code(previous.status).header('idempotent-replayed', 'true').send(previous.body)
+    }
+
+    try {
+      const id = app.deps.ids()
+      await store.park(id, images)
+      const outcome = await store.create({
+        id,
+        caller: caller.name,
+        createdAt: app.deps.clock(),
+        reference: request.body.reference ?? null,
+        metadata: (request.body.metadata as Record<string, unknown> | undefined) ?? null,
+        request: stored,
+        externalTaskId: randomUUID(),
+        webhookUrl: request.body.webhook_url ?? null
+      })
+      if ('referenceTaken' in outcome) {
+        await store.dropParked(id)
+        throw new Conflict('REFERENCE_TAKEN', `reference is already used by task ${outcome.referenceTaken}`)
+      }
+      const view = toView(outcome.created)
+      if (idemKey !== undefined) await store.completeIdempotency(caller.name, idemKey, fingerprint, 202, view)
+      await jobs.submit(id)
+      return await reply.code(202).header('location', `/v1/videos/${id}`).send(view)
+    } catch (err) {
+      // Nothing was promised yet: free the key so the caller's retry runs instead of waiting for it to expire.
+      if (idemKey !== undefined && (await store.reserveIdempotency(caller.name, idemKey, fingerprint).catch(() => null))?.state === 'pending') {
+        await store.releaseIdempotency(caller.name, idemKey).catch(() => {})
+      }
+      throw err
+    }
+  })
+
+  app.get('/:id', {
+    schema: { tags: ['videos'], operationId: 'getVideo', security: [{ bearer: [] }], params: TaskParamsSchema, response: { 200: Type.Ref('Task'), ...errors } }
+  }, async (request) => {
+    const task = await store.get(request.params.id)
+    if (!visible(task, request.caller as Caller)) throw new NotFound('task')
+    return toView(task)
+  })
+
+  app.get('/', {
+    schema: {
+      tags: ['videos'],
+      operationId: 'listVideos',
+      summary: 'List tasks, newest first',
+      security: [{ bearer: [] }],
+      querystring: ListQuerySchema,
+      response: { 200: Type.Object({ data: Type.Array(Type.Ref('Task')), next_cursor: Type.Union([Type.String(), Type.Null()]) }), ...errors }
+    }
+  }, async (request) => {
+    const caller = request.caller as Caller
+    const { status, reference, limit, cursor } = request.query
+    if (reference !== undefined) {
+      // A reference is unique per caller, so this is a lookup, not a scan.
+      const task = caller.admin ? null : await store.byReference(caller.name, reference)
+      const found = task !== null && (status === undefined || task.status === status) ? [toView(task)] : []
+      return { data: found, next_cursor: null }
+    }
+    const page = await store.list({ caller: caller.admin ? null : caller.name, status, limit, cursor })
+    return { data: page.tasks.map(toView), next_cursor: page.nextCursor }
+  })
+
+  app.post('/:id/cancel', {
+    schema: {
+      tags: ['videos'],
+      operationId: 'cancelVideo',
+      summary: 'Cancel a task that has not gone upstream yet',
+      security: [{ bearer: [] }],
+      params: TaskParamsSchema,
+      response: { 200: Type.Ref('Task'), ...errors, 409: problem('the task has left `queued`') }
+    }
+  }, async (request) => {
+    const existing = await store.get(request.params.id)
+    if (!visible(existing, request.caller as Caller)) throw new NotFound('task')
+    const outcome = await store.transition(existing.id, t => t.status === 'queued' ? { to: 'canceled' } : null, { requireEmpty: 'submit_sent_at' })
+    if (!outcome.applied) throw new Conflict('NOT_CANCELABLE', `the task is ${outcome.task?.status === 'queued' ? 'being submitted upstream' : (outcome.task?.status ?? 'gone')}; only a queued task can be canceled`)
+    await store.dropParked(existing.id)
+    return toView(outcome.task)
+  })
+}
+export default videos

@@ -1,0 +1,32 @@
+import { createHash } from 'node:crypto'
+
+/**
+ * Every Redis key and channel name, built in one place (aesthetics §8.9). All share the hash tag `{prefix}`
+ * so multi-key scripts run on Redis Cluster.
+ */
+export function keys (prefix: string) {
+  const p = `{${prefix}}:`
+  const digest = (s: string) => createHash('sha256').update(s).digest('hex')
+  return {
+    prefix: p,
+    task: (id: string) => `${p}task:${id}`,
+    taskEvents: (id: string) => `${p}task:${id}:events`,
+    parked: (id: string) => `${p}task:${id}:parked`,
+    /** Tasks newest first, per caller (`*` for all) and status (`*` for any). */
+    index: (caller: string, status: string) => `${p}idx:${caller}:${status}`,
+    reference: (caller: string, reference: string) => `${p}ref:${caller}:${digest(reference)}`,
+    idempotency: (caller: string, key: string) => `${p}idem:${caller}:${digest(key)}`,
+    external: (externalTaskId: string) => `${p}ext:${externalTaskId}`,
+    upstreamId: (upstreamTaskId: string) => `${p}up:${upstreamTaskId}`,
+    /** Non-terminal tasks scored by last activity, for reconciliation. */
+    open: `${p}open`,
+    /** The event stream for internal consumers (API.md §3). */
+    events: `${p}events`,
+    /** Pub/sub channel announcing appended events, for SSE on every replica. */
+    eventsChannel: `${p}events:live`,
+    parkedBytes: `${p}parked:bytes`,
+    /** BullMQ prefix: queues live under the same hash tag. */
+    bullPrefix: `{${prefix}}`
+  }
+}
+export type Keys = ReturnType<typeof keys>
