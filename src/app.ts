@@ -9,6 +9,7 @@ import errors from './plugins/errors.ts'
 import docs from './plugins/swagger.ts'
 import routes from './routes/index.ts'
 import auth from './plugins/auth.ts'
+import { schemaController } from './plugins/validation.ts'
 import { TaskStore } from './store/tasks.ts'
 import { SubmitJobs } from './jobs/submit.ts'
 import type { UpstreamClient } from './upstream/client.ts'
@@ -55,9 +56,7 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids'> & Partial<
     requestTimeout: 120_000,
     return503OnClosing: true,
     genReqId: () => deps.ids(),
-    // allErrors lists every bad field; it is safe only because every string and array in our schemas is bounded
-    // (a test walks the OpenAPI document to keep it so).
-    ajv: { customOptions: { allErrors: true, removeAdditional: false, coerceTypes: 'array' } }
+    schemaController
   }).withTypeProvider<TypeBoxTypeProvider>()
 
   app.decorate('deps', deps)

@@ -54,8 +54,12 @@ export function checkCreate (body: CreateVideo, rules: CreateRules): { ok: true,
     return inspected.descriptor
   }
 
+  // Defensive reads: this also runs on bodies that failed their schema, so that image problems are listed
+  // beside the schema's own (every wrong field named in one answer).
+  const str = (v: unknown): v is string => typeof v === 'string'
+  const list = (v: unknown): Array<Record<string, unknown>> | null => Array.isArray(v) ? v.map(x => (x !== null && typeof x === 'object' ? x : {}) as Record<string, unknown>) : null
   const request: Record<string, unknown> = {
-    image_list: body.image_list.map((item, i) => ({ image: image(`/image_list/${i}/image`, item.image) })),
+    image_list: list(body.image_list)?.map((item, i) => ({ image: str(item.image) ? image(`/image_list/${i}/image`, item.image) : item.image })),
     prompt: body.prompt,
     negative_prompt: body.negative_prompt,
     model_name: body.model_name ?? 'kling-v1-6',
@@ -63,8 +67,8 @@ export function checkCreate (body: CreateVideo, rules: CreateRules): { ok: true,
     duration: String(body.duration ?? '5'),
     aspect_ratio: body.aspect_ratio,
     cfg_scale: body.cfg_scale,
-    static_mask: body.static_mask === undefined ? undefined : image('/static_mask', body.static_mask),
-    dynamic_masks: body.dynamic_masks?.map((group, i) => ({ mask: image(`/dynamic_masks/${i}/mask`, group.mask), trajectories: group.trajectories })),
+    static_mask: str(body.static_mask) ? image('/static_mask', body.static_mask) : body.static_mask,
+    dynamic_masks: list(body.dynamic_masks)?.map((group, i) => ({ mask: str(group.mask) ? image(`/dynamic_masks/${i}/mask`, group.mask) : group.mask, trajectories: group.trajectories })),
     webhook_url: body.webhook_url
   }
 
@@ -73,13 +77,13 @@ export function checkCreate (body: CreateVideo, rules: CreateRules): { ok: true,
   if (mask !== undefined && first !== undefined) {
     for (const detail of compareMask(mask, first)) errors.push({ pointer: '/static_mask', detail, location: 'body' })
   }
-  if (!rules.allowedModels.includes(request.model_name as string)) {
+  if (str(request.model_name) && !rules.allowedModels.includes(request.model_name)) {
     errors.push({ pointer: '/model_name', detail: `must be one of: ${rules.allowedModels.join(', ')}`, location: 'body' })
   }
-  if (body.metadata !== undefined && Buffer.byteLength(JSON.stringify(body.metadata)) > MAX_METADATA_BYTES) {
+  if (body.metadata !== null && typeof body.metadata === 'object' && Buffer.byteLength(JSON.stringify(body.metadata)) > MAX_METADATA_BYTES) {
     errors.push({ pointer: '/metadata', detail: `must be at most ${MAX_METADATA_BYTES} bytes of JSON`, location: 'body' })
   }
-  if (body.webhook_url !== undefined) {
+  if (str(body.webhook_url)) {
     const url = URL.canParse(body.webhook_url) ? new URL(body.webhook_url) : null
     if (url === null || !(url.protocol === 'https:' || (rules.allowInsecureWebhooks && url.protocol === 'http:'))) {
       errors.push({ pointer: '/webhook_url', detail: 'must be an https URL', location: 'body' })

@@ -16,7 +16,7 @@ export class GatewayError extends Error {
 }
 
 export class InvalidRequest extends GatewayError {
-  constructor (errors: FieldError[], message = 'the request has invalid fields') {
+  constructor (errors: FieldError[], message = `${errors.length} invalid field${errors.length === 1 ? '' : 's'}`) {
     super('INVALID_REQUEST', 400, message, errors)
   }
 }

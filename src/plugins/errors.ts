@@ -5,6 +5,12 @@ import { STATUS_CODES } from 'node:http'
 
 const LOCATIONS: Record<string, FieldError['location']> = { body: 'body', querystring: 'query', params: 'params', headers: 'headers' }
 
+/** Fields only the gateway sets upstream; a caller sending them gets a detail that says so. */
+const RESERVED: Record<string, string> = {
+  callback_url: 'is set by the gateway (it receives CometAPI\'s callbacks itself); use webhook_url to be notified',
+  external_task_id: 'is set by the gateway; use reference for your own id'
+}
+
 interface AjvError { instancePath: string, message?: string, keyword: string, params: Record<string, unknown> }
 
 /** Turns one Ajv error into a pointer at the offending field (the missing or unknown property itself). */
@@ -16,10 +22,34 @@ export function fieldErrorOf (e: AjvError, location?: FieldError['location']): F
     pointer += '/' + escape(String(e.params.missingProperty))
     detail = 'is required'
   } else if (e.keyword === 'additionalProperties') {
-    pointer += '/' + escape(String(e.params.additionalProperty))
-    detail = 'is not an accepted field'
+    const name = String(e.params.additionalProperty)
+    pointer += '/' + escape(name)
+    detail = (e.instancePath === '' ? RESERVED[name] : undefined) ?? 'is not an accepted field'
   }
   return { pointer: pointer === '' ? '/' : pointer, detail, ...(location !== undefined && { location }) }
+}
+
+/**
+ * One entry per bad field: Ajv reports a failed `anyOf` as one error per branch plus the anyOf itself, which
+ * reads badly; those become a single "must be one of" with the allowed values.
+ */
+export function fieldErrorsOf (errors: AjvError[], location?: FieldError['location']): FieldError[] {
+  const byPointer = new Map<string, Array<{ e: AjvError, f: FieldError }>>()
+  for (const e of errors) {
+    const f = fieldErrorOf(e, location)
+    byPointer.set(f.pointer, [...(byPointer.get(f.pointer) ?? []), { e, f }])
+  }
+  const out: FieldError[] = []
+  for (const [pointer, group] of byPointer) {
+    if (group.some(({ e }) => e.keyword === 'anyOf' && e.instancePath === pointer)) {
+      const allowed = group.filter(({ e }) => e.keyword === 'const').map(({ e }) => JSON.stringify(e.params.allowedValue))
+      out.push({ pointer, detail: allowed.length > 0 ? `must be one of: ${allowed.join(', ')}` : 'does not match any allowed form', ...(location !== undefined && { location }) })
+      continue
+    }
+    const seen = new Set<string>()
+    for (const { f } of group) if (!seen.has(f.detail)) { seen.add(f.detail); out.push(f) }
+  }
+  return out
 }
 
 /** Sends a problem+json body; the only place error bodies are shaped. */
@@ -39,7 +69,7 @@ export default fp(async function errors (app: FastifyInstance) {
   app.setErrorHandler((err: FastifyError, request, reply) => {
     if (err.validation !== undefined) {
       const location = LOCATIONS[err.validationContext ?? 'body']
-      const fields = err.validation.map(e => fieldErrorOf(e as AjvError, location))
+      const fields = fieldErrorsOf(err.validation as AjvError[], location)
       return sendProblem(reply, 400, 'INVALID_REQUEST', `${fields.length} invalid field${fields.length === 1 ? '' : 's'}`, fields)
     }
     if (err instanceof GatewayError) {

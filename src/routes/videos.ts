@@ -7,6 +7,7 @@ import { toView, type TaskRecord } from '../domain/task.ts'
 import { problem } from '../schemas/common.ts'
 import { CreateVideoSchema, IdempotencyHeadersSchema, ListQuerySchema, TaskParamsSchema, TaskSchema } from '../schemas/videos.ts'
 import type { Caller } from '../plugins/auth.ts'
+import { fieldErrorsOf } from '../plugins/errors.ts'
 
 const errors = {
   400: problem('invalid request: every bad field is listed in `errors`'),
@@ -24,6 +25,8 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
 
   app.post('/', {
     bodyLimit: config.createBodyLimit,
+    // Validation errors are merged with the image checks below, so one answer names every bad field.
+    attachValidation: true,
     schema: {
       tags: ['videos'],
       operationId: 'createVideo',
@@ -42,8 +45,12 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
     }
   }, async (request, reply) => {
     const caller = request.caller as Caller
+    const body = request.body as unknown
+    if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new InvalidRequest([{ pointer: '/', detail: 'must be a JSON object', location: 'body' }])
     const checked = checkCreate(request.body, { allowedModels: config.allowedModels, allowInsecureWebhooks: config.webhooks.allowPrivate })
-    if (!checked.ok) throw new InvalidRequest(checked.errors)
+    const schemaErrors = request.validationError === undefined ? [] : fieldErrorsOf(request.validationError.validation as never, 'body')
+    const domainErrors = checked.ok ? [] : checked.errors.filter(d => !schemaErrors.some(e => e.pointer === d.pointer))
+    if (schemaErrors.length > 0 || !checked.ok) throw new InvalidRequest([...schemaErrors, ...domainErrors])
     const { request: stored, images, fingerprint } = checked.value
 
     const idemKey = request.headers['idempotency-key']
