@@ -69,6 +69,11 @@ export class Simulator {
   faults: SimFault[] = []
   callbackPolicy: CallbackPolicy = { drop: false, duplicate: 1, delayMs: 0, reorder: false }
   counts = { creates: 0, accepted: 0, queries: 0, callbacks: 0, callbackFailures: 0 }
+  /** Every create request as it arrived (faults included): when, and for which external id. */
+  createLog: Array<{ at: number, externalTaskId: string | null }> = []
+  /** Create requests whose connection is still open, and the most there ever were at once. */
+  inFlight = 0
+  maxInFlight = 0
   opts: Required<Omit<SimOptions, 'apiKey' | 'logger'>> & { apiKey?: string }
   baseUrl = ''
   private readonly timers = new Set<NodeJS.Timeout>()
@@ -103,6 +108,8 @@ export class Simulator {
     this.faults = []
     this.callbackPolicy = { drop: false, duplicate: 1, delayMs: 0, reorder: false }
     this.counts = { creates: 0, accepted: 0, queries: 0, callbacks: 0, callbackFailures: 0 }
+    this.createLog = []
+    this.maxInFlight = this.inFlight
   }
 
   /** Queues a fault for the next `times` (default 1) matching requests. */
@@ -201,7 +208,8 @@ export class Simulator {
     return ok
   }
 
-  private create (body: Record<string, unknown>): SimTask {
+  /** Makes a task as an accepted create would (tests seed tasks with it). */
+  create (body: Record<string, unknown>): SimTask {
     const now = Date.now()
     this.nextId += BigInt(randomInt(1, 1000))
     const external = typeof body.external_task_id === 'string' ? body.external_task_id : null
@@ -273,6 +281,11 @@ export class Simulator {
 
     app.post(PATH, async (request, reply) => {
       this.counts.creates++
+      const sent = (request.body ?? {}) as Record<string, unknown>
+      this.createLog.push({ at: Date.now(), externalTaskId: typeof sent.external_task_id === 'string' ? sent.external_task_id : null })
+      this.inFlight++
+      this.maxInFlight = Math.max(this.maxInFlight, this.inFlight)
+      reply.raw.once('close', () => { this.inFlight-- })
       if (!this.authorized(request, reply)) return reply
       const fault = this.takeFault('create')
       if (this.applyCommonFault(fault, reply)) return reply

@@ -12,6 +12,7 @@ import auth from './plugins/auth.ts'
 import { schemaController } from './plugins/validation.ts'
 import { TaskStore } from './store/tasks.ts'
 import { SubmitJobs } from './jobs/submit.ts'
+import { ReconcileJobs } from './jobs/reconcile.ts'
 import type { UpstreamClient } from './upstream/client.ts'
 
 /** Everything the app needs from outside; whoever creates a client closes it (aesthetics §8.3). */
@@ -33,6 +34,7 @@ export interface AppDeps {
 export interface AppContext extends AppDeps {
   store: TaskStore
   jobs: SubmitJobs
+  reconcile: ReconcileJobs
 }
 
 declare module 'fastify' {
@@ -49,7 +51,8 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids'> & Partial<
   const base: AppDeps = { clock: Date.now, ids: randomUUID, ...input }
   const store = new TaskStore(base.redis, base.config.prefix, base.clock)
   const jobs = new SubmitJobs({ config: base.config, store, upstream: base.upstream, logger: base.logger, clock: base.clock, connection: base.queueConnection })
-  const deps: AppContext = { ...base, store, jobs }
+  const reconcile = new ReconcileJobs({ config: base.config, store, upstream: base.upstream, submit: jobs, logger: base.logger, clock: base.clock, connection: base.queueConnection })
+  const deps: AppContext = { ...base, store, jobs, reconcile }
   const app = Fastify({
     loggerInstance: deps.logger as FastifyBaseLogger,
     bodyLimit: SMALL_BODY_LIMIT,
@@ -60,8 +63,11 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids'> & Partial<
   }).withTypeProvider<TypeBoxTypeProvider>()
 
   app.decorate('deps', deps)
-  if (deps.queueConnection !== undefined && deps.workers !== false) await jobs.start()
-  app.addHook('onClose', async () => { await jobs.close() })
+  if (deps.queueConnection !== undefined && deps.workers !== false) {
+    await jobs.start()
+    await reconcile.start()
+  }
+  app.addHook('onClose', async () => { await Promise.all([jobs.close(), reconcile.close()]) })
   await app.register(errors)
   await app.register(auth)
   await app.register(docs)

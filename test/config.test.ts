@@ -9,7 +9,7 @@ describe('loadConfig', () => {
     expect(c.prefix).toBe('kg')
     expect(c.upstream).toEqual({ baseUrl: 'https://api.cometapi.com', key: undefined, concurrency: 8, timeoutMs: 30_000, retryBaseMs: 1000, submitAttempts: 12, unconfirmedGraceMs: 30_000 })
     expect(c.allowedModels).toEqual(['kling-v1-6'])
-    expect(c.reconcile).toEqual({ intervalMs: 30_000, afterMs: 60_000, deadlineMs: 3_600_000 })
+    expect(c.reconcile).toEqual({ intervalMs: 30_000, afterMs: 60_000, deadlineMs: 3_600_000, batch: 1000, qps: 20 })
     expect(c.webhooks.retryScheduleMs).toEqual([0, 5000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 36_000_000])
     expect(c.webhooks.allowPrivate).toBe(false)
     expect(c.apiKeys).toEqual([])

@@ -26,6 +26,8 @@ export const EnvSchema = Type.Object({
   RECONCILE_INTERVAL_MS: Type.Integer({ minimum: 10, default: 30_000 }),
   RECONCILE_AFTER_MS: Type.Integer({ minimum: 0, default: 60_000 }),
   TASK_DEADLINE_MS: Type.Integer({ minimum: 1000, default: 3_600_000 }),
+  RECONCILE_BATCH: Type.Integer({ minimum: 1, maximum: 100_000, default: 1000 }),
+  RECONCILE_QPS: Type.Integer({ minimum: 1, maximum: 10_000, default: 20 }),
   WEBHOOK_RETRY_SCHEDULE: Type.String({ pattern: '^\\d+(ms|s|m|h)?(,\\d+(ms|s|m|h)?)*$', default: '0,5s,5m,30m,2h,5h,10h,10h' }),
   WEBHOOK_TIMEOUT_MS: Type.Integer({ minimum: 10, maximum: 600_000, default: 15_000 }),
   WEBHOOK_ALLOW_PRIVATE: Type.Boolean({ default: false }),
@@ -50,7 +52,7 @@ export interface Config {
   callbackSecret?: string
   apiKeys: ApiKey[]
   allowedModels: string[]
-  reconcile: { intervalMs: number, afterMs: number, deadlineMs: number }
+  reconcile: { intervalMs: number, afterMs: number, deadlineMs: number, batch: number, qps: number }
   webhooks: { retryScheduleMs: number[], timeoutMs: number, allowPrivate: boolean }
   logLevel: Env['LOG_LEVEL']
   dataDir: string
@@ -149,7 +151,7 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
     callbackSecret: value.CALLBACK_SECRET,
     apiKeys,
     allowedModels: value.ALLOWED_MODELS.split(','),
-    reconcile: { intervalMs: value.RECONCILE_INTERVAL_MS, afterMs: value.RECONCILE_AFTER_MS, deadlineMs: value.TASK_DEADLINE_MS },
+    reconcile: { intervalMs: value.RECONCILE_INTERVAL_MS, afterMs: value.RECONCILE_AFTER_MS, deadlineMs: value.TASK_DEADLINE_MS, batch: value.RECONCILE_BATCH, qps: value.RECONCILE_QPS },
     webhooks: {
       retryScheduleMs: parseDurations(value.WEBHOOK_RETRY_SCHEDULE),
       timeoutMs: value.WEBHOOK_TIMEOUT_MS,

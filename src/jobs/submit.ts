@@ -15,7 +15,7 @@ import type { Logger } from 'pino'
 import type { Config } from '../config/index.ts'
 import { callbackToken } from '../domain/callback-token.ts'
 import { upstreamBody } from '../domain/create.ts'
-import { changeFromUpstream } from '../domain/upstream-state.ts'
+import { applyUpstream } from './apply.ts'
 import type { TaskRecord } from '../domain/task.ts'
 import type { RedisClient } from '../infra/redis.ts'
 import type { TaskStore } from '../store/tasks.ts'
@@ -151,11 +151,7 @@ export class SubmitJobs {
 
   /** Records the upstream task and moves ours to where upstream says it is. */
   private async adopt (task: TaskRecord, up: UpstreamTask): Promise<string> {
-    const { store, clock } = this.deps
-    const snapshot = { taskId: up.taskId, status: up.status, statusMsg: up.statusMsg, videos: up.videos, updatedAt: up.updatedAt }
-    await store.redis.set(store.k.upstreamId(up.taskId), task.id)
-    const outcome = await store.transition(task.id, t => changeFromUpstream(t, snapshot, clock()))
-    await store.dropParked(task.id)
+    const outcome = await applyUpstream(this.deps.store, task.id, up, this.deps.clock())
     this.log.info({ taskId: task.id, upstreamTaskId: up.taskId, applied: outcome.applied }, 'upstream accepted the task')
     return 'submitted'
   }

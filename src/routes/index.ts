@@ -1,9 +1,11 @@
 import type { FastifyInstance } from 'fastify'
 import health from './health.ts'
 import videos from './videos.ts'
+import callbacks from './callbacks.ts'
 
 /** Every route module, registered explicitly (aesthetics §8.5). */
 export default async function routes (app: FastifyInstance) {
   await app.register(health, { prefix: '/health' })
   await app.register(videos, { prefix: '/v1/videos' })
+  await app.register(callbacks, { prefix: '/callbacks' })
 }

@@ -57,7 +57,11 @@ export function testEnv (over: Record<string, string> = {}): Record<string, stri
   }
 }
 
-export async function startHarness (opts: { env?: Record<string, string>, sim?: SimOptions, simulator?: Simulator, workers?: boolean } = {}): Promise<Harness> {
+/**
+ * `listen: true` puts the app on a loopback port and points PUBLIC_BASE_URL at it, so the simulator's callbacks
+ * reach it over real HTTP.
+ */
+export async function startHarness (opts: { env?: Record<string, string>, sim?: SimOptions, simulator?: Simulator, workers?: boolean, listen?: boolean } = {}): Promise<Harness> {
   const sim = opts.simulator ?? new Simulator({ apiKey: KEYS.comet, ...opts.sim })
   if (sim.baseUrl === '') await sim.listen()
   const config = loadConfig(testEnv({ COMETAPI_BASE_URL: sim.baseUrl, ...opts.env }))
@@ -70,6 +74,7 @@ export async function startHarness (opts: { env?: Record<string, string>, sim?: 
   const upstream = new UpstreamClient({ baseUrl: config.upstream.baseUrl, apiKey: config.upstream.key ?? '', timeoutMs: config.upstream.timeoutMs })
   const app = await buildApp({ config, redis, upstream, queueConnection, workers: opts.workers, logger: createLogger(config.logLevel, logs) })
   await app.ready()
+  if (opts.listen === true) config.publicBaseUrl = await app.listen({ host: '127.0.0.1', port: 0 })
   const close = async () => {
     await app.close()
     await queueConnection.quit()

@@ -1,0 +1,68 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { Type } from 'typebox'
+import { verifyCallbackToken } from '../domain/callback-token.ts'
+import { GatewayError, InvalidRequest, NotFound } from '../domain/errors.ts'
+import { changeFromUpstream } from '../domain/upstream-state.ts'
+import { problem } from '../schemas/common.ts'
+import { parseTask } from '../upstream/client.ts'
+
+export const CALLBACK_BODY_LIMIT = 64 * 1024
+/** More callbacks than this for one task in one minute is not CometAPI behaving normally. */
+const MAX_CALLBACKS_PER_MINUTE = 120
+
+const CallbackAnswerSchema = Type.Object({
+  outcome: Type.Union([Type.Literal('applied'), Type.Literal('duplicate'), Type.Literal('confirming')]),
+  status: Type.String()
+})
+
+/**
+ * CometAPI → gateway (API.md §4). The token in the query names the task and proves we issued it. The body is a
+ * hint: a non-terminal state moves the task forward directly (forward only, atomically); a terminal state is
+ * confirmed by querying CometAPI before it is applied. Answered fast: 2xx for accepted, duplicate or stale.
+ */
+const callbacks: FastifyPluginAsyncTypebox = async (app) => {
+  const { store, reconcile, config, clock } = app.deps
+
+  app.post('/kling', {
+    bodyLimit: CALLBACK_BODY_LIMIT,
+    schema: {
+      tags: ['callbacks'],
+      operationId: 'klingCallback',
+      summary: 'Task status callback from CometAPI (the callback_url the gateway sends upstream)',
+      querystring: Type.Object({ token: Type.Optional(Type.String({ maxLength: 256 })) }),
+      body: Type.Object({}, { additionalProperties: true, maxProperties: 64 }),
+      response: {
+        200: CallbackAnswerSchema,
+        202: CallbackAnswerSchema,
+        400: problem('not a Kling task, or not this task'),
+        404: problem('missing or wrong token'),
+        429: problem('too many callbacks for this task')
+      }
+    }
+  }, async (request, reply) => {
+    const token = request.query.token
+    const taskId = token === undefined ? null : verifyCallbackToken(config.callbackSecret ?? '', token)
+    const task = taskId === null ? null : await store.get(taskId)
+    if (task === null) throw new NotFound('callback target')
+
+    const up = parseTask(request.body)
+    if (up === null) throw new InvalidRequest([{ pointer: '/task_status', detail: 'the body is not a Kling task (task_id and task_status are needed)', location: 'body' }])
+    const mismatch = (task.upstream !== null && up.taskId !== task.upstream.task_id) ||
+      (up.externalTaskId !== null && up.externalTaskId !== task.externalTaskId)
+    if (mismatch) throw new InvalidRequest([{ pointer: up.externalTaskId !== null && up.externalTaskId !== task.externalTaskId ? '/task_info/external_task_id' : '/task_id', detail: 'does not belong to this task', location: 'body' }])
+
+    const seenKey = `${store.k.task(task.id)}:callbacks`
+    const [[, seen]] = await store.redis.multi().incr(seenKey).expire(seenKey, 60).exec() as [[Error | null, number]]
+    if (seen > MAX_CALLBACKS_PER_MINUTE) throw new GatewayError('TOO_MANY_CALLBACKS', 429, 'too many callbacks for this task', undefined, { 'retry-after': '60' })
+
+    // Terminal states, and any state before we know the upstream id, are confirmed with CometAPI first.
+    if (up.status === 'succeed' || up.status === 'failed' || task.upstream === null) {
+      await reconcile.check(task.id, { confirm: true })
+      return await reply.code(202).send({ outcome: 'confirming', status: task.status })
+    }
+    const outcome = await store.transition(task.id, t => changeFromUpstream(t, { ...up }, clock()))
+    request.log.info({ taskId: task.id, upstreamStatus: up.status, applied: outcome.applied }, 'callback')
+    return { outcome: outcome.applied ? 'applied' : 'duplicate', status: outcome.task?.status ?? task.status }
+  })
+}
+export default callbacks
