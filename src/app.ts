@@ -4,7 +4,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { Logger } from 'pino'
 import { randomUUID } from 'node:crypto'
 import type { Config } from './config/index.ts'
-import type { RedisClient } from './infra/redis.ts'
+import { duplicate, type RedisClient } from './infra/redis.ts'
 import errors from './plugins/errors.ts'
 import docs from './plugins/swagger.ts'
 import routes from './routes/index.ts'
@@ -13,6 +13,7 @@ import { schemaController } from './plugins/validation.ts'
 import { TaskStore } from './store/tasks.ts'
 import { SubmitJobs } from './jobs/submit.ts'
 import { ReconcileJobs } from './jobs/reconcile.ts'
+import { EventHub } from './notify/hub.ts'
 import type { UpstreamClient } from './upstream/client.ts'
 
 /** Everything the app needs from outside; whoever creates a client closes it (aesthetics §8.3). */
@@ -35,6 +36,7 @@ export interface AppContext extends AppDeps {
   store: TaskStore
   jobs: SubmitJobs
   reconcile: ReconcileJobs
+  hub: EventHub
 }
 
 declare module 'fastify' {
@@ -52,7 +54,9 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids'> & Partial<
   const store = new TaskStore(base.redis, base.config.prefix, base.clock)
   const jobs = new SubmitJobs({ config: base.config, store, upstream: base.upstream, logger: base.logger, clock: base.clock, connection: base.queueConnection })
   const reconcile = new ReconcileJobs({ config: base.config, store, upstream: base.upstream, submit: jobs, logger: base.logger, clock: base.clock, connection: base.queueConnection })
-  const deps: AppContext = { ...base, store, jobs, reconcile }
+  // The subscriber is ours: made here (lazily, so inert deps never connect) and closed in onClose.
+  const hub = new EventHub(duplicate(base.queueConnection ?? base.redis), store.k.eventsChannel, base.logger)
+  const deps: AppContext = { ...base, store, jobs, reconcile, hub }
   const app = Fastify({
     loggerInstance: deps.logger as FastifyBaseLogger,
     bodyLimit: SMALL_BODY_LIMIT,
@@ -63,11 +67,12 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids'> & Partial<
   }).withTypeProvider<TypeBoxTypeProvider>()
 
   app.decorate('deps', deps)
+  if (deps.queueConnection !== undefined) await hub.start()
   if (deps.queueConnection !== undefined && deps.workers !== false) {
     await jobs.start()
     await reconcile.start()
   }
-  app.addHook('onClose', async () => { await Promise.all([jobs.close(), reconcile.close()]) })
+  app.addHook('onClose', async () => { await Promise.all([jobs.close(), reconcile.close(), hub.close()]) })
   await app.register(errors)
   await app.register(auth)
   await app.register(docs)

@@ -34,7 +34,8 @@ export const EnvSchema = Type.Object({
   LOG_LEVEL: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map(l => Type.Literal(l)), { default: 'info' }),
   DATA_DIR: Type.String({ minLength: 1, default: '.data' }),
   CREATE_BODY_LIMIT_BYTES: Type.Integer({ minimum: 1024, default: 60 * 1024 * 1024 }),
-  SHUTDOWN_GRACE_MS: Type.Integer({ minimum: 0, default: 10_000 })
+  SHUTDOWN_GRACE_MS: Type.Integer({ minimum: 0, default: 10_000 }),
+  SSE_HEARTBEAT_MS: Type.Integer({ minimum: 10, maximum: 600_000, default: 15_000 })
 })
 type Env = Static<typeof EnvSchema>
 
@@ -58,6 +59,7 @@ export interface Config {
   dataDir: string
   createBodyLimit: number
   shutdownGraceMs: number
+  sseHeartbeatMs: number
 }
 
 /** Thrown by loadConfig; its message names every bad variable, and never a value. */
@@ -160,6 +162,7 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
     logLevel: value.LOG_LEVEL,
     dataDir: value.DATA_DIR,
     createBodyLimit: value.CREATE_BODY_LIMIT_BYTES,
-    shutdownGraceMs: value.SHUTDOWN_GRACE_MS
+    shutdownGraceMs: value.SHUTDOWN_GRACE_MS,
+    sseHeartbeatMs: value.SSE_HEARTBEAT_MS
   }
 }

@@ -32,3 +32,8 @@ export async function waitReady (client: RedisClient, timeoutMs = 10_000): Promi
     client.on('ready', onReady)
   })
 }
+
+/** A new connection with the same settings, not yet connected (it connects on first command or subscribe). */
+export function duplicate (client: RedisClient): RedisClient {
+  return client instanceof Cluster ? client.duplicate(undefined, { lazyConnect: true }) : client.duplicate({ lazyConnect: true })
+}

@@ -6,11 +6,15 @@
  *   rate-limiting the whole queue (a 429 is about the account, not the task).
  * - Before a create is sent, the task records `submit_sent_at`. An attempt that finds it set does not send: it
  *   asks upstream for the task by its `external_task_id` (fixed at create time) and adopts it if it is there. It
- *   sends again only when upstream still says "not found" after SUBMIT_UNCONFIRMED_GRACE_MS, and even then the
- *   same external_task_id makes a second paid task impossible upstream (Kling refuses a duplicate).
+ *   sends again only when upstream still says "not found" SUBMIT_UNCONFIRMED_GRACE_MS after the uncertain create
+ *   *ended* (a create that timed out re-stamps `submit_sent_at`), and even then the same external_task_id makes a
+ *   second paid task impossible upstream (Kling refuses a duplicate). Asking again within the grace costs no attempt.
+ * - Only the create's own failure may clear `submit_sent_at`: a failed query says nothing about an earlier create.
+ * - Out of attempts while upstream may hold the task, the job looks once more after the grace: it adopts the task
+ *   or fails ours with UPSTREAM_UNAVAILABLE. It never leaves a task `queued` with no job behind it.
  * - Base64 images never enter job data: the job carries the task id; images are read from the parked blobs.
  */
-import { Queue, Worker, type Job } from 'bullmq'
+import { DelayedError, Queue, Worker, type Job } from 'bullmq'
 import type { Logger } from 'pino'
 import type { Config } from '../config/index.ts'
 import { callbackToken } from '../domain/callback-token.ts'
@@ -23,7 +27,11 @@ import { UpstreamError, type UpstreamClient, type UpstreamTask } from '../upstre
 
 export const SUBMIT_QUEUE = 'submit'
 
-interface SubmitData { taskId: string }
+interface SubmitData {
+  taskId: string
+  /** Set when the last attempt failed while upstream may hold the task: the next run only looks, then decides. */
+  finalLook?: { reason: string }
+}
 
 export interface SubmitDeps {
   config: Config
@@ -63,7 +71,7 @@ export class SubmitJobs {
   async start (): Promise<void> {
     const { config } = this.deps
     await this.queue.setGlobalConcurrency(config.upstream.concurrency)
-    this.worker = new Worker<SubmitData>(SUBMIT_QUEUE, async job => await this.process(job), {
+    this.worker = new Worker<SubmitData>(SUBMIT_QUEUE, async (job, token) => await this.process(job, token), {
       connection: this.deps.connection as never,
       prefix: this.deps.store.k.bullPrefix,
       concurrency: config.upstream.concurrency,
@@ -105,19 +113,26 @@ export class SubmitJobs {
     await this.q?.close()
   }
 
-  private async process (job: Job<SubmitData>): Promise<string> {
+  private async process (job: Job<SubmitData>, token?: string): Promise<string> {
     const { store, upstream, config, clock } = this.deps
     const task = await store.get(job.data.taskId)
     if (task === null || task.status !== 'queued') return 'not-queued'
-    const lastAttempt = job.attemptsMade + 1 >= (job.opts.attempts ?? 1)
+    const attempt = job.attemptsMade + 1
+    const lastAttempt = attempt >= (job.opts.attempts ?? 1)
+    let sending = false
 
     try {
       if (task.submitSentAt !== null) {
         // An earlier attempt may have created it: ask before sending anything.
         const found = await upstream.query(task.externalTaskId)
         if (found !== null) return await this.adopt(task, found)
-        if (clock() - task.submitSentAt < config.upstream.unconfirmedGraceMs) {
-          throw new UpstreamError({ code: 'UPSTREAM_UNCONFIRMED', message: 'upstream does not know the task yet; asking again before resending', retryable: true, maybeCreated: true })
+        const graceLeft = task.submitSentAt + config.upstream.unconfirmedGraceMs - clock()
+        if (graceLeft > 0) {
+          // Right after a create upstream may not know the task yet: ask again soon, without spending an attempt.
+          return await this.askAgain(job, token, Math.min(graceLeft, backoffDelay(attempt, config.upstream.retryBaseMs)))
+        }
+        if (job.data.finalLook !== undefined) {
+          return await this.fail(task, 'UPSTREAM_UNAVAILABLE', `gave up after ${attempt} attempts; upstream has no task for this request: ${job.data.finalLook.reason}`)
         }
         this.log.info({ taskId: task.id }, 'upstream still has no task for this external id: sending again')
       }
@@ -129,24 +144,41 @@ export class SubmitJobs {
         callback_url: this.callbackUrl(task.id),
         external_task_id: task.externalTaskId
       })
+      sending = true
       const created = await upstream.create(body)
       return await this.adopt(task, created)
     } catch (err) {
       if (!(err instanceof UpstreamError)) throw err
-      if (!err.maybeCreated) {
-        // Certainly nothing upstream: the next attempt may send without asking first.
-        await store.transition(task.id, t => t.status === 'queued' && t.submitSentAt !== null ? { to: 'queued', submitSentAt: null } : null, { event: false })
+      // Whether upstream may hold the task is for the create to say; a failed query leaves it as it was.
+      const maybeUpstream = sending ? err.maybeCreated : task.submitSentAt !== null
+      if (sending) {
+        // Certainly nothing upstream: the next attempt may send without asking first. Maybe something: the grace
+        // runs from now, when the call ended, not from when it was sent (a timeout can outlast the whole grace).
+        await store.transition(task.id, t => t.status === 'queued' && t.submitSentAt !== null ? { to: 'queued', submitSentAt: err.maybeCreated ? clock() : null } : null, { event: false })
       }
       if (!err.retryable) return await this.fail(task, err.code, err.message)
-      if (lastAttempt && !err.maybeCreated) return await this.fail(task, 'UPSTREAM_UNAVAILABLE', `gave up after ${job.attemptsMade + 1} attempts: ${err.message}`)
-      this.log.warn({ taskId: task.id, code: err.code, attempt: job.attemptsMade + 1, retryAfterMs: err.retryAfterMs }, 'submit attempt failed; will retry')
+      if (lastAttempt && !maybeUpstream) return await this.fail(task, 'UPSTREAM_UNAVAILABLE', `gave up after ${attempt} attempts: ${err.message}`)
+      if (lastAttempt) {
+        // Out of attempts, but upstream may have the task: look again (after the grace), then adopt it or fail ours.
+        const reason = sending ? err.message : (job.data.finalLook?.reason ?? err.message)
+        await job.updateData({ ...job.data, finalLook: { reason } })
+        this.log.warn({ taskId: task.id, code: err.code, attempt }, 'last submit attempt failed; asking upstream once more')
+        return await this.askAgain(job, token, backoffDelay(attempt, config.upstream.retryBaseMs, err))
+      }
+      this.log.warn({ taskId: task.id, code: err.code, attempt, retryAfterMs: err.retryAfterMs }, 'submit attempt failed; will retry')
       if (err.httpStatus === 429 || err.code === 'KLING_1302' || err.code === 'KLING_1303') {
         // The whole account is limited: hold the queue, do not burn this task's attempts.
-        await this.worker?.rateLimit(err.retryAfterMs ?? backoffDelay(job.attemptsMade + 1, config.upstream.retryBaseMs))
+        await this.worker?.rateLimit(err.retryAfterMs ?? backoffDelay(attempt, config.upstream.retryBaseMs))
         throw Worker.RateLimitError()
       }
       throw err
     }
+  }
+
+  /** Runs the job again in `ms` without counting an attempt. */
+  private async askAgain (job: Job<SubmitData>, token: string | undefined, ms: number): Promise<never> {
+    await job.moveToDelayed(Date.now() + ms, token)
+    throw new DelayedError()
   }
 
   /** Records the upstream task and moves ours to where upstream says it is. */

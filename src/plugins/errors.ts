@@ -3,7 +3,8 @@ import type { FastifyError, FastifyInstance, FastifyReply } from 'fastify'
 import { GatewayError, type FieldError } from '../domain/errors.ts'
 import { STATUS_CODES } from 'node:http'
 
-const LOCATIONS: Record<string, FieldError['location']> = { body: 'body', querystring: 'query', params: 'params', headers: 'headers' }
+/** Fastify's validationContext → the `location` a field error names. */
+export const LOCATIONS: Record<string, FieldError['location']> = { body: 'body', querystring: 'query', params: 'params', headers: 'headers' }
 
 /** Fields only the gateway sets upstream; a caller sending them gets a detail that says so. */
 const RESERVED: Record<string, string> = {

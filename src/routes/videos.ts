@@ -7,7 +7,7 @@ import { toView, type TaskRecord } from '../domain/task.ts'
 import { problem } from '../schemas/common.ts'
 import { CreateVideoSchema, IdempotencyHeadersSchema, ListQuerySchema, TaskParamsSchema, TaskSchema } from '../schemas/videos.ts'
 import type { Caller } from '../plugins/auth.ts'
-import { fieldErrorsOf } from '../plugins/errors.ts'
+import { fieldErrorsOf, LOCATIONS } from '../plugins/errors.ts'
 
 const errors = {
   400: problem('invalid request: every bad field is listed in `errors`'),
@@ -48,8 +48,13 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
     const body = request.body as unknown
     if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new InvalidRequest([{ pointer: '/', detail: 'must be a JSON object', location: 'body' }])
     const checked = checkCreate(request.body, { allowedModels: config.allowedModels, allowInsecureWebhooks: config.webhooks.allowPrivate })
-    const schemaErrors = request.validationError === undefined ? [] : fieldErrorsOf(request.validationError.validation as never, 'body')
-    const domainErrors = checked.ok ? [] : checked.errors.filter(d => !schemaErrors.some(e => e.pointer === d.pointer))
+    // With attachValidation, Fastify leaves here the first part that failed (body before headers): name its errors
+    // by that part, and when the body failed first, check the headers too so that every bad field is listed.
+    const invalid = request.validationError
+    const schemaErrors = invalid === undefined ? [] : fieldErrorsOf(invalid.validation as never, LOCATIONS[invalid.validationContext] ?? 'body')
+    const validateHeaders = invalid?.validationContext === 'body' ? request.getValidationFunction('headers') : undefined
+    if (validateHeaders !== undefined && !validateHeaders(request.headers)) schemaErrors.push(...fieldErrorsOf((validateHeaders.errors ?? []) as never, 'headers'))
+    const domainErrors = checked.ok ? [] : checked.errors.filter(d => !schemaErrors.some(e => e.pointer === d.pointer && e.location === d.location))
     if (schemaErrors.length > 0 || !checked.ok) throw new InvalidRequest([...schemaErrors, ...domainErrors])
     const { request: stored, images, fingerprint } = checked.value
 

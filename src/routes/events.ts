@@ -1,0 +1,84 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import type { ServerResponse } from 'node:http'
+import { Type } from 'typebox'
+import { NotFound } from '../domain/errors.ts'
+import { isTerminal, type TaskEvent } from '../domain/task.ts'
+import { problem } from '../schemas/common.ts'
+import { TaskParamsSchema } from '../schemas/videos.ts'
+import type { Caller } from '../plugins/auth.ts'
+
+/**
+ * `GET /v1/videos/:id/events`: Server-Sent Events (API.md §2). Replays from `Last-Event-ID` (header, or
+ * `?last_event_id=` for clients that cannot set headers), then goes live; `id:` is the sequence, so a reconnect
+ * resumes with no gap and no duplicate. Heartbeat comments keep proxies from closing an idle stream; the stream
+ * ends after the terminal event.
+ */
+const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, opts) => {
+  const { store, hub } = app.deps
+  // Open SSE responses of this replica, ended in preClose so shutdown never waits on them.
+  const streams = new Set<ServerResponse>()
+  app.addHook('preClose', async () => {
+    for (const raw of streams) raw.end(': server closing\n\n')
+    streams.clear()
+  })
+
+  app.get('/:id/events', {
+    onRequest: app.authenticate,
+    schema: {
+      tags: ['videos'],
+      operationId: 'streamVideoEvents',
+      summary: 'Server-Sent Events of one task, resumable with Last-Event-ID',
+      security: [{ bearer: [] }],
+      params: TaskParamsSchema,
+      headers: Type.Object({ 'last-event-id': Type.Optional(Type.String({ maxLength: 12, pattern: '^\\d*$' })) }),
+      querystring: Type.Object({ last_event_id: Type.Optional(Type.Integer({ minimum: 0, maximum: 1_000_000 })) }, { additionalProperties: false }),
+      response: {
+        200: { description: 'text/event-stream: `id:` sequence, `event:` type, `data:` the event JSON', content: { 'text/event-stream': { schema: Type.String({ maxLength: 0 }) } } },
+        400: problem('invalid request'),
+        401: problem('missing or unknown API key'),
+        404: problem('no such task for this caller')
+      }
+    }
+  }, async (request, reply) => {
+    const caller = request.caller as Caller
+    const task = await store.get(request.params.id)
+    if (task === null || !(caller.admin || task.caller === caller.name)) throw new NotFound('task')
+    let last = Number(request.headers['last-event-id'] || request.query.last_event_id || 0)
+
+    reply.hijack()
+    const raw = reply.raw
+    raw.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache, no-transform', connection: 'keep-alive', 'x-accel-buffering': 'no' })
+    raw.write('retry: 2000\n\n')
+    streams.add(raw)
+
+    let done = false
+    let chain = Promise.resolve()
+    const write = (e: TaskEvent) => {
+      if (done || e.sequence <= last) return
+      raw.write(`id: ${e.sequence}\nevent: ${e.type}\ndata: ${JSON.stringify(e)}\n\n`)
+      last = e.sequence
+      if (isTerminal(e.data.status)) finish()
+    }
+    // Reads what was missed from the task's event list; every write goes through one chain, in order.
+    const catchUp = () => { chain = chain.then(async () => { if (!done) for (const e of await store.events(task.id, last)) write(e) }).catch(err => request.log.warn({ err }, 'sse catch-up failed')) }
+    const unlisten = hub.listen(task.id, {
+      event: e => { chain = chain.then(() => { if (e.sequence === last + 1) write(e); else if (e.sequence > last + 1) catchUp() }) },
+      resync: catchUp
+    })
+    const heartbeat = setInterval(() => { raw.write(': ping\n\n'); catchUp() }, opts.heartbeatMs)
+    function finish () {
+      if (done) return
+      done = true
+      clearInterval(heartbeat)
+      unlisten()
+      streams.delete(raw)
+      raw.end()
+    }
+    raw.on('close', finish)
+
+    // Listen first, then replay: an event appended in between arrives live and is deduplicated by sequence.
+    catchUp()
+    if (isTerminal(task.status) && last >= task.sequence) chain = chain.then(finish)
+  })
+}
+export default events
