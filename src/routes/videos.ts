@@ -65,7 +65,7 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
         throw new GatewayError('IDEMPOTENCY_KEY_REUSED', 422, 'this Idempotency-Key was used with a different request body')
       }
       if (previous.state === 'pending') throw new Conflict('IDEMPOTENCY_IN_FLIGHT', 'a request with this Idempotency-Key is still being handled; retry shortly')
-      if (previous.state === 'done') return reply.code(previous.status).header('idempotent-replayed', 'true').send(previous.body)
+      if (previous.state === 'done') return reply.code(previous.status).header('idempotent-replayed', 'true').header('location', `/v1/videos/${(previous.body as { id: string }).id}`).send(previous.body)
     }
 
     try {
