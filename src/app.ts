@@ -14,6 +14,8 @@ import { TaskStore } from './store/tasks.ts'
 import { SubmitJobs } from './jobs/submit.ts'
 import { ReconcileJobs } from './jobs/reconcile.ts'
 import { EventHub } from './notify/hub.ts'
+import { DeliveryJobs } from './jobs/deliver.ts'
+import { WebhookStore } from './store/webhooks.ts'
 import type { UpstreamClient } from './upstream/client.ts'
 
 /** Everything the app needs from outside; whoever creates a client closes it (aesthetics §8.3). */
@@ -37,6 +39,8 @@ export interface AppContext extends AppDeps {
   jobs: SubmitJobs
   reconcile: ReconcileJobs
   hub: EventHub
+  webhooks: WebhookStore
+  deliveries: DeliveryJobs
 }
 
 declare module 'fastify' {
@@ -56,7 +60,10 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids'> & Partial<
   const reconcile = new ReconcileJobs({ config: base.config, store, upstream: base.upstream, submit: jobs, logger: base.logger, clock: base.clock, connection: base.queueConnection })
   // The subscriber is ours: made here (lazily, so inert deps never connect) and closed in onClose.
   const hub = new EventHub(duplicate(base.queueConnection ?? base.redis), store.k.eventsChannel, base.logger)
-  const deps: AppContext = { ...base, store, jobs, reconcile, hub }
+  const webhooks = new WebhookStore(base.redis, store.k, base.clock)
+  const reader = duplicate(base.queueConnection ?? base.redis)
+  const deliveries = new DeliveryJobs({ config: base.config, store, webhooks, logger: base.logger, clock: base.clock, connection: base.queueConnection, reader })
+  const deps: AppContext = { ...base, store, jobs, reconcile, hub, webhooks, deliveries }
   const app = Fastify({
     loggerInstance: deps.logger as FastifyBaseLogger,
     bodyLimit: SMALL_BODY_LIMIT,
@@ -67,12 +74,19 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids'> & Partial<
   }).withTypeProvider<TypeBoxTypeProvider>()
 
   app.decorate('deps', deps)
-  if (deps.queueConnection !== undefined) await hub.start()
+  if (deps.queueConnection !== undefined) {
+    await hub.start()
+    await deliveries.ensureGroup()
+  }
   if (deps.queueConnection !== undefined && deps.workers !== false) {
     await jobs.start()
     await reconcile.start()
+    await deliveries.start()
   }
-  app.addHook('onClose', async () => { await Promise.all([jobs.close(), reconcile.close(), hub.close()]) })
+  app.addHook('onClose', async () => {
+    await Promise.all([jobs.close(), reconcile.close(), hub.close(), deliveries.close()])
+    reader.disconnect()
+  })
   await app.register(errors)
   await app.register(auth)
   await app.register(docs)

@@ -18,6 +18,7 @@ export default fp(async function docs (app: FastifyInstance) {
       components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer', description: 'an API key from API_KEYS or ADMIN_API_KEYS' } } },
       tags: [
         { name: 'videos', description: 'video tasks' },
+        { name: 'webhooks', description: 'webhook endpoints and deliveries' },
         { name: 'callbacks', description: 'CometAPI → gateway' },
         { name: 'health', description: 'liveness and readiness' }
       ]

@@ -7,6 +7,7 @@ import { toView, type TaskRecord } from '../domain/task.ts'
 import { problem } from '../schemas/common.ts'
 import { CreateVideoSchema, IdempotencyHeadersSchema, ListQuerySchema, TaskParamsSchema, TaskSchema } from '../schemas/videos.ts'
 import type { Caller } from '../plugins/auth.ts'
+import { checkWebhookTarget, UnsafeTarget } from '../notify/ssrf.ts'
 import { fieldErrorsOf, LOCATIONS } from '../plugins/errors.ts'
 
 const errors = {
@@ -57,6 +58,12 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
     const domainErrors = checked.ok ? [] : checked.errors.filter(d => !schemaErrors.some(e => e.pointer === d.pointer && e.location === d.location))
     if (schemaErrors.length > 0 || !checked.ok) throw new InvalidRequest([...schemaErrors, ...domainErrors])
     const { request: stored, images, fingerprint } = checked.value
+    if (request.body.webhook_url !== undefined) {
+      // Registration-time SSRF check (the delivery agent checks again at connect time).
+      await checkWebhookTarget(request.body.webhook_url, { allowPrivate: config.webhooks.allowPrivate }).catch((err: Error) => {
+        throw err instanceof UnsafeTarget ? new InvalidRequest([{ pointer: '/webhook_url', detail: err.message, location: 'body' }]) : err
+      })
+    }
 
     const idemKey = request.headers['idempotency-key']
     if (idemKey !== undefined) {

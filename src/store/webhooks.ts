@@ -1,0 +1,237 @@
+/**
+ * Webhook endpoints and deliveries in Redis. An endpoint belongs to one caller; its secret (`whsec_…`) signs
+ * every delivery, and after a rotation the previous secret signs beside it for 24 h. A delivery is one event
+ * for one destination: its id (and so its `webhook-id`) is derived from (task, sequence, destination), so
+ * making it twice — after a crash, or on two replicas — yields the same record and the same BullMQ job.
+ */
+import { createHash, randomBytes } from 'node:crypto'
+import type { RedisClient } from '../infra/redis.ts'
+import type { Keys } from './keys.ts'
+
+export const ROTATION_OVERLAP_MS = 24 * 3600_000
+
+export interface Endpoint {
+  id: string
+  caller: string
+  url: string
+  eventTypes: string[] | null
+  description: string | null
+  secret: string
+  previousSecret: string | null
+  previousSecretExpiresAt: number | null
+  enabled: boolean
+  disabledReason: string | null
+  failingSince: number | null
+  createdAt: number
+}
+
+export interface Attempt { at: string, status_code: number | null, error: string | null, duration_ms: number }
+
+export interface Delivery {
+  id: string
+  msgId: string
+  caller: string
+  /** An endpoint id, or null for the task's own `webhook_url`. */
+  endpointId: string | null
+  url: string
+  taskId: string
+  type: string
+  sequence: number
+  /** The exact bytes sent on every attempt. */
+  payload: string
+  status: 'pending' | 'succeeded' | 'failed'
+  attempts: number
+  lastStatusCode: number | null
+  lastError: string | null
+  createdAt: number
+  updatedAt: number
+}
+
+export const newSecret = (): string => `whsec_${randomBytes(32).toString('base64')}`
+
+const num = (s: string | undefined): number | null => s === undefined || s === '' ? null : Number(s)
+const str = (s: string | undefined): string | null => s === undefined || s === '' ? null : s
+
+function decodeEndpoint (h: Record<string, string>): Endpoint | null {
+  if (h.id === undefined) return null
+  return {
+    id: h.id,
+    caller: h.caller,
+    url: h.url,
+    eventTypes: h.event_types === '' || h.event_types === undefined ? null : JSON.parse(h.event_types) as string[],
+    description: str(h.description),
+    secret: h.secret,
+    previousSecret: str(h.previous_secret),
+    previousSecretExpiresAt: num(h.previous_secret_expires_at),
+    enabled: h.enabled === '1',
+    disabledReason: str(h.disabled_reason),
+    failingSince: num(h.failing_since),
+    createdAt: Number(h.created_at)
+  }
+}
+
+function decodeDelivery (h: Record<string, string>): Delivery | null {
+  if (h.id === undefined) return null
+  return {
+    id: h.id,
+    msgId: h.msg_id,
+    caller: h.caller,
+    endpointId: str(h.endpoint_id),
+    url: h.url,
+    taskId: h.task_id,
+    type: h.type,
+    sequence: Number(h.sequence),
+    payload: h.payload,
+    status: h.status as Delivery['status'],
+    attempts: Number(h.attempts ?? 0),
+    lastStatusCode: num(h.last_status_code),
+    lastError: str(h.last_error),
+    createdAt: Number(h.created_at),
+    updatedAt: Number(h.updated_at)
+  }
+}
+
+export class WebhookStore {
+  constructor (readonly redis: RedisClient, readonly k: Keys, private readonly clock: () => number = Date.now) {}
+
+  private epKey (id: string) { return `${this.k.prefix}ep:${id}` }
+  private epIndex (caller: string) { return `${this.k.prefix}eps:${caller}` }
+  private dlvKey (id: string) { return `${this.k.prefix}dlv:${id}` }
+  private dlvAttempts (id: string) { return `${this.k.prefix}dlv:${id}:attempts` }
+  /** Deliveries newest first per caller (`*` for all) and per endpoint; failed ones by when they failed. */
+  dlvIndex (scope: string, status: 'all' | 'failed' = 'all') { return `${this.k.prefix}dlvidx:${scope}:${status}` }
+  private callerSecretKey (caller: string) { return `${this.k.prefix}whsec:${caller}` }
+
+  async createEndpoint (input: { caller: string, url: string, eventTypes: string[] | null, description: string | null }): Promise<Endpoint> {
+    const ep: Endpoint = {
+      id: `ep_${randomBytes(12).toString('hex')}`,
+      ...input,
+      secret: newSecret(),
+      previousSecret: null,
+      previousSecretExpiresAt: null,
+      enabled: true,
+      disabledReason: null,
+      failingSince: null,
+      createdAt: this.clock()
+    }
+    await this.redis.multi()
+      .hset(this.epKey(ep.id), {
+        id: ep.id, caller: ep.caller, url: ep.url, event_types: ep.eventTypes === null ? '' : JSON.stringify(ep.eventTypes),
+        description: ep.description ?? '', secret: ep.secret, enabled: '1', created_at: String(ep.createdAt)
+      })
+      .zadd(this.epIndex(ep.caller), ep.createdAt, ep.id)
+      .exec()
+    return ep
+  }
+
+  async getEndpoint (id: string): Promise<Endpoint | null> {
+    return decodeEndpoint(await this.redis.hgetall(this.epKey(id)))
+  }
+
+  async listEndpoints (caller: string): Promise<Endpoint[]> {
+    const ids = await this.redis.zrange(this.epIndex(caller), '0', '999')
+    return (await Promise.all(ids.map(async id => await this.getEndpoint(id)))).filter((e): e is Endpoint => e !== null)
+  }
+
+  async deleteEndpoint (ep: Endpoint): Promise<void> {
+    await this.redis.multi().del(this.epKey(ep.id)).zrem(this.epIndex(ep.caller), ep.id).exec()
+  }
+
+  /** A new secret; the current one keeps signing beside it for ROTATION_OVERLAP_MS. */
+  async rotateSecret (ep: Endpoint): Promise<Endpoint> {
+    const secret = newSecret()
+    const expires = this.clock() + ROTATION_OVERLAP_MS
+    await this.redis.hset(this.epKey(ep.id), { secret, previous_secret: ep.secret, previous_secret_expires_at: String(expires) })
+    return { ...ep, secret, previousSecret: ep.secret, previousSecretExpiresAt: expires }
+  }
+
+  /** The secrets that sign now: the current one, and the previous one while its overlap lasts. */
+  signingSecrets (ep: Endpoint): string[] {
+    const now = this.clock()
+    return ep.previousSecret !== null && (ep.previousSecretExpiresAt ?? 0) > now ? [ep.secret, ep.previousSecret] : [ep.secret]
+  }
+
+  async disableEndpoint (id: string, reason: string): Promise<void> {
+    await this.redis.hset(this.epKey(id), { enabled: '0', disabled_reason: reason })
+  }
+
+  /** Records that an endpoint answered well (clears its failure streak) or badly (starts one). */
+  async endpointOutcome (ep: Endpoint, ok: boolean): Promise<number | null> {
+    if (ok) {
+      if (ep.failingSince !== null) await this.redis.hset(this.epKey(ep.id), 'failing_since', '')
+      return null
+    }
+    if (ep.failingSince !== null) return ep.failingSince
+    const now = this.clock()
+    await this.redis.hsetnx(this.epKey(ep.id), 'failing_since', String(now))
+    return num(await this.redis.hget(this.epKey(ep.id), 'failing_since') ?? undefined) ?? now
+  }
+
+  /** The secret that signs deliveries to tasks' own `webhook_url`, one per caller, made on first use. */
+  async callerSecret (caller: string): Promise<string> {
+    await this.redis.setnx(this.callerSecretKey(caller), newSecret())
+    return await this.redis.get(this.callerSecretKey(caller)) as string
+  }
+
+  static deliveryId (taskId: string, sequence: number, destination: string): string {
+    return createHash('sha256').update(`${taskId}\n${sequence}\n${destination}`).digest('base64url').slice(0, 24)
+  }
+
+  /** Makes the delivery if it is not there yet; returns it either way. */
+  async ensureDelivery (d: Omit<Delivery, 'status' | 'attempts' | 'lastStatusCode' | 'lastError' | 'createdAt' | 'updatedAt' | 'msgId'>): Promise<Delivery> {
+    const key = this.dlvKey(d.id)
+    const now = this.clock()
+    const created = await this.redis.hsetnx(key, 'id', d.id)
+    if (created === 1) {
+      await this.redis.multi()
+        .hset(key, {
+          msg_id: `msg_${d.id}`, caller: d.caller, endpoint_id: d.endpointId ?? '', url: d.url, task_id: d.taskId, type: d.type,
+          sequence: String(d.sequence), payload: d.payload, status: 'pending', attempts: '0', created_at: String(now), updated_at: String(now)
+        })
+        .zadd(this.dlvIndex(d.caller), now, d.id)
+        .zadd(this.dlvIndex('*'), now, d.id)
+        .zadd(this.dlvIndex(d.endpointId ?? 'task-url'), now, d.id)
+        .exec()
+    }
+    return await this.getDelivery(d.id) as Delivery
+  }
+
+  async getDelivery (id: string): Promise<Delivery | null> {
+    return decodeDelivery(await this.redis.hgetall(this.dlvKey(id)))
+  }
+
+  async recordAttempt (d: Delivery, attempt: Attempt, status: Delivery['status']): Promise<void> {
+    const now = this.clock()
+    const multi = this.redis.multi()
+      .rpush(this.dlvAttempts(d.id), JSON.stringify(attempt))
+      .hset(this.dlvKey(d.id), { status, last_status_code: attempt.status_code === null ? '' : String(attempt.status_code), last_error: attempt.error ?? '', updated_at: String(now) })
+      .hincrby(this.dlvKey(d.id), 'attempts', 1)
+    if (status === 'failed') {
+      for (const scope of [d.caller, '*', d.endpointId ?? 'task-url']) multi.zadd(this.dlvIndex(scope, 'failed'), now, d.id)
+    } else {
+      for (const scope of [d.caller, '*', d.endpointId ?? 'task-url']) multi.zrem(this.dlvIndex(scope, 'failed'), d.id)
+    }
+    await multi.exec()
+  }
+
+  async markStatus (d: Delivery, status: Delivery['status'], error: string | null): Promise<void> {
+    await this.recordAttempt(d, { at: new Date(this.clock()).toISOString(), status_code: null, error, duration_ms: 0 }, status)
+  }
+
+  /** Back to pending for a manual retry; the attempts so far stay recorded. */
+  async reopen (d: Delivery): Promise<void> {
+    const multi = this.redis.multi().hset(this.dlvKey(d.id), { status: 'pending', updated_at: String(this.clock()) })
+    for (const scope of [d.caller, '*', d.endpointId ?? 'task-url']) multi.zrem(this.dlvIndex(scope, 'failed'), d.id)
+    await multi.exec()
+  }
+
+  async attempts (id: string): Promise<Attempt[]> {
+    return (await this.redis.lrange(this.dlvAttempts(id), 0, -1)).map(a => JSON.parse(a) as Attempt)
+  }
+
+  /** Newest first from an index; `since` (ms) bounds it from below. */
+  async listDeliveries (index: string, opts: { limit: number, before?: number, since?: number }): Promise<Delivery[]> {
+    const ids = await this.redis.zrevrangebyscore(index, opts.before === undefined ? '+inf' : `(${opts.before}`, opts.since ?? '-inf', 'LIMIT', 0, opts.limit)
+    return (await Promise.all(ids.map(async id => await this.getDelivery(id)))).filter((d): d is Delivery => d !== null)
+  }
+}
