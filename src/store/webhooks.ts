@@ -116,8 +116,14 @@ export class WebhookStore {
     }
     await this.redis.multi()
       .hset(this.epKey(ep.id), {
-        id: ep.id, caller: ep.caller, url: ep.url, event_types: ep.eventTypes === null ? '' : JSON.stringify(ep.eventTypes),
-        description: ep.description ?? '', secret: ep.secret, enabled: '1', created_at: String(ep.createdAt)
+        id: ep.id,
+        caller: ep.caller,
+        url: ep.url,
+        event_types: ep.eventTypes === null ? '' : JSON.stringify(ep.eventTypes),
+        description: ep.description ?? '',
+        secret: ep.secret,
+        enabled: '1',
+        created_at: String(ep.createdAt)
       })
       .zadd(this.epIndex(ep.caller), ep.createdAt, ep.id)
       .exec()
@@ -185,8 +191,18 @@ export class WebhookStore {
     if (created === 1) {
       await this.redis.multi()
         .hset(key, {
-          msg_id: `msg_${d.id}`, caller: d.caller, endpoint_id: d.endpointId ?? '', url: d.url, task_id: d.taskId, type: d.type,
-          sequence: String(d.sequence), payload: d.payload, status: 'pending', attempts: '0', created_at: String(now), updated_at: String(now)
+          msg_id: `msg_${d.id}`,
+          caller: d.caller,
+          endpoint_id: d.endpointId ?? '',
+          url: d.url,
+          task_id: d.taskId,
+          type: d.type,
+          sequence: String(d.sequence),
+          payload: d.payload,
+          status: 'pending',
+          attempts: '0',
+          created_at: String(now),
+          updated_at: String(now)
         })
         .zadd(this.dlvIndex(d.caller), now, d.id)
         .zadd(this.dlvIndex('*'), now, d.id)
