@@ -16,6 +16,8 @@ import { ReconcileJobs } from './jobs/reconcile.ts'
 import { EventHub } from './notify/hub.ts'
 import { DeliveryJobs } from './jobs/deliver.ts'
 import { WebhookStore } from './store/webhooks.ts'
+import { MirrorJobs } from './jobs/mirror.ts'
+import type { BlobStore } from './blobs/index.ts'
 import type { UpstreamClient } from './upstream/client.ts'
 
 /** Everything the app needs from outside; whoever creates a client closes it (aesthetics §8.3). */
@@ -31,6 +33,8 @@ export interface AppDeps {
   queueConnection?: RedisClient
   /** Run this replica's workers (default true when there is a queue connection). */
   workers?: boolean
+  /** Where result videos are kept. */
+  blobs: BlobStore
 }
 
 /** What routes and plugins reach through `app.deps`: the injected deps plus the parts built from them. */
@@ -41,6 +45,7 @@ export interface AppContext extends AppDeps {
   hub: EventHub
   webhooks: WebhookStore
   deliveries: DeliveryJobs
+  mirror: MirrorJobs
 }
 
 declare module 'fastify' {
@@ -62,8 +67,20 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids'> & Partial<
   const hub = new EventHub(duplicate(base.queueConnection ?? base.redis), store.k.eventsChannel, base.logger)
   const webhooks = new WebhookStore(base.redis, store.k, base.clock)
   const reader = duplicate(base.queueConnection ?? base.redis)
-  const deliveries = new DeliveryJobs({ config: base.config, store, webhooks, logger: base.logger, clock: base.clock, connection: base.queueConnection, reader })
-  const deps: AppContext = { ...base, store, jobs, reconcile, hub, webhooks, deliveries }
+  // The event reader is ours; DeliveryJobs disconnects it when it stops reading.
+  reader.on('error', (err: Error) => base.logger.warn({ err: err.message }, 'redis (event reader) connection error'))
+  const mirror = new MirrorJobs({ config: base.config, store, blobs: base.blobs, logger: base.logger, clock: base.clock, connection: base.queueConnection })
+  const deliveries = new DeliveryJobs({
+    config: base.config,
+    store,
+    webhooks,
+    logger: base.logger,
+    clock: base.clock,
+    connection: base.queueConnection,
+    reader,
+    onEvent: async e => { if (e.type === 'video.succeeded') await mirror.enqueue(e.task_id) }
+  })
+  const deps: AppContext = { ...base, store, jobs, reconcile, hub, webhooks, deliveries, mirror }
   const app = Fastify({
     loggerInstance: deps.logger as FastifyBaseLogger,
     bodyLimit: SMALL_BODY_LIMIT,
@@ -82,10 +99,10 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids'> & Partial<
     await jobs.start()
     await reconcile.start()
     await deliveries.start()
+    await mirror.start()
   }
   app.addHook('onClose', async () => {
-    await Promise.all([jobs.close(), reconcile.close(), hub.close(), deliveries.close()])
-    reader.disconnect()
+    await Promise.all([jobs.close(), reconcile.close(), hub.close(), deliveries.close(), mirror.close()])
   })
   await app.register(errors)
   await app.register(auth)

@@ -14,6 +14,7 @@ import { startRedisServer, RedisServerMissing } from './infra/embedded-redis.ts'
 import { createHash } from 'node:crypto'
 import { Simulator } from '../simulator/app.ts'
 import { UpstreamClient } from './upstream/client.ts'
+import { createBlobStore } from './blobs/factory.ts'
 
 let config: Config
 try {
@@ -39,6 +40,8 @@ try {
     config.upstream.baseUrl = await sim.listen()
     config.upstream.key = 'simulator'
     cleanups.unshift(() => sim.close())
+    // The simulator's result videos are on loopback: let the mirror fetch them.
+    config.mirror.allowPrivate = true
     logger.warn({ url: config.upstream.baseUrl }, 'COMETAPI_KEY is not set: UPSTREAM IS THE BUILT-IN SIMULATOR, no real videos will be made')
   }
   config.callbackSecret ??= randomBytes(32).toString('hex')
@@ -58,7 +61,10 @@ try {
   const upstream = new UpstreamClient({ baseUrl: config.upstream.baseUrl, apiKey: config.upstream.key, timeoutMs: config.upstream.timeoutMs })
   cleanups.unshift(() => upstream.close())
 
-  const app = await buildApp({ config, redis, logger, upstream, queueConnection })
+  const blobs = createBlobStore(config.blobs)
+  cleanups.unshift(() => blobs.close())
+
+  const app = await buildApp({ config, redis, logger, upstream, queueConnection, blobs })
   cleanups.unshift(() => app.close())
   const address = await app.listen({ host: config.host, port: config.port })
   const port = new URL(address).port

@@ -9,7 +9,7 @@ describe('problem+json', () => {
     // Routes added by the test before ready() exercise the one error handler with every kind of error.
     await h.app.close()
     const { buildApp } = await import('../src/app.ts')
-    const app = await buildApp({ config: h.config, redis: h.redis, upstream: h.upstream, logger: h.app.log as never })
+    const app = await buildApp({ config: h.config, redis: h.redis, upstream: h.upstream, blobs: h.blobs, logger: h.app.log as never })
     app.post('/t/validate', {
       schema: {
         body: Type.Object({ a: Type.String({ maxLength: 3 }), b: Type.Array(Type.Integer(), { maxItems: 2 }), c: Type.Object({ d: Type.Boolean() }) }, { additionalProperties: false }),

@@ -35,7 +35,23 @@ export const EnvSchema = Type.Object({
   DATA_DIR: Type.String({ minLength: 1, default: '.data' }),
   CREATE_BODY_LIMIT_BYTES: Type.Integer({ minimum: 1024, default: 60 * 1024 * 1024 }),
   SHUTDOWN_GRACE_MS: Type.Integer({ minimum: 0, default: 10_000 }),
-  SSE_HEARTBEAT_MS: Type.Integer({ minimum: 10, maximum: 600_000, default: 15_000 })
+  SSE_HEARTBEAT_MS: Type.Integer({ minimum: 10, maximum: 600_000, default: 15_000 }),
+  BLOB_DRIVER: Type.Union([Type.Literal('dir'), Type.Literal('s3')], { default: 'dir' }),
+  BLOB_DIR: Type.Optional(Type.String({ minLength: 1 })),
+  S3_BUCKET: Type.Optional(Type.String({ minLength: 3, maxLength: 63 })),
+  S3_ENDPOINT: Type.Optional(Type.String({ pattern: '^https?://' })),
+  S3_REGION: Type.String({ minLength: 1, default: 'us-east-1' }),
+  S3_ACCESS_KEY_ID: Type.Optional(Type.String({ minLength: 1 })),
+  S3_SECRET_ACCESS_KEY: Type.Optional(Type.String({ minLength: 1 })),
+  S3_FORCE_PATH_STYLE: Type.Optional(Type.Boolean()),
+  S3_PREFIX: Type.String({ default: '' }),
+  VIDEO_RETENTION_DAYS: Type.Integer({ minimum: 0, default: 0 }),
+  MIRROR_MAX_BYTES: Type.Integer({ minimum: 1, default: 1024 * 1024 * 1024 }),
+  MIRROR_TIMEOUT_MS: Type.Integer({ minimum: 100, default: 300_000 }),
+  MIRROR_ALLOW_PRIVATE: Type.Boolean({ default: false }),
+  PARKED_MAX_BYTES: Type.Integer({ minimum: 0, default: 512 * 1024 * 1024 }),
+  CREATE_MAX_LARGE_BODIES: Type.Integer({ minimum: 1, maximum: 1000, default: 4 }),
+  LARGE_BODY_BYTES: Type.Integer({ minimum: 1024, default: 1024 * 1024 })
 })
 type Env = Static<typeof EnvSchema>
 
@@ -60,6 +76,10 @@ export interface Config {
   createBodyLimit: number
   shutdownGraceMs: number
   sseHeartbeatMs: number
+  blobs: { driver: 'dir', dir: string } | { driver: 's3', bucket: string, endpoint?: string, region: string, accessKeyId?: string, secretAccessKey?: string, forcePathStyle: boolean, prefix: string }
+  mirror: { maxBytes: number, timeoutMs: number, allowPrivate: boolean, retentionMs: number }
+  parkedMaxBytes: number
+  create: { maxLargeBodies: number, largeBodyBytes: number }
 }
 
 /** Thrown by loadConfig; its message names every bad variable, and never a value. */
@@ -128,6 +148,7 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
     ...parseKeys('API_KEYS', value.API_KEYS, false, problems),
     ...parseKeys('ADMIN_API_KEYS', value.ADMIN_API_KEYS, true, problems)
   ]
+  if (value.BLOB_DRIVER === 's3' && value.S3_BUCKET === undefined) problems.push('S3_BUCKET: required when BLOB_DRIVER=s3')
   if (problems.length > 0) throw new ConfigError(problems)
 
   return {
@@ -163,6 +184,21 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
     dataDir: value.DATA_DIR,
     createBodyLimit: value.CREATE_BODY_LIMIT_BYTES,
     shutdownGraceMs: value.SHUTDOWN_GRACE_MS,
-    sseHeartbeatMs: value.SSE_HEARTBEAT_MS
+    sseHeartbeatMs: value.SSE_HEARTBEAT_MS,
+    blobs: value.BLOB_DRIVER === 's3'
+      ? {
+          driver: 's3',
+          bucket: value.S3_BUCKET as string,
+          endpoint: value.S3_ENDPOINT,
+          region: value.S3_REGION,
+          accessKeyId: value.S3_ACCESS_KEY_ID,
+          secretAccessKey: value.S3_SECRET_ACCESS_KEY,
+          forcePathStyle: value.S3_FORCE_PATH_STYLE ?? value.S3_ENDPOINT !== undefined,
+          prefix: value.S3_PREFIX
+        }
+      : { driver: 'dir', dir: value.BLOB_DIR ?? `${value.DATA_DIR}/blobs` },
+    mirror: { maxBytes: value.MIRROR_MAX_BYTES, timeoutMs: value.MIRROR_TIMEOUT_MS, allowPrivate: value.MIRROR_ALLOW_PRIVATE, retentionMs: value.VIDEO_RETENTION_DAYS * 24 * 3600_000 },
+    parkedMaxBytes: value.PARKED_MAX_BYTES,
+    create: { maxLargeBodies: value.CREATE_MAX_LARGE_BODIES, largeBodyBytes: value.LARGE_BODY_BYTES }
   }
 }

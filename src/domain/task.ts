@@ -40,6 +40,8 @@ export interface TaskRecord {
   webhookUrl: string | null
   /** Set just before a create is sent upstream; an attempt that finds it set must ask upstream before sending again. */
   submitSentAt: number | null
+  /** When the result videos were copied into the gateway's blob store. */
+  storedAt: number | null
 }
 
 /** The task as callers see it (API.md §2 "The task object"). */
@@ -73,7 +75,8 @@ export function toView (t: TaskRecord): TaskView {
   }
 }
 
-export type EventType = `video.${TaskStatus}`
+/** One per state change, plus `video.stored` when the result has been copied into the gateway. */
+export type EventType = `video.${TaskStatus}` | 'video.stored'
 
 /** One entry of a task's event log; the same object feeds SSE, webhooks and the Redis Stream. */
 export interface TaskEvent {

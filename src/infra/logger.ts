@@ -13,7 +13,7 @@ export function createLogger (level: string, destination?: DestinationStream): L
   const options = {
     level,
     redact: {
-      paths: ['req.headers.authorization', 'req.headers.cookie', 'headers.authorization', '*.apiKey', '*.key', '*.secret', '*.token', 'config.upstream.key', 'config.callbackSecret'],
+      paths: ['req.headers.authorization', 'req.headers.cookie', 'headers.authorization', '*.apiKey', '*.key', '*.secret', '*.token', 'config.upstream.key', 'config.callbackSecret', 'config.blobs.secretAccessKey'],
       censor: '[REDACTED]'
     },
     serializers: {

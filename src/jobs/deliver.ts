@@ -16,6 +16,7 @@
 import { Queue, Worker, type Job } from 'bullmq'
 import { randomBytes } from 'node:crypto'
 import type { Logger } from 'pino'
+import { closeBounded } from './close.ts'
 import { Webhook } from 'standardwebhooks'
 import { request, type Agent } from 'undici'
 import type { Config } from '../config/index.ts'
@@ -41,6 +42,8 @@ export interface DeliverDeps {
   connection?: RedisClient
   /** A connection the stream reader may block on. */
   reader?: RedisClient
+  /** Other work that must follow an event durably (the result mirror), run before the entry is acknowledged. */
+  onEvent?: (event: TaskEvent) => Promise<void>
 }
 
 class DeliveryFailed extends Error {
@@ -110,15 +113,10 @@ export class DeliveryJobs {
 
   async close (graceMs = 5000): Promise<void> {
     this.running = false
+    // A blocking XREADGROUP can outlive a Redis reconnect; disconnecting the reader ends it at once.
+    this.deps.reader?.disconnect()
     await this.reading
-    const worker = this.worker
-    if (worker !== undefined) {
-      let timer: NodeJS.Timeout | undefined
-      const closed = await Promise.race([worker.close().then(() => true), new Promise<false>(resolve => { timer = setTimeout(() => resolve(false), graceMs) })])
-      clearTimeout(timer)
-      if (!closed) await worker.close(true)
-    }
-    await this.q?.close()
+    await closeBounded(this.worker, this.q, this.log, graceMs)
     await this.agent.close()
   }
 
@@ -162,7 +160,11 @@ export class DeliveryJobs {
     for (const [entryId, fields] of entries) {
       if (fields !== null) {
         const data = fields[fields.indexOf('data') + 1]
-        if (data !== undefined) await this.fanOut(JSON.parse(data) as TaskEvent)
+        if (data !== undefined) {
+          const event = JSON.parse(data) as TaskEvent
+          await this.fanOut(event)
+          await this.deps.onEvent?.(event)
+        }
       }
       await store.redis.xack(store.k.events, GROUP, entryId)
     }

@@ -13,6 +13,7 @@
  */
 import { Queue, Worker, type Job } from 'bullmq'
 import type { Logger } from 'pino'
+import { closeBounded } from './close.ts'
 import type { Config } from '../config/index.ts'
 import { isTerminal, type TaskRecord } from '../domain/task.ts'
 import type { RedisClient } from '../infra/redis.ts'
@@ -79,14 +80,7 @@ export class ReconcileJobs {
   }
 
   async close (graceMs = 5000): Promise<void> {
-    const worker = this.worker
-    if (worker !== undefined) {
-      let timer: NodeJS.Timeout | undefined
-      const closed = await Promise.race([worker.close().then(() => true), new Promise<false>(resolve => { timer = setTimeout(() => resolve(false), graceMs) })])
-      clearTimeout(timer)
-      if (!closed) await worker.close(true)
-    }
-    await this.q?.close()
+    await closeBounded(this.worker, this.q, this.log, graceMs)
   }
 
   private async process (job: Job<CheckData>): Promise<string> {
@@ -133,7 +127,7 @@ export class ReconcileJobs {
       if (task.status === 'queued' && !pastDeadline) await submit.submit(task.id)
       return pastDeadline ? await this.deadline(task) : 'unknown'
     }
-    const outcome = await applyUpstream(store, task.id, up, now)
+    const outcome = await applyUpstream(store, task.id, up, now, config.publicBaseUrl ?? '')
     if (outcome.applied) return 'applied'
     return pastDeadline ? await this.deadline(task) : 'unchanged'
   }

@@ -16,6 +16,7 @@
  */
 import { DelayedError, Queue, Worker, type Job } from 'bullmq'
 import type { Logger } from 'pino'
+import { closeBounded } from './close.ts'
 import type { Config } from '../config/index.ts'
 import { callbackToken } from '../domain/callback-token.ts'
 import { upstreamBody } from '../domain/create.ts'
@@ -97,20 +98,7 @@ export class SubmitJobs {
    * again by any replica, and finds `submit_sent_at` set, so it asks upstream before sending anything.
    */
   async close (graceMs = 5000): Promise<void> {
-    const worker = this.worker
-    if (worker !== undefined) {
-      let timer: NodeJS.Timeout | undefined
-      const closed = await Promise.race([
-        worker.close().then(() => true),
-        new Promise<false>(resolve => { timer = setTimeout(() => resolve(false), graceMs) })
-      ])
-      clearTimeout(timer)
-      if (!closed) {
-        this.log.warn('submit worker did not close in time; forcing it')
-        await worker.close(true)
-      }
-    }
-    await this.q?.close()
+    await closeBounded(this.worker, this.q, this.log, graceMs)
   }
 
   private async process (job: Job<SubmitData>, token?: string): Promise<string> {
@@ -167,9 +155,11 @@ export class SubmitJobs {
       }
       this.log.warn({ taskId: task.id, code: err.code, attempt, retryAfterMs: err.retryAfterMs }, 'submit attempt failed; will retry')
       if (err.httpStatus === 429 || err.code === 'KLING_1302' || err.code === 'KLING_1303') {
-        // The whole account is limited: hold the queue, do not burn this task's attempts.
-        await this.worker?.rateLimit(err.retryAfterMs ?? backoffDelay(attempt, config.upstream.retryBaseMs))
-        throw Worker.RateLimitError()
+        // The whole account is limited: hold the queue for every replica, and put this job back for exactly as
+        // long as upstream asked, without burning one of its attempts.
+        const wait = err.retryAfterMs ?? backoffDelay(attempt, config.upstream.retryBaseMs)
+        await this.worker?.rateLimit(wait)
+        return await this.askAgain(job, token, wait)
       }
       throw err
     }
@@ -183,7 +173,7 @@ export class SubmitJobs {
 
   /** Records the upstream task and moves ours to where upstream says it is. */
   private async adopt (task: TaskRecord, up: UpstreamTask): Promise<string> {
-    const outcome = await applyUpstream(this.deps.store, task.id, up, this.deps.clock())
+    const outcome = await applyUpstream(this.deps.store, task.id, up, this.deps.clock(), this.deps.config.publicBaseUrl ?? '')
     this.log.info({ taskId: task.id, upstreamTaskId: up.taskId, applied: outcome.applied }, 'upstream accepted the task')
     return 'submitted'
   }

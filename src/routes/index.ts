@@ -4,12 +4,14 @@ import videos from './videos.ts'
 import callbacks from './callbacks.ts'
 import events from './events.ts'
 import webhooks from './webhooks.ts'
+import content from './content.ts'
 
 /** Every route module, registered explicitly (aesthetics §8.5). */
 export default async function routes (app: FastifyInstance) {
   await app.register(health, { prefix: '/health' })
   await app.register(videos, { prefix: '/v1/videos' })
   await app.register(events, { prefix: '/v1/videos', heartbeatMs: app.deps.config.sseHeartbeatMs })
+  await app.register(content, { prefix: '/v1/videos' })
   await app.register(callbacks, { prefix: '/callbacks' })
   await app.register(webhooks, { prefix: '/v1' })
 }

@@ -1,8 +1,9 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import type { FastifyReply, FastifyRequest } from 'fastify'
 import { randomUUID } from 'node:crypto'
 import { Type } from 'typebox'
 import { checkCreate } from '../domain/create.ts'
-import { Conflict, GatewayError, InvalidRequest, NotFound } from '../domain/errors.ts'
+import { Conflict, GatewayError, InvalidRequest, NotFound, Unavailable } from '../domain/errors.ts'
 import { toView, type TaskRecord } from '../domain/task.ts'
 import { problem } from '../schemas/common.ts'
 import { CreateVideoSchema, IdempotencyHeadersSchema, ListQuerySchema, TaskParamsSchema, TaskSchema } from '../schemas/videos.ts'
@@ -24,8 +25,21 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
   app.addSchema(TaskSchema)
   app.addHook('onRequest', app.authenticate)
 
+  // Bodies past LARGE_BODY_BYTES in flight at once on this replica: each can cost ~2× its size in memory while
+  // parsed and decoded, so their number is capped before a byte of them is read.
+  let largeInFlight = 0
+  const limitLargeBodies = async (request: FastifyRequest, reply: FastifyReply) => {
+    const length = Number(request.headers['content-length'] ?? Infinity)
+    if (length <= config.create.largeBodyBytes) return
+    if (largeInFlight >= config.create.maxLargeBodies) throw new Unavailable('too many large creates in flight; retry shortly', 2)
+    largeInFlight++
+    // The response's `close` comes once it is sent or the connection is gone, whichever is first.
+    reply.raw.once('close', () => { largeInFlight-- })
+  }
+
   app.post('/', {
     bodyLimit: config.createBodyLimit,
+    onRequest: limitLargeBodies,
     // Validation errors are merged with the image checks below, so one answer names every bad field.
     attachValidation: true,
     schema: {
@@ -77,7 +91,7 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
 
     try {
       const id = app.deps.ids()
-      await store.park(id, images)
+      if (!await store.park(id, images, config.parkedMaxBytes)) throw new Unavailable('too many images are waiting for upstream capacity; retry later', 30)
       const outcome = await store.create({
         id,
         caller: caller.name,

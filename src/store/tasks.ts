@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs'
 import type { Redis, Cluster, Result } from 'ioredis'
-import { isTerminal, toView, type TaskEvent, type TaskRecord, type TaskStatus } from '../domain/task.ts'
+import { isTerminal, toView, type EventType, type TaskEvent, type TaskRecord, type TaskStatus } from '../domain/task.ts'
 import { keys, type Keys } from './keys.ts'
 
 type RedisClient = Redis | Cluster
@@ -55,13 +55,14 @@ function decode (h: Record<string, string>): TaskRecord | null {
     error: parse(h.error),
     externalTaskId: h.external_task_id,
     webhookUrl: h.webhook_url === '' || h.webhook_url === undefined ? null : h.webhook_url,
-    submitSentAt: h.submit_sent_at === '' || h.submit_sent_at === undefined ? null : Number(h.submit_sent_at)
+    submitSentAt: h.submit_sent_at === '' || h.submit_sent_at === undefined ? null : Number(h.submit_sent_at),
+    storedAt: h.stored_at === '' || h.stored_at === undefined ? null : Number(h.stored_at)
   }
 }
 
 /** Builds the event for a task as it is after a change. */
-export function eventOf (task: TaskRecord, now: number): TaskEvent {
-  return { type: `video.${task.status}`, task_id: task.id, caller: task.caller, sequence: task.sequence, timestamp: new Date(now).toISOString(), data: toView(task) }
+export function eventOf (task: TaskRecord, now: number, type: EventType = `video.${task.status}`): TaskEvent {
+  return { type, task_id: task.id, caller: task.caller, sequence: task.sequence, timestamp: new Date(now).toISOString(), data: toView(task) }
 }
 
 /**
@@ -82,9 +83,9 @@ export class TaskStore {
   }
 
   /** Stores a new queued task and its `video.queued` event; `reference` conflicts return the existing id. */
-  async create (task: Omit<TaskRecord, 'sequence' | 'status' | 'updatedAt' | 'upstream' | 'result' | 'error' | 'submitSentAt'>):
+  async create (task: Omit<TaskRecord, 'sequence' | 'status' | 'updatedAt' | 'upstream' | 'result' | 'error' | 'submitSentAt' | 'storedAt'>):
   Promise<{ created: TaskRecord } | { referenceTaken: string }> {
-    const record: TaskRecord = { ...task, status: 'queued', sequence: 1, updatedAt: task.createdAt, upstream: null, result: null, error: null, submitSentAt: null }
+    const record: TaskRecord = { ...task, status: 'queued', sequence: 1, updatedAt: task.createdAt, upstream: null, result: null, error: null, submitSentAt: null, storedAt: null }
     const fields = {
       id: record.id,
       caller: record.caller,
@@ -115,7 +116,7 @@ export class TaskStore {
    * `decide` returns the change, or null to leave the task alone (a duplicate or stale update). A change to
    * the same status with no event is allowed (bookkeeping such as submitSentAt).
    */
-  async transition (id: string, decide: (t: TaskRecord) => Change | null, opts: { requireEmpty?: 'submit_sent_at', event?: boolean } = {}): Promise<TransitionOutcome> {
+  async transition (id: string, decide: (t: TaskRecord) => Change | null, opts: { requireEmpty?: 'submit_sent_at', event?: boolean, eventType?: EventType } = {}): Promise<TransitionOutcome> {
     for (let attempt = 0; attempt < 10; attempt++) {
       const current = await this.get(id)
       if (current === null) return { applied: false, reason: 'missing', task: null }
@@ -139,13 +140,13 @@ export class TaskStore {
       if (change.result !== undefined) fields.result = json(change.result)
       if (change.error !== undefined) fields.error = json(change.error)
       if (change.submitSentAt !== undefined) fields.submit_sent_at = change.submitSentAt === null ? '' : String(change.submitSentAt)
-      const event = withEvent ? eventOf(next, now) : null
+      const event = withEvent ? eventOf(next, now, opts.eventType) : null
       const k = this.k
       const seq = await this.redis.kgTransition(
         k.task(id), k.taskEvents(id), k.events,
         k.index(current.caller, current.status), k.index(current.caller, next.status), k.index('*', current.status), k.index('*', next.status), k.open,
         current.sequence, current.status, next.status, JSON.stringify(fields), event === null ? '' : JSON.stringify(event),
-        current.createdAt, STREAM_MAXLEN, isTerminal(next.status) ? '1' : '0', now, k.eventsChannel, opts.requireEmpty ?? '')
+        current.createdAt, STREAM_MAXLEN, isTerminal(next.status) ? '1' : '0', now, k.eventsChannel, opts.requireEmpty ?? '', event?.type ?? '')
       if (seq > 0) return { applied: true, task: next, event }
       if (seq === -1) return { applied: false, reason: 'missing', task: null }
       if (seq === -2) return { applied: false, reason: 'guarded', task: current }
@@ -211,13 +212,27 @@ export class TaskStore {
     await this.redis.del(this.k.idempotency(caller, key))
   }
 
-  /** Stores the decoded Base64 images of a task, by JSON pointer, until upstream accepts it. */
-  async park (id: string, images: Map<string, Buffer>): Promise<void> {
-    if (images.size === 0) return
+  /**
+   * Stores the decoded Base64 images of a task, by JSON pointer, until upstream accepts it. Returns false (and
+   * stores nothing) when the total parked bytes would pass `maxBytes`.
+   */
+  async park (id: string, images: Map<string, Buffer>, maxBytes = Infinity): Promise<boolean> {
+    if (images.size === 0) return true
     let total = 0
     const args: Array<string | Buffer> = []
     for (const [pointer, data] of images) { args.push(pointer, data); total += data.length }
-    await this.redis.multi().hset(this.k.parked(id), ...args).incrby(this.k.parkedBytes, total).exec()
+    // Reserve first, so concurrent creates cannot pass the cap together.
+    const reserved = await this.redis.incrby(this.k.parkedBytes, total)
+    if (reserved > maxBytes) {
+      await this.redis.decrby(this.k.parkedBytes, total)
+      return false
+    }
+    await this.redis.hset(this.k.parked(id), ...args)
+    return true
+  }
+
+  async parkedBytes (): Promise<number> {
+    return Number(await this.redis.get(this.k.parkedBytes) ?? 0)
   }
 
   async parked (id: string): Promise<Map<string, Buffer>> {

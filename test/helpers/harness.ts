@@ -12,6 +12,11 @@ import { createLogger } from '../../src/infra/logger.ts'
 import { createRedis, waitReady, type RedisClient } from '../../src/infra/redis.ts'
 import { Simulator, type SimOptions } from '../../simulator/app.ts'
 import { UpstreamClient } from '../../src/upstream/client.ts'
+import { DirectoryBlobStore } from '../../src/blobs/dir.ts'
+import type { BlobStore } from '../../src/blobs/index.ts'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 
 /** Collects pino's JSON lines in memory. */
 export class LogCapture extends Writable {
@@ -36,6 +41,7 @@ export interface Harness {
   logs: LogCapture
   prefix: string
   upstream: UpstreamClient
+  blobs: BlobStore
   close: () => Promise<void>
 }
 
@@ -52,6 +58,7 @@ export function testEnv (over: Record<string, string> = {}): Record<string, stri
     ADMIN_API_KEYS: `ops:${KEYS.ops}`,
     PUBLIC_BASE_URL: 'http://127.0.0.1:1',
     WEBHOOK_ALLOW_PRIVATE: 'true',
+    MIRROR_ALLOW_PRIVATE: 'true',
     LOG_LEVEL: 'info',
     ...over
   }
@@ -61,7 +68,7 @@ export function testEnv (over: Record<string, string> = {}): Record<string, stri
  * `listen: true` puts the app on a loopback port and points PUBLIC_BASE_URL at it, so the simulator's callbacks
  * reach it over real HTTP.
  */
-export async function startHarness (opts: { env?: Record<string, string>, sim?: SimOptions, simulator?: Simulator, workers?: boolean, listen?: boolean } = {}): Promise<Harness> {
+export async function startHarness (opts: { env?: Record<string, string>, sim?: SimOptions, simulator?: Simulator, workers?: boolean, listen?: boolean, blobs?: BlobStore } = {}): Promise<Harness> {
   const sim = opts.simulator ?? new Simulator({ apiKey: KEYS.comet, ...opts.sim })
   if (sim.baseUrl === '') await sim.listen()
   const config = loadConfig(testEnv({ COMETAPI_BASE_URL: sim.baseUrl, ...opts.env }))
@@ -72,20 +79,23 @@ export async function startHarness (opts: { env?: Record<string, string>, sim?: 
   const queueConnection = createRedis(config.redis, 'worker')
   queueConnection.on('error', () => {})
   const upstream = new UpstreamClient({ baseUrl: config.upstream.baseUrl, apiKey: config.upstream.key ?? '', timeoutMs: config.upstream.timeoutMs })
-  const app = await buildApp({ config, redis, upstream, queueConnection, workers: opts.workers, logger: createLogger(config.logLevel, logs) })
+  const blobDir = opts.blobs === undefined ? mkdtempSync(join(tmpdir(), 'kg-blobs-')) : undefined
+  const blobs = opts.blobs ?? new DirectoryBlobStore(blobDir as string)
+  const app = await buildApp({ config, redis, upstream, queueConnection, blobs, workers: opts.workers, logger: createLogger(config.logLevel, logs) })
   await app.ready()
   if (opts.listen === true) config.publicBaseUrl = await app.listen({ host: '127.0.0.1', port: 0 })
   const close = async () => {
     await app.close()
     await queueConnection.quit()
     await upstream.close()
+    if (blobDir !== undefined) rmSync(blobDir, { recursive: true, force: true })
     const keys = await redis.keys(`{${config.prefix}}:*`)
     if (keys.length > 0) await redis.del(...keys)
     await redis.quit()
     if (opts.simulator === undefined) await sim.close()
     assertNoSecrets(logs.text)
   }
-  return { app, config, redis, sim, logs, prefix: config.prefix, upstream, close }
+  return { app, config, redis, sim, logs, prefix: config.prefix, upstream, blobs, close }
 }
 
 /** Fails when a key, secret or unredacted callback token is in the logs. */

@@ -7,6 +7,7 @@
   ARGV[4] fields to set, JSON object of strings   ARGV[5] event JSON ('' = change without an event)
   ARGV[6] created_at ms (index score)   ARGV[7] stream MAXLEN   ARGV[8] '1' when `to` is terminal
   ARGV[9] now ms   ARGV[10] live channel   ARGV[11] a field that must be empty for the change to apply ('' = none)
+  ARGV[12] event type for the stream ('' = 'video.' .. new status)
   Returns: the new sequence, 0 when stale (sequence or status moved), -1 when the task does not exist,
   -2 when ARGV[11]'s field is set. ]]
 local taskKey, eventsKey, streamKey = KEYS[1], KEYS[2], KEYS[3]
@@ -31,7 +32,7 @@ redis.call('HSET', taskKey, unpack(flat))
 
 if ARGV[5] ~= '' then
   redis.call('RPUSH', eventsKey, ARGV[5])
-  redis.call('XADD', streamKey, 'MAXLEN', '~', ARGV[7], '*', 'type', 'video.' .. ARGV[3], 'task_id', current[3], 'caller', current[4], 'sequence', tostring(seq), 'data', ARGV[5])
+  redis.call('XADD', streamKey, 'MAXLEN', '~', ARGV[7], '*', 'type', (ARGV[12] ~= '' and ARGV[12] or ('video.' .. ARGV[3])), 'task_id', current[3], 'caller', current[4], 'sequence', tostring(seq), 'data', ARGV[5])
   redis.call('PUBLISH', ARGV[10], ARGV[5])
 end
 if ARGV[2] ~= ARGV[3] then

@@ -1,0 +1,119 @@
+/**
+ * Keeps the bytes: when a task succeeds, copy each result video into the blob store before Kling's 30-day URL
+ * expires. One BullMQ job per task (job id = task id), retried with backoff; the download goes through the
+ * SSRF-guarded agent, with a size cap, a deadline and a Content-Length check. The task's terminal event is not
+ * held back: a `video.stored` event follows when the copy is done.
+ */
+import { Queue, Worker, type Job } from 'bullmq'
+import { Transform } from 'node:stream'
+import type { Logger } from 'pino'
+import { closeBounded } from './close.ts'
+import { request, type Agent } from 'undici'
+import type { BlobStore } from '../blobs/index.ts'
+import type { Config } from '../config/index.ts'
+import type { RedisClient } from '../infra/redis.ts'
+import { createWebhookAgent } from '../notify/ssrf.ts'
+import type { TaskStore } from '../store/tasks.ts'
+
+export const MIRROR_QUEUE = 'mirror'
+
+export interface MirrorDeps {
+  config: Config
+  store: TaskStore
+  blobs: BlobStore
+  logger: Logger
+  clock: () => number
+  connection?: RedisClient
+}
+
+export const videoKey = (taskId: string, index: number): string => `videos/${taskId}/${index}.mp4`
+
+export class MirrorJobs {
+  private readonly q?: Queue<{ taskId: string }>
+  private worker?: Worker<{ taskId: string }>
+  private readonly agent: Agent
+  private readonly log: Logger
+
+  constructor (private readonly deps: MirrorDeps) {
+    this.log = deps.logger.child({ component: 'mirror' })
+    this.agent = createWebhookAgent({ allowPrivate: deps.config.mirror.allowPrivate, timeoutMs: deps.config.mirror.timeoutMs })
+    if (deps.connection === undefined) return
+    this.q = new Queue(MIRROR_QUEUE, { connection: deps.connection as never, prefix: deps.store.k.bullPrefix })
+    this.q.on('error', err => this.log.warn({ err: err.message }, 'mirror queue error'))
+  }
+
+  async start (): Promise<void> {
+    const { config } = this.deps
+    if (config.mirror.retentionMs > 0) {
+      await this.q?.upsertJobScheduler('expire', { every: Math.min(config.mirror.retentionMs, 3600_000) }, { name: 'expire', opts: { removeOnComplete: true, removeOnFail: 10 } })
+    }
+    this.worker = new Worker(MIRROR_QUEUE, async job => job.name === 'expire' ? await this.expire() : await this.copy(job), {
+      connection: this.deps.connection as never,
+      prefix: this.deps.store.k.bullPrefix,
+      concurrency: 2
+    })
+    this.worker.on('error', err => this.log.warn({ err: err.message }, 'mirror worker error'))
+  }
+
+  async enqueue (taskId: string): Promise<void> {
+    await this.q?.add('copy', { taskId }, { jobId: `mirror-${taskId}`, attempts: 8, backoff: { type: 'exponential', delay: 2000 }, removeOnComplete: true, removeOnFail: 1000 })
+  }
+
+  async close (graceMs = 5000): Promise<void> {
+    await closeBounded(this.worker, this.q, this.log, graceMs)
+    await this.agent.close()
+  }
+
+  /** Copies every video of a succeeded task that is not stored yet, then records it with a `video.stored` event. */
+  async copy (job: Pick<Job<{ taskId: string }>, 'data'>): Promise<string> {
+    const { store, blobs, clock } = this.deps
+    const task = await store.get(job.data.taskId)
+    if (task === null || task.status !== 'succeeded' || task.storedAt !== null) return 'nothing to do'
+    const videos = task.result?.videos ?? []
+    for (const [i, video] of videos.entries()) {
+      if (await blobs.stat(videoKey(task.id, i)) !== null) continue
+      await this.download(video.upstream_url, videoKey(task.id, i))
+    }
+    const now = clock()
+    await store.transition(task.id, t => t.status === 'succeeded' && t.storedAt === null ? { to: 'succeeded', extra: { stored_at: String(now) } } : null, { event: true, eventType: 'video.stored' })
+    await store.redis.zadd(`${store.k.prefix}stored`, now, task.id)
+    this.log.info({ taskId: task.id, videos: videos.length }, 'result stored')
+    return 'stored'
+  }
+
+  private async download (url: string, key: string): Promise<void> {
+    const { config, blobs } = this.deps
+    const res = await request(url, { dispatcher: this.agent, signal: AbortSignal.timeout(config.mirror.timeoutMs), headers: { 'user-agent': 'kling-gateway-mirror/1' } })
+    if (res.statusCode !== 200) {
+      await res.body.dump().catch(() => {})
+      throw new Error(`download answered ${res.statusCode}`)
+    }
+    const header = res.headers['content-length']
+    const length = typeof header === 'string' && /^\d+$/.test(header) ? Number(header) : undefined
+    if (length !== undefined && length > config.mirror.maxBytes) {
+      res.body.destroy()
+      throw new Error(`video is ${length} bytes, over MIRROR_MAX_BYTES`)
+    }
+    let seen = 0
+    const cap = new Transform({
+      transform (chunk: Buffer, _enc, done) {
+        seen += chunk.length
+        done(seen > config.mirror.maxBytes ? new Error('video is over MIRROR_MAX_BYTES') : null, chunk)
+      }
+    })
+    await blobs.put(key, res.body.pipe(cap), { contentType: 'video/mp4', size: length })
+  }
+
+  /** Deletes stored videos older than VIDEO_RETENTION_DAYS; their content answers 410 afterwards. */
+  private async expire (): Promise<string> {
+    const { store, blobs, clock, config } = this.deps
+    const ids = await store.redis.zrangebyscore(`${store.k.prefix}stored`, '-inf', clock() - config.mirror.retentionMs, 'LIMIT', 0, 500)
+    for (const id of ids) {
+      const task = await store.get(id)
+      for (let i = 0; i < (task?.result?.videos.length ?? 1); i++) await blobs.delete(videoKey(id, i))
+      await store.redis.hset(store.k.task(id), 'stored_expired', '1')
+      await store.redis.zrem(`${store.k.prefix}stored`, id)
+    }
+    return `expired ${ids.length}`
+  }
+}

@@ -1,0 +1,74 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { Type } from 'typebox'
+import { Conflict, GatewayError, NotFound } from '../domain/errors.ts'
+import { videoKey } from '../jobs/mirror.ts'
+import type { Caller } from '../plugins/auth.ts'
+import { problem } from '../schemas/common.ts'
+import { TaskParamsSchema } from '../schemas/videos.ts'
+
+/** `bytes=a-b`, `bytes=a-` or `bytes=-n` against a size; null when unsatisfiable, undefined when absent or multi-range. */
+export function parseRange (header: string | undefined, size: number): { start: number, end: number } | null | undefined {
+  if (header === undefined) return undefined
+  const m = /^bytes=(\d*)-(\d*)$/.exec(header.trim())
+  if (m === null || (m[1] === '' && m[2] === '')) return undefined
+  let start: number
+  let end: number
+  if (m[1] === '') {
+    start = Math.max(0, size - Number(m[2]))
+    end = size - 1
+  } else {
+    start = Number(m[1])
+    end = m[2] === '' ? size - 1 : Math.min(Number(m[2]), size - 1)
+  }
+  return start > end || start >= size ? null : { start, end }
+}
+
+/** `GET /v1/videos/:id/content`: the gateway's copy of a result video, with Range support. */
+const content: FastifyPluginAsyncTypebox = async (app) => {
+  const { store, blobs } = app.deps
+
+  app.get('/:id/content', {
+    onRequest: app.authenticate,
+    schema: {
+      tags: ['videos'],
+      operationId: 'getVideoContent',
+      summary: 'The mirrored result video (video/mp4, supports Range)',
+      security: [{ bearer: [] }],
+      params: TaskParamsSchema,
+      querystring: Type.Object({ index: Type.Integer({ minimum: 0, maximum: 9, default: 0 }) }, { additionalProperties: false }),
+      response: {
+        200: { description: 'the whole video', content: { 'video/mp4': { schema: Type.String({ format: 'binary' }) } } },
+        206: { description: 'the requested byte range', content: { 'video/mp4': { schema: Type.String({ format: 'binary' }) } } },
+        401: problem('missing or unknown API key'),
+        404: problem('no such task or video for this caller'),
+        409: problem('the task has not succeeded, or its video is still being copied'),
+        410: problem('the video was deleted after its retention period'),
+        416: problem('the range is outside the video')
+      }
+    }
+  }, async (request, reply) => {
+    const caller = request.caller as Caller
+    const task = await store.get(request.params.id)
+    if (task === null || !(caller.admin || task.caller === caller.name)) throw new NotFound('task')
+    const index = request.query.index
+    if (task.status !== 'succeeded') throw new Conflict('NOT_SUCCEEDED', `the task is ${task.status}; content exists only once it has succeeded`)
+    if (index >= (task.result?.videos.length ?? 0)) throw new NotFound('video')
+    if (await store.redis.hget(store.k.task(task.id), 'stored_expired') === '1') throw new GatewayError('CONTENT_EXPIRED', 410, 'the video was deleted after its retention period')
+    const info = task.storedAt === null ? null : await blobs.stat(videoKey(task.id, index))
+    if (info === null) throw new GatewayError('CONTENT_NOT_READY', 409, 'the video is still being copied from upstream; retry shortly', undefined, { 'retry-after': '5' })
+
+    const range = parseRange(request.headers.range, info.size)
+    reply.header('accept-ranges', 'bytes').header('content-type', info.contentType).header('cache-control', 'private, max-age=3600')
+    if (range === null) {
+      reply.header('content-range', `bytes */${info.size}`)
+      throw new GatewayError('RANGE_NOT_SATISFIABLE', 416, `the video has ${info.size} bytes`)
+    }
+    if (range === undefined) {
+      reply.header('content-length', info.size)
+      return await reply.code(200).send(await blobs.read(videoKey(task.id, index)))
+    }
+    reply.header('content-range', `bytes ${range.start}-${range.end}/${info.size}`).header('content-length', range.end - range.start + 1)
+    return await reply.code(206).send(await blobs.read(videoKey(task.id, index), range))
+  })
+}
+export default content
