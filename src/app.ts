@@ -9,6 +9,7 @@ import errors from './plugins/errors.ts'
 import docs from './plugins/swagger.ts'
 import routes from './routes/index.ts'
 import auth from './plugins/auth.ts'
+import metrics from './plugins/metrics.ts'
 import { schemaController } from './plugins/validation.ts'
 import { TaskStore } from './store/tasks.ts'
 import { SubmitJobs } from './jobs/submit.ts'
@@ -106,6 +107,7 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids'> & Partial<
   })
   await app.register(errors)
   await app.register(auth)
+  await app.register(metrics)
   await app.register(docs)
   await app.register(routes)
   return app

@@ -234,8 +234,9 @@ export class DeliveryJobs {
       if (ep !== null) await webhooks.endpointOutcome(ep, true)
       return 'delivered'
     }
-    if (status === 410 && ep !== null) {
-      await webhooks.disableEndpoint(ep.id, 'the receiver answered 410 Gone')
+    if (status === 410) {
+      // Gone is final: a registered endpoint is disabled; a task's own URL gets no more attempts.
+      if (ep !== null) await webhooks.disableEndpoint(ep.id, 'the receiver answered 410 Gone')
       await webhooks.recordAttempt(d, attempt, 'failed')
       return 'gone'
     }

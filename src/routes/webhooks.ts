@@ -7,7 +7,8 @@ import type { Caller } from '../plugins/auth.ts'
 import { problem } from '../schemas/common.ts'
 import type { Delivery, Endpoint } from '../store/webhooks.ts'
 
-const EVENT_TYPES = TASK_STATUSES.map(s => `video.${s}`)
+/** Every event type an endpoint may subscribe to: one per status, and `video.stored` once the result is copied. */
+const EVENT_TYPES = [...TASK_STATUSES.map(s => `video.${s}`), 'video.stored']
 
 const EndpointSchema = Type.Object({
   id: Type.String(),

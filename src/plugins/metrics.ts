@@ -1,0 +1,58 @@
+import fp from 'fastify-plugin'
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+import type { FastifyInstance } from 'fastify'
+import { Queue } from 'bullmq'
+import { TASK_STATUSES } from '../domain/task.ts'
+
+const QUEUES = ['submit', 'reconcile', 'deliver', 'mirror']
+
+/**
+ * `GET /metrics` (Prometheus text). One registry per app, so tests and several apps in one process never share
+ * counters. Request counts and latencies by route; task counts by status, parked bytes, queue depths and open SSE
+ * streams are read from Redis and memory when scraped.
+ */
+export default fp(async function metrics (app: FastifyInstance) {
+  const registry = new Registry()
+  collectDefaultMetrics({ register: registry })
+  const { store, hub, queueConnection } = app.deps
+
+  const requests = new Counter({ name: 'kg_http_requests_total', help: 'HTTP requests by route and status', labelNames: ['method', 'route', 'status'], registers: [registry] })
+  const latency = new Histogram({ name: 'kg_http_request_duration_seconds', help: 'HTTP request duration by route', labelNames: ['method', 'route'], buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5], registers: [registry] })
+  app.addHook('onResponse', async (request, reply) => {
+    const route = request.routeOptions.url ?? 'unknown'
+    requests.inc({ method: request.method, route, status: reply.statusCode })
+    latency.observe({ method: request.method, route }, reply.elapsedTime / 1000)
+  })
+
+  const queues = queueConnection === undefined ? [] : QUEUES.map(name => new Queue(name, { connection: queueConnection as never, prefix: store.k.bullPrefix }))
+  app.addHook('onClose', async () => { await Promise.all(queues.map(async q => await q.close())) })
+
+  new Gauge({ // eslint-disable-line no-new
+    name: 'kg_tasks',
+    help: 'Tasks by status',
+    labelNames: ['status'],
+    registers: [registry],
+    async collect () {
+      const counts = await Promise.all(TASK_STATUSES.map(async s => await store.redis.zcard(store.k.index('*', s))))
+      TASK_STATUSES.forEach((s, i) => this.set({ status: s }, counts[i]))
+    }
+  })
+  new Gauge({ name: 'kg_parked_bytes', help: 'Decoded image bytes waiting for upstream', registers: [registry], async collect () { this.set(await store.parkedBytes()) } }) // eslint-disable-line no-new
+  new Gauge({ name: 'kg_sse_streams', help: 'Open SSE streams on this replica', registers: [registry], collect () { this.set(hub.listening) } }) // eslint-disable-line no-new
+  new Gauge({ // eslint-disable-line no-new
+    name: 'kg_queue_jobs',
+    help: 'BullMQ jobs by queue and state',
+    labelNames: ['queue', 'state'],
+    registers: [registry],
+    async collect () {
+      for (const q of queues) {
+        const counts = await q.getJobCounts('waiting', 'active', 'delayed', 'failed')
+        for (const [state, n] of Object.entries(counts)) this.set({ queue: q.name, state }, n)
+      }
+    }
+  })
+
+  app.get('/metrics', { schema: { tags: ['health'], operationId: 'metrics', summary: 'Prometheus metrics', response: { 200: { description: 'Prometheus text format', content: { 'text/plain': { schema: { type: 'string', maxLength: 0 } } } } } } }, async (_request, reply) => {
+    return await reply.type(registry.contentType).send(await registry.metrics())
+  })
+}, { name: 'metrics' })
