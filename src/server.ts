@@ -28,6 +28,14 @@ try {
 const logger = createLogger(config.logLevel)
 const cleanups: Array<() => Promise<unknown>> = []
 
+// Installed before anything starts, so a signal during start-up still stops what was already started (the embedded
+// redis-server above all); each step pushes its own cleanup to the front, so they run in reverse order.
+closeWithGrace({ delay: config.shutdownGraceMs, logger }, async ({ err, signal }) => {
+  if (err !== undefined) logger.error({ err }, 'closing on error')
+  else logger.info({ signal }, 'closing')
+  for (const cleanup of cleanups) await cleanup().catch(e => logger.warn({ err: e }, 'cleanup failed'))
+})
+
 try {
   if (config.redis.url === undefined && config.redis.clusterNodes === undefined && config.redis.sentinels === undefined) {
     const embedded = await startRedisServer({ dir: resolve(config.dataDir, 'redis') })
@@ -85,8 +93,3 @@ try {
   process.exit(1)
 }
 
-closeWithGrace({ delay: config.shutdownGraceMs, logger }, async ({ err, signal }) => {
-  if (err !== undefined) logger.error({ err }, 'closing on error')
-  else logger.info({ signal }, 'closing')
-  for (const cleanup of cleanups) await cleanup().catch(e => logger.warn({ err: e }, 'cleanup failed'))
-})

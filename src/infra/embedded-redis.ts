@@ -1,7 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process'
-import { mkdir } from 'node:fs/promises'
+import { mkdir, readFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { once } from 'node:events'
+import { join } from 'node:path'
 
 export interface EmbeddedRedis { url: string, port: number, process: ChildProcess, stop: () => Promise<void> }
 
@@ -24,15 +25,34 @@ export async function freePort (): Promise<number> {
 }
 
 /**
+ * A redis-server left running on this data directory by a process that was killed before it could stop it: two
+ * servers must never write one AOF, so it is stopped first.
+ */
+async function stopOrphan (pidFile: string): Promise<void> {
+  const pid = Number(await readFile(pidFile, 'utf8').catch(() => ''))
+  if (!Number.isInteger(pid) || pid <= 0) return
+  const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')
+  if (!cmdline.startsWith('redis-server')) return
+  try { process.kill(pid, 'SIGTERM') } catch { return }
+  for (let i = 0; i < 50; i++) {
+    await new Promise(resolve => setTimeout(resolve, 100))
+    const still = await readFile(`/proc/${pid}/status`, 'utf8').catch(() => '')
+    if (still === '' || /State:\s+Z/.test(still)) return
+  }
+  process.kill(pid, 'SIGKILL')
+}
+
+/**
  * Starts a child `redis-server` on loopback with AOF on (appendfsync everysec), data in `dir`.
  * Resolves when it accepts connections; `stop()` shuts it down (SIGTERM, then SIGKILL after 5 s).
  */
 export async function startRedisServer (opts: { dir: string, port?: number, persist?: boolean }): Promise<EmbeddedRedis> {
   await mkdir(opts.dir, { recursive: true })
+  await stopOrphan(join(opts.dir, 'redis.pid'))
   const port = opts.port ?? await freePort()
   const persist = opts.persist ?? true
   const args = ['--port', String(port), '--bind', '127.0.0.1', '--dir', opts.dir, '--save', '',
-    '--appendonly', persist ? 'yes' : 'no', '--appendfsync', 'everysec', '--protected-mode', 'yes', '--daemonize', 'no']
+    '--pidfile', join(opts.dir, 'redis.pid'), '--appendonly', persist ? 'yes' : 'no', '--appendfsync', 'everysec', '--protected-mode', 'yes', '--daemonize', 'no']
   const child = spawn('redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'] })
   let output = ''
   const ready = new Promise<void>((resolve, reject) => {
