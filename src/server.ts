@@ -92,4 +92,3 @@ try {
   for (const cleanup of cleanups) await cleanup().catch(() => {})
   process.exit(1)
 }
-

@@ -5,7 +5,7 @@
  * held back: a `video.stored` event follows when the copy is done.
  */
 import { Queue, Worker, type Job } from 'bullmq'
-import { Transform } from 'node:stream'
+import { pipeline, Transform } from 'node:stream'
 import type { Logger } from 'pino'
 import { closeBounded } from './close.ts'
 import { request, type Agent } from 'undici'
@@ -101,7 +101,9 @@ export class MirrorJobs {
         done(seen > config.mirror.maxBytes ? new Error('video is over MIRROR_MAX_BYTES') : null, chunk)
       }
     })
-    await blobs.put(key, res.body.pipe(cap), { contentType: 'video/mp4', size: length })
+    // Not `.pipe()`: it does not pass errors on, so a download cut off (or timed out) midway would leave the put
+    // waiting forever for the rest. pipeline() destroys `cap` with the body's error, and the body with `cap`'s.
+    await blobs.put(key, pipeline(res.body, cap, () => {}), { contentType: 'video/mp4', size: length })
   }
 
   /** Deletes stored videos older than VIDEO_RETENTION_DAYS; their content answers 410 afterwards. */

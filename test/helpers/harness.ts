@@ -66,9 +66,10 @@ export function testEnv (over: Record<string, string> = {}): Record<string, stri
 
 /**
  * `listen: true` puts the app on a loopback port and points PUBLIC_BASE_URL at it, so the simulator's callbacks
- * reach it over real HTTP.
+ * reach it over real HTTP. `keepKeys: true` leaves the prefix's Redis keys in place on close, so that a second
+ * harness on the same REDIS_PREFIX can play the restarted replica (whoever sets it cleans up after).
  */
-export async function startHarness (opts: { env?: Record<string, string>, sim?: SimOptions, simulator?: Simulator, workers?: boolean, listen?: boolean, blobs?: BlobStore } = {}): Promise<Harness> {
+export async function startHarness (opts: { env?: Record<string, string>, sim?: SimOptions, simulator?: Simulator, workers?: boolean, listen?: boolean, blobs?: BlobStore, keepKeys?: boolean } = {}): Promise<Harness> {
   const sim = opts.simulator ?? new Simulator({ apiKey: KEYS.comet, ...opts.sim })
   if (sim.baseUrl === '') await sim.listen()
   const config = loadConfig(testEnv({ COMETAPI_BASE_URL: sim.baseUrl, ...opts.env }))
@@ -89,8 +90,10 @@ export async function startHarness (opts: { env?: Record<string, string>, sim?: 
     await queueConnection.quit()
     await upstream.close()
     if (blobDir !== undefined) rmSync(blobDir, { recursive: true, force: true })
-    const keys = await redis.keys(`{${config.prefix}}:*`)
-    if (keys.length > 0) await redis.del(...keys)
+    if (opts.keepKeys !== true) {
+      const keys = await redis.keys(`{${config.prefix}}:*`)
+      if (keys.length > 0) await redis.del(...keys)
+    }
     await redis.quit()
     if (opts.simulator === undefined) await sim.close()
     assertNoSecrets(logs.text)
