@@ -46,7 +46,7 @@ export const EnvSchema = Type.Object({
   S3_FORCE_PATH_STYLE: Type.Optional(Type.Boolean()),
   S3_PREFIX: Type.String({ default: '' }),
   VIDEO_RETENTION_DAYS: Type.Integer({ minimum: 0, default: 0 }),
-  MIRROR_MAX_BYTES: Type.Integer({ minimum: 1, default: 1024 * 1024 * 1024 }),
+  MIRROR_MAX_BYTES: Type.Integer({ minimum: 1, default: 256 * 1024 * 1024 }),
   MIRROR_TIMEOUT_MS: Type.Integer({ minimum: 100, default: 300_000 }),
   MIRROR_ALLOW_PRIVATE: Type.Boolean({ default: false }),
   PARKED_MAX_BYTES: Type.Integer({ minimum: 0, default: 512 * 1024 * 1024 }),

@@ -89,8 +89,9 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
       if (previous.state === 'done') return reply.code(previous.status).header('idempotent-replayed', 'true').header('location', `/v1/videos/${(previous.body as { id: string }).id}`).send(previous.body)
     }
 
+    const id = app.deps.ids()
+    let created = false
     try {
-      const id = app.deps.ids()
       if (!await store.park(id, images, config.parkedMaxBytes)) throw new Unavailable('too many images are waiting for upstream capacity; retry later', 30)
       const outcome = await store.create({
         id,
@@ -106,11 +107,15 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
         await store.dropParked(id)
         throw new Conflict('REFERENCE_TAKEN', `reference is already used by task ${outcome.referenceTaken}`)
       }
+      created = true
       const view = toView(outcome.created)
       if (idemKey !== undefined) await store.completeIdempotency(caller.name, idemKey, fingerprint, 202, view)
       await jobs.submit(id)
       return await reply.code(202).header('location', `/v1/videos/${id}`).send(view)
     } catch (err) {
+      // Images of a task that was never stored would sit in Redis (and in the parked-bytes count) for ever. Once the
+      // task exists they stay: reconciliation re-queues a task whose submit job could not be queued.
+      if (!created) await store.dropParked(id).catch(() => {})
       // Nothing was promised yet: free the key so the caller's retry runs instead of waiting for it to expire.
       if (idemKey !== undefined && (await store.reserveIdempotency(caller.name, idemKey, fingerprint).catch(() => null))?.state === 'pending') {
         await store.releaseIdempotency(caller.name, idemKey).catch(() => {})
