@@ -53,6 +53,11 @@ export function fieldErrorsOf (errors: AjvError[], location?: FieldError['locati
   return out
 }
 
+/** ioredis failing fast (timeout, retries exhausted, connection down): a 503 to retry, not a 500. */
+function isRedisUnavailable (err: Error): boolean {
+  return err.name === 'MaxRetriesPerRequestError' || /^(Command timed out|Connection is closed|Stream isn't writeable)/.test(err.message)
+}
+
 /** Sends a problem+json body; the only place error bodies are shaped. */
 export function sendProblem (reply: FastifyReply, status: number, code: string, detail: string, errors?: FieldError[]) {
   return reply.code(status).type('application/problem+json').send({
@@ -77,6 +82,11 @@ export default fp(async function errors (app: FastifyInstance) {
       if (err.headers !== undefined) reply.headers(err.headers)
       if (err.statusCode >= 500) request.log.warn({ code: err.code }, err.message)
       return sendProblem(reply, err.statusCode, err.code, err.message, err.errors)
+    }
+    if (isRedisUnavailable(err)) {
+      request.log.warn({ err: err.message }, 'redis unavailable')
+      reply.header('retry-after', '1')
+      return sendProblem(reply, 503, 'UNAVAILABLE', 'storage is briefly unavailable; retry after Retry-After')
     }
     const status = err.statusCode ?? 500
     if (status < 500) return sendProblem(reply, status, err.code ?? 'BAD_REQUEST', err.message)

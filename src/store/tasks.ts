@@ -227,7 +227,13 @@ export class TaskStore {
       await this.redis.decrby(this.k.parkedBytes, total)
       return false
     }
-    await this.redis.hset(this.k.parked(id), ...args)
+    try {
+      // One command per image: each stays well inside the request connection's 2 s command timeout.
+      for (let i = 0; i < args.length; i += 2) await this.redis.hset(this.k.parked(id), args[i], args[i + 1])
+    } catch (err) {
+      await this.redis.multi().del(this.k.parked(id)).decrby(this.k.parkedBytes, total).exec().catch(() => {})
+      throw err
+    }
     return true
   }
 

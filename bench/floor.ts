@@ -1,0 +1,54 @@
+/**
+ * The floor: bare Fastify (no logger, no schemas, no plugins) making the same Redis round trips a gateway route
+ * needs at least, on the same machine, against the same redis-server. Run as a child by the benchmarks:
+ * PORT, REDIS_URL, REDIS_PREFIX, CREATE_BODY_LIMIT_BYTES.
+ *
+ * - POST /v1/videos: parse the JSON body (same bodyLimit as the gateway), one SET of a small value, 202.
+ * - POST /callbacks/kling?token=<id>.<mac>: parse the body, HGETALL the task, one EVALSHA of a trivial script, 200.
+ * - GET /v1/videos/:id: one HGETALL, returned as JSON.
+ */
+import Fastify from 'fastify'
+import { Redis, type Result } from 'ioredis'
+
+declare module 'ioredis' {
+  interface RedisCommander<Context> {
+    floorTrivial: (key: string) => Result<string | null, Context>
+  }
+}
+
+const port = Number(process.env.PORT)
+const prefix = process.env.REDIS_PREFIX ?? 'kg'
+const redis = new Redis(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379')
+redis.defineCommand('floorTrivial', { numberOfKeys: 1, lua: 'return redis.call("HGET", KEYS[1], "status")' })
+const taskKey = (id: string) => `{${prefix}}:task:${id}`
+
+const app = Fastify({ logger: false })
+let n = 0
+
+app.get('/health/live', async () => ({ status: 'ok' }))
+
+app.post('/v1/videos', { bodyLimit: Number(process.env.CREATE_BODY_LIMIT_BYTES ?? 60 * 1024 * 1024) }, async (request, reply) => {
+  const body = request.body as { image_list?: unknown[] }
+  const id = `floor-${++n}`
+  await redis.set(`{${prefix}}:floor:${id}`, String(body.image_list?.length ?? 0))
+  return await reply.code(202).send({ id, status: 'queued' })
+})
+
+app.post<{ Querystring: { token?: string } }>('/callbacks/kling', { bodyLimit: 64 * 1024 }, async (request) => {
+  const token = request.query.token ?? ''
+  const id = token.slice(0, Math.max(0, token.lastIndexOf('.')))
+  const task = await redis.hgetall(taskKey(id))
+  const status = await redis.floorTrivial(taskKey(id))
+  return { outcome: 'duplicate', status: status ?? task.status }
+})
+
+app.get<{ Params: { id: string } }>('/v1/videos/:id', async (request) => {
+  return await redis.hgetall(taskKey(request.params.id))
+})
+
+await app.listen({ host: '127.0.0.1', port })
+const close = () => {
+  app.close().then(async () => { await redis.quit() }).catch(() => {}).finally(() => process.exit(0))
+}
+process.once('SIGTERM', close)
+process.once('SIGINT', close)
