@@ -74,9 +74,12 @@ describe('callback storms against two replicas', () => {
         const task = await store.get(id)
         expect(task?.status).toBe(fromKling(final))
 
-        const events = await store.events(id)
-        expect(events.map(e => e.sequence)).toEqual(events.map((_, i) => i + 1))
-        expect(task?.sequence).toBe(events.length)
+        const all = await store.events(id)
+        expect(all.map(e => e.sequence)).toEqual(all.map((_, i) => i + 1))
+        expect(task?.sequence).toBeLessThanOrEqual(all.length)
+        // The result mirror may append `video.stored` after success; it is not a state change.
+        const events = all.filter(e => e.type !== 'video.stored')
+        expect(all.slice(events.length).every(e => e.type === 'video.stored')).toBe(true)
         for (let i = 1; i < events.length; i++) {
           expect(RANK[events[i].data.status]).toBeGreaterThan(RANK[events[i - 1].data.status])
         }
