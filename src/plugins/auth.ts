@@ -11,6 +11,14 @@ declare module 'fastify' {
   interface FastifyInstance { authenticate: (request: FastifyRequest) => Promise<void> }
 }
 
+/**
+ * Whether `caller` may see a thing owned by `owner.caller`: its own, or anything for an admin. Everything else
+ * answers 404, never 403 (API.md §2), so callers cannot probe for others' ids.
+ */
+export function canSee <T extends { caller: string }> (caller: Caller, owned: T | null): owned is T {
+  return owned !== null && (caller.admin || owned.caller === caller.name)
+}
+
 /** Finds the key's owner comparing fixed-length SHA-256 digests in constant time, every key every time. */
 export function findCaller (keys: ApiKey[], presented: string): Caller | null {
   const digest = createHash('sha256').update(presented).digest()

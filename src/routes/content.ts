@@ -2,7 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import { Conflict, GatewayError, NotFound } from '../domain/errors.ts'
 import { videoKey } from '../jobs/mirror.ts'
-import type { Caller } from '../plugins/auth.ts'
+import { canSee, type Caller } from '../plugins/auth.ts'
 import { problem } from '../schemas/common.ts'
 import { TaskParamsSchema } from '../schemas/videos.ts'
 
@@ -49,7 +49,7 @@ const content: FastifyPluginAsyncTypebox = async (app) => {
   }, async (request, reply) => {
     const caller = request.caller as Caller
     const task = await store.get(request.params.id)
-    if (task === null || !(caller.admin || task.caller === caller.name)) throw new NotFound('task')
+    if (!canSee(caller, task)) throw new NotFound('task')
     const index = request.query.index
     if (task.status !== 'succeeded') throw new Conflict('NOT_SUCCEEDED', `the task is ${task.status}; content exists only once it has succeeded`)
     if (index >= (task.result?.videos.length ?? 0)) throw new NotFound('video')

@@ -5,7 +5,7 @@ import { NotFound } from '../domain/errors.ts'
 import { isTerminal, type TaskEvent } from '../domain/task.ts'
 import { problem } from '../schemas/common.ts'
 import { TaskParamsSchema } from '../schemas/videos.ts'
-import type { Caller } from '../plugins/auth.ts'
+import { canSee, type Caller } from '../plugins/auth.ts'
 
 /**
  * `GET /v1/videos/:id/events`: Server-Sent Events (API.md §2). Replays from `Last-Event-ID` (header, or
@@ -42,7 +42,7 @@ const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, o
   }, async (request, reply) => {
     const caller = request.caller as Caller
     const task = await store.get(request.params.id)
-    if (task === null || !(caller.admin || task.caller === caller.name)) throw new NotFound('task')
+    if (!canSee(caller, task)) throw new NotFound('task')
     let last = Number(request.headers['last-event-id'] || request.query.last_event_id || 0)
 
     reply.hijack()

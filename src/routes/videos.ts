@@ -4,10 +4,10 @@ import { randomUUID } from 'node:crypto'
 import { Type } from 'typebox'
 import { checkCreate } from '../domain/create.ts'
 import { Conflict, GatewayError, InvalidRequest, NotFound, Unavailable } from '../domain/errors.ts'
-import { toView, type TaskRecord } from '../domain/task.ts'
+import { toView } from '../domain/task.ts'
 import { problem } from '../schemas/common.ts'
 import { CreateVideoSchema, IdempotencyHeadersSchema, ListQuerySchema, TaskParamsSchema, TaskSchema } from '../schemas/videos.ts'
-import type { Caller } from '../plugins/auth.ts'
+import { canSee, type Caller } from '../plugins/auth.ts'
 import { checkWebhookTarget, UnsafeTarget } from '../notify/ssrf.ts'
 import { fieldErrorsOf, LOCATIONS } from '../plugins/errors.ts'
 
@@ -16,9 +16,6 @@ const errors = {
   401: problem('missing or unknown API key'),
   404: problem('no such task for this caller')
 }
-
-/** A caller sees its own tasks; an admin sees every caller's. Others' are 404, never 403. */
-const visible = (task: TaskRecord | null, caller: Caller): task is TaskRecord => task !== null && (caller.admin || task.caller === caller.name)
 
 const videos: FastifyPluginAsyncTypebox = async (app) => {
   const { store, jobs, config } = app.deps
@@ -128,7 +125,7 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
     schema: { tags: ['videos'], operationId: 'getVideo', security: [{ bearer: [] }], params: TaskParamsSchema, response: { 200: Type.Ref('Task'), ...errors } }
   }, async (request) => {
     const task = await store.get(request.params.id)
-    if (!visible(task, request.caller as Caller)) throw new NotFound('task')
+    if (!canSee(request.caller as Caller, task)) throw new NotFound('task')
     return toView(task)
   })
 
@@ -165,7 +162,7 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
     }
   }, async (request) => {
     const existing = await store.get(request.params.id)
-    if (!visible(existing, request.caller as Caller)) throw new NotFound('task')
+    if (!canSee(request.caller as Caller, existing)) throw new NotFound('task')
     const outcome = await store.transition(existing.id, t => t.status === 'queued' ? { to: 'canceled' } : null, { requireEmpty: 'submit_sent_at' })
     if (!outcome.applied) throw new Conflict('NOT_CANCELABLE', `the task is ${outcome.task?.status === 'queued' ? 'being submitted upstream' : (outcome.task?.status ?? 'gone')}; only a queued task can be canceled`)
     await store.dropParked(existing.id)

@@ -3,7 +3,7 @@ import { Type } from 'typebox'
 import { GatewayError, InvalidRequest, NotFound } from '../domain/errors.ts'
 import { TASK_STATUSES } from '../domain/task.ts'
 import { checkWebhookTarget, UnsafeTarget } from '../notify/ssrf.ts'
-import type { Caller } from '../plugins/auth.ts'
+import { canSee, type Caller } from '../plugins/auth.ts'
 import { problem } from '../schemas/common.ts'
 import type { Delivery, Endpoint } from '../store/webhooks.ts'
 
@@ -65,7 +65,7 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
 
   const ownEndpoint = async (id: string, caller: Caller): Promise<Endpoint> => {
     const ep = await store.getEndpoint(id)
-    if (ep === null || !(caller.admin || ep.caller === caller.name)) throw new NotFound('webhook endpoint')
+    if (!canSee(caller, ep)) throw new NotFound('webhook endpoint')
     return ep
   }
   const deliveryView = async (d: Delivery) => ({
@@ -184,7 +184,7 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
   }, async (request, reply) => {
     const caller = request.caller as Caller
     const d = await store.getDelivery(request.params.id)
-    if (d === null || !(caller.admin || d.caller === caller.name)) throw new NotFound('delivery')
+    if (!canSee(caller, d)) throw new NotFound('delivery')
     if (d.status === 'pending') throw new GatewayError('DELIVERY_PENDING', 409, 'the delivery is still being attempted')
     await store.reopen(d)
     await deliveries.enqueue(d, { retry: true })
