@@ -50,7 +50,7 @@ export const EnvSchema = Type.Object({
   MIRROR_TIMEOUT_MS: Type.Integer({ minimum: 100, default: 300_000 }),
   MIRROR_ALLOW_PRIVATE: Type.Boolean({ default: false }),
   PARKED_MAX_BYTES: Type.Integer({ minimum: 0, default: 512 * 1024 * 1024 }),
-  CREATE_MAX_LARGE_BODIES: Type.Integer({ minimum: 1, maximum: 1000, default: 4 }),
+  CREATE_MAX_LARGE_BODIES: Type.Integer({ minimum: 1, maximum: 1000, default: 2 }),
   LARGE_BODY_BYTES: Type.Integer({ minimum: 1024, default: 1024 * 1024 })
 })
 type Env = Static<typeof EnvSchema>
