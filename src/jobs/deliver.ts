@@ -23,6 +23,7 @@ import type { Config } from '../config/index.ts'
 import type { TaskEvent } from '../domain/task.ts'
 import type { RedisClient } from '../infra/redis.ts'
 import { createWebhookAgent } from '../notify/ssrf.ts'
+import { parseRetryAfter } from '../upstream/client.ts'
 import type { TaskStore } from '../store/tasks.ts'
 import { WebhookStore, type Delivery } from '../store/webhooks.ts'
 
@@ -55,14 +56,6 @@ export function retryDelay (schedule: number[], attemptsMade: number, err?: Erro
   if (err instanceof DeliveryFailed && err.retryAfterMs !== null) return err.retryAfterMs
   const base = schedule[Math.min(attemptsMade, schedule.length - 1)]
   return Math.round(base * (0.9 + Math.random() * 0.2))
-}
-
-function retryAfter (header: string | string[] | undefined): number | null {
-  const v = Array.isArray(header) ? header[0] : header
-  if (v === undefined) return null
-  if (/^\d+$/.test(v.trim())) return Number(v.trim()) * 1000
-  const at = Date.parse(v)
-  return Number.isNaN(at) ? null : Math.max(0, at - Date.now())
 }
 
 export class DeliveryJobs {
@@ -219,7 +212,7 @@ export class DeliveryJobs {
         signal: AbortSignal.timeout(config.webhooks.timeoutMs)
       })
       status = res.statusCode
-      wait = status === 429 || status === 503 ? retryAfter(res.headers['retry-after']) : null
+      wait = status === 429 || status === 503 ? parseRetryAfter(res.headers['retry-after']) : null
       await res.body.dump({ limit: 64 * 1024 }).catch(() => {})
       if (status >= 300 && status < 400) error = 'redirects are not followed'
     } catch (err) {

@@ -76,7 +76,7 @@ export class MirrorJobs {
     }
     const now = clock()
     await store.transition(task.id, t => t.status === 'succeeded' && t.storedAt === null ? { to: 'succeeded', extra: { stored_at: String(now) } } : null, { event: true, eventType: 'video.stored' })
-    await store.redis.zadd(`${store.k.prefix}stored`, now, task.id)
+    await store.redis.zadd(store.k.stored, now, task.id)
     this.log.info({ taskId: task.id, videos: videos.length }, 'result stored')
     return 'stored'
   }
@@ -109,12 +109,12 @@ export class MirrorJobs {
   /** Deletes stored videos older than VIDEO_RETENTION_DAYS; their content answers 410 afterwards. */
   private async expire (): Promise<string> {
     const { store, blobs, clock, config } = this.deps
-    const ids = await store.redis.zrangebyscore(`${store.k.prefix}stored`, '-inf', clock() - config.mirror.retentionMs, 'LIMIT', 0, 500)
+    const ids = await store.redis.zrangebyscore(store.k.stored, '-inf', clock() - config.mirror.retentionMs, 'LIMIT', 0, 500)
     for (const id of ids) {
       const task = await store.get(id)
       for (let i = 0; i < (task?.result?.videos.length ?? 1); i++) await blobs.delete(videoKey(id, i))
       await store.redis.hset(store.k.task(id), 'stored_expired', '1')
-      await store.redis.zrem(`${store.k.prefix}stored`, id)
+      await store.redis.zrem(store.k.stored, id)
     }
     return `expired ${ids.length}`
   }

@@ -51,7 +51,7 @@ const callbacks: FastifyPluginAsyncTypebox = async (app) => {
       (up.externalTaskId !== null && up.externalTaskId !== task.externalTaskId)
     if (mismatch) throw new InvalidRequest([{ pointer: up.externalTaskId !== null && up.externalTaskId !== task.externalTaskId ? '/task_info/external_task_id' : '/task_id', detail: 'does not belong to this task', location: 'body' }])
 
-    const seenKey = `${store.k.task(task.id)}:callbacks`
+    const seenKey = store.k.callbacksSeen(task.id)
     const [[, seen]] = await store.redis.multi().incr(seenKey).expire(seenKey, 60).exec() as [[Error | null, number]]
     if (seen > MAX_CALLBACKS_PER_MINUTE) throw new GatewayError('TOO_MANY_CALLBACKS', 429, 'too many callbacks for this task', undefined, { 'retry-after': '60' })
 
@@ -60,7 +60,7 @@ const callbacks: FastifyPluginAsyncTypebox = async (app) => {
       await reconcile.check(task.id, { confirm: true })
       return await reply.code(202).send({ outcome: 'confirming', status: task.status })
     }
-    const outcome = await store.transition(task.id, t => changeFromUpstream(t, { ...up }, clock()))
+    const outcome = await store.transition(task.id, t => changeFromUpstream(t, { ...up }, clock()), { current: task })
     request.log.info({ taskId: task.id, upstreamStatus: up.status, applied: outcome.applied }, 'callback')
     return { outcome: outcome.applied ? 'applied' : 'duplicate', status: outcome.task?.status ?? task.status }
   })

@@ -12,6 +12,10 @@ export function keys (prefix: string) {
     task: (id: string) => `${p}task:${id}`,
     taskEvents: (id: string) => `${p}task:${id}:events`,
     parked: (id: string) => `${p}task:${id}:parked`,
+    /** Callbacks seen for a task in the current minute (rate limit). */
+    callbacksSeen: (id: string) => `${p}task:${id}:callbacks`,
+    /** Tasks whose result videos are stored, scored by when (retention). */
+    stored: `${p}stored`,
     /** Tasks newest first, per caller (`*` for all) and status (`*` for any). */
     index: (caller: string, status: string) => `${p}idx:${caller}:${status}`,
     reference: (caller: string, reference: string) => `${p}ref:${caller}:${digest(reference)}`,

@@ -114,11 +114,13 @@ export class TaskStore {
   /**
    * Applies `decide(current)` atomically: re-reads and retries when another writer got there first.
    * `decide` returns the change, or null to leave the task alone (a duplicate or stale update). A change to
-   * the same status with no event is allowed (bookkeeping such as submitSentAt).
+   * the same status with no event is allowed (bookkeeping such as submitSentAt). `opts.current`, a record the
+   * caller has just read, saves the first read; a stale one only costs a retry.
    */
-  async transition (id: string, decide: (t: TaskRecord) => Change | null, opts: { requireEmpty?: 'submit_sent_at', event?: boolean, eventType?: EventType } = {}): Promise<TransitionOutcome> {
+  async transition (id: string, decide: (t: TaskRecord) => Change | null, opts: { requireEmpty?: 'submit_sent_at', event?: boolean, eventType?: EventType, current?: TaskRecord } = {}): Promise<TransitionOutcome> {
     for (let attempt = 0; attempt < 10; attempt++) {
-      const current = await this.get(id)
+      // A caller that has just read the task may hand it in: the script still checks it is current.
+      const current = attempt === 0 && opts.current !== undefined ? opts.current : await this.get(id)
       if (current === null) return { applied: false, reason: 'missing', task: null }
       const change = decide(current)
       if (change === null) return { applied: false, reason: 'not-allowed', task: current }
