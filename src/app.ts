@@ -12,6 +12,7 @@ import auth from './plugins/auth.ts'
 import metrics from './plugins/metrics.ts'
 import { schemaController } from './plugins/validation.ts'
 import { TaskStore } from './store/tasks.ts'
+import { keys } from './store/keys.ts'
 import { SubmitJobs } from './jobs/submit.ts'
 import { ReconcileJobs } from './jobs/reconcile.ts'
 import { EventHub } from './notify/hub.ts'
@@ -61,12 +62,18 @@ export const SMALL_BODY_LIMIT = 1024 * 1024
 /** Builds the un-listened app. server.ts listens; tests inject or listen on port 0. */
 export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids'> & Partial<AppDeps>): Promise<App> {
   const base: AppDeps = { clock: Date.now, ids: randomUUID, ...input }
-  const store = new TaskStore(base.redis, base.config.prefix, base.clock)
+  // WAIT runs on a connection of its own: it blocks that connection until the replicas answer.
+  const durableConnection = base.config.redis.minReplicasAcked > 0 ? duplicate(base.redis) : undefined
+  durableConnection?.on('error', (err: Error) => base.logger.warn({ err: err.message }, 'redis (durability) error'))
+  const store = new TaskStore(base.redis, base.config.prefix, base.clock, {
+    connection: durableConnection,
+    rule: { replicas: base.config.redis.minReplicasAcked, timeoutMs: base.config.redis.ackTimeoutMs }
+  })
   const jobs = new SubmitJobs({ config: base.config, store, upstream: base.upstream, logger: base.logger, clock: base.clock, connection: base.queueConnection })
   const reconcile = new ReconcileJobs({ config: base.config, store, upstream: base.upstream, submit: jobs, logger: base.logger, clock: base.clock, connection: base.queueConnection })
   // The subscriber is ours: made here (lazily, so inert deps never connect) and closed in onClose.
-  const hub = new EventHub(duplicate(base.queueConnection ?? base.redis), store.k.eventsChannel, base.logger)
-  const webhooks = new WebhookStore(base.redis, store.k, base.clock)
+  const hub = new EventHub(duplicate(base.queueConnection ?? base.redis), store.liveChannel, base.logger)
+  const webhooks = new WebhookStore(base.redis, keys(base.config.prefix), base.clock)
   const reader = duplicate(base.queueConnection ?? base.redis)
   // The event reader is ours; DeliveryJobs disconnects it when it stops reading.
   reader.on('error', (err: Error) => base.logger.warn({ err: err.message }, 'redis (event reader) connection error'))
@@ -104,6 +111,7 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids'> & Partial<
   }
   app.addHook('onClose', async () => {
     await Promise.all([jobs.close(), reconcile.close(), hub.close(), deliveries.close(), mirror.close()])
+    if (durableConnection !== undefined) await durableConnection.quit().catch(() => durableConnection.disconnect())
   })
   await app.register(errors)
   await app.register(auth)

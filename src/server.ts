@@ -9,7 +9,7 @@ import { join, resolve } from 'node:path'
 import { buildApp } from './app.ts'
 import { ConfigError, loadConfig, type Config } from './config/index.ts'
 import { createLogger } from './infra/logger.ts'
-import { createRedis, waitReady } from './infra/redis.ts'
+import { createRedis, persistenceWarning, waitReady } from './infra/redis.ts'
 import { startRedisServer, RedisServerMissing } from './infra/embedded-redis.ts'
 import { createHash } from 'node:crypto'
 import { Simulator } from '../simulator/app.ts'
@@ -41,7 +41,7 @@ try {
     const embedded = await startRedisServer({ dir: resolve(config.dataDir, 'redis') })
     cleanups.unshift(embedded.stop)
     config.redis.url = embedded.url
-    logger.info({ url: embedded.url, dir: join(config.dataDir, 'redis') }, 'REDIS_URL is not set: started an embedded redis-server (AOF on)')
+    logger.info({ url: embedded.url, dir: join(config.dataDir, 'redis') }, 'REDIS_URL is not set: started an embedded redis-server (AOF, appendfsync always)')
   }
   if (config.upstream.key === undefined) {
     const sim = new Simulator()
@@ -63,6 +63,10 @@ try {
   redis.on('error', (err: Error) => logger.warn({ err: err.message }, 'redis connection error'))
   cleanups.unshift(async () => { await redis.quit().catch(() => redis.disconnect()) })
   await waitReady(redis, 30_000)
+  if (config.redis.minReplicasAcked === 0 && config.redis.clusterNodes === undefined) {
+    const warning = await persistenceWarning(redis)
+    if (warning !== null) logger.warn(warning)
+  }
   const queueConnection = createRedis(config.redis, 'worker')
   queueConnection.on('error', (err: Error) => logger.warn({ err: err.message }, 'redis (queues) connection error'))
   cleanups.unshift(async () => { await queueConnection.quit().catch(() => queueConnection.disconnect()) })

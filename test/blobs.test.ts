@@ -4,6 +4,7 @@
  * until upstream accepts, across a restart, under the PARKED_MAX_BYTES cap; and the large-body limiter. Real app,
  * real redis-server, real simulator, real HTTP where it matters; no mocks.
  */
+import { keys } from '../src/store/keys.ts'
 import { describe, it, expect, beforeAll, afterAll, afterEach } from 'vitest'
 import { mkdtemp, readdir, rm } from 'node:fs/promises'
 import { request as httpRequest, type ClientRequest, type IncomingMessage } from 'node:http'
@@ -381,7 +382,7 @@ describe('parked images', () => {
   }
   const create = async (h: Harness, body: Body, headers: Record<string, string> = {}) =>
     await h.app.inject({ method: 'POST', url: '/v1/videos', headers: { ...auth('alice'), ...headers }, payload: body })
-  const parkedKeys = async (h: Harness) => await h.redis.keys(`${h.app.deps.store.k.prefix}task:*:parked`)
+  const parkedKeys = async (h: Harness) => await h.redis.keys(`${keys(h.prefix).prefix}task:*:parked`)
 
   it('keeps Base64 images parked until upstream accepts the task, then lets them go', async () => {
     const accept = new Gate('/kling/')
@@ -396,7 +397,7 @@ describe('parked images', () => {
 
     // The create is on its way to the simulator and held there: the images wait in Redis.
     expect(await until(() => accept.seen > 0)).toBe(true)
-    expect(await h.redis.exists(store.k.parked(id))).toBe(1)
+    expect(await h.redis.exists(keys(h.prefix).parked(id))).toBe(1)
     const parked = await store.parked(id)
     expect([...parked.keys()].sort()).toEqual(['/image_list/0/image', '/image_list/1/image'])
     expect(parked.get('/image_list/0/image')?.equals(png)).toBe(true)
@@ -406,7 +407,7 @@ describe('parked images', () => {
 
     accept.open()
     expect((await waitFor(h, id, t => t.status === 'submitted')).status).toBe('submitted')
-    expect(await until(async () => await h.redis.exists(store.k.parked(id)) === 0)).toBe(true)
+    expect(await until(async () => await h.redis.exists(keys(h.prefix).parked(id)) === 0)).toBe(true)
     expect(await store.parkedBytes()).toBe(0)
     expect(creates).toHaveLength(1)
     expect((creates[0].image_list as Body[]).map(i => i.image)).toEqual([b64(png), b64(png2)])
@@ -427,7 +428,7 @@ describe('parked images', () => {
     const res = await create(a, validBody({ image_list: [{ image: b64(png) }, { image: 'https://img.example.com/b.png' }], static_mask: b64(png2) }))
     expect(res.statusCode, res.body.slice(0, 300)).toBe(202)
     const id = res.json().id as string
-    expect(await a.redis.exists(a.app.deps.store.k.parked(id))).toBe(1)
+    expect(await a.redis.exists(keys(a.prefix).parked(id))).toBe(1)
     expect(await a.app.deps.store.parkedBytes()).toBe(png.length + png2.length)
     // A crash between storing the task and queueing its job leaves a queued task with no job behind it.
     if (lost) expect(await a.app.deps.jobs.queue.remove(id)).toBe(1)
@@ -448,7 +449,7 @@ describe('parked images', () => {
     expect((creates[0].image_list as Body[]).map(i => i.image)).toEqual([b64(png), 'https://img.example.com/b.png'])
     expect(creates[0].static_mask).toBe(b64(png2))
     expect(sim.acceptedFor(creates[0].external_task_id as string)).toBe(1)
-    expect(await until(async () => await b.redis.exists(store.k.parked(id)) === 0)).toBe(true)
+    expect(await until(async () => await b.redis.exists(keys(b.prefix).parked(id)) === 0)).toBe(true)
     expect(await store.parkedBytes()).toBe(0)
   })
 
@@ -459,7 +460,7 @@ describe('parked images', () => {
     const first = await create(h, validBody(one))
     expect(first.statusCode, first.body.slice(0, 300)).toBe(202)
     expect(await store.parkedBytes()).toBe(png.length)
-    const tasksBefore = (await h.redis.keys(`${store.k.prefix}task:*`)).sort()
+    const tasksBefore = (await h.redis.keys(`${keys(h.prefix).prefix}task:*`)).sort()
 
     const two = { image_list: [{ image: b64(png) }, { image: b64(png2) }] }
     for (const headers of [{}, { 'idempotency-key': 'over-the-cap-1' }] as Array<Record<string, string>>) {
@@ -474,10 +475,10 @@ describe('parked images', () => {
     // Nothing of it: no task, no parked images, no reserved bytes, no event, and the Idempotency-Key is free.
     expect(await store.parkedBytes()).toBe(png.length)
     expect(await parkedKeys(h)).toHaveLength(1)
-    expect((await h.redis.keys(`${store.k.prefix}task:*`)).sort()).toEqual(tasksBefore)
-    expect(await h.redis.xlen(store.k.events)).toBe(1)
+    expect((await h.redis.keys(`${keys(h.prefix).prefix}task:*`)).sort()).toEqual(tasksBefore)
+    expect(await h.redis.xlen(keys(h.prefix).events)).toBe(1)
     expect((await store.list({ caller: 'alice', limit: 10 })).tasks).toHaveLength(1)
-    expect(await h.redis.exists(store.k.idempotency('alice', 'over-the-cap-1'))).toBe(0)
+    expect(await h.redis.exists(keys(h.prefix).idempotency('alice', 'over-the-cap-1'))).toBe(0)
 
     // What fits under the cap is still taken.
     const fits = await create(h, validBody(one), { 'idempotency-key': 'over-the-cap-1' })

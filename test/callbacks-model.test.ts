@@ -50,7 +50,7 @@ describe('callback storms against two replicas', () => {
         const ext = `ext-${id}`
         const store = a.app.deps.store
         const created = await store.create({ id, caller: 'alice', createdAt: Date.now(), reference: null, metadata: null, request: validBody(), externalTaskId: ext, webhookUrl: null })
-        expect('created' in created).toBe(true)
+        expect(created.outcome).toBe('created')
         const up = sim.create({ ...validBody(), external_task_id: ext })
         await store.transition(id, t => t.status === 'queued' ? { to: 'submitted', upstream: { task_id: up.task_id, status: 'submitted', status_msg: null } } : null)
 

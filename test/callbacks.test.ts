@@ -1,4 +1,5 @@
 import { describe, it, expect, afterEach } from 'vitest'
+import { keys } from '../src/store/keys.ts'
 import { startHarness, type Harness } from './helpers/harness.ts'
 import { callbackPath, createTask, getTask, waitFor } from './helpers/tasks.ts'
 
@@ -141,7 +142,7 @@ describe('reconciliation', () => {
     await waitFor(h, task.id, t => t.status === 'submitted')
     // Simulate a crash between storing a task and queueing its job: a queued task with no job.
     const lost = await h.app.deps.store.create({ id: 'lost-task-0001', caller: 'alice', createdAt: Date.now(), reference: null, metadata: null, request: (await getTask(h, task.id)).request, externalTaskId: 'ext-lost-0001', webhookUrl: null })
-    expect('created' in lost).toBe(true)
+    expect(lost.outcome).toBe('created')
     expect(await h.app.deps.reconcile.checkTask('lost-task-0001')).toBe('requeued')
     const done = await waitFor(h, 'lost-task-0001', t => t.status === 'submitted')
     expect(done.status).toBe('submitted')
@@ -150,10 +151,10 @@ describe('reconciliation', () => {
 
   it('spreads a sweep of many quiet tasks instead of querying them at once', async () => {
     const h = await harness({ sim: { auto: false }, workers: false, env: { RECONCILE_INTERVAL_MS: '60000', RECONCILE_AFTER_MS: '0', RECONCILE_BATCH: '50' } })
-    for (let i = 0; i < 60; i++) await h.redis.zadd(h.app.deps.store.k.open, 1, `quiet-${i}`)
+    for (let i = 0; i < 60; i++) await h.redis.zadd(keys(h.prefix).open, 1, `quiet-${i}`)
     expect(await h.app.deps.reconcile.sweep()).toBe(50)
     const { Queue } = await import('bullmq')
-    const q = new Queue('reconcile', { connection: h.redis as never, prefix: h.app.deps.store.k.bullPrefix })
+    const q = new Queue('reconcile', { connection: h.redis as never, prefix: keys(h.prefix).bullPrefix })
     const delayed = await q.getDelayed(0, 100)
     const delays = delayed.map(j => j.opts.delay ?? 0)
     expect(delayed.length + (await q.getWaitingCount())).toBe(50)

@@ -29,7 +29,11 @@ describe('GET /v1/videos/:id/events (SSE)', () => {
     const url = `${a.config.publicBaseUrl}/v1/videos/${task.id}/events`
 
     const first = await readSse(url, auth('alice'), { until: f => f.length >= 2 })
-    expect(first.frames.map(f => [f.id, f.event])).toEqual([['1', 'video.queued'], ['2', 'video.submitted']])
+    const seqOf = (f: { data: string }) => (JSON.parse(f.data) as { sequence: number }).sequence
+    expect(first.frames.map(f => [seqOf(f), f.event])).toEqual([[1, 'video.queued'], [2, 'video.submitted']])
+    // `id:` is the event's own id (also its webhook-id), never the bare sequence.
+    for (const f of first.frames) expect(f.id).toBe((JSON.parse(f.data) as { id: string }).id)
+    expect(first.frames[0].id).toMatch(/^evt_[A-Za-z0-9_-]{22}$/)
     expect(JSON.parse(first.frames[1].data)).toMatchObject({ type: 'video.submitted', task_id: task.id, sequence: 2, data: { status: 'submitted' } })
 
     // While the client is away, replica B takes a callback.
@@ -37,13 +41,13 @@ describe('GET /v1/videos/:id/events (SSE)', () => {
     expect(cb.json().outcome).toBe('applied')
 
     // Reconnect to replica A; B finishes the task while the stream is open.
-    const resumed = readSse(url, { ...auth('alice'), 'last-event-id': '2' }, { timeoutMs: 8000 })
+    const resumed = readSse(url, { ...auth('alice'), 'last-event-id': first.frames[1].id as string }, { timeoutMs: 8000 })
     await new Promise(resolve => setTimeout(resolve, 300))
     sim.setStatus(upstreamId, 'succeed')
     await b.app.inject({ method: 'POST', url: callbackPath(b, task.id), payload: { task_id: upstreamId, task_status: 'succeed' } })
     await b.app.deps.reconcile.checkTask(task.id)
     const second = await resumed
-    expect(second.frames.map(f => [f.id, f.event])).toEqual([['3', 'video.processing'], ['4', 'video.succeeded']])
+    expect(second.frames.map(f => [seqOf(f), f.event])).toEqual([[3, 'video.processing'], [4, 'video.succeeded']])
     expect(second.ended).toBe(true)
   })
 
@@ -56,8 +60,14 @@ describe('GET /v1/videos/:id/events (SSE)', () => {
     const all = await readSse(base, auth('alice'))
     expect(all.frames.map(f => f.event)).toEqual(['video.queued', 'video.submitted', 'video.failed'])
     expect(all.ended).toBe(true)
+    // A bare number is a sequence (clients written before event ids); an event id resumes after that event.
     const tail = await readSse(`${base}?last_event_id=2`, auth('alice'))
-    expect(tail.frames.map(f => f.id)).toEqual(['3'])
+    expect(tail.frames.map(f => f.id)).toEqual([all.frames[2].id])
+    const afterId = await readSse(base, { ...auth('alice'), 'last-event-id': all.frames[1].id as string })
+    expect(afterId.frames.map(f => f.id)).toEqual([all.frames[2].id])
+    // An id the log no longer holds (rolled back with Redis): the whole log again, each event with its own id.
+    const unknown = await readSse(base, { ...auth('alice'), 'last-event-id': 'evt_rolled_back_00000000' })
+    expect(unknown.frames.map(f => f.id)).toEqual(all.frames.map(f => f.id))
     const nothing = await readSse(`${base}?last_event_id=3`, auth('alice'))
     expect(nothing.frames).toEqual([])
     expect(nothing.ended).toBe(true)
@@ -71,7 +81,7 @@ describe('GET /v1/videos/:id/events (SSE)', () => {
     const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader()
     let text = ''
     while (!text.includes(': ping')) text += (await reader.read()).value ?? ''
-    expect(text).toContain('id: 1\nevent: video.queued')
+    expect(text).toMatch(/id: evt_[A-Za-z0-9_-]+\nevent: video.queued/)
     const started = Date.now()
     await h.close()
     expect(Date.now() - started).toBeLessThan(3000)

@@ -3,6 +3,7 @@
  * HTTP to a real receiver on loopback, and the signatures are checked with the standardwebhooks library and with an
  * independent HMAC. No mocks.
  */
+import { keys } from '../src/store/keys.ts'
 import { describe, it, expect, afterEach } from 'vitest'
 import { createHmac, randomBytes } from 'node:crypto'
 import { Webhook } from 'standardwebhooks'
@@ -466,7 +467,7 @@ describe('webhook deliveries', () => {
     await sleep(150)
     expect(r.requests.length).toBe(4)
     // The stream has no entry left unacknowledged.
-    const pending = await worker.redis.xpending(worker.app.deps.store.k.events, 'webhooks') as [number, ...unknown[]]
+    const pending = await worker.redis.xpending(keys(worker.prefix).events, 'webhooks') as [number, ...unknown[]]
     expect(pending[0]).toBe(0)
   })
 })

@@ -2,7 +2,7 @@ import { Type, type Static } from 'typebox'
 import { Value } from 'typebox/value'
 import { createHash } from 'node:crypto'
 
-/** Every variable the service reads, as strings from the environment (API.md §1). */
+/** Every variable the service reads, as strings from the environment (docs/API.md, "Configuration"). */
 export const EnvSchema = Type.Object({
   PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 3000 }),
   HOST: Type.String({ minLength: 1, default: '0.0.0.0' }),
@@ -11,6 +11,12 @@ export const EnvSchema = Type.Object({
   REDIS_SENTINELS: Type.Optional(Type.String({ pattern: '^[^,:\\s]+:\\d+(,[^,:\\s]+:\\d+)*$' })),
   REDIS_SENTINEL_NAME: Type.Optional(Type.String({ minLength: 1 })),
   REDIS_PREFIX: Type.String({ pattern: '^[A-Za-z0-9_.-]{1,32}$', default: 'kg' }),
+  REDIS_USERNAME: Type.Optional(Type.String({ minLength: 1 })),
+  REDIS_PASSWORD: Type.Optional(Type.String({ minLength: 1 })),
+  REDIS_TLS: Type.Boolean({ default: false }),
+  REDIS_SENTINEL_PASSWORD: Type.Optional(Type.String({ minLength: 1 })),
+  REDIS_MIN_REPLICAS_ACKED: Type.Optional(Type.Integer({ minimum: 0, maximum: 16 })),
+  REDIS_ACK_TIMEOUT_MS: Type.Integer({ minimum: 10, maximum: 1500, default: 500 }),
   COMETAPI_BASE_URL: Type.String({ pattern: '^https?://[^/]+', default: 'https://api.cometapi.com' }),
   COMETAPI_KEY: Type.Optional(Type.String({ minLength: 1 })),
   PUBLIC_BASE_URL: Type.Optional(Type.String({ pattern: '^https?://[^/]+' })),
@@ -58,11 +64,26 @@ type Env = Static<typeof EnvSchema>
 /** A caller's API key, kept only as its SHA-256 so the plain key never sits in memory longer than parsing. */
 export interface ApiKey { caller: string, sha256: Buffer, admin: boolean }
 
+export interface RedisConfig {
+  url?: string
+  clusterNodes?: Array<{ host: string, port: number }>
+  sentinels?: Array<{ host: string, port: number }>
+  sentinelName?: string
+  /** For Cluster and Sentinel nodes, and over a REDIS_URL without credentials of its own. */
+  username?: string
+  password?: string
+  tls: boolean
+  sentinelPassword?: string
+  /** The durability rule: replicas that must hold a write before a 202 or an upstream create (WAIT). */
+  minReplicasAcked: number
+  ackTimeoutMs: number
+}
+
 /** The checked, parsed configuration every part receives. */
 export interface Config {
   port: number
   host: string
-  redis: { url?: string, clusterNodes?: Array<{ host: string, port: number }>, sentinels?: Array<{ host: string, port: number }>, sentinelName?: string }
+  redis: RedisConfig
   prefix: string
   upstream: { baseUrl: string, key?: string, concurrency: number, timeoutMs: number, retryBaseMs: number, submitAttempts: number, unconfirmedGraceMs: number }
   publicBaseUrl?: string
@@ -158,7 +179,14 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
       url: value.REDIS_URL,
       clusterNodes: value.REDIS_CLUSTER_NODES === undefined ? undefined : parseHostPorts(value.REDIS_CLUSTER_NODES),
       sentinels: value.REDIS_SENTINELS === undefined ? undefined : parseHostPorts(value.REDIS_SENTINELS),
-      sentinelName: value.REDIS_SENTINEL_NAME
+      sentinelName: value.REDIS_SENTINEL_NAME,
+      username: value.REDIS_USERNAME,
+      password: value.REDIS_PASSWORD,
+      tls: value.REDIS_TLS,
+      sentinelPassword: value.REDIS_SENTINEL_PASSWORD,
+      // Sentinel means replicas: a write counts once one of them holds it, so a failover cannot roll it back.
+      minReplicasAcked: value.REDIS_MIN_REPLICAS_ACKED ?? (value.REDIS_SENTINELS !== undefined ? 1 : 0),
+      ackTimeoutMs: value.REDIS_ACK_TIMEOUT_MS
     },
     prefix: value.REDIS_PREFIX,
     upstream: {

@@ -1,4 +1,4 @@
-/** Task states and the rules for moving between them (DESIGN.md "Task lifecycle"). Pure. */
+/** Task states and the rules for moving between them. Pure. */
 
 export const TASK_STATUSES = ['queued', 'submitted', 'processing', 'succeeded', 'failed', 'canceled'] as const
 export type TaskStatus = typeof TASK_STATUSES[number]
@@ -42,6 +42,10 @@ export interface TaskRecord {
   submitSentAt: number | null
   /** When the result videos were copied into the gateway's blob store. */
   storedAt: number | null
+  /** The copies were deleted after VIDEO_RETENTION_DAYS. */
+  storedExpired: boolean
+  /** Its create answered 503 to a caller without an Idempotency-Key: it must never go upstream. */
+  withdrawn: boolean
 }
 
 /** The task as callers see it (API.md §2 "The task object"). */
@@ -80,6 +84,8 @@ export type EventType = `video.${TaskStatus}` | 'video.stored'
 
 /** One entry of a task's event log; the same object feeds SSE, webhooks and the Redis Stream. */
 export interface TaskEvent {
+  /** Unique for ever (`evt_…`), also across a Redis rollback that reuses a sequence: webhook-id and SSE `id:`. */
+  id: string
   type: EventType
   task_id: string
   caller: string

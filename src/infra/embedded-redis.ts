@@ -43,16 +43,28 @@ async function stopOrphan (pidFile: string): Promise<void> {
 }
 
 /**
- * Starts a child `redis-server` on loopback with AOF on (appendfsync everysec), data in `dir`.
+ * Starts a child `redis-server` on loopback with AOF on, data in `dir`. `appendfsync always` by default: a write is
+ * on disk before Redis answers it, so a 202 survives a host crash, not only a process crash (everysec can lose
+ * the last second of acknowledged writes when the machine dies).
  * Resolves when it accepts connections; `stop()` shuts it down (SIGTERM, then SIGKILL after 5 s).
  */
-export async function startRedisServer (opts: { dir: string, port?: number, persist?: boolean }): Promise<EmbeddedRedis> {
+export interface RedisServerOptions {
+  dir: string
+  port?: number
+  persist?: boolean
+  fsync?: 'always' | 'everysec'
+  /** More redis-server arguments (tests: `--replicaof`, `--enable-debug-command`). */
+  extraArgs?: string[]
+}
+
+export async function startRedisServer (opts: RedisServerOptions): Promise<EmbeddedRedis> {
   await mkdir(opts.dir, { recursive: true })
   await stopOrphan(join(opts.dir, 'redis.pid'))
   const port = opts.port ?? await freePort()
   const persist = opts.persist ?? true
   const args = ['--port', String(port), '--bind', '127.0.0.1', '--dir', opts.dir, '--save', '',
-    '--pidfile', join(opts.dir, 'redis.pid'), '--appendonly', persist ? 'yes' : 'no', '--appendfsync', 'everysec', '--protected-mode', 'yes', '--daemonize', 'no']
+    '--pidfile', join(opts.dir, 'redis.pid'), '--appendonly', persist ? 'yes' : 'no',
+    '--appendfsync', opts.fsync ?? 'always', '--protected-mode', 'yes', '--daemonize', 'no', ...(opts.extraArgs ?? [])]
   const child = spawn('redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'] })
   let output = ''
   const ready = new Promise<void>((resolve, reject) => {

@@ -1,25 +1,102 @@
 import { Redis, Cluster, type RedisOptions } from 'ioredis'
-import type { Config } from '../config/index.ts'
+import type { RedisConfig } from '../config/index.ts'
 
 export type RedisClient = Redis | Cluster
 
+/** The request path's budget for one command; every retry setting below fits inside it. */
+export const COMMAND_TIMEOUT_MS = 2000
+
 /**
- * One connection per role (aesthetics §8.10):
- * - `command`: the request path. Fails fast (one retry, 2 s command timeout) so a Redis outage is a quick 503,
- *   not a minute-long hang (perf-reliability §2.4).
- * - `worker`: BullMQ and blocking readers. Waits for Redis to come back (`maxRetriesPerRequest: null`).
+ * A replica that answers READONLY was a master a moment ago (a Sentinel failover): reconnect, which asks the
+ * sentinels for the new master, and resend the command (2). Every script of ours is safe to run twice.
  */
-export function createRedis (redis: Config['redis'], role: 'command' | 'worker', name = role): RedisClient {
-  const options: RedisOptions = role === 'command'
-    ? { maxRetriesPerRequest: 1, commandTimeout: 2000, connectionName: `kg-${name}` }
-    : { maxRetriesPerRequest: null, connectionName: `kg-${name}` }
+const reconnectOnError = (err: Error): 2 | false => err.message.startsWith('READONLY') ? 2 : false
+
+/**
+ * One connection per role:
+ * - `command`: the request path. Fails fast (one retry, 2 s command timeout) so a Redis outage is a quick 503,
+ *   not a minute-long hang (ioredis 6 waits over a minute by default).
+ * - `worker`: BullMQ and blocking readers. Waits for Redis to come back (`maxRetriesPerRequest: null`).
+ * Cluster: redirections and cluster-down retries are bounded (6 × 200 ms) so a failover answers 503 within the
+ * command budget instead of hanging or "Too many Cluster redirections" after seconds. Sentinel: the failover
+ * detector subscribes to `+switch-master` and reconnects at once instead of writing to the old master.
+ */
+export function createRedis (redis: RedisConfig, role: 'command' | 'worker', name = role): RedisClient {
+  const auth = {
+    ...(redis.username !== undefined && { username: redis.username }),
+    ...(redis.password !== undefined && { password: redis.password }),
+    ...(redis.tls && { tls: {} })
+  }
+  const options: RedisOptions = {
+    ...(role === 'command'
+      ? { maxRetriesPerRequest: 1, commandTimeout: COMMAND_TIMEOUT_MS }
+      : { maxRetriesPerRequest: null }),
+    connectionName: `kg-${name}`,
+    reconnectOnError
+  }
   if (redis.clusterNodes !== undefined) {
-    return new Cluster(redis.clusterNodes, { redisOptions: options, enableOfflineQueue: role === 'worker' })
+    return new Cluster(redis.clusterNodes, {
+      redisOptions: { ...options, ...auth },
+      enableOfflineQueue: role === 'worker',
+      maxRedirections: 6,
+      retryDelayOnFailover: 200,
+      retryDelayOnClusterDown: 200,
+      retryDelayOnTryAgain: 200,
+      retryDelayOnMoved: 0,
+      slotsRefreshTimeout: 1000,
+      slotsRefreshInterval: 5000
+    })
   }
   if (redis.sentinels !== undefined) {
-    return new Redis({ ...options, sentinels: redis.sentinels, name: redis.sentinelName })
+    return new Redis({
+      ...options,
+      ...auth,
+      sentinels: redis.sentinels,
+      name: redis.sentinelName,
+      failoverDetector: true,
+      ...(redis.sentinelPassword !== undefined && { sentinelPassword: redis.sentinelPassword }),
+      ...(redis.tls && { enableTLSForSentinelMode: true, sentinelTLS: {} })
+    })
   }
-  return new Redis(redis.url ?? 'redis://127.0.0.1:6379', options)
+  const url = new URL(redis.url ?? 'redis://127.0.0.1:6379')
+  // Credentials in the URL win; REDIS_USERNAME/REDIS_PASSWORD fill in what it leaves out.
+  return new Redis(url.toString(), {
+    ...options,
+    ...(url.password === '' && auth.password !== undefined && { password: auth.password }),
+    ...(url.username === '' && auth.username !== undefined && { username: auth.username }),
+    ...(redis.tls && url.protocol === 'redis:' && { tls: {} })
+  })
+}
+
+/**
+ * Errors that mean "Redis is briefly unavailable here": the client failing fast (timeout, retries exhausted,
+ * connection down), a failover in progress (READONLY, a Cluster slot moving or down, a node loading its data),
+ * or the durability rule not met in time. Answered 503 + Retry-After, never 500.
+ */
+export function isRedisUnavailable (err: Error): boolean {
+  if (err.name === 'MaxRetriesPerRequestError' || err.name === 'ClusterAllFailedError') return true
+  return /^(Command timed out|Connection is closed|Stream isn't writeable|Too many Cluster redirections|Cluster isn't ready|Failed to refresh slots cache|None of startup nodes is available|All sentinels are unreachable|CLUSTERDOWN|TRYAGAIN|MOVED|ASK|READONLY|LOADING|UNBLOCKED|MASTERDOWN|NOREPLICAS|BUSY|MISCONF)/
+    .test(err.message)
+}
+
+/**
+ * What a lone Redis node does to keep an acknowledged write: null when it is safe against a host crash (AOF with
+ * `appendfsync always`), else a sentence saying what can be lost. Unknown (CONFIG disabled, as on managed
+ * Redis) is said too. Only meaningful when no replica has to acknowledge writes.
+ */
+export async function persistenceWarning (client: RedisClient): Promise<string | null> {
+  try {
+    const [, appendonly] = await client.config('GET', 'appendonly') as string[]
+    const [, fsync] = await client.config('GET', 'appendfsync') as string[]
+    if (appendonly !== 'yes') return 'Redis has no AOF: a Redis restart loses every task since the last snapshot'
+    if (fsync !== 'always') {
+      return `Redis runs appendfsync ${fsync}: a host crash can lose the last second of accepted tasks ` +
+        '(set appendfsync always, or REDIS_MIN_REPLICAS_ACKED with replicas)'
+    }
+    return null
+  } catch {
+    return 'could not read Redis persistence settings (CONFIG GET refused); make sure AOF runs with appendfsync always'
+  }
 }
 
 /** Resolves once the client is ready, or rejects after `timeoutMs`. */
@@ -35,5 +112,7 @@ export async function waitReady (client: RedisClient, timeoutMs = 10_000): Promi
 
 /** A new connection with the same settings, not yet connected (it connects on first command or subscribe). */
 export function duplicate (client: RedisClient): RedisClient {
-  return client instanceof Cluster ? client.duplicate(undefined, { lazyConnect: true }) : client.duplicate({ lazyConnect: true })
+  return client instanceof Cluster
+    ? client.duplicate(undefined, { lazyConnect: true })
+    : client.duplicate({ lazyConnect: true })
 }

@@ -8,7 +8,6 @@ import type { UpstreamTask } from '../upstream/client.ts'
  * duplicate answers: they change nothing.
  */
 export async function applyUpstream (store: TaskStore, taskId: string, up: UpstreamTask, now: number, base: string): Promise<TransitionOutcome> {
-  await store.redis.set(store.k.upstreamId(up.taskId), taskId)
   const snapshot = { taskId: up.taskId, status: up.status, statusMsg: up.statusMsg, videos: up.videos, updatedAt: up.updatedAt }
   const outcome = await store.transition(taskId, t => changeFromUpstream(t, snapshot, now, base))
   await store.dropParked(taskId)

@@ -5,8 +5,9 @@
  * that changes the task, so there is no moment where a state change exists without its event. A consumer group
  * (`webhooks`) reads the stream on every replica; an entry is acknowledged only after its deliveries are stored
  * and queued, and entries left pending by a dead replica are claimed by another (XAUTOCLAIM). A crash right
- * after the callback's 2xx therefore still delivers. Delivery ids derive from (task, sequence, destination), so
- * reading an entry twice makes nothing twice.
+ * after the callback's 2xx therefore still delivers. Delivery ids derive from (event id, destination), so reading
+ * an entry twice makes nothing twice, and an event id is never reused (not even after a Redis rollback reuses a
+ * sequence), so a receiver that dedupes by `webhook-id` never drops a new event.
  *
  * Delivery: a BullMQ job per delivery, attempts on WEBHOOK_RETRY_SCHEDULE with ±10 % jitter, Retry-After on 429
  * and 503, a per-attempt timeout, 3xx a failure (never followed), 410 disables the endpoint, five days of
@@ -26,6 +27,7 @@ import { createWebhookAgent } from '../notify/ssrf.ts'
 import { parseRetryAfter } from '../upstream/client.ts'
 import type { TaskStore } from '../store/tasks.ts'
 import { WebhookStore, type Delivery } from '../store/webhooks.ts'
+import type { StreamEntry } from '../store/event-stream.ts'
 
 export const DELIVER_QUEUE = 'deliver'
 const GROUP = 'webhooks'
@@ -71,7 +73,7 @@ export class DeliveryJobs {
     this.log = deps.logger.child({ component: 'deliver' })
     this.agent = createWebhookAgent({ allowPrivate: deps.config.webhooks.allowPrivate, timeoutMs: deps.config.webhooks.timeoutMs })
     if (deps.connection === undefined) return
-    this.q = new Queue<DeliverData>(DELIVER_QUEUE, { connection: deps.connection as never, prefix: deps.store.k.bullPrefix })
+    this.q = new Queue<DeliverData>(DELIVER_QUEUE, { connection: deps.connection as never, prefix: deps.store.queuePrefix })
     this.q.on('error', err => this.log.warn({ err: err.message }, 'deliver queue error'))
   }
 
@@ -85,17 +87,14 @@ export class DeliveryJobs {
    * exists before the first event is written and no event is ever behind it.
    */
   async ensureGroup (): Promise<void> {
-    const { store } = this.deps
-    await store.redis.xgroup('CREATE', store.k.events, GROUP, '$', 'MKSTREAM').catch((err: Error) => {
-      if (!err.message.includes('BUSYGROUP')) throw err
-    })
+    await this.deps.store.stream.ensureGroup(GROUP)
   }
 
   async start (): Promise<void> {
     const { store, config } = this.deps
     this.worker = new Worker<DeliverData>(DELIVER_QUEUE, async job => await this.attempt(job), {
       connection: this.deps.connection as never,
-      prefix: store.k.bullPrefix,
+      prefix: store.queuePrefix,
       concurrency: 16,
       settings: { backoffStrategy: (attemptsMade, _type, err) => retryDelay(config.webhooks.retryScheduleMs, attemptsMade, err) }
     })
@@ -128,18 +127,17 @@ export class DeliveryJobs {
 
   /** Reads the event stream as one consumer of the group, until close(). */
   private async readLoop (): Promise<void> {
-    const { store } = this.deps
-    const reader = this.deps.reader ?? store.redis
+    const { stream } = this.deps.store
+    const reader = this.deps.reader
     let lastClaim = 0
     while (this.running) {
       try {
         if (this.deps.clock() - lastClaim > CLAIM_IDLE_MS / 3) {
           lastClaim = this.deps.clock()
-          const claimed = await store.redis.xautoclaim(store.k.events, GROUP, this.consumer, CLAIM_IDLE_MS, '0-0', 'COUNT', 100) as [string, Array<[string, string[]]>]
-          await this.handle(claimed[1])
+          await this.handle(await stream.claim(GROUP, this.consumer, CLAIM_IDLE_MS))
         }
-        const res = await reader.xreadgroup('GROUP', GROUP, this.consumer, 'COUNT', 100, 'BLOCK', 500, 'STREAMS', store.k.events, '>') as Array<[string, Array<[string, string[]]>]> | null
-        if (res !== null) await this.handle(res[0][1])
+        if (reader === undefined) throw new Error('no reader connection was given')
+        await this.handle(await stream.read(reader, GROUP, this.consumer, 500))
       } catch (err) {
         if (!this.running) break
         this.log.warn({ err: (err as Error).message }, 'event stream read failed; retrying')
@@ -148,18 +146,14 @@ export class DeliveryJobs {
     }
   }
 
-  private async handle (entries: Array<[string, string[] | null]>): Promise<void> {
-    const { store } = this.deps
-    for (const [entryId, fields] of entries) {
-      if (fields !== null) {
-        const data = fields[fields.indexOf('data') + 1]
-        if (data !== undefined) {
-          const event = JSON.parse(data) as TaskEvent
-          await this.fanOut(event)
-          await this.deps.onEvent?.(event)
-        }
+  private async handle (entries: StreamEntry[]): Promise<void> {
+    const { stream } = this.deps.store
+    for (const { entryId, event } of entries) {
+      if (event !== null) {
+        await this.fanOut(event)
+        await this.deps.onEvent?.(event)
       }
-      await store.redis.xack(store.k.events, GROUP, entryId)
+      await stream.ack(GROUP, entryId)
     }
   }
 
@@ -174,8 +168,8 @@ export class DeliveryJobs {
     const taskUrl = event.data.request.webhook_url
     if (typeof taskUrl === 'string') destinations.push({ endpointId: null, url: taskUrl })
     for (const dest of destinations) {
-      const id = WebhookStore.deliveryId(event.task_id, event.sequence, dest.endpointId ?? `url:${dest.url}`)
-      const d = await webhooks.ensureDelivery({ id, caller: event.caller, endpointId: dest.endpointId, url: dest.url, taskId: event.task_id, type: event.type, sequence: event.sequence, payload })
+      const id = WebhookStore.deliveryId(event.id, dest.endpointId ?? `url:${dest.url}`)
+      const d = await webhooks.ensureDelivery({ id, msgId: `msg_${id}`, caller: event.caller, endpointId: dest.endpointId, url: dest.url, taskId: event.task_id, type: event.type, sequence: event.sequence, payload })
       if (d.status === 'pending') await this.enqueue(d)
     }
   }

@@ -38,7 +38,7 @@ export class MirrorJobs {
     this.log = deps.logger.child({ component: 'mirror' })
     this.agent = createWebhookAgent({ allowPrivate: deps.config.mirror.allowPrivate, timeoutMs: deps.config.mirror.timeoutMs })
     if (deps.connection === undefined) return
-    this.q = new Queue(MIRROR_QUEUE, { connection: deps.connection as never, prefix: deps.store.k.bullPrefix })
+    this.q = new Queue(MIRROR_QUEUE, { connection: deps.connection as never, prefix: deps.store.queuePrefix })
     this.q.on('error', err => this.log.warn({ err: err.message }, 'mirror queue error'))
   }
 
@@ -49,7 +49,7 @@ export class MirrorJobs {
     }
     this.worker = new Worker(MIRROR_QUEUE, async job => job.name === 'expire' ? await this.expire() : await this.copy(job), {
       connection: this.deps.connection as never,
-      prefix: this.deps.store.k.bullPrefix,
+      prefix: this.deps.store.queuePrefix,
       concurrency: 2
     })
     this.worker.on('error', err => this.log.warn({ err: err.message }, 'mirror worker error'))
@@ -75,8 +75,9 @@ export class MirrorJobs {
       await this.download(video.upstream_url, videoKey(task.id, i))
     }
     const now = clock()
-    await store.transition(task.id, t => t.status === 'succeeded' && t.storedAt === null ? { to: 'succeeded', extra: { stored_at: String(now) } } : null, { event: true, eventType: 'video.stored' })
-    await store.redis.zadd(store.k.stored, now, task.id)
+    await store.transition(task.id, t => t.status === 'succeeded' && t.storedAt === null
+      ? { to: 'succeeded', storedAt: now }
+      : null, { event: true, eventType: 'video.stored' })
     this.log.info({ taskId: task.id, videos: videos.length }, 'result stored')
     return 'stored'
   }
@@ -109,12 +110,12 @@ export class MirrorJobs {
   /** Deletes stored videos older than VIDEO_RETENTION_DAYS; their content answers 410 afterwards. */
   private async expire (): Promise<string> {
     const { store, blobs, clock, config } = this.deps
-    const ids = await store.redis.zrangebyscore(store.k.stored, '-inf', clock() - config.mirror.retentionMs, 'LIMIT', 0, 500)
+    const ids = await store.storedBefore(clock() - config.mirror.retentionMs, 500)
     for (const id of ids) {
       const task = await store.get(id)
       for (let i = 0; i < (task?.result?.videos.length ?? 1); i++) await blobs.delete(videoKey(id, i))
-      await store.redis.hset(store.k.task(id), 'stored_expired', '1')
-      await store.redis.zrem(store.k.stored, id)
+      // Without an event: the task's state is the same, only its copy is gone (content answers 410).
+      await store.transition(id, t => t.storedExpired ? null : { to: t.status, storedExpired: true }, { event: false })
     }
     return `expired ${ids.length}`
   }

@@ -46,7 +46,7 @@ export class ReconcileJobs {
   constructor (private readonly deps: ReconcileDeps) {
     this.log = deps.logger.child({ component: 'reconcile' })
     if (deps.connection === undefined) return
-    this.q = new Queue<CheckData>(RECONCILE_QUEUE, { connection: deps.connection as never, prefix: deps.store.k.bullPrefix })
+    this.q = new Queue<CheckData>(RECONCILE_QUEUE, { connection: deps.connection as never, prefix: deps.store.queuePrefix })
     this.q.on('error', err => this.log.warn({ err: err.message }, 'reconcile queue error'))
   }
 
@@ -60,7 +60,7 @@ export class ReconcileJobs {
     await this.queue.upsertJobScheduler('sweep', { every: config.reconcile.intervalMs }, { name: 'sweep', opts: { removeOnComplete: true, removeOnFail: 100 } })
     this.worker = new Worker<CheckData>(RECONCILE_QUEUE, async job => await this.process(job), {
       connection: this.deps.connection as never,
-      prefix: this.deps.store.k.bullPrefix,
+      prefix: this.deps.store.queuePrefix,
       concurrency: 4,
       limiter: { max: config.reconcile.qps, duration: 1000 }
     })
@@ -92,8 +92,11 @@ export class ReconcileJobs {
   async sweep (): Promise<number> {
     const { store, config, clock } = this.deps
     const quietSince = clock() - config.reconcile.afterMs
-    const ids = await store.redis.zrangebyscore(store.k.open, '-inf', quietSince, 'LIMIT', 0, config.reconcile.batch)
+    const ids = await store.quietTasks(quietSince, config.reconcile.batch)
     for (const id of ids) await this.check(id, { delayMs: Math.floor(Math.random() * config.reconcile.intervalMs) })
+    // Images parked by creates that failed in a way that could not free them (Redis gone mid-request).
+    const freed = await store.releaseUnclaimedParked()
+    if (freed > 0) this.log.info({ count: freed }, 'freed images no stored task took over')
     if (ids.length > 0) this.log.debug({ count: ids.length }, 'queued checks of quiet tasks')
     return ids.length
   }

@@ -12,6 +12,8 @@
  * - Only the create's own failure may clear `submit_sent_at`: a failed query says nothing about an earlier create.
  * - Out of attempts while upstream may hold the task, the job looks once more after the grace: it adopts the task
  *   or fails ours with UPSTREAM_UNAVAILABLE. It never leaves a task `queued` with no job behind it.
+ * - The mark is made durable (the deployment's rule: WAIT for replicas, or the node's fsync) before the create is
+ *   sent, so no failover or host crash can roll it back behind a paid upstream task.
  * - Base64 images never enter job data: the job carries the task id; images are read from the parked blobs.
  */
 import { DelayedError, Queue, Worker, type Job } from 'bullmq'
@@ -21,6 +23,7 @@ import type { Config } from '../config/index.ts'
 import { callbackToken } from '../domain/callback-token.ts'
 import { upstreamBody } from '../domain/create.ts'
 import { applyUpstream } from './apply.ts'
+import { cancelWithdrawn } from '../services/create.ts'
 import type { TaskRecord } from '../domain/task.ts'
 import type { RedisClient } from '../infra/redis.ts'
 import type { TaskStore } from '../store/tasks.ts'
@@ -59,7 +62,7 @@ export class SubmitJobs {
   constructor (private readonly deps: SubmitDeps) {
     this.log = deps.logger.child({ component: 'submit' })
     if (deps.connection === undefined) return
-    this.q = new Queue<SubmitData>(SUBMIT_QUEUE, { connection: deps.connection as never, prefix: deps.store.k.bullPrefix })
+    this.q = new Queue<SubmitData>(SUBMIT_QUEUE, { connection: deps.connection as never, prefix: deps.store.queuePrefix })
     this.q.on('error', err => this.log.warn({ err: err.message }, 'submit queue error'))
   }
 
@@ -74,7 +77,7 @@ export class SubmitJobs {
     await this.queue.setGlobalConcurrency(config.upstream.concurrency)
     this.worker = new Worker<SubmitData>(SUBMIT_QUEUE, async (job, token) => await this.process(job, token), {
       connection: this.deps.connection as never,
-      prefix: this.deps.store.k.bullPrefix,
+      prefix: this.deps.store.queuePrefix,
       concurrency: config.upstream.concurrency,
       settings: { backoffStrategy: (attemptsMade, _type, err) => backoffDelay(attemptsMade, config.upstream.retryBaseMs, err) }
     })
@@ -105,6 +108,7 @@ export class SubmitJobs {
     const { store, upstream, config, clock } = this.deps
     const task = await store.get(job.data.taskId)
     if (task === null || task.status !== 'queued') return 'not-queued'
+    if (task.withdrawn && task.submitSentAt === null) return await cancelWithdrawn(store, task.id) ? 'withdrawn' : 'not-queued'
     const attempt = job.attemptsMade + 1
     const lastAttempt = attempt >= (job.opts.attempts ?? 1)
     let sending = false
@@ -125,8 +129,16 @@ export class SubmitJobs {
         this.log.info({ taskId: task.id }, 'upstream still has no task for this external id: sending again')
       }
 
-      const claimed = await store.transition(task.id, t => t.status === 'queued' ? { to: 'queued', submitSentAt: clock() } : null, { event: false })
+      // Guarded by `withdrawn`: a create that answered 503 without a key marks its task, and then it never goes.
+      const claimed = await store.transition(task.id, t => t.status === 'queued' ? { to: 'queued', submitSentAt: clock() } : null, { event: false, requireEmpty: 'withdrawn' })
       if (!claimed.applied) return 'not-queued'
+      // The mark must survive a failover or a host crash before anything is paid for: a mark lost in a rollback
+      // would let the next attempt send again instead of asking first. Not durable → nothing was sent: unmark.
+      await store.durable().catch(async (err: Error) => {
+        await store.transition(task.id, t => t.status === 'queued' ? { to: 'queued', submitSentAt: null } : null, { event: false })
+          .catch(() => {})
+        throw err
+      })
       const images = await store.parked(task.id)
       const body = upstreamBody(task.request, images, {
         callback_url: this.callbackUrl(task.id),

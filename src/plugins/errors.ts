@@ -2,6 +2,7 @@ import fp from 'fastify-plugin'
 import type { FastifyError, FastifyInstance, FastifyReply } from 'fastify'
 import { GatewayError, type FieldError } from '../domain/errors.ts'
 import { STATUS_CODES } from 'node:http'
+import { isRedisUnavailable } from '../infra/redis.ts'
 
 /** Fastify's validationContext → the `location` a field error names. */
 export const LOCATIONS: Record<string, FieldError['location']> = { body: 'body', querystring: 'query', params: 'params', headers: 'headers' }
@@ -51,11 +52,6 @@ export function fieldErrorsOf (errors: AjvError[], location?: FieldError['locati
     for (const { f } of group) if (!seen.has(f.detail)) { seen.add(f.detail); out.push(f) }
   }
   return out
-}
-
-/** ioredis failing fast (timeout, retries exhausted, connection down): a 503 to retry, not a 500. */
-function isRedisUnavailable (err: Error): boolean {
-  return err.name === 'MaxRetriesPerRequestError' || /^(Command timed out|Connection is closed|Stream isn't writeable)/.test(err.message)
 }
 
 /** Sends a problem+json body; the only place error bodies are shaped. */

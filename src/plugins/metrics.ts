@@ -24,7 +24,7 @@ export default fp(async function metrics (app: FastifyInstance) {
     latency.observe({ method: request.method, route }, reply.elapsedTime / 1000)
   })
 
-  const queues = queueConnection === undefined ? [] : QUEUES.map(name => new Queue(name, { connection: queueConnection as never, prefix: store.k.bullPrefix }))
+  const queues = queueConnection === undefined ? [] : QUEUES.map(name => new Queue(name, { connection: queueConnection as never, prefix: store.queuePrefix }))
   app.addHook('onClose', async () => { await Promise.all(queues.map(async q => await q.close())) })
 
   new Gauge({ // eslint-disable-line no-new
@@ -33,8 +33,8 @@ export default fp(async function metrics (app: FastifyInstance) {
     labelNames: ['status'],
     registers: [registry],
     async collect () {
-      const counts = await Promise.all(TASK_STATUSES.map(async s => await store.redis.zcard(store.k.index('*', s))))
-      TASK_STATUSES.forEach((s, i) => this.set({ status: s }, counts[i]))
+      const counts = await store.countByStatus()
+      for (const s of TASK_STATUSES) this.set({ status: s }, counts[s])
     }
   })
   new Gauge({ name: 'kg_parked_bytes', help: 'Decoded image bytes waiting for upstream', registers: [registry], async collect () { this.set(await store.parkedBytes()) } }) // eslint-disable-line no-new

@@ -51,9 +51,7 @@ const callbacks: FastifyPluginAsyncTypebox = async (app) => {
       (up.externalTaskId !== null && up.externalTaskId !== task.externalTaskId)
     if (mismatch) throw new InvalidRequest([{ pointer: up.externalTaskId !== null && up.externalTaskId !== task.externalTaskId ? '/task_info/external_task_id' : '/task_id', detail: 'does not belong to this task', location: 'body' }])
 
-    const seenKey = store.k.callbacksSeen(task.id)
-    const [[, seen]] = await store.redis.multi().incr(seenKey).expire(seenKey, 60).exec() as [[Error | null, number]]
-    if (seen > MAX_CALLBACKS_PER_MINUTE) throw new GatewayError('TOO_MANY_CALLBACKS', 429, 'too many callbacks for this task', undefined, { 'retry-after': '60' })
+    if (await store.countCallback(task.id) > MAX_CALLBACKS_PER_MINUTE) throw new GatewayError('TOO_MANY_CALLBACKS', 429, 'too many callbacks for this task', undefined, { 'retry-after': '60' })
 
     // Terminal states, and any state before we know the upstream id, are confirmed with CometAPI first.
     if (up.status === 'succeed' || up.status === 'failed' || task.upstream === null) {

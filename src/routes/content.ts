@@ -53,7 +53,7 @@ const content: FastifyPluginAsyncTypebox = async (app) => {
     const index = request.query.index
     if (task.status !== 'succeeded') throw new Conflict('NOT_SUCCEEDED', `the task is ${task.status}; content exists only once it has succeeded`)
     if (index >= (task.result?.videos.length ?? 0)) throw new NotFound('video')
-    if (await store.redis.hget(store.k.task(task.id), 'stored_expired') === '1') throw new GatewayError('CONTENT_EXPIRED', 410, 'the video was deleted after its retention period')
+    if (task.storedExpired) throw new GatewayError('CONTENT_EXPIRED', 410, 'the video was deleted after its retention period')
     const info = task.storedAt === null ? null : await blobs.stat(videoKey(task.id, index))
     if (info === null) throw new GatewayError('CONTENT_NOT_READY', 409, 'the video is still being copied from upstream; retry shortly', undefined, { 'retry-after': '5' })
 

@@ -9,12 +9,22 @@ import { canSee, type Caller } from '../plugins/auth.ts'
 
 /**
  * `GET /v1/videos/:id/events`: Server-Sent Events (API.md §2). Replays from `Last-Event-ID` (header, or
- * `?last_event_id=` for clients that cannot set headers), then goes live; `id:` is the sequence, so a reconnect
- * resumes with no gap and no duplicate. Heartbeat comments keep proxies from closing an idle stream; the stream
+ * `?last_event_id=` for clients that cannot set headers), then goes live. `id:` is the event's own id, which is
+ * never reused (webhook-id is the same id); a reconnect resumes after that event with no gap and no duplicate. An
+ * id the task no longer has (rolled back with Redis) replays the whole log; a bare number is a sequence. Heartbeat comments keep proxies from closing an idle stream; the stream
  * ends after the terminal event.
  */
+const EventIdSchema = Type.String({ maxLength: 64, pattern: '^[A-Za-z0-9_.-]*$', description: 'an event id (`evt_…`) or a sequence number' })
+
 const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, opts) => {
   const { store, hub } = app.deps
+
+  /** The sequence to resume after: the named event's, a bare number's, or 0 for an id the log does not hold. */
+  const resumeAfter = async (taskId: string, lastEventId: string): Promise<number> => {
+    if (lastEventId === '') return 0
+    if (/^\d{1,9}$/.test(lastEventId)) return Number(lastEventId)
+    return (await store.events(taskId)).find(e => e.id === lastEventId)?.sequence ?? 0
+  }
   // Open SSE responses of this replica, ended in preClose so shutdown never waits on them.
   const streams = new Set<ServerResponse>()
   app.addHook('preClose', async () => {
@@ -30,8 +40,8 @@ const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, o
       summary: 'Server-Sent Events of one task, resumable with Last-Event-ID',
       security: [{ bearer: [] }],
       params: TaskParamsSchema,
-      headers: Type.Object({ 'last-event-id': Type.Optional(Type.String({ maxLength: 12, pattern: '^\\d*$' })) }),
-      querystring: Type.Object({ last_event_id: Type.Optional(Type.Integer({ minimum: 0, maximum: 1_000_000 })) }, { additionalProperties: false }),
+      headers: Type.Object({ 'last-event-id': Type.Optional(EventIdSchema) }),
+      querystring: Type.Object({ last_event_id: Type.Optional(EventIdSchema) }, { additionalProperties: false }),
       response: {
         200: { description: 'text/event-stream: `id:` sequence, `event:` type, `data:` the event JSON', content: { 'text/event-stream': { schema: Type.String({ maxLength: 0 }) } } },
         400: problem('invalid request'),
@@ -43,7 +53,7 @@ const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, o
     const caller = request.caller as Caller
     const task = await store.get(request.params.id)
     if (!canSee(caller, task)) throw new NotFound('task')
-    let last = Number(request.headers['last-event-id'] || request.query.last_event_id || 0)
+    let last = await resumeAfter(task.id, request.headers['last-event-id'] || request.query.last_event_id || '')
 
     reply.hijack()
     const raw = reply.raw
@@ -55,7 +65,7 @@ const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, o
     let chain = Promise.resolve()
     const write = (e: TaskEvent) => {
       if (done || e.sequence <= last) return
-      raw.write(`id: ${e.sequence}\nevent: ${e.type}\ndata: ${JSON.stringify(e)}\n\n`)
+      raw.write(`id: ${e.id}\nevent: ${e.type}\ndata: ${JSON.stringify(e)}\n\n`)
       last = e.sequence
       if (isTerminal(e.data.status)) finish()
     }

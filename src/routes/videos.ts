@@ -1,9 +1,9 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyReply, FastifyRequest } from 'fastify'
-import { randomUUID } from 'node:crypto'
 import { Type } from 'typebox'
 import { checkCreate } from '../domain/create.ts'
-import { Conflict, GatewayError, InvalidRequest, NotFound, Unavailable } from '../domain/errors.ts'
+import { Conflict, InvalidRequest, NotFound, Unavailable } from '../domain/errors.ts'
+import { createTask } from '../services/create.ts'
 import { toView } from '../domain/task.ts'
 import { problem } from '../schemas/common.ts'
 import { CreateVideoSchema, IdempotencyHeadersSchema, ListQuerySchema, TaskParamsSchema, TaskSchema } from '../schemas/videos.ts'
@@ -19,6 +19,9 @@ const errors = {
 
 const videos: FastifyPluginAsyncTypebox = async (app) => {
   const { store, jobs, config } = app.deps
+  const createDeps = {
+    store, jobs, clock: app.deps.clock, ids: app.deps.ids, parkedMaxBytes: config.parkedMaxBytes, logger: app.deps.logger
+  }
   app.addSchema(TaskSchema)
   app.addHook('onRequest', app.authenticate)
 
@@ -49,10 +52,10 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
       response: {
         202: Type.Ref('Task'),
         ...errors,
-        409: problem('the reference is taken (detail names the existing task), or the same Idempotency-Key is still in flight'),
+        409: problem('the reference is taken (detail names the existing task)'),
         413: problem('body too large'),
         422: problem('the Idempotency-Key was used with a different body'),
-        503: problem('Redis is unreachable; retry after Retry-After')
+        503: problem('Redis is unreachable or the write is not durable yet; retry after Retry-After')
       }
     }
   }, async (request, reply) => {
@@ -68,7 +71,6 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
     if (validateHeaders !== undefined && !validateHeaders(request.headers)) schemaErrors.push(...fieldErrorsOf((validateHeaders.errors ?? []) as never, 'headers'))
     const domainErrors = checked.ok ? [] : checked.errors.filter(d => !schemaErrors.some(e => e.pointer === d.pointer && e.location === d.location))
     if (schemaErrors.length > 0 || !checked.ok) throw new InvalidRequest([...schemaErrors, ...domainErrors])
-    const { request: stored, images, fingerprint } = checked.value
     if (request.body.webhook_url !== undefined) {
       // Registration-time SSRF check (the delivery agent checks again at connect time).
       await checkWebhookTarget(request.body.webhook_url, { allowPrivate: config.webhooks.allowPrivate }).catch((err: Error) => {
@@ -76,49 +78,16 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
       })
     }
 
-    const idemKey = request.headers['idempotency-key']
-    if (idemKey !== undefined) {
-      const previous = await store.reserveIdempotency(caller.name, idemKey, fingerprint)
-      if (previous.state !== 'new' && previous.fingerprint !== fingerprint) {
-        throw new GatewayError('IDEMPOTENCY_KEY_REUSED', 422, 'this Idempotency-Key was used with a different request body')
-      }
-      if (previous.state === 'pending') throw new Conflict('IDEMPOTENCY_IN_FLIGHT', 'a request with this Idempotency-Key is still being handled; retry shortly')
-      if (previous.state === 'done') return reply.code(previous.status).header('idempotent-replayed', 'true').header('location', `/v1/videos/${(previous.body as { id: string }).id}`).send(previous.body)
-    }
-
-    const id = app.deps.ids()
-    let created = false
-    try {
-      if (!await store.park(id, images, config.parkedMaxBytes)) throw new Unavailable('too many images are waiting for upstream capacity; retry later', 30)
-      const outcome = await store.create({
-        id,
-        caller: caller.name,
-        createdAt: app.deps.clock(),
-        reference: request.body.reference ?? null,
-        metadata: (request.body.metadata as Record<string, unknown> | undefined) ?? null,
-        request: stored,
-        externalTaskId: randomUUID(),
-        webhookUrl: request.body.webhook_url ?? null
-      })
-      if ('referenceTaken' in outcome) {
-        await store.dropParked(id)
-        throw new Conflict('REFERENCE_TAKEN', `reference is already used by task ${outcome.referenceTaken}`)
-      }
-      created = true
-      const view = toView(outcome.created)
-      if (idemKey !== undefined) await store.completeIdempotency(caller.name, idemKey, fingerprint, 202, view)
-      await jobs.submit(id)
-      return await reply.code(202).header('location', `/v1/videos/${id}`).send(view)
-    } catch (err) {
-      // Images of a task that was never stored would sit in Redis (and in the parked-bytes count) for ever. Once the
-      // task exists they stay: reconciliation re-queues a task whose submit job could not be queued.
-      if (!created) await store.dropParked(id).catch(() => {})
-      // Nothing was promised yet: free the key so the caller's retry runs instead of waiting for it to expire.
-      if (idemKey !== undefined && (await store.reserveIdempotency(caller.name, idemKey, fingerprint).catch(() => null))?.state === 'pending') {
-        await store.releaseIdempotency(caller.name, idemKey).catch(() => {})
-      }
-      throw err
-    }
+    const { task, replayed } = await createTask(createDeps, {
+      caller: caller.name,
+      checked: checked.value,
+      reference: request.body.reference ?? null,
+      metadata: (request.body.metadata as Record<string, unknown> | undefined) ?? null,
+      webhookUrl: request.body.webhook_url ?? null,
+      idempotencyKey: request.headers['idempotency-key']
+    })
+    if (replayed) reply.header('idempotent-replayed', 'true')
+    return await reply.code(202).header('location', `/v1/videos/${task.id}`).send(toView(task))
   })
 
   app.get('/:id', {

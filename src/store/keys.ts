@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto'
 
 /**
- * Every Redis key and channel name, built in one place (aesthetics §8.9). All share the hash tag `{prefix}`
+ * Every Redis key and channel name, built in one place. All share the hash tag `{prefix}`
  * so multi-key scripts run on Redis Cluster.
  */
 export function keys (prefix: string) {
@@ -20,8 +20,6 @@ export function keys (prefix: string) {
     index: (caller: string, status: string) => `${p}idx:${caller}:${status}`,
     reference: (caller: string, reference: string) => `${p}ref:${caller}:${digest(reference)}`,
     idempotency: (caller: string, key: string) => `${p}idem:${caller}:${digest(key)}`,
-    external: (externalTaskId: string) => `${p}ext:${externalTaskId}`,
-    upstreamId: (upstreamTaskId: string) => `${p}up:${upstreamTaskId}`,
     /** Non-terminal tasks scored by last activity, for reconciliation. */
     open: `${p}open`,
     /** The event stream for internal consumers (API.md §3). */
@@ -29,6 +27,10 @@ export function keys (prefix: string) {
     /** Pub/sub channel announcing appended events, for SSE on every replica. */
     eventsChannel: `${p}events:live`,
     parkedBytes: `${p}parked:bytes`,
+    /** Parked images not yet owned by a stored task, scored by when they were parked (a sweep frees leftovers). */
+    parkedPending: `${p}parked:pending`,
+    /** A counter written just before WAIT, so one WAIT covers every write that completed before it. */
+    fence: `${p}fence`,
     /** BullMQ prefix: queues live under the same hash tag. */
     bullPrefix: `{${prefix}}`
   }

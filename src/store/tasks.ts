@@ -1,42 +1,81 @@
 import { readFileSync } from 'node:fs'
+import { randomBytes } from 'node:crypto'
 import type { Redis, Cluster, Result } from 'ioredis'
-import { isTerminal, toView, type EventType, type TaskEvent, type TaskRecord, type TaskStatus } from '../domain/task.ts'
+import { Packr } from 'msgpackr'
+import {
+  isTerminal, toView, TASK_STATUSES, type EventType, type TaskEvent, type TaskRecord, type TaskStatus
+} from '../domain/task.ts'
 import { keys, type Keys } from './keys.ts'
+import { Durability, type DurabilityRule } from './durability.ts'
+import { EventStream } from './event-stream.ts'
 
 type RedisClient = Redis | Cluster
-const lua = (name: string) => readFileSync(new URL(`./lua/${name}.lua`, import.meta.url), 'utf8')
 const STREAM_MAXLEN = '100000'
-const IDEMPOTENCY_TTL_MS = 24 * 3600_000
-const IDEMPOTENCY_PENDING_MS = 120_000
+export const IDEMPOTENCY_TTL_MS = 24 * 3600_000
+/** Parked images that no stored task took over within this long are freed by the sweep. */
+export const PARKED_UNCLAIMED_MS = 10 * 60_000
+// As BullMQ packs its script arguments: one MessagePack map, read in Lua with cmsgpack.unpack.
+const packr = new Packr({ useRecords: false, encodeUndefinedAsNil: true })
+const pack = (args: Record<string, unknown>): Buffer => packr.pack(args)
+
+/** A script and the number of keys it takes, which its file name states (`create-13.lua` takes 13). */
+function script (name: string): { numberOfKeys: number, lua: string } {
+  const numberOfKeys = Number(/-(\d+)$/.exec(name)?.[1])
+  return { numberOfKeys, lua: readFileSync(new URL(`./lua/${name}.lua`, import.meta.url), 'utf8') }
+}
 
 declare module 'ioredis' {
   interface RedisCommander<Context> {
-    kgCreate: (...args: Array<string | number>) => Result<[string, string], Context>
-    kgTransition: (...args: Array<string | number>) => Result<number, Context>
+    kgCreate: (...args: Array<string | Buffer>) => Result<[string, string], Context>
+    kgTransition: (...args: Array<string | Buffer>) => Result<number, Context>
+    kgParked: (...args: Array<string | number>) => Result<number, Context>
+    kgWithdraw: (key: string) => Result<number, Context>
   }
 }
 
-/** The change a caller wants; `fields` are written as they are (JSON fields already serialized). */
+/** A fresh, never-repeating event id: webhook-id, delivery ids and SSE `id:` derive from it, not the sequence. */
+export const newEventId = (): string => `evt_${randomBytes(16).toString('base64url')}`
+
+/** The change a caller wants: the status to move to (maybe the same) and the fields to set. */
 export interface Change {
   to: TaskStatus
   upstream?: TaskRecord['upstream']
   result?: TaskRecord['result']
   error?: TaskRecord['error']
   submitSentAt?: number | null
-  extra?: Record<string, string>
+  /** When the result videos were copied; also files the task for retention. */
+  storedAt?: number | null
+  /** The copies were deleted after their retention; also takes the task off the retention list. */
+  storedExpired?: boolean
+}
+
+export interface TransitionOptions {
+  /** A field that must be empty for the change to apply (cancel vs. an in-flight submit, submit vs. withdrawn). */
+  requireEmpty?: 'submit_sent_at' | 'withdrawn'
+  /** Append an event even though the status stays (default: only when it changes). */
+  event?: boolean
+  eventType?: EventType
+  /** The record the caller has just read, to save a read. */
+  current?: TaskRecord
 }
 
 export type TransitionOutcome =
   | { applied: true, task: TaskRecord, event: TaskEvent | null }
   | { applied: false, reason: 'missing' | 'not-allowed' | 'guarded', task: TaskRecord | null }
 
-export type IdempotencyState =
-  | { state: 'new' }
-  | { state: 'pending', fingerprint: string }
-  | { state: 'done', fingerprint: string, status: number, body: unknown }
+/** What a create did: a new task, the task an earlier request with the same Idempotency-Key made, or a refusal. */
+export type CreateOutcome =
+  | { outcome: 'created', task: TaskRecord }
+  | { outcome: 'existing', task: TaskRecord }
+  | { outcome: 'mismatch', taskId: string }
+  | { outcome: 'reference', taskId: string }
+
+export type NewTask = Pick<TaskRecord,
+'id' | 'caller' | 'createdAt' | 'reference' | 'metadata' | 'request' | 'externalTaskId' | 'webhookUrl'>
 
 const json = (v: unknown) => v === null || v === undefined ? '' : JSON.stringify(v)
 const parse = <T>(s: string | undefined): T | null => s === undefined || s === '' ? null : JSON.parse(s) as T
+const optional = (s: string | undefined): string | null => s === undefined || s === '' ? null : s
 
 function decode (h: Record<string, string>): TaskRecord | null {
   if (h.id === undefined) return null
@@ -47,45 +86,103 @@ function decode (h: Record<string, string>): TaskRecord | null {
     createdAt: Number(h.created_at),
     updatedAt: Number(h.updated_at),
     sequence: Number(h.sequence),
-    reference: h.reference === '' || h.reference === undefined ? null : h.reference,
+    reference: optional(h.reference),
     metadata: parse(h.metadata),
     request: parse(h.request) ?? {},
     upstream: parse(h.upstream),
     result: parse(h.result),
     error: parse(h.error),
     externalTaskId: h.external_task_id,
-    webhookUrl: h.webhook_url === '' || h.webhook_url === undefined ? null : h.webhook_url,
-    submitSentAt: h.submit_sent_at === '' || h.submit_sent_at === undefined ? null : Number(h.submit_sent_at),
-    storedAt: h.stored_at === '' || h.stored_at === undefined ? null : Number(h.stored_at)
+    webhookUrl: optional(h.webhook_url),
+    submitSentAt: optional(h.submit_sent_at) === null ? null : Number(h.submit_sent_at),
+    storedAt: optional(h.stored_at) === null ? null : Number(h.stored_at),
+    storedExpired: h.stored_expired === '1',
+    withdrawn: h.withdrawn === '1'
   }
 }
 
-/** Builds the event for a task as it is after a change. */
+/** Events written before events had ids get a stable one derived from (task, sequence). */
+function decodeEvent (raw: string): TaskEvent {
+  const e = JSON.parse(raw) as TaskEvent
+  e.id ??= `evt_${e.task_id}_${e.sequence}`
+  return e
+}
+
+/** Builds the event for a task as it is after a change; every event gets an id of its own. */
 export function eventOf (task: TaskRecord, now: number, type: EventType = `video.${task.status}`): TaskEvent {
-  return { type, task_id: task.id, caller: task.caller, sequence: task.sequence, timestamp: new Date(now).toISOString(), data: toView(task) }
+  return {
+    id: newEventId(),
+    type,
+    task_id: task.id,
+    caller: task.caller,
+    sequence: task.sequence,
+    timestamp: new Date(now).toISOString(),
+    data: toView(task)
+  }
 }
 
 /**
- * Tasks in Redis. Every change goes through one Lua script (create-9, transition-8) so the state check, the
- * write, the event append, the index moves and the live announcement happen together or not at all.
+ * Task state in Redis, and the one door to it: no other module reads or writes a task's keys. Every change is
+ * one Lua script (create-13, transition-9, parked-4, withdraw-1), so the state check, the write, the event append, the
+ * index moves and the live announcement happen together or not at all, and every script is safe to run late or
+ * twice (a command that timed out on the client may still run). `durable()` is the deployment's durability
+ * rule: what the 202 of a create and the mark before an upstream create wait for.
  */
 export class TaskStore {
-  readonly k: Keys
+  private readonly k: Keys
+  readonly durability: Durability
+  /** The stream every event is appended to, for its consumer groups. */
+  readonly stream: EventStream
 
-  constructor (readonly redis: RedisClient, prefix: string, private readonly clock: () => number = Date.now) {
+  constructor (
+    private readonly redis: RedisClient,
+    prefix: string,
+    private readonly clock: () => number = Date.now,
+    durability?: { connection?: RedisClient, rule: DurabilityRule }
+  ) {
     this.k = keys(prefix)
-    redis.defineCommand('kgCreate', { numberOfKeys: 9, lua: lua('create-9') })
-    redis.defineCommand('kgTransition', { numberOfKeys: 8, lua: lua('transition-8') })
+    this.stream = new EventStream(redis, this.k.events)
+    this.durability = new Durability(durability?.connection, this.k.fence, durability?.rule ?? { replicas: 0, timeoutMs: 0 })
+    redis.defineCommand('kgCreate', script('create-13'))
+    redis.defineCommand('kgTransition', script('transition-9'))
+    redis.defineCommand('kgParked', script('parked-4'))
+    redis.defineCommand('kgWithdraw', script('withdraw-1'))
+  }
+
+  /** The prefix BullMQ queues live under: the same hash tag as every task key, so it all runs on one Cluster slot. */
+  get queuePrefix (): string { return this.k.bullPrefix }
+
+  /** The pub/sub channel the scripts announce each event on. */
+  get liveChannel (): string { return this.k.eventsChannel }
+
+  /** Resolves once the writes made so far are durable by the deployment's rule; 503 (Unavailable) otherwise. */
+  async durable (): Promise<void> {
+    await this.durability.ensure()
   }
 
   async get (id: string): Promise<TaskRecord | null> {
     return decode(await this.redis.hgetall(this.k.task(id)))
   }
 
-  /** Stores a new queued task and its `video.queued` event; `reference` conflicts return the existing id. */
-  async create (task: Omit<TaskRecord, 'sequence' | 'status' | 'updatedAt' | 'upstream' | 'result' | 'error' | 'submitSentAt' | 'storedAt'>):
-  Promise<{ created: TaskRecord } | { referenceTaken: string }> {
-    const record: TaskRecord = { ...task, status: 'queued', sequence: 1, updatedAt: task.createdAt, upstream: null, result: null, error: null, submitSentAt: null, storedAt: null }
+  /**
+   * Stores a new queued task and its `video.queued` event, or tells what stands in the way. With an
+   * Idempotency-Key the key's record is written in the same script as the task, so a late-running create and
+   * its retry make one task. Any outcome but `created` frees the images parked under `task.id`.
+   */
+  async create (task: NewTask, idempotency?: { key: string, fingerprint: string }): Promise<CreateOutcome> {
+    const record: TaskRecord = {
+      ...task,
+      status: 'queued',
+      sequence: 1,
+      updatedAt: task.createdAt,
+      upstream: null,
+      result: null,
+      error: null,
+      submitSentAt: null,
+      storedAt: null,
+      storedExpired: false,
+      withdrawn: false
+    }
     const fields = {
       id: record.id,
       caller: record.caller,
@@ -100,15 +197,37 @@ export class TaskStore {
       webhook_url: record.webhookUrl ?? ''
     }
     const k = this.k
-    const refKey = record.reference === null ? k.task(record.id) : k.reference(record.caller, record.reference)
+    const event = eventOf(record, record.createdAt)
     const [outcome, id] = await this.redis.kgCreate(
       k.task(record.id), k.taskEvents(record.id), k.events,
-      k.index(record.caller, '*'), k.index(record.caller, 'queued'), k.index('*', '*'), k.index('*', 'queued'), refKey, k.open,
-      JSON.stringify(fields), JSON.stringify(eventOf(record, record.createdAt)), record.createdAt, record.id, record.caller,
-      STREAM_MAXLEN, record.reference === null ? '0' : '1', k.eventsChannel)
-    if (outcome === 'reference') return { referenceTaken: id }
-    await this.redis.set(k.external(record.externalTaskId), record.id)
-    return { created: record }
+      k.index(record.caller, '*'), k.index(record.caller, 'queued'), k.index('*', '*'), k.index('*', 'queued'),
+      record.reference === null ? k.task(record.id) : k.reference(record.caller, record.reference), k.open,
+      idempotency === undefined ? k.task(record.id) : k.idempotency(record.caller, idempotency.key),
+      k.parked(record.id), k.parkedBytes, k.parkedPending,
+      pack({
+        id: record.id,
+        caller: record.caller,
+        created_at: String(record.createdAt),
+        fields,
+        event: JSON.stringify(event),
+        event_id: event.id,
+        maxlen: STREAM_MAXLEN,
+        channel: k.eventsChannel,
+        reference: record.reference !== null,
+        idempotency: idempotency === undefined
+          ? undefined
+          : { fingerprint: idempotency.fingerprint, ttl_ms: String(IDEMPOTENCY_TTL_MS) }
+      }))
+    if (outcome === 'created') return { outcome, task: id === record.id ? record : await this.mustGet(id) }
+    if (outcome === 'existing') return { outcome, task: await this.mustGet(id) }
+    if (outcome === 'mismatch' || outcome === 'reference') return { outcome, taskId: id }
+    throw new Error(`create script answered ${outcome}`)
+  }
+
+  private async mustGet (id: string): Promise<TaskRecord> {
+    const task = await this.get(id)
+    if (task === null) throw new Error(`task ${id} vanished`)
+    return task
   }
 
   /**
@@ -117,7 +236,8 @@ export class TaskStore {
    * the same status with no event is allowed (bookkeeping such as submitSentAt). `opts.current`, a record the
    * caller has just read, saves the first read; a stale one only costs a retry.
    */
-  async transition (id: string, decide: (t: TaskRecord) => Change | null, opts: { requireEmpty?: 'submit_sent_at', event?: boolean, eventType?: EventType, current?: TaskRecord } = {}): Promise<TransitionOutcome> {
+  async transition (id: string, decide: (t: TaskRecord) => Change | null, opts: TransitionOptions = {}):
+  Promise<TransitionOutcome> {
     for (let attempt = 0; attempt < 10; attempt++) {
       // A caller that has just read the task may hand it in: the script still checks it is current.
       const current = attempt === 0 && opts.current !== undefined ? opts.current : await this.get(id)
@@ -134,21 +254,43 @@ export class TaskStore {
         ...(change.upstream !== undefined && { upstream: change.upstream }),
         ...(change.result !== undefined && { result: change.result }),
         ...(change.error !== undefined && { error: change.error }),
-        ...(change.submitSentAt !== undefined && { submitSentAt: change.submitSentAt })
+        ...(change.submitSentAt !== undefined && { submitSentAt: change.submitSentAt }),
+        ...(change.storedAt !== undefined && { storedAt: change.storedAt }),
+        ...(change.storedExpired !== undefined && { storedExpired: change.storedExpired })
       }
-      const fields: Record<string, string> = { ...change.extra }
+      const fields: Record<string, string> = {}
       if (withEvent) fields.updated_at = String(now)
       if (change.upstream !== undefined) fields.upstream = json(change.upstream)
       if (change.result !== undefined) fields.result = json(change.result)
       if (change.error !== undefined) fields.error = json(change.error)
       if (change.submitSentAt !== undefined) fields.submit_sent_at = change.submitSentAt === null ? '' : String(change.submitSentAt)
+      if (change.storedAt !== undefined) fields.stored_at = change.storedAt === null ? '' : String(change.storedAt)
+      if (change.storedExpired !== undefined) fields.stored_expired = change.storedExpired ? '1' : ''
       const event = withEvent ? eventOf(next, now, opts.eventType) : null
+      const stored = change.storedAt !== undefined && change.storedAt !== null
+        ? String(change.storedAt)
+        : change.storedExpired === true ? 'remove' : undefined
       const k = this.k
       const seq = await this.redis.kgTransition(
         k.task(id), k.taskEvents(id), k.events,
-        k.index(current.caller, current.status), k.index(current.caller, next.status), k.index('*', current.status), k.index('*', next.status), k.open,
-        current.sequence, current.status, next.status, JSON.stringify(fields), event === null ? '' : JSON.stringify(event),
-        current.createdAt, STREAM_MAXLEN, isTerminal(next.status) ? '1' : '0', now, k.eventsChannel, opts.requireEmpty ?? '', event?.type ?? '')
+        k.index(current.caller, current.status), k.index(current.caller, next.status),
+        k.index('*', current.status), k.index('*', next.status), k.open, k.stored,
+        pack({
+          expected: String(current.sequence),
+          from: current.status,
+          to: next.status,
+          fields,
+          event: event === null ? '' : JSON.stringify(event),
+          event_type: event?.type ?? '',
+          event_id: event?.id ?? '',
+          created_at: String(current.createdAt),
+          maxlen: STREAM_MAXLEN,
+          terminal: isTerminal(next.status),
+          now: String(now),
+          channel: k.eventsChannel,
+          guard: opts.requireEmpty ?? '',
+          stored
+        }))
       if (seq > 0) return { applied: true, task: next, event }
       if (seq === -1) return { applied: false, reason: 'missing', task: null }
       if (seq === -2) return { applied: false, reason: 'guarded', task: current }
@@ -160,14 +302,15 @@ export class TaskStore {
   /** The task's events from sequence `after + 1` on. */
   async events (id: string, after = 0): Promise<TaskEvent[]> {
     const raw = await this.redis.lrange(this.k.taskEvents(id), after, -1)
-    return raw.map(e => JSON.parse(e) as TaskEvent)
+    return raw.map(decodeEvent)
   }
 
   /**
    * Newest first. Redis orders equal scores by member, descending, so (created_at, id) is a total order and
    * the cursor `created_at:id` of a page's last task says exactly where the next page starts.
    */
-  async list (q: { caller: string | null, status?: TaskStatus, limit: number, cursor?: string }): Promise<{ tasks: TaskRecord[], nextCursor: string | null }> {
+  async list (q: { caller: string | null, status?: TaskStatus, limit: number, cursor?: string }):
+  Promise<{ tasks: TaskRecord[], nextCursor: string | null }> {
     const key = this.k.index(q.caller ?? '*', q.status ?? '*')
     const [max, afterId] = q.cursor === undefined ? ['+inf', undefined] : q.cursor.split(':')
     // Over-fetch a little so tasks created in the same millisecond as the cursor can be skipped past it.
@@ -180,9 +323,24 @@ export class TaskStore {
     }
     const more = page.length > q.limit
     const shown = page.slice(0, q.limit)
-    const tasks = (await Promise.all(shown.map(({ id }) => this.get(id)))).filter((t): t is TaskRecord => t !== null)
+    const tasks = (await Promise.all(shown.map(async ({ id }) => await this.get(id))))
+      .filter((t): t is TaskRecord => t !== null)
     const last = shown.at(-1)
     return { tasks, nextCursor: more && last !== undefined ? `${last.score}:${last.id}` : null }
+  }
+
+  /**
+   * Marks a queued, unsent task as withdrawn (its create answered 503 to a caller who cannot find it again);
+   * true when marked. The submit job then cancels it instead of sending it.
+   */
+  async withdraw (id: string): Promise<boolean> {
+    return await this.redis.kgWithdraw(this.k.task(id)) === 1
+  }
+
+  /** What an earlier create with this Idempotency-Key made, if one did (a read; the create script decides). */
+  async idempotentTask (caller: string, key: string): Promise<{ fingerprint: string, taskId: string } | null> {
+    const [fingerprint, taskId] = await this.redis.hmget(this.k.idempotency(caller, key), 'fingerprint', 'task_id')
+    return fingerprint === null || taskId === null ? null : { fingerprint, taskId }
   }
 
   async byReference (caller: string, reference: string): Promise<TaskRecord | null> {
@@ -190,50 +348,45 @@ export class TaskStore {
     return id === null ? null : await this.get(id)
   }
 
-  async byExternalId (externalTaskId: string): Promise<TaskRecord | null> {
-    const id = await this.redis.get(this.k.external(externalTaskId))
-    return id === null ? null : await this.get(id)
+  /** Tasks not terminal and quiet since `before` (ms), oldest first: reconciliation's work list. */
+  async quietTasks (before: number, limit: number): Promise<string[]> {
+    return await this.redis.zrangebyscore(this.k.open, '-inf', before, 'LIMIT', 0, limit)
   }
 
-  /** Reserves an Idempotency-Key for this request, or tells what an earlier request with it did. */
-  async reserveIdempotency (caller: string, key: string, fingerprint: string): Promise<IdempotencyState> {
-    const k = this.k.idempotency(caller, key)
-    const ok = await this.redis.set(k, JSON.stringify({ state: 'pending', fingerprint }), 'PX', IDEMPOTENCY_PENDING_MS, 'NX')
-    if (ok === 'OK') return { state: 'new' }
-    const raw = await this.redis.get(k)
-    if (raw === null) return await this.reserveIdempotency(caller, key, fingerprint)
-    return JSON.parse(raw) as IdempotencyState
+  /** Tasks whose videos were stored before `before` (ms): retention's work list. */
+  async storedBefore (before: number, limit: number): Promise<string[]> {
+    return await this.redis.zrangebyscore(this.k.stored, '-inf', before, 'LIMIT', 0, limit)
   }
 
-  async completeIdempotency (caller: string, key: string, fingerprint: string, status: number, body: unknown): Promise<void> {
-    await this.redis.set(this.k.idempotency(caller, key), JSON.stringify({ state: 'done', fingerprint, status, body }), 'PX', IDEMPOTENCY_TTL_MS)
+  /** How many tasks are in each status (for metrics). */
+  async countByStatus (): Promise<Record<TaskStatus, number>> {
+    const counts = await Promise.all(TASK_STATUSES.map(async s => await this.redis.zcard(this.k.index('*', s))))
+    return Object.fromEntries(TASK_STATUSES.map((s, i) => [s, counts[i]])) as Record<TaskStatus, number>
   }
 
-  /** Frees a reservation whose request failed before anything was stored, so a retry may run. */
-  async releaseIdempotency (caller: string, key: string): Promise<void> {
-    await this.redis.del(this.k.idempotency(caller, key))
+  /** Counts one callback for a task in the current minute; returns the count so far. */
+  async countCallback (id: string): Promise<number> {
+    const key = this.k.callbacksSeen(id)
+    const [[, seen]] = await this.redis.multi().incr(key).expire(key, 60).exec() as [[Error | null, number]]
+    return seen
   }
 
   /**
    * Stores the decoded Base64 images of a task, by JSON pointer, until upstream accepts it. Returns false (and
-   * stores nothing) when the total parked bytes would pass `maxBytes`.
+   * stores nothing) when the total parked bytes would pass `maxBytes`. Until a stored task owns them they are
+   * "pending": a create that fails frees them (`releaseParked`), and the sweep frees any it could not.
    */
   async park (id: string, images: Map<string, Buffer>, maxBytes = Infinity): Promise<boolean> {
     if (images.size === 0) return true
     let total = 0
-    const args: Array<string | Buffer> = []
-    for (const [pointer, data] of images) { args.push(pointer, data); total += data.length }
-    // Reserve first, so concurrent creates cannot pass the cap together.
-    const reserved = await this.redis.incrby(this.k.parkedBytes, total)
-    if (reserved > maxBytes) {
-      await this.redis.decrby(this.k.parkedBytes, total)
-      return false
-    }
+    for (const data of images.values()) total += data.length
+    const cap = Number.isFinite(maxBytes) ? maxBytes : Number.MAX_SAFE_INTEGER
+    if (await this.parkedScript('reserve', id, total, cap, this.clock()) === 0) return false
     try {
       // One command per image: each stays well inside the request connection's 2 s command timeout.
-      for (let i = 0; i < args.length; i += 2) await this.redis.hset(this.k.parked(id), args[i], args[i + 1])
+      for (const [pointer, data] of images) await this.redis.hset(this.k.parked(id), pointer, data)
     } catch (err) {
-      await this.redis.multi().del(this.k.parked(id)).decrby(this.k.parkedBytes, total).exec().catch(() => {})
+      await this.releaseParked(id).catch(() => {})
       throw err
     }
     return true
@@ -245,14 +398,30 @@ export class TaskStore {
 
   async parked (id: string): Promise<Map<string, Buffer>> {
     const raw = await this.redis.hgetallBuffer(this.k.parked(id))
+    delete raw['#bytes']
     return new Map(Object.entries(raw))
   }
 
+  /** Frees the images parked under `id` unless a stored task owns them (its create may have run after all). */
+  async releaseParked (id: string): Promise<void> {
+    await this.parkedScript('release', id)
+  }
+
+  /** Frees a task's parked images: upstream has the task, or it ended. Safe to call again. */
   async dropParked (id: string): Promise<void> {
-    const images = await this.parked(id)
-    if (images.size === 0) return
-    const total = [...images.values()].reduce((n, b) => n + b.length, 0)
-    const [[, removed]] = await this.redis.multi().del(this.k.parked(id)).exec() as [[Error | null, number]]
-    if (removed === 1) await this.redis.decrby(this.k.parkedBytes, total)
+    await this.parkedScript('drop', id)
+  }
+
+  /** Frees images parked longer than PARKED_UNCLAIMED_MS ago that no stored task took over; returns how many. */
+  async releaseUnclaimedParked (): Promise<number> {
+    const ids = await this.redis.zrangebyscore(this.k.parkedPending, '-inf', this.clock() - PARKED_UNCLAIMED_MS,
+      'LIMIT', 0, 500)
+    for (const id of ids) await this.releaseParked(id)
+    return ids.length
+  }
+
+  private async parkedScript (op: 'reserve' | 'release' | 'drop', id: string, ...rest: number[]): Promise<number> {
+    const k = this.k
+    return await this.redis.kgParked(k.parked(id), k.parkedBytes, k.parkedPending, k.task(id), op, id, ...rest)
   }
 }

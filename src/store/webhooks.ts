@@ -1,8 +1,8 @@
 /**
  * Webhook endpoints and deliveries in Redis. An endpoint belongs to one caller; its secret (`whsec_…`) signs
  * every delivery, and after a rotation the previous secret signs beside it for 24 h. A delivery is one event
- * for one destination: its id (and so its `webhook-id`) is derived from (task, sequence, destination), so
- * making it twice — after a crash, or on two replicas — yields the same record and the same BullMQ job.
+ * for one destination: its id is derived from (event id, destination), so making it twice — after a crash, or
+ * on two replicas — yields the same record and the same BullMQ job. Its `webhook-id` is `msg_<delivery id>`.
  */
 import { createHash, randomBytes } from 'node:crypto'
 import type { RedisClient } from '../infra/redis.ts'
@@ -179,19 +179,21 @@ export class WebhookStore {
     return await this.redis.get(this.callerSecretKey(caller)) as string
   }
 
-  static deliveryId (taskId: string, sequence: number, destination: string): string {
-    return createHash('sha256').update(`${taskId}\n${sequence}\n${destination}`).digest('base64url').slice(0, 24)
+  /** One delivery per (event, destination); event ids never repeat, so neither do delivery ids. */
+  static deliveryId (eventId: string, destination: string): string {
+    return createHash('sha256').update(`${eventId}\n${destination}`).digest('base64url').slice(0, 24)
   }
 
   /** Makes the delivery if it is not there yet; returns it either way. */
-  async ensureDelivery (d: Omit<Delivery, 'status' | 'attempts' | 'lastStatusCode' | 'lastError' | 'createdAt' | 'updatedAt' | 'msgId'>): Promise<Delivery> {
+  async ensureDelivery (d: Omit<Delivery, 'status' | 'attempts' | 'lastStatusCode' | 'lastError' | 'createdAt' | 'updatedAt'>):
+  Promise<Delivery> {
     const key = this.dlvKey(d.id)
     const now = this.clock()
     const created = await this.redis.hsetnx(key, 'id', d.id)
     if (created === 1) {
       await this.redis.multi()
         .hset(key, {
-          msg_id: `msg_${d.id}`,
+          msg_id: d.msgId,
           caller: d.caller,
           endpoint_id: d.endpointId ?? '',
           url: d.url,

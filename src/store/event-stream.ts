@@ -1,0 +1,47 @@
+import type { RedisClient } from '../infra/redis.ts'
+import type { TaskEvent } from '../domain/task.ts'
+
+/** One stream entry as a consumer group hands it out: its stream id, and the event (null once trimmed away). */
+export interface StreamEntry { entryId: string, event: TaskEvent | null }
+
+type Raw = Array<[string, string[] | null]>
+
+function decode (raw: Raw): StreamEntry[] {
+  return raw.map(([entryId, fields]) => {
+    const at = fields?.indexOf('data') ?? -1
+    return { entryId, event: fields === null || at < 0 ? null : JSON.parse(fields[at + 1]) as TaskEvent }
+  })
+}
+
+/**
+ * Reading the `{prefix}:events` stream as a consumer group (the transition scripts write it). Each reader of
+ * the stream (webhook fan-out, result copy) is a group of its own, so each sees every event once, at least.
+ */
+export class EventStream {
+  constructor (private readonly redis: RedisClient, readonly key: string) {}
+
+  /** Makes the group if it is not there, starting at the end: every replica does this before it writes. */
+  async ensureGroup (group: string): Promise<void> {
+    await this.redis.xgroup('CREATE', this.key, group, '$', 'MKSTREAM').catch((err: Error) => {
+      if (!err.message.includes('BUSYGROUP')) throw err
+    })
+  }
+
+  /** Takes over entries another consumer (a dead replica) has held for longer than `idleMs`. */
+  async claim (group: string, consumer: string, idleMs: number, count = 100): Promise<StreamEntry[]> {
+    const res = await this.redis.xautoclaim(this.key, group, consumer, idleMs, '0-0', 'COUNT', count) as [string, Raw]
+    return decode(res[1])
+  }
+
+  /** New entries for this consumer, waiting up to `blockMs` on `reader` (a connection that may block). */
+  async read (reader: RedisClient, group: string, consumer: string, blockMs: number, count = 100):
+  Promise<StreamEntry[]> {
+    const res = await reader.xreadgroup('GROUP', group, consumer, 'COUNT', count, 'BLOCK', blockMs,
+      'STREAMS', this.key, '>') as Array<[string, Raw]> | null
+    return res === null ? [] : decode(res[0][1])
+  }
+
+  async ack (group: string, entryId: string): Promise<void> {
+    await this.redis.xack(this.key, group, entryId)
+  }
+}

@@ -1,0 +1,58 @@
+--[[ create-13: store a new task with its first event, indexes, reference and idempotency record, atomically.
+  Safe to run late or twice: a request's Idempotency-Key record and its task are written together, so whichever
+  of a late create and its retry runs second finds the record and returns the first task; a re-sent script
+  finds its own task. Any outcome but `created` frees the images this request parked.
+  KEYS[1] task hash   KEYS[2] task event list   KEYS[3] event stream
+  KEYS[4] index caller:*   KEYS[5] index caller:queued   KEYS[6] index *:*   KEYS[7] index *:queued
+  KEYS[8] reference key (the task key again when there is none)   KEYS[9] open set
+  KEYS[10] idempotency record (the task key again when there is none)
+  KEYS[11] this request's parked images   KEYS[12] parked-bytes counter   KEYS[13] parked-pending set
+  ARGV[1] MessagePack map: id, caller, created_at, fields {name = value}, event (JSON), event_id, maxlen,
+          channel, reference (bool), idempotency {fingerprint, ttl_ms} or nil
+  Returns {outcome, task id}: created | existing (the key's task) | mismatch (the key's task, another body)
+  | reference (the task holding the reference). ]]
+local a = cmsgpack.unpack(ARGV[1])
+local taskKey, parkedKey = KEYS[1], KEYS[11]
+
+local function releaseParked ()
+  local bytes = redis.call('HGET', parkedKey, '#bytes')
+  if bytes then
+    redis.call('DEL', parkedKey)
+    redis.call('DECRBY', KEYS[12], bytes)
+  end
+  redis.call('ZREM', KEYS[13], a.id)
+end
+
+if redis.call('EXISTS', taskKey) == 1 then return {'created', a.id} end
+if a.idempotency then
+  local rec = redis.call('HMGET', KEYS[10], 'fingerprint', 'task_id')
+  if rec[2] then
+    releaseParked()
+    if rec[1] ~= a.idempotency.fingerprint then return {'mismatch', rec[2]} end
+    return {'existing', rec[2]}
+  end
+end
+if a.reference then
+  local holder = redis.call('GET', KEYS[8])
+  if holder then
+    releaseParked()
+    return {'reference', holder}
+  end
+end
+
+local flat = {}
+for k, v in pairs(a.fields) do flat[#flat + 1] = k; flat[#flat + 1] = v end
+redis.call('HSET', taskKey, unpack(flat))
+redis.call('RPUSH', KEYS[2], a.event)
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', a.maxlen, '*', 'type', 'video.queued', 'id', a.event_id,
+  'task_id', a.id, 'caller', a.caller, 'sequence', '1', 'data', a.event)
+for i = 4, 7 do redis.call('ZADD', KEYS[i], a.created_at, a.id) end
+if a.reference then redis.call('SET', KEYS[8], a.id) end
+if a.idempotency then
+  redis.call('HSET', KEYS[10], 'fingerprint', a.idempotency.fingerprint, 'task_id', a.id)
+  redis.call('PEXPIRE', KEYS[10], a.idempotency.ttl_ms)
+end
+redis.call('ZADD', KEYS[9], a.created_at, a.id)
+redis.call('ZREM', KEYS[13], a.id)
+redis.call('PUBLISH', a.channel, a.event)
+return {'created', a.id}
