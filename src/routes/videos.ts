@@ -134,6 +134,8 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
     if (!canSee(request.caller as Caller, existing)) throw new NotFound('task')
     const outcome = await store.transition(existing.id, t => t.status === 'queued' ? { to: 'canceled' } : null, { requireEmpty: 'submit_sent_at' })
     if (!outcome.applied) throw new Conflict('NOT_CANCELABLE', `the task is ${outcome.task?.status === 'queued' ? 'being submitted upstream' : (outcome.task?.status ?? 'gone')}; only a queued task can be canceled`)
+    // A cancel rolled back by a failover would put the task back in the queue, to be paid for: durable first.
+    await store.durable()
     await store.dropParked(existing.id)
     return toView(outcome.task)
   })
