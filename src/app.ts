@@ -20,6 +20,7 @@ import { WebhookStore } from './store/webhooks.ts'
 import { MirrorJobs } from './jobs/mirror.ts'
 import type { BlobStore } from './blobs/index.ts'
 import type { UpstreamClient } from './upstream/client.ts'
+import { newLifecycle, type Lifecycle } from './lifecycle.ts'
 
 /** Everything the app needs from outside; whoever creates a client closes it (aesthetics §8.3). */
 export interface AppDeps {
@@ -36,6 +37,8 @@ export interface AppDeps {
   workers?: boolean
   /** Where result videos are kept. */
   blobs: BlobStore
+  /** Draining and faults, as readiness reports them; server.ts flips `draining` on SIGTERM. */
+  lifecycle: Lifecycle
 }
 
 /** What routes and plugins reach through `app.deps`: the injected deps plus the parts built from them. */
@@ -59,8 +62,8 @@ export type App = FastifyInstance<RawServerDefault, IncomingMessage, ServerRespo
 export const SMALL_BODY_LIMIT = 1024 * 1024
 
 /** Builds the un-listened app. server.ts listens; tests inject or listen on port 0. */
-export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids'> & Partial<AppDeps>): Promise<App> {
-  const base: AppDeps = { clock: Date.now, ids: randomUUID, ...input }
+export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids' | 'lifecycle'> & Partial<AppDeps>): Promise<App> {
+  const base: AppDeps = { clock: Date.now, ids: randomUUID, lifecycle: newLifecycle(), ...input }
   const store = new TaskStore(base.redis, base.config.prefix, base.clock)
   const jobs = new SubmitJobs({ config: base.config, store, upstream: base.upstream, logger: base.logger, clock: base.clock, connection: base.queueConnection })
   const reconcile = new ReconcileJobs({ config: base.config, store, upstream: base.upstream, submit: jobs, logger: base.logger, clock: base.clock, connection: base.queueConnection })
