@@ -21,6 +21,8 @@ import { MirrorJobs } from './jobs/mirror.ts'
 import type { BlobStore } from './blobs/index.ts'
 import type { UpstreamClient } from './upstream/client.ts'
 import { newLifecycle, type Lifecycle } from './lifecycle.ts'
+import { ReplicaRegistry } from './store/replicas.ts'
+import { keys } from './store/keys.ts'
 
 /** Everything the app needs from outside; whoever creates a client closes it (aesthetics §8.3). */
 export interface AppDeps {
@@ -50,6 +52,7 @@ export interface AppContext extends AppDeps {
   webhooks: WebhookStore
   deliveries: DeliveryJobs
   mirror: MirrorJobs
+  replicas: ReplicaRegistry
 }
 
 declare module 'fastify' {
@@ -84,7 +87,15 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids' | 'lifecycl
     reader,
     onEvent: async e => { if (e.type === 'video.succeeded') await mirror.enqueue(e.task_id) }
   })
-  const deps: AppContext = { ...base, store, jobs, reconcile, hub, webhooks, deliveries, mirror }
+  const replicas = new ReplicaRegistry({
+    redis: base.redis,
+    k: keys(base.config.prefix),
+    id: base.ids(),
+    logger: base.logger,
+    lifecycle: base.lifecycle,
+    clock: base.clock
+  })
+  const deps: AppContext = { ...base, store, jobs, reconcile, hub, webhooks, deliveries, mirror, replicas }
   const app = Fastify({
     loggerInstance: deps.logger as FastifyBaseLogger,
     bodyLimit: SMALL_BODY_LIMIT,
@@ -96,6 +107,9 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids' | 'lifecycl
 
   app.decorate('deps', deps)
   if (deps.queueConnection !== undefined) {
+    // First, before any worker runs: a replica that would serve content from another blob directory than its live
+    // peers must not start at all (BlobDirConflict).
+    await replicas.start(await deps.blobs.identity())
     await hub.start()
     await deliveries.ensureGroup()
   }
@@ -106,7 +120,9 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids' | 'lifecycl
     await mirror.start()
   }
   app.addHook('onClose', async () => {
-    await Promise.all([jobs.close(), reconcile.close(), hub.close(), deliveries.close(), mirror.close()])
+    await Promise.all([
+      jobs.close(), reconcile.close(), hub.close(), deliveries.close(), mirror.close(), replicas.close()
+    ])
   })
   await app.register(errors)
   await app.register(auth)

@@ -19,6 +19,7 @@ import { Simulator } from '../simulator/app.ts'
 import { UpstreamClient } from './upstream/client.ts'
 import { createBlobStore } from './blobs/factory.ts'
 import { newLifecycle } from './lifecycle.ts'
+import { BlobDirConflict } from './store/replicas.ts'
 
 let config: Config
 try {
@@ -126,7 +127,7 @@ try {
     console.log(`\n  API     ${local}/v1/videos\n  Docs    ${local}/docs\n  Dev key ${devKey}\n  Try     curl -H 'authorization: Bearer ${devKey}' ${local}/v1/videos\n`)
   }
 } catch (err) {
-  if (err instanceof RedisServerMissing) {
+  if (err instanceof RedisServerMissing || err instanceof BlobDirConflict) {
     console.error(err.message)
   } else {
     logger.error({ err }, 'failed to start')

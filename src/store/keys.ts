@@ -29,6 +29,10 @@ export function keys (prefix: string) {
     /** Pub/sub channel announcing appended events, for SSE on every replica. */
     eventsChannel: `${p}events:live`,
     parkedBytes: `${p}parked:bytes`,
+    /** One live replica's registration (JSON), expiring unless its heartbeat renews it. */
+    replica: (id: string) => `${p}replica:${id}`,
+    /** The ids of registered replicas; an id whose registration expired is dropped by the next reader. */
+    replicas: `${p}replicas`,
     /** BullMQ prefix: queues live under the same hash tag. */
     bullPrefix: `{${prefix}}`
   }
