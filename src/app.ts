@@ -22,6 +22,7 @@ import type { BlobStore } from './blobs/index.ts'
 import type { UpstreamClient } from './upstream/client.ts'
 import { newLifecycle, type Lifecycle } from './lifecycle.ts'
 import { ReplicaRegistry } from './store/replicas.ts'
+import { OrphanStore } from './store/orphans.ts'
 import { keys } from './store/keys.ts'
 
 /** Everything the app needs from outside; whoever creates a client closes it (aesthetics §8.3). */
@@ -53,6 +54,7 @@ export interface AppContext extends AppDeps {
   deliveries: DeliveryJobs
   mirror: MirrorJobs
   replicas: ReplicaRegistry
+  orphans: OrphanStore
 }
 
 declare module 'fastify' {
@@ -87,15 +89,17 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids' | 'lifecycl
     reader,
     onEvent: async e => { if (e.type === 'video.succeeded') await mirror.enqueue(e.task_id) }
   })
+  const k = keys(base.config.prefix)
+  const orphans = new OrphanStore(base.redis, k, base.clock)
   const replicas = new ReplicaRegistry({
     redis: base.redis,
-    k: keys(base.config.prefix),
+    k,
     id: base.ids(),
     logger: base.logger,
     lifecycle: base.lifecycle,
     clock: base.clock
   })
-  const deps: AppContext = { ...base, store, jobs, reconcile, hub, webhooks, deliveries, mirror, replicas }
+  const deps: AppContext = { ...base, store, jobs, reconcile, hub, webhooks, deliveries, mirror, replicas, orphans }
   const app = Fastify({
     loggerInstance: deps.logger as FastifyBaseLogger,
     bodyLimit: SMALL_BODY_LIMIT,

@@ -33,6 +33,10 @@ export function keys (prefix: string) {
     replica: (id: string) => `${p}replica:${id}`,
     /** The ids of registered replicas; an id whose registration expired is dropped by the next reader. */
     replicas: `${p}replicas`,
+    /** A callback whose token verified but whose task is gone, by our task id (the upstream task it reported). */
+    orphan: (taskId: string) => `${p}orphan:${taskId}`,
+    /** Orphaned callbacks' task ids, scored by when one was last seen. */
+    orphans: `${p}orphans`,
     /** BullMQ prefix: queues live under the same hash tag. */
     bullPrefix: `{${prefix}}`
   }
