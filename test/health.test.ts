@@ -17,7 +17,7 @@ describe('health', () => {
     await h.close()
   })
 
-  it('ready answers 503 draining, or misconfigured with the reason, from the app\'s lifecycle; live stays 200', async () => {
+  it('ready answers 503 draining, or misconfigured with a reason, from the lifecycle; live stays 200', async () => {
     const h = await startHarness({ workers: false })
     try {
       const { lifecycle } = h.app.deps

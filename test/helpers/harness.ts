@@ -102,7 +102,8 @@ export async function startHarness (opts: { env?: Record<string, string>, sim?: 
   const release = () => { if (opts.blobs === undefined) releaseBlobDir(config.prefix) }
   let app: App
   try {
-    app = await buildApp({ config, redis, upstream, queueConnection, blobs, workers: opts.workers, logger: createLogger(config.logLevel, logs) })
+    const logger = createLogger(config.logLevel, logs)
+    app = await buildApp({ config, redis, upstream, queueConnection, blobs, workers: opts.workers, logger })
     await app.ready()
   } catch (err) {
     // A replica refused at start (e.g. BlobDirConflict) must not leave its connections and simulator behind.
