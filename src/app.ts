@@ -21,6 +21,9 @@ import { WebhookStore } from './store/webhooks.ts'
 import { MirrorJobs } from './jobs/mirror.ts'
 import type { BlobStore } from './blobs/index.ts'
 import type { UpstreamClient } from './upstream/client.ts'
+import { newLifecycle, type Lifecycle } from './lifecycle.ts'
+import { ReplicaRegistry } from './store/replicas.ts'
+import { OrphanStore } from './store/orphans.ts'
 
 /** Everything the app needs from outside; whoever creates a client closes it (aesthetics §8.3). */
 export interface AppDeps {
@@ -37,6 +40,8 @@ export interface AppDeps {
   workers?: boolean
   /** Where result videos are kept. */
   blobs: BlobStore
+  /** Draining and faults, as readiness reports them; server.ts flips `draining` on SIGTERM. */
+  lifecycle: Lifecycle
 }
 
 /** What routes and plugins reach through `app.deps`: the injected deps plus the parts built from them. */
@@ -48,6 +53,8 @@ export interface AppContext extends AppDeps {
   webhooks: WebhookStore
   deliveries: DeliveryJobs
   mirror: MirrorJobs
+  replicas: ReplicaRegistry
+  orphans: OrphanStore
 }
 
 declare module 'fastify' {
@@ -60,8 +67,8 @@ export type App = FastifyInstance<RawServerDefault, IncomingMessage, ServerRespo
 export const SMALL_BODY_LIMIT = 1024 * 1024
 
 /** Builds the un-listened app. server.ts listens; tests inject or listen on port 0. */
-export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids'> & Partial<AppDeps>): Promise<App> {
-  const base: AppDeps = { clock: Date.now, ids: randomUUID, ...input }
+export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids' | 'lifecycle'> & Partial<AppDeps>): Promise<App> {
+  const base: AppDeps = { clock: Date.now, ids: randomUUID, lifecycle: newLifecycle(), ...input }
   // WAIT runs on a connection of its own: it blocks that connection until the replicas answer.
   const durableConnection = base.config.redis.minReplicasAcked > 0 ? duplicate(base.redis) : undefined
   durableConnection?.on('error', (err: Error) => base.logger.warn({ err: err.message }, 'redis (durability) error'))
@@ -88,7 +95,17 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids'> & Partial<
     reader,
     onEvent: async e => { if (e.type === 'video.succeeded') await mirror.enqueue(e.task_id) }
   })
-  const deps: AppContext = { ...base, store, jobs, reconcile, hub, webhooks, deliveries, mirror }
+  const k = keys(base.config.prefix)
+  const orphans = new OrphanStore(base.redis, k, base.clock)
+  const replicas = new ReplicaRegistry({
+    redis: base.redis,
+    k,
+    id: base.ids(),
+    logger: base.logger,
+    lifecycle: base.lifecycle,
+    clock: base.clock
+  })
+  const deps: AppContext = { ...base, store, jobs, reconcile, hub, webhooks, deliveries, mirror, replicas, orphans }
   const app = Fastify({
     loggerInstance: deps.logger as FastifyBaseLogger,
     bodyLimit: SMALL_BODY_LIMIT,
@@ -100,6 +117,9 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids'> & Partial<
 
   app.decorate('deps', deps)
   if (deps.queueConnection !== undefined) {
+    // First, before any worker runs: a replica that would serve content from another blob directory than its live
+    // peers must not start at all (BlobDirConflict).
+    await replicas.start(await deps.blobs.identity())
     await hub.start()
     await deliveries.ensureGroup()
   }
@@ -110,7 +130,9 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids'> & Partial<
     await mirror.start()
   }
   app.addHook('onClose', async () => {
-    await Promise.all([jobs.close(), reconcile.close(), hub.close(), deliveries.close(), mirror.close()])
+    await Promise.all([
+      jobs.close(), reconcile.close(), hub.close(), deliveries.close(), mirror.close(), replicas.close()
+    ])
     if (durableConnection !== undefined) await durableConnection.quit().catch(() => durableConnection.disconnect())
   })
   await app.register(errors)

@@ -1,7 +1,10 @@
 /**
  * The process entry and the only file that listens or handles signals. With nothing configured it runs a
  * complete development gateway: an embedded redis-server (AOF on, data under DATA_DIR) and the CometAPI
- * simulator as upstream. Shutdown order: stop intake (app.close), then the connections and children we made.
+ * simulator as upstream. Shutdown: on SIGTERM/SIGINT readiness turns 503 for SHUTDOWN_DRAIN_MS while everything
+ * else is still served (load balancers need that long to notice), then the ordered close: stop intake
+ * (app.close), then the connections and children we made. A second signal skips the rest of the drain; a signal
+ * during the close exits at once.
  */
 import closeWithGrace from 'close-with-grace'
 import { randomBytes } from 'node:crypto'
@@ -15,6 +18,8 @@ import { createHash } from 'node:crypto'
 import { Simulator } from '../simulator/app.ts'
 import { UpstreamClient } from './upstream/client.ts'
 import { createBlobStore } from './blobs/factory.ts'
+import { newLifecycle } from './lifecycle.ts'
+import { BlobDirConflict } from './store/replicas.ts'
 
 let config: Config
 try {
@@ -27,14 +32,51 @@ try {
 
 const logger = createLogger(config.logLevel)
 const cleanups: Array<() => Promise<unknown>> = []
+const lifecycle = newLifecycle()
+let listening = false
+let phase: 'running' | 'draining' | 'closing' = 'running'
+let endDrain: (() => void) | undefined
 
-// Installed before anything starts, so a signal during start-up still stops what was already started (the embedded
-// redis-server above all); each step pushes its own cleanup to the front, so they run in reverse order.
-closeWithGrace({ delay: config.shutdownGraceMs, logger }, async ({ err, signal }) => {
+// close-with-grace keeps errors and normal exit; SIGTERM and SIGINT are ours, because it exits 1 on a second signal,
+// and during the drain a second signal must mean "close now, in order". Installed before anything starts, so a
+// signal during start-up still stops what was already started (the embedded redis-server above all); each step
+// pushes its own cleanup to the front, so they run in reverse order.
+const DRAIN_SIGNALS: ['SIGTERM', 'SIGINT'] = ['SIGTERM', 'SIGINT']
+const grace = closeWithGrace({ delay: config.shutdownGraceMs, logger, skip: DRAIN_SIGNALS }, async ({ err }) => {
+  phase = 'closing'
   if (err !== undefined) logger.error({ err }, 'closing on error')
-  else logger.info({ signal }, 'closing')
+  else logger.info('closing')
   for (const cleanup of cleanups) await cleanup().catch(e => logger.warn({ err: e }, 'cleanup failed'))
 })
+
+async function drainThenClose (signal: NodeJS.Signals): Promise<void> {
+  // Before the listener is up nobody routes traffic here, so there is nothing to drain.
+  if (listening && config.shutdownDrainMs > 0) {
+    lifecycle.draining = true
+    logger.info({ signal, drainMs: config.shutdownDrainMs }, 'draining: readiness answers 503, still serving')
+    await new Promise<void>(resolve => {
+      const timer = setTimeout(() => endDrain?.(), config.shutdownDrainMs)
+      endDrain = () => { clearTimeout(timer); endDrain = undefined; resolve() }
+    })
+  } else {
+    logger.info({ signal }, 'signal received')
+  }
+  if (phase === 'draining') await grace.close()
+}
+
+function onSignal (signal: NodeJS.Signals): void {
+  if (phase === 'running') {
+    phase = 'draining'
+    drainThenClose(signal).catch((err: unknown) => { logger.error({ err }, 'shutdown failed'); process.exit(1) })
+  } else if (phase === 'draining') {
+    logger.warn({ signal }, 'second signal: skipping the rest of the drain')
+    endDrain?.()
+  } else {
+    logger.error({ signal }, 'signal during the close: exiting now')
+    process.exit(1)
+  }
+}
+for (const signal of DRAIN_SIGNALS) process.on(signal, onSignal)
 
 try {
   if (config.redis.url === undefined && config.redis.clusterNodes === undefined && config.redis.sentinels === undefined) {
@@ -76,9 +118,10 @@ try {
   const blobs = createBlobStore(config.blobs)
   cleanups.unshift(() => blobs.close())
 
-  const app = await buildApp({ config, redis, logger, upstream, queueConnection, blobs })
+  const app = await buildApp({ config, redis, logger, upstream, queueConnection, blobs, lifecycle })
   cleanups.unshift(() => app.close())
   const address = await app.listen({ host: config.host, port: config.port })
+  listening = true
   const port = new URL(address).port
   config.publicBaseUrl ??= `http://127.0.0.1:${port}`
   const local = `http://127.0.0.1:${port}`
@@ -88,7 +131,7 @@ try {
     console.log(`\n  API     ${local}/v1/videos\n  Docs    ${local}/docs\n  Dev key ${devKey}\n  Try     curl -H 'authorization: Bearer ${devKey}' ${local}/v1/videos\n`)
   }
 } catch (err) {
-  if (err instanceof RedisServerMissing) {
+  if (err instanceof RedisServerMissing || err instanceof BlobDirConflict) {
     console.error(err.message)
   } else {
     logger.error({ err }, 'failed to start')

@@ -17,6 +17,28 @@ describe('health', () => {
     await h.close()
   })
 
+  it('ready answers 503 draining, or misconfigured with a reason, from the lifecycle; live stays 200', async () => {
+    const h = await startHarness({ workers: false })
+    try {
+      const { lifecycle } = h.app.deps
+      expect((await h.app.inject('/health/ready')).json()).toEqual({ status: 'ok', redis: 'ok' })
+      lifecycle.fault = 'another replica has another blob directory'
+      const bad = await h.app.inject('/health/ready')
+      expect(bad.statusCode).toBe(503)
+      expect(bad.json()).toEqual({ status: 'misconfigured', reason: 'another replica has another blob directory' })
+      lifecycle.draining = true
+      const draining = await h.app.inject('/health/ready')
+      expect(draining.statusCode).toBe(503)
+      expect(draining.json()).toEqual({ status: 'draining' })
+      expect((await h.app.inject('/health/live')).statusCode).toBe(200)
+      lifecycle.draining = false
+      lifecycle.fault = null
+      expect((await h.app.inject('/health/ready')).statusCode).toBe(200)
+    } finally {
+      await h.close()
+    }
+  })
+
   it('ready flips to 503 within 2 s when its Redis stops, and back to 200 when it returns', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'kg-health-'))
     dirs.push(dir)

@@ -1,10 +1,13 @@
 import { createReadStream, createWriteStream } from 'node:fs'
 import { mkdir, rename, rm, stat, readFile, writeFile } from 'node:fs/promises'
 import { dirname, join, resolve, sep } from 'node:path'
-import { randomBytes } from 'node:crypto'
+import { randomBytes, randomUUID } from 'node:crypto'
 import { pipeline } from 'node:stream/promises'
 import { Transform, type Readable } from 'node:stream'
 import { BlobSizeMismatch, type BlobInfo, type BlobStore } from './index.ts'
+
+/** The file at the directory's root that names it: every replica mounting this directory reads the same id. */
+export const DIR_ID_FILE = '.kling-gateway-dir'
 
 /** Blobs as files under one directory; a `.type` file beside each holds its content type. */
 export class DirectoryBlobStore implements BlobStore {
@@ -57,6 +60,27 @@ export class DirectoryBlobStore implements BlobStore {
     const p = this.path(key)
     await rm(p, { force: true })
     await rm(`${p}.type`, { force: true })
+  }
+
+  /**
+   * The directory's id, made on first use. Created with O_EXCL, so of two replicas starting at once on one shared
+   * volume exactly one writes it and the other reads that one; the reader retries briefly because the winner's
+   * create and write are two steps.
+   */
+  async identity (): Promise<string> {
+    const file = join(this.root, DIR_ID_FILE)
+    await mkdir(this.root, { recursive: true })
+    try {
+      await writeFile(file, `${randomUUID()}\n`, { flag: 'wx' })
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+    }
+    for (let i = 0; i < 50; i++) {
+      const id = (await readFile(file, 'utf8')).trim()
+      if (/^[0-9a-f-]{36}$/.test(id)) return id
+      await new Promise(resolve => setTimeout(resolve, 20))
+    }
+    throw new Error(`${file} holds no directory id (a UUID); if no replica is using this BLOB_DIR, delete the file`)
   }
 
   async close (): Promise<void> {}

@@ -14,6 +14,11 @@ export interface BlobStore {
   /** Streams bytes `start..end` (inclusive) or all of them. */
   read: (key: string, range?: { start: number, end: number }) => Promise<Readable>
   delete: (key: string) => Promise<void>
+  /**
+   * An id every store reaching the same bytes shares (a directory's identity file), so replicas can tell whether
+   * they serve from one place; null when the driver cannot tell (S3: one bucket is shared by construction).
+   */
+  identity: () => Promise<string | null>
   close: () => Promise<void>
 }
 

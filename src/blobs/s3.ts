@@ -48,6 +48,10 @@ export class S3BlobStore implements BlobStore {
     await this.client.send(new DeleteObjectCommand({ Bucket: this.opts.bucket, Key: this.key(key) }))
   }
 
+  async identity (): Promise<null> {
+    return null
+  }
+
   async close (): Promise<void> {
     this.client.destroy()
   }

@@ -41,6 +41,7 @@ export const EnvSchema = Type.Object({
   DATA_DIR: Type.String({ minLength: 1, default: '.data' }),
   CREATE_BODY_LIMIT_BYTES: Type.Integer({ minimum: 1024, default: 60 * 1024 * 1024 }),
   SHUTDOWN_GRACE_MS: Type.Integer({ minimum: 0, default: 10_000 }),
+  SHUTDOWN_DRAIN_MS: Type.Integer({ minimum: 0, maximum: 600_000, default: 5000 }),
   SSE_HEARTBEAT_MS: Type.Integer({ minimum: 10, maximum: 600_000, default: 15_000 }),
   BLOB_DRIVER: Type.Union([Type.Literal('dir'), Type.Literal('s3')], { default: 'dir' }),
   BLOB_DIR: Type.Optional(Type.String({ minLength: 1 })),
@@ -96,6 +97,8 @@ export interface Config {
   dataDir: string
   createBodyLimit: number
   shutdownGraceMs: number
+  /** After SIGTERM, how long readiness says 503 while everything else is still served, before the close. */
+  shutdownDrainMs: number
   sseHeartbeatMs: number
   blobs: { driver: 'dir', dir: string } | { driver: 's3', bucket: string, endpoint?: string, region: string, accessKeyId?: string, secretAccessKey?: string, forcePathStyle: boolean, prefix: string }
   mirror: { maxBytes: number, timeoutMs: number, allowPrivate: boolean, retentionMs: number }
@@ -212,6 +215,7 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
     dataDir: value.DATA_DIR,
     createBodyLimit: value.CREATE_BODY_LIMIT_BYTES,
     shutdownGraceMs: value.SHUTDOWN_GRACE_MS,
+    shutdownDrainMs: value.SHUTDOWN_DRAIN_MS,
     sseHeartbeatMs: value.SSE_HEARTBEAT_MS,
     blobs: value.BLOB_DRIVER === 's3'
       ? {

@@ -3,8 +3,20 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import type { FastifyInstance } from 'fastify'
 import { Queue } from 'bullmq'
 import { TASK_STATUSES } from '../domain/task.ts'
+import type { KlingStatus } from '../upstream/client.ts'
 
 const QUEUES = ['submit', 'reconcile', 'deliver', 'mirror']
+const KLING_STATUSES: KlingStatus[] = ['submitted', 'processing', 'succeed', 'failed']
+
+/** Counters other parts increment as things happen (the rest is read when scraped). */
+export interface Counters {
+  /** Callbacks whose token verified but whose task is gone, by Kling status (never by task or token). */
+  orphanCallbacks: Counter<'status'>
+}
+
+declare module 'fastify' {
+  interface FastifyInstance { counters: Counters }
+}
 
 /**
  * `GET /metrics` (Prometheus text). One registry per app, so tests and several apps in one process never share
@@ -23,6 +35,16 @@ export default fp(async function metrics (app: FastifyInstance) {
     requests.inc({ method: request.method, route, status: reply.statusCode })
     latency.observe({ method: request.method, route }, reply.elapsedTime / 1000)
   })
+
+  const orphanCallbacks = new Counter({
+    name: 'kg_orphan_callbacks_total',
+    help: 'Callbacks with a valid token whose task no longer exists, by upstream status',
+    labelNames: ['status'],
+    registers: [registry]
+  })
+  // Every series exists from the start, so `increase()` sees the first orphan instead of a series appearing.
+  for (const status of KLING_STATUSES) orphanCallbacks.inc({ status }, 0)
+  app.decorate('counters', { orphanCallbacks })
 
   const queues = queueConnection === undefined ? [] : QUEUES.map(name => new Queue(name, { connection: queueConnection as never, prefix: store.queuePrefix }))
   app.addHook('onClose', async () => { await Promise.all(queues.map(async q => await q.close())) })

@@ -20,6 +20,7 @@ export default fp(async function docs (app: FastifyInstance) {
         { name: 'videos', description: 'video tasks' },
         { name: 'webhooks', description: 'webhook endpoints and deliveries' },
         { name: 'callbacks', description: 'CometAPI → gateway' },
+        { name: 'admin', description: 'operators only (ADMIN_API_KEYS)' },
         { name: 'health', description: 'liveness and readiness' }
       ]
     },

@@ -11,17 +11,27 @@ export const CALLBACK_BODY_LIMIT = 64 * 1024
 const MAX_CALLBACKS_PER_MINUTE = 120
 
 const CallbackAnswerSchema = Type.Object({
-  outcome: Type.Union([Type.Literal('applied'), Type.Literal('duplicate'), Type.Literal('confirming')]),
-  status: Type.String()
+  outcome: Type.Union([
+    Type.Literal('applied'), Type.Literal('duplicate'), Type.Literal('confirming'), Type.Literal('orphaned')
+  ]),
+  status: Type.String({ description: 'the task\'s status; for `orphaned`, the status upstream reported' })
 })
 
 /**
  * CometAPI → gateway (API.md §4). The token in the query names the task and proves we issued it. The body is a
  * hint: a non-terminal state moves the task forward directly (forward only, atomically); a terminal state is
- * confirmed by querying CometAPI before it is applied. Answered fast: 2xx for accepted, duplicate or stale.
+ * confirmed by querying CometAPI before it is applied. Answered fast: 2xx for accepted, duplicate or stale, and
+ * for a task that no longer exists (recorded as an orphan, see src/store/orphans.ts).
  */
 const callbacks: FastifyPluginAsyncTypebox = async (app) => {
-  const { store, reconcile, config, clock } = app.deps
+  const { store, reconcile, config, clock, orphans } = app.deps
+
+  const limitRate = async (taskId: string) => {
+    if (await store.countCallback(taskId) > MAX_CALLBACKS_PER_MINUTE) {
+      const headers = { 'retry-after': '60' }
+      throw new GatewayError('TOO_MANY_CALLBACKS', 429, 'too many callbacks for this task', undefined, headers)
+    }
+  }
 
   app.post('/kling', {
     bodyLimit: CALLBACK_BODY_LIMIT,
@@ -42,16 +52,27 @@ const callbacks: FastifyPluginAsyncTypebox = async (app) => {
   }, async (request, reply) => {
     const token = request.query.token
     const taskId = token === undefined ? null : verifyCallbackToken(config.callbackSecret ?? '', token)
-    const task = taskId === null ? null : await store.get(taskId)
-    if (task === null) throw new NotFound('callback target')
+    if (taskId === null) throw new NotFound('callback target')
+    const task = await store.get(taskId)
 
     const up = parseTask(request.body)
     if (up === null) throw new InvalidRequest([{ pointer: '/task_status', detail: 'the body is not a Kling task (task_id and task_status are needed)', location: 'body' }])
+    if (task === null) {
+      // Our token, but the task is gone (a rollback, a deletion): the upstream task may be paid for and finished, so
+      // it is recorded and counted, and answered 2xx because no retry of CometAPI's can bring the task back.
+      await limitRate(taskId)
+      const orphan = await orphans.record(taskId, up)
+      app.counters.orphanCallbacks.inc({ status: up.status })
+      const seen = { upstreamTaskId: up.taskId, externalTaskId: up.externalTaskId, upstreamStatus: up.status }
+      request.log.warn({ taskId, ...seen, count: orphan.count },
+        'callback for a task that no longer exists: recorded as an orphan (GET /v1/orphans)')
+      return await reply.code(202).send({ outcome: 'orphaned', status: up.status })
+    }
     const mismatch = (task.upstream !== null && up.taskId !== task.upstream.task_id) ||
       (up.externalTaskId !== null && up.externalTaskId !== task.externalTaskId)
     if (mismatch) throw new InvalidRequest([{ pointer: up.externalTaskId !== null && up.externalTaskId !== task.externalTaskId ? '/task_info/external_task_id' : '/task_id', detail: 'does not belong to this task', location: 'body' }])
 
-    if (await store.countCallback(task.id) > MAX_CALLBACKS_PER_MINUTE) throw new GatewayError('TOO_MANY_CALLBACKS', 429, 'too many callbacks for this task', undefined, { 'retry-after': '60' })
+    await limitRate(task.id)
 
     // Terminal states, and any state before we know the upstream id, are confirmed with CometAPI first.
     if (up.status === 'succeed' || up.status === 'failed' || task.upstream === null) {

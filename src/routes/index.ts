@@ -5,6 +5,7 @@ import callbacks from './callbacks.ts'
 import events from './events.ts'
 import webhooks from './webhooks.ts'
 import content from './content.ts'
+import orphans from './orphans.ts'
 
 /** Every route module, registered explicitly (aesthetics §8.5). */
 export default async function routes (app: FastifyInstance) {
@@ -14,4 +15,5 @@ export default async function routes (app: FastifyInstance) {
   await app.register(content, { prefix: '/v1/videos' })
   await app.register(callbacks, { prefix: '/callbacks' })
   await app.register(webhooks, { prefix: '/v1' })
+  await app.register(orphans, { prefix: '/v1' })
 }

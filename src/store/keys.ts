@@ -31,6 +31,14 @@ export function keys (prefix: string) {
     parkedPending: `${p}parked:pending`,
     /** A counter written just before WAIT, so one WAIT covers every write that completed before it. */
     fence: `${p}fence`,
+    /** One live replica's registration (JSON), expiring unless its heartbeat renews it. */
+    replica: (id: string) => `${p}replica:${id}`,
+    /** The ids of registered replicas; an id whose registration expired is dropped by the next reader. */
+    replicas: `${p}replicas`,
+    /** A callback whose token verified but whose task is gone, by our task id (the upstream task it reported). */
+    orphan: (taskId: string) => `${p}orphan:${taskId}`,
+    /** Orphaned callbacks' task ids, scored by when one was last seen. */
+    orphans: `${p}orphans`,
     /** BullMQ prefix: queues live under the same hash tag. */
     bullPrefix: `{${prefix}}`
   }

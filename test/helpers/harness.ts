@@ -65,6 +65,24 @@ export function testEnv (over: Record<string, string> = {}): Record<string, stri
 }
 
 /**
+ * The default blob directory of each REDIS_PREFIX, shared by every harness on it as the replicas of one deployment
+ * must share one (BLOB_DRIVER=dir), and removed when the last of them closes.
+ */
+const blobDirs = new Map<string, { dir: string, users: number }>()
+function takeBlobDir (prefix: string): string {
+  const entry = blobDirs.get(prefix) ?? { dir: mkdtempSync(join(tmpdir(), 'kg-blobs-')), users: 0 }
+  entry.users++
+  blobDirs.set(prefix, entry)
+  return entry.dir
+}
+function releaseBlobDir (prefix: string): void {
+  const entry = blobDirs.get(prefix)
+  if (entry === undefined || --entry.users > 0) return
+  blobDirs.delete(prefix)
+  rmSync(entry.dir, { recursive: true, force: true })
+}
+
+/**
  * `listen: true` puts the app on a loopback port and points PUBLIC_BASE_URL at it, so the simulator's callbacks
  * reach it over real HTTP. `keepKeys: true` leaves the prefix's Redis keys in place on close, so that a second
  * harness on the same REDIS_PREFIX can play the restarted replica (whoever sets it cleans up after).
@@ -80,16 +98,28 @@ export async function startHarness (opts: { env?: Record<string, string>, sim?: 
   const queueConnection = createRedis(config.redis, 'worker')
   queueConnection.on('error', () => {})
   const upstream = new UpstreamClient({ baseUrl: config.upstream.baseUrl, apiKey: config.upstream.key ?? '', timeoutMs: config.upstream.timeoutMs })
-  const blobDir = opts.blobs === undefined ? mkdtempSync(join(tmpdir(), 'kg-blobs-')) : undefined
-  const blobs = opts.blobs ?? new DirectoryBlobStore(blobDir as string)
-  const app = await buildApp({ config, redis, upstream, queueConnection, blobs, workers: opts.workers, logger: createLogger(config.logLevel, logs) })
-  await app.ready()
+  const blobs = opts.blobs ?? new DirectoryBlobStore(takeBlobDir(config.prefix))
+  const release = () => { if (opts.blobs === undefined) releaseBlobDir(config.prefix) }
+  let app: App
+  try {
+    const logger = createLogger(config.logLevel, logs)
+    app = await buildApp({ config, redis, upstream, queueConnection, blobs, workers: opts.workers, logger })
+    await app.ready()
+  } catch (err) {
+    // A replica refused at start (e.g. BlobDirConflict) must not leave its connections and simulator behind.
+    queueConnection.disconnect()
+    redis.disconnect()
+    await upstream.close()
+    release()
+    if (opts.simulator === undefined) await sim.close()
+    throw err
+  }
   if (opts.listen === true) config.publicBaseUrl = await app.listen({ host: '127.0.0.1', port: 0 })
   const close = async () => {
     await app.close()
     await queueConnection.quit()
     await upstream.close()
-    if (blobDir !== undefined) rmSync(blobDir, { recursive: true, force: true })
+    release()
     if (opts.keepKeys !== true) {
       const keys = await redis.keys(`{${config.prefix}}:*`)
       if (keys.length > 0) await redis.del(...keys)
