@@ -4,7 +4,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { Logger } from 'pino'
 import { randomUUID } from 'node:crypto'
 import type { Config } from './config/index.ts'
-import { duplicate, type RedisClient } from './infra/redis.ts'
+import { duplicate, replicasToAck, type RedisClient } from './infra/redis.ts'
 import errors from './plugins/errors.ts'
 import docs from './plugins/swagger.ts'
 import routes from './routes/index.ts'
@@ -70,12 +70,16 @@ export const SMALL_BODY_LIMIT = 1024 * 1024
 export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids' | 'lifecycle'> & Partial<AppDeps>): Promise<App> {
   const base: AppDeps = { clock: Date.now, ids: randomUUID, lifecycle: newLifecycle(), ...input }
   // WAIT runs on a connection of its own: it blocks that connection until the replicas answer.
-  const durableConnection = base.config.redis.minReplicasAcked > 0 ? duplicate(base.redis) : undefined
+  const replicasAcked = await replicasToAck(base.redis, base.config.redis.minReplicasAcked)
+  const durableConnection = replicasAcked > 0 ? duplicate(base.redis) : undefined
   durableConnection?.on('error', (err: Error) => base.logger.warn({ err: err.message }, 'redis (durability) error'))
   const store = new TaskStore(base.redis, base.config.prefix, base.clock, {
     connection: durableConnection,
-    rule: { replicas: base.config.redis.minReplicasAcked, timeoutMs: base.config.redis.ackTimeoutMs }
+    rule: { replicas: replicasAcked, timeoutMs: base.config.redis.ackTimeoutMs }
   })
+  if (base.config.redis.minReplicasAcked === 'auto') {
+    base.logger.info({ replicas: replicasAcked }, 'a write counts once every replica holds it (REDIS_MIN_REPLICAS_ACKED=auto)')
+  }
   const jobs = new SubmitJobs({ config: base.config, store, upstream: base.upstream, logger: base.logger, clock: base.clock, connection: base.queueConnection })
   const reconcile = new ReconcileJobs({ config: base.config, store, upstream: base.upstream, submit: jobs, logger: base.logger, clock: base.clock, connection: base.queueConnection })
   // The subscriber is ours: made here (lazily, so inert deps never connect) and closed in onClose.

@@ -52,6 +52,17 @@ describe('loadConfig', () => {
     expect(loadConfig({ REDIS_CLUSTER_NODES: 'a:1,b:2' }).redis.clusterNodes).toEqual([{ host: 'a', port: 1 }, { host: 'b', port: 2 }])
   })
 
+  it('sets the durability rule: auto with Sentinel, 0 otherwise, a number or auto when given; auth and TLS', () => {
+    expect(loadConfig({}).redis.minReplicasAcked).toBe(0)
+    expect(loadConfig({ REDIS_SENTINELS: 'a:1', REDIS_SENTINEL_NAME: 'm' }).redis.minReplicasAcked).toBe('auto')
+    expect(loadConfig({ REDIS_CLUSTER_NODES: 'a:1', REDIS_MIN_REPLICAS_ACKED: '1' }).redis.minReplicasAcked).toBe(1)
+    expect(loadConfig({ REDIS_MIN_REPLICAS_ACKED: 'auto' }).redis.minReplicasAcked).toBe('auto')
+    expect(() => loadConfig({ REDIS_MIN_REPLICAS_ACKED: 'many' })).toThrow(/REDIS_MIN_REPLICAS_ACKED/)
+    expect(() => loadConfig({ REDIS_ACK_TIMEOUT_MS: '5000' })).toThrow(/REDIS_ACK_TIMEOUT_MS/)
+    const c = loadConfig({ REDIS_CLUSTER_NODES: 'a:1', REDIS_PASSWORD: 'p4ss-word', REDIS_TLS: 'true' })
+    expect(c.redis).toMatchObject({ password: 'p4ss-word', tls: true, ackTimeoutMs: 500 })
+  })
+
   it('parses duration lists with units', () => {
     expect(parseDurations('0,250ms,5s,5m,2h,7')).toEqual([0, 250, 5000, 300_000, 7_200_000, 7])
   })

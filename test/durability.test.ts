@@ -222,7 +222,7 @@ describe('failover and cluster errors are 503, never 500', () => {
       'LOADING Redis is loading the dataset in memory', 'UNBLOCKED force unblock from blocking operation',
       'MASTERDOWN Link with MASTER is down', 'NOREPLICAS Not enough good replicas to write.',
       'Too many Cluster redirections. Last error: MOVED 1 127.0.0.1:1', 'Cluster isn\'t ready and enableOfflineQueue options is false',
-      'Command timed out', 'Connection is closed.', 'Failed to refresh slots cache.'
+      'Command timed out', 'Command aborted due to connection close', 'Connection is closed.', 'Failed to refresh slots cache.'
     ]
     for (const message of unavailable) expect(isRedisUnavailable(new Error(message)), message).toBe(true)
     const all = new Error('Failed to refresh slots cache.')

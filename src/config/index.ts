@@ -15,7 +15,7 @@ export const EnvSchema = Type.Object({
   REDIS_PASSWORD: Type.Optional(Type.String({ minLength: 1 })),
   REDIS_TLS: Type.Boolean({ default: false }),
   REDIS_SENTINEL_PASSWORD: Type.Optional(Type.String({ minLength: 1 })),
-  REDIS_MIN_REPLICAS_ACKED: Type.Optional(Type.Integer({ minimum: 0, maximum: 16 })),
+  REDIS_MIN_REPLICAS_ACKED: Type.Optional(Type.Union([Type.Integer({ minimum: 0, maximum: 16 }), Type.Literal('auto')])),
   REDIS_ACK_TIMEOUT_MS: Type.Integer({ minimum: 10, maximum: 1500, default: 500 }),
   COMETAPI_BASE_URL: Type.String({ pattern: '^https?://[^/]+', default: 'https://api.cometapi.com' }),
   COMETAPI_KEY: Type.Optional(Type.String({ minLength: 1 })),
@@ -75,8 +75,11 @@ export interface RedisConfig {
   password?: string
   tls: boolean
   sentinelPassword?: string
-  /** The durability rule: replicas that must hold a write before a 202 or an upstream create (WAIT). */
-  minReplicasAcked: number
+  /**
+   * The durability rule: replicas that must hold a write before a 202 or an upstream create (WAIT). `auto`
+   * (the default with Sentinel) is every replica the master has when the gateway starts.
+   */
+  minReplicasAcked: number | 'auto'
   ackTimeoutMs: number
 }
 
@@ -187,8 +190,8 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
       password: value.REDIS_PASSWORD,
       tls: value.REDIS_TLS,
       sentinelPassword: value.REDIS_SENTINEL_PASSWORD,
-      // Sentinel means replicas: a write counts once one of them holds it, so a failover cannot roll it back.
-      minReplicasAcked: value.REDIS_MIN_REPLICAS_ACKED ?? (value.REDIS_SENTINELS !== undefined ? 1 : 0),
+      // Sentinel means replicas: a write counts once all of them hold it, so no failover can roll it back.
+      minReplicasAcked: value.REDIS_MIN_REPLICAS_ACKED ?? (value.REDIS_SENTINELS !== undefined ? 'auto' : 0),
       ackTimeoutMs: value.REDIS_ACK_TIMEOUT_MS
     },
     prefix: value.REDIS_PREFIX,

@@ -75,7 +75,7 @@ export function createRedis (redis: RedisConfig, role: 'command' | 'worker', nam
  */
 export function isRedisUnavailable (err: Error): boolean {
   if (err.name === 'MaxRetriesPerRequestError' || err.name === 'ClusterAllFailedError') return true
-  return /^(Command timed out|Connection is closed|Stream isn't writeable|Too many Cluster redirections|Cluster isn't ready|Failed to refresh slots cache|None of startup nodes is available|All sentinels are unreachable|CLUSTERDOWN|TRYAGAIN|MOVED|ASK|READONLY|LOADING|UNBLOCKED|MASTERDOWN|NOREPLICAS|BUSY|MISCONF)/
+  return /^(Command timed out|Command aborted|Connection is closed|Stream isn't writeable|Too many Cluster redirections|Cluster isn't ready|Failed to refresh slots cache|None of startup nodes is available|All sentinels are unreachable|CLUSTERDOWN|TRYAGAIN|MOVED|ASK|READONLY|LOADING|UNBLOCKED|MASTERDOWN|NOREPLICAS|BUSY|MISCONF)/
     .test(err.message)
 }
 
@@ -97,6 +97,17 @@ export async function persistenceWarning (client: RedisClient): Promise<string |
   } catch {
     return 'could not read Redis persistence settings (CONFIG GET refused); make sure AOF runs with appendfsync always'
   }
+}
+
+/**
+ * How many replicas a write must reach: a number as configured, or for `auto` every replica the master has now.
+ * Not one of them: in a planned Sentinel failover the promoted replica stops copying the old master at once,
+ * while the others still copy it until they are re-pointed, so a write only they hold is dropped on resync.
+ */
+export async function replicasToAck (client: RedisClient, rule: number | 'auto'): Promise<number> {
+  if (rule !== 'auto') return rule
+  const info = await client.info('replication')
+  return Number(/connected_slaves:(\d+)/.exec(info)?.[1] ?? 0)
 }
 
 /** Resolves once the client is ready, or rejects after `timeoutMs`. */
