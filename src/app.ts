@@ -116,6 +116,8 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids' | 'lifecycl
     requestTimeout: 120_000,
     return503OnClosing: true,
     genReqId: () => deps.ids(),
+    // `/v1/videos` and `/v1/videos/` are one route (the document lists the first; callers send either).
+    routerOptions: { ignoreTrailingSlash: true },
     schemaController
   }).withTypeProvider<TypeBoxTypeProvider>()
 
