@@ -7,8 +7,8 @@ type Json = Record<string, unknown>
 /** Every string, array and object a caller can send is bounded, so Ajv's allErrors cannot be abused. */
 function unbounded (schema: Json, path: string, out: string[]) {
   if (typeof schema !== 'object' || schema === null) return
-  // contentEncoding marks the image strings, bounded by the body limit and checked by size before decoding.
-  if (schema.type === 'string' && schema.maxLength === undefined && schema.enum === undefined && schema.const === undefined && schema.format === undefined && schema.contentEncoding === undefined) out.push(path)
+  // x-bounded-by marks the image strings, bounded by the body limit and checked by size before decoding.
+  if (schema.type === 'string' && schema.maxLength === undefined && schema.enum === undefined && schema.const === undefined && schema.format === undefined && schema['x-bounded-by'] === undefined) out.push(path)
   if (schema.type === 'array' && schema.maxItems === undefined) out.push(path)
   if (schema.type === 'object' && schema.properties !== undefined && schema.additionalProperties !== false && schema.maxProperties === undefined) out.push(path)
   for (const [k, v] of Object.entries(schema)) if (typeof v === 'object' && v !== null) unbounded(v as Json, `${path}/${k}`, out)

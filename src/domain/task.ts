@@ -81,6 +81,8 @@ export function toView (t: TaskRecord): TaskView {
 
 /** One per state change, plus `video.stored` when the result has been copied into the gateway. */
 export type EventType = `video.${TaskStatus}` | 'video.stored'
+/** Every event type, in lifecycle order: subscriptions, the OpenAPI `webhooks` and the docs all read this list. */
+export const EVENT_TYPES: readonly EventType[] = [...TASK_STATUSES.map(s => `video.${s}` as const), 'video.stored']
 
 /** One entry of a task's event log; the same object feeds SSE, webhooks and the Redis Stream. */
 export interface TaskEvent {

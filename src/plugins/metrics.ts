@@ -4,6 +4,7 @@ import type { FastifyInstance } from 'fastify'
 import { Queue } from 'bullmq'
 import { TASK_STATUSES } from '../domain/task.ts'
 import type { KlingStatus } from '../upstream/client.ts'
+import { internal, unavailable } from '../schemas/common.ts'
 
 const QUEUES = ['submit', 'reconcile', 'deliver', 'mirror']
 const KLING_STATUSES: KlingStatus[] = ['submitted', 'processing', 'succeed', 'failed']
@@ -74,7 +75,28 @@ export default fp(async function metrics (app: FastifyInstance) {
     }
   })
 
-  app.get('/metrics', { schema: { tags: ['health'], operationId: 'metrics', summary: 'Prometheus metrics', response: { 200: { description: 'Prometheus text format', content: { 'text/plain': { schema: { type: 'string', maxLength: 0 } } } } } } }, async (_request, reply) => {
+  app.get('/metrics', {
+    schema: {
+      tags: ['health'],
+      operationId: 'metrics',
+      summary: 'Prometheus metrics',
+      description: 'Request counts and latencies, tasks by status, parked bytes, queue depths, SSE streams and ' +
+        'orphaned callbacks, in the Prometheus text format. No API key: expose it to the scraper only.',
+      response: {
+        200: {
+          description: 'Prometheus text format',
+          content: {
+            'text/plain': {
+              schema: { type: 'string' },
+              example: '# HELP kg_tasks Tasks by status\n# TYPE kg_tasks gauge\nkg_tasks{status="queued"} 3\n'
+            }
+          }
+        },
+        500: internal(),
+        503: unavailable()
+      }
+    }
+  }, async (_request, reply) => {
     return await reply.type(registry.contentType).send(await registry.metrics())
   })
 }, { name: 'metrics' })

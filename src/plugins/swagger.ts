@@ -2,7 +2,30 @@ import fp from 'fastify-plugin'
 import swagger from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
 import type { FastifyInstance } from 'fastify'
-import { ProblemSchema } from '../schemas/common.ts'
+import { HEADERS, ProblemSchema } from '../schemas/common.ts'
+import { eventSchemas, headerComponents, webhookDocs } from '../schemas/events.ts'
+
+type Json = Record<string, unknown>
+
+/**
+ * @fastify/swagger copies a response's `headers` inline (`{schema}`); a header declared under components.headers
+ * becomes a `$ref` instead, so that generators see one Retry-After, not twenty.
+ */
+function referHeaders (doc: Json): Json {
+  const names = new Map(Object.keys(HEADERS).map(n => [n.toLowerCase(), n]))
+  for (const item of Object.values(doc.paths as Record<string, Record<string, Json>>)) {
+    for (const op of Object.values(item)) {
+      for (const response of Object.values((op.responses ?? {}) as Record<string, Json>)) {
+        const headers = response.headers as Json | undefined
+        for (const name of Object.keys(headers ?? {})) {
+          const component = names.get(name.toLowerCase())
+          if (headers !== undefined && component !== undefined) headers[name] = { $ref: `#/components/headers/${component}` }
+        }
+      }
+    }
+  }
+  return doc
+}
 
 /** OpenAPI 3.1 from the route schemas; only tagged routes are part of the contract (aesthetics §8.7). */
 export default fp(async function docs (app: FastifyInstance) {
@@ -13,19 +36,35 @@ export default fp(async function docs (app: FastifyInstance) {
       info: {
         title: 'kling-gateway',
         version: '1',
-        description: 'A gateway to CometAPI\'s Kling multi-image-to-video: strict validation, tasks in Redis, callbacks, reconciliation, webhooks and SSE.'
+        description: 'A gateway to CometAPI\'s Kling multi-image-to-video: strict validation, tasks in Redis, ' +
+          'callbacks, reconciliation, webhooks and SSE.\n\nErrors are `application/problem+json` (RFC 9457) with a ' +
+          'stable `code`; a 400 lists every invalid field in `errors`. Every 503 carries `Retry-After`: retry it, ' +
+          'with the same Idempotency-Key for a create.'
       },
-      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer', description: 'an API key from API_KEYS or ADMIN_API_KEYS' } } },
+      components: {
+        securitySchemes: {
+          bearer: { type: 'http', scheme: 'bearer', description: 'an API key from API_KEYS or ADMIN_API_KEYS' }
+        }
+      },
       tags: [
         { name: 'videos', description: 'video tasks' },
-        { name: 'webhooks', description: 'webhook endpoints and deliveries' },
+        { name: 'webhooks', description: 'webhook endpoints and deliveries, and the webhooks the gateway sends' },
         { name: 'callbacks', description: 'CometAPI → gateway' },
         { name: 'admin', description: 'operators only (ADMIN_API_KEYS)' },
-        { name: 'health', description: 'liveness and readiness' }
+        { name: 'health', description: 'liveness, readiness and metrics' }
       ]
     },
     hideUntagged: true,
-    refResolver: { buildLocalReference: (json, _baseUri, _fragment, i) => String(json.$id ?? `def-${i}`) }
+    refResolver: { buildLocalReference: (json, _baseUri, _fragment, i) => String(json.$id ?? `def-${i}`) },
+    transformObject: (documentObject) => {
+      // Only the OpenAPI branch of the union exists here: `openapi` is set above.
+      const doc = referHeaders((documentObject as { openapiObject: Json }).openapiObject)
+      const components = doc.components as Json
+      components.schemas = { ...(components.schemas as Json), ...eventSchemas }
+      components.headers = headerComponents()
+      doc.webhooks = webhookDocs()
+      return doc as never
+    }
   })
   await app.register(swaggerUi, { routePrefix: '/docs' })
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger())

@@ -3,7 +3,7 @@ import { Type } from 'typebox'
 import { verifyCallbackToken } from '../domain/callback-token.ts'
 import { GatewayError, InvalidRequest, NotFound } from '../domain/errors.ts'
 import { changeFromUpstream } from '../domain/upstream-state.ts'
-import { problem } from '../schemas/common.ts'
+import { bodyProblems, internal, json, problem, unavailable } from '../schemas/common.ts'
 import { parseTask } from '../upstream/client.ts'
 
 export const CALLBACK_BODY_LIMIT = 64 * 1024
@@ -39,14 +39,38 @@ const callbacks: FastifyPluginAsyncTypebox = async (app) => {
       tags: ['callbacks'],
       operationId: 'klingCallback',
       summary: 'Task status callback from CometAPI (the callback_url the gateway sends upstream)',
+      description: 'Called by CometAPI only, at the `callback_url` the gateway gave it; no API key: the `token` ' +
+        'names the task and proves the gateway issued it. The body is a hint: a non-terminal state moves the task ' +
+        'forward at once (200 `applied`, or `duplicate` when it changes nothing); a terminal state is confirmed ' +
+        'with CometAPI before it is applied (202 `confirming`); a valid token whose task is gone is recorded as an ' +
+        'orphan (202 `orphaned`). Every 2xx means "stop retrying"; repeats are harmless.',
       querystring: Type.Object({ token: Type.Optional(Type.String({ maxLength: 256 })) }),
-      body: Type.Object({}, { additionalProperties: true, maxProperties: 64 }),
+      body: Type.Object({}, {
+        additionalProperties: true,
+        maxProperties: 64,
+        description: 'a Kling task: `task_id` and `task_status` (or `id` and `status`), `task_info`, `task_result`',
+        examples: [{
+          task_id: '786543210987654321',
+          task_status: 'processing',
+          task_info: { external_task_id: '3c6f1d2a-8b9e-4f70-a1c2-d3e4f5a6b7c8' },
+          created_at: 1795515330123,
+          updated_at: 1795515420456
+        }]
+      }),
       response: {
-        200: CallbackAnswerSchema,
-        202: CallbackAnswerSchema,
-        400: problem('not a Kling task, or not this task'),
-        404: problem('missing or wrong token'),
-        429: problem('too many callbacks for this task')
+        200: json('applied, or a duplicate or stale state that changed nothing', CallbackAnswerSchema,
+          { outcome: 'applied', status: 'processing' }),
+        202: json('a terminal state being confirmed with CometAPI, or an orphan recorded', CallbackAnswerSchema,
+          { outcome: 'confirming', status: 'processing' }),
+        ...bodyProblems('64 KiB'),
+        400: problem(400, 'not a Kling task, or not this task', {
+          detail: '1 invalid field',
+          errors: [{ pointer: '/task_id', detail: 'does not belong to this task', location: 'body' }]
+        }),
+        404: problem(404, 'missing or wrong token (nothing says which)', { detail: 'callback target not found' }),
+        429: problem(429, 'more than 120 callbacks for this task in a minute', { headers: ['Retry-After'] }),
+        500: internal(),
+        503: unavailable()
       }
     }
   }, async (request, reply) => {

@@ -3,7 +3,8 @@ import { Type } from 'typebox'
 import { Conflict, GatewayError, NotFound } from '../domain/errors.ts'
 import { videoKey } from '../jobs/mirror.ts'
 import { canSee, type Caller } from '../plugins/auth.ts'
-import { problem } from '../schemas/common.ts'
+import { internal, problem, unauthorized, unavailable } from '../schemas/common.ts'
+import { MP4_EXAMPLE } from '../schemas/examples.ts'
 import { TaskParamsSchema } from '../schemas/videos.ts'
 
 /** `bytes=a-b`, `bytes=a-` or `bytes=-n` against a size; null when unsatisfiable, undefined when absent or multi-range. */
@@ -33,17 +34,41 @@ const content: FastifyPluginAsyncTypebox = async (app) => {
       tags: ['videos'],
       operationId: 'getVideoContent',
       summary: 'The mirrored result video (video/mp4, supports Range)',
+      description: 'The gateway\'s copy of result video `index` of a succeeded task: `result.videos[].url` points ' +
+        'here. One `Range: bytes=a-b`, `a-` or `-n` answers 206 (other forms get the whole video). The caller that ' +
+        'owns the task, or an admin key. 409 `CONTENT_NOT_READY` (with Retry-After) while the copy is being made: ' +
+        'retry, or wait for the `video.stored` event.',
       security: [{ bearer: [] }],
       params: TaskParamsSchema,
       querystring: Type.Object({ index: Type.Integer({ minimum: 0, maximum: 9, default: 0 }) }, { additionalProperties: false }),
       response: {
-        200: { description: 'the whole video', content: { 'video/mp4': { schema: Type.String({ format: 'binary' }) } } },
-        206: { description: 'the requested byte range', content: { 'video/mp4': { schema: Type.String({ format: 'binary' }) } } },
-        401: problem('missing or unknown API key'),
-        404: problem('no such task or video for this caller'),
-        409: problem('the task has not succeeded, or its video is still being copied'),
-        410: problem('the video was deleted after its retention period'),
-        416: problem('the range is outside the video')
+        200: {
+          description: 'the whole video',
+          headers: { 'Content-Length': { type: 'integer' }, 'Accept-Ranges': { type: 'string', enum: ['bytes'] } },
+          content: { 'video/mp4': { schema: Type.String({ format: 'binary' }), example: MP4_EXAMPLE } }
+        },
+        206: {
+          description: 'the requested byte range',
+          headers: { 'Content-Range': { type: 'string', description: '`bytes a-b/size`' }, 'Content-Length': { type: 'integer' } },
+          content: { 'video/mp4': { schema: Type.String({ format: 'binary' }), example: MP4_EXAMPLE } }
+        },
+        400: problem(400, 'invalid id or index', {
+          detail: '1 invalid field', errors: [{ pointer: '/index', detail: 'must be <= 9', location: 'query' }]
+        }),
+        401: unauthorized(),
+        404: problem(404, 'no such task or video for this caller'),
+        409: problem(409, 'the task has not succeeded (`NOT_SUCCEEDED`), or its video is still being copied ' +
+          '(`CONTENT_NOT_READY`, with Retry-After)', {
+          code: 'CONTENT_NOT_READY', detail: 'the video is still being copied from upstream; retry shortly', headers: ['Retry-After']
+        }),
+        410: problem(410, 'the video was deleted after VIDEO_RETENTION_DAYS', {
+          code: 'CONTENT_EXPIRED', detail: 'the video was deleted after its retention period'
+        }),
+        416: problem(416, 'the range starts past the end of the video; `Content-Range: bytes */size` gives the size', {
+          headers: []
+        }),
+        500: internal(),
+        503: unavailable()
       }
     }
   }, async (request, reply) => {

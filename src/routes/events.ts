@@ -3,7 +3,8 @@ import type { ServerResponse } from 'node:http'
 import { Type } from 'typebox'
 import { NotFound } from '../domain/errors.ts'
 import { isTerminal, type TaskEvent } from '../domain/task.ts'
-import { problem } from '../schemas/common.ts'
+import { internal, problem, unauthorized, unavailable } from '../schemas/common.ts'
+import { eventExample } from '../schemas/examples.ts'
 import { TaskParamsSchema } from '../schemas/videos.ts'
 import { canSee, type Caller } from '../plugins/auth.ts'
 
@@ -38,15 +39,32 @@ const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, o
       tags: ['videos'],
       operationId: 'streamVideoEvents',
       summary: 'Server-Sent Events of one task, resumable with Last-Event-ID',
+      description: 'Replays the task\'s events after `Last-Event-ID` (header, or `?last_event_id=`), then streams ' +
+        'new ones live, and ends after the terminal event. `id:` is the event id, `event:` its type, `data:` the ' +
+        'TaskEvent JSON. Reconnecting with the last id seen resumes with no gap and no duplicate; `: ping` comments ' +
+        'keep proxies from closing an idle stream. The caller that owns the task, or an admin key.',
       security: [{ bearer: [] }],
       params: TaskParamsSchema,
       headers: Type.Object({ 'last-event-id': Type.Optional(EventIdSchema) }),
       querystring: Type.Object({ last_event_id: Type.Optional(EventIdSchema) }, { additionalProperties: false }),
       response: {
-        200: { description: 'text/event-stream: `id:` sequence, `event:` type, `data:` the event JSON', content: { 'text/event-stream': { schema: Type.String({ maxLength: 0 }) } } },
-        400: problem('invalid request'),
-        401: problem('missing or unknown API key'),
-        404: problem('no such task for this caller')
+        200: {
+          description: 'text/event-stream: `id:` the event id, `event:` its type, `data:` the TaskEvent JSON',
+          content: {
+            'text/event-stream': {
+              schema: Type.String({ description: 'SSE frames; each `data:` is a TaskEvent' }),
+              example: `retry: 2000\n\nid: ${eventExample('video.queued').id}\nevent: video.queued\n` +
+                `data: ${JSON.stringify(eventExample('video.queued'))}\n\n: ping\n\n`
+            }
+          }
+        },
+        400: problem(400, 'invalid id or Last-Event-ID', {
+          detail: '1 invalid field', errors: [{ pointer: '/last-event-id', detail: 'must match pattern "^[A-Za-z0-9_.-]*$"', location: 'headers' }]
+        }),
+        401: unauthorized(),
+        404: problem(404, 'no such task for this caller'),
+        500: internal(),
+        503: unavailable()
       }
     }
   }, async (request, reply) => {

@@ -1,5 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
+import { internal, json } from '../schemas/common.ts'
 
 const HealthSchema = Type.Object({
   status: Type.Union([
@@ -18,11 +19,32 @@ const health: FastifyPluginAsyncTypebox = async (app) => {
   const { lifecycle } = app.deps
 
   app.get('/live', {
-    schema: { tags: ['health'], operationId: 'live', response: { 200: HealthSchema } }
+    schema: {
+      tags: ['health'],
+      operationId: 'live',
+      summary: 'Liveness',
+      description: 'Answers 200 while the process serves HTTP; never touches Redis. No API key.',
+      response: { 200: json('alive', HealthSchema, { status: 'ok' }), 500: internal() }
+    }
   }, async () => ({ status: 'ok' as const }))
 
   app.get('/ready', {
-    schema: { tags: ['health'], operationId: 'ready', response: { 200: HealthSchema, 503: HealthSchema } }
+    schema: {
+      tags: ['health'],
+      operationId: 'ready',
+      summary: 'Readiness',
+      description: 'Whether this replica should take traffic: 200 once Redis answers a PING within 1.5 s. 503 (a ' +
+        'health body, not a problem: probes read `status`) while draining after SIGTERM, while misconfigured ' +
+        'against its peers, or while Redis is unreachable. No API key.',
+      response: {
+        200: json('ready', HealthSchema, { status: 'ok', redis: 'ok' }),
+        503: {
+          ...json('not ready: `draining` (no Retry-After: this replica is going away), `misconfigured` or ' +
+            '`unavailable`', HealthSchema, { status: 'unavailable', redis: 'unreachable' }, ['Retry-After'])
+        },
+        500: internal()
+      }
+    }
   }, async (_request, reply) => {
     // No Retry-After while draining: this replica is going away, and asking again here will not help.
     if (lifecycle.draining) return await reply.code(503).send({ status: 'draining' })

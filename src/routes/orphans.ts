@@ -2,7 +2,8 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import { GatewayError } from '../domain/errors.ts'
 import type { Caller } from '../plugins/auth.ts'
-import { problem } from '../schemas/common.ts'
+import { internal, json, problem, unauthorized, unavailable } from '../schemas/common.ts'
+import { ORPHAN_EXAMPLE } from '../schemas/examples.ts'
 import type { Orphan } from '../store/orphans.ts'
 
 const OrphanSchema = Type.Object({
@@ -40,19 +41,28 @@ const orphans: FastifyPluginAsyncTypebox = async (app) => {
       tags: ['admin'],
       operationId: 'listOrphanCallbacks',
       summary: 'Callbacks whose task no longer exists, most recently seen first (admin keys only)',
+      description: 'Upstream tasks CometAPI reported for tasks the gateway no longer has (lost in a Redis rollback ' +
+        'or restore, or deleted): they may be paid for. Admin keys only; any other key gets the 404 of a route ' +
+        'that does not exist. Page with `next_cursor`.',
       security: [{ bearer: [] }],
       querystring: Type.Object({
         limit: Type.Integer({ minimum: 1, maximum: 100, default: 20 }),
         cursor: Type.Optional(Type.String({ maxLength: 100, pattern: '^\\d+:[A-Za-z0-9_.-]+$' }))
       }, { additionalProperties: false }),
       response: {
-        200: Type.Object({
+        200: json('a page of orphaned callbacks', Type.Object({
           data: Type.Array(Type.Ref('OrphanCallback')),
           next_cursor: Type.Union([Type.String(), Type.Null()])
+        }), { data: [ORPHAN_EXAMPLE], next_cursor: null }),
+        400: problem(400, 'invalid query', {
+          detail: '1 invalid field', errors: [{ pointer: '/limit', detail: 'must be <= 100', location: 'query' }]
         }),
-        400: problem('invalid query'),
-        401: problem('missing or unknown API key'),
-        404: problem('not an admin key: answered as for a route that does not exist')
+        401: unauthorized(),
+        404: problem(404, 'not an admin key: answered as for a route that does not exist', {
+          detail: 'no route GET /v1/orphans'
+        }),
+        500: internal(),
+        503: unavailable()
       }
     }
   }, async (request) => {

@@ -5,17 +5,19 @@ import { checkCreate } from '../domain/create.ts'
 import { Conflict, InvalidRequest, NotFound, Unavailable } from '../domain/errors.ts'
 import { createTask } from '../services/create.ts'
 import { toView } from '../domain/task.ts'
-import { problem } from '../schemas/common.ts'
+import { bodyProblems, internal, json, problem, unauthorized, unavailable } from '../schemas/common.ts'
+import { TASK_EXAMPLE, taskExample } from '../schemas/examples.ts'
 import { CreateVideoSchema, IdempotencyHeadersSchema, ListQuerySchema, TaskParamsSchema, TaskSchema } from '../schemas/videos.ts'
 import { canSee, type Caller } from '../plugins/auth.ts'
 import { checkWebhookTarget, UnsafeTarget } from '../notify/ssrf.ts'
 import { fieldErrorsOf, LOCATIONS } from '../plugins/errors.ts'
 
-const errors = {
-  400: problem('invalid request: every bad field is listed in `errors`'),
-  401: problem('missing or unknown API key'),
-  404: problem('no such task for this caller')
-}
+const TaskRef = Type.Ref('Task')
+const invalid = (what: string) => problem(400, `invalid ${what}, or a body that is not JSON: every bad field is listed`, {
+  detail: '1 invalid field', errors: [{ pointer: '/id', detail: 'must match pattern "^[A-Za-z0-9-]+$"', location: 'params' }]
+})
+const noTask = () => problem(404, 'no such task for this caller (another caller\'s task is 404 too, never 403)')
+const ListSchema = Type.Object({ data: Type.Array(TaskRef), next_cursor: Type.Union([Type.String(), Type.Null()]) })
 
 const videos: FastifyPluginAsyncTypebox = async (app) => {
   const { store, jobs, config } = app.deps
@@ -46,16 +48,28 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
       tags: ['videos'],
       operationId: 'createVideo',
       summary: 'Create a multi-image-to-video task',
+      description: 'Validates the body as strictly as Kling would (every invalid field listed at once, Base64 images ' +
+        'checked by format, size and aspect ratio), stores the task durably and queues it for exactly one upstream ' +
+        'create. Any API key may call it; the task belongs to that key\'s caller.\n\n' +
+        '**Retries:** send an `Idempotency-Key` whenever you may retry. The same key and body within 24 h answer 202 ' +
+        'with the task the first request made (header `idempotent-replayed: true`); the same key with another body ' +
+        'is 422. A 503 (Redis unavailable, not durable in time, too many large bodies, too many parked images) is ' +
+        'safe to retry after `Retry-After` with the same key.',
       security: [{ bearer: [] }],
       headers: IdempotencyHeadersSchema,
       body: CreateVideoSchema,
       response: {
-        202: Type.Ref('Task'),
-        ...errors,
-        409: problem('the reference is taken (detail names the existing task)'),
-        413: problem('body too large'),
-        422: problem('the Idempotency-Key was used with a different body'),
-        503: problem('Redis is unreachable or the write is not durable yet; retry after Retry-After')
+        202: json('accepted: the task, durable and queued; `Location` is its URL', TaskRef, TASK_EXAMPLE,
+          ['Location', 'idempotent-replayed']),
+        ...bodyProblems(`CREATE_BODY_LIMIT_BYTES (${config.createBodyLimit} bytes)`),
+        401: unauthorized(),
+        409: problem(409, 'the `reference` is taken: detail names the existing task', {
+          code: 'REFERENCE_TAKEN', detail: `reference is already used by task ${TASK_EXAMPLE.id}`
+        }),
+        422: problem(422, 'the Idempotency-Key was used with a different body'),
+        500: internal(),
+        503: unavailable(', the write did not reach enough replicas in time (REDIS_MIN_REPLICAS_ACKED), more than ' +
+          'CREATE_MAX_LARGE_BODIES large bodies are in flight, or PARKED_MAX_BYTES of images already wait for upstream')
       }
     }
   }, async (request, reply) => {
@@ -91,7 +105,23 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
   })
 
   app.get('/:id', {
-    schema: { tags: ['videos'], operationId: 'getVideo', security: [{ bearer: [] }], params: TaskParamsSchema, response: { 200: Type.Ref('Task'), ...errors } }
+    schema: {
+      tags: ['videos'],
+      operationId: 'getVideo',
+      summary: 'Get a task',
+      description: 'The task as it is now. A caller sees its own tasks; an admin key sees every caller\'s. ' +
+        'Prefer SSE (`/v1/videos/{id}/events`) or webhooks to polling.',
+      security: [{ bearer: [] }],
+      params: TaskParamsSchema,
+      response: {
+        200: json('the task', TaskRef, taskExample('processing')),
+        400: invalid('id'),
+        401: unauthorized(),
+        404: noTask(),
+        500: internal(),
+        503: unavailable()
+      }
+    }
   }, async (request) => {
     const task = await store.get(request.params.id)
     if (!canSee(request.caller as Caller, task)) throw new NotFound('task')
@@ -103,9 +133,20 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
       tags: ['videos'],
       operationId: 'listVideos',
       summary: 'List tasks, newest first',
+      description: 'The caller\'s tasks (an admin key: every caller\'s), newest first, `limit` a page; pass ' +
+        '`next_cursor` as `cursor` for the next page (null at the end). `reference` looks up the one task with that ' +
+        'reference (for an admin key: none, as references are per caller).',
       security: [{ bearer: [] }],
       querystring: ListQuerySchema,
-      response: { 200: Type.Object({ data: Type.Array(Type.Ref('Task')), next_cursor: Type.Union([Type.String(), Type.Null()]) }), ...errors }
+      response: {
+        200: json('a page of tasks', ListSchema, { data: [taskExample('succeeded'), TASK_EXAMPLE], next_cursor: null }),
+        400: problem(400, 'invalid query: every bad parameter is listed in `errors`', {
+          detail: '1 invalid field', errors: [{ pointer: '/limit', detail: 'must be <= 100', location: 'query' }]
+        }),
+        401: unauthorized(),
+        500: internal(),
+        503: unavailable()
+      }
     }
   }, async (request) => {
     const caller = request.caller as Caller
@@ -125,9 +166,23 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
       tags: ['videos'],
       operationId: 'cancelVideo',
       summary: 'Cancel a task that has not gone upstream yet',
+      description: 'Cancels a `queued` task that is not being sent upstream, so nothing is paid for; its images are ' +
+        'dropped and a `video.canceled` event follows. Answered once the cancel is durable. Safe to retry: a ' +
+        'repeated cancel of a canceled task is 409 `NOT_CANCELABLE` and changes nothing. No body is needed.',
       security: [{ bearer: [] }],
       params: TaskParamsSchema,
-      response: { 200: Type.Ref('Task'), ...errors, 409: problem('the task has left `queued`') }
+      response: {
+        200: json('the task, now `canceled`', TaskRef, taskExample('canceled')),
+        ...bodyProblems('1 MiB'),
+        400: invalid('id'),
+        401: unauthorized(),
+        404: noTask(),
+        409: problem(409, 'the task has left `queued`, or is being submitted upstream right now', {
+          code: 'NOT_CANCELABLE', detail: 'the task is processing; only a queued task can be canceled'
+        }),
+        500: internal(),
+        503: unavailable(', or the cancel did not reach enough replicas in time')
+      }
     }
   }, async (request) => {
     const existing = await store.get(request.params.id)

@@ -1,14 +1,12 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import { GatewayError, InvalidRequest, NotFound } from '../domain/errors.ts'
-import { TASK_STATUSES } from '../domain/task.ts'
+import { EVENT_TYPES } from '../domain/task.ts'
 import { checkWebhookTarget, UnsafeTarget } from '../notify/ssrf.ts'
 import { canSee, type Caller } from '../plugins/auth.ts'
-import { problem } from '../schemas/common.ts'
+import { bodyProblems, internal, json, problem, unauthorized, unavailable } from '../schemas/common.ts'
+import { DELIVERY_EXAMPLE, ENDPOINT_EXAMPLE, SECRET_EXAMPLE } from '../schemas/examples.ts'
 import type { Delivery, Endpoint } from '../store/webhooks.ts'
-
-/** Every event type an endpoint may subscribe to: one per status, and `video.stored` once the result is copied. */
-const EVENT_TYPES = [...TASK_STATUSES.map(s => `video.${s}`), 'video.stored']
 
 const EndpointSchema = Type.Object({
   id: Type.String(),
@@ -41,7 +39,11 @@ const DeliverySchema = Type.Object({
 }, { $id: 'Delivery' })
 
 const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9_-]+$' }) })
-const errors = { 400: problem('invalid request'), 401: problem('missing or unknown API key'), 404: problem('not found for this caller') }
+const invalidId = () => problem(400, 'invalid id, or a body that is not valid: every bad field is listed', {
+  detail: '1 invalid field', errors: [{ pointer: '/id', detail: 'must match pattern "^[A-Za-z0-9_-]+$"', location: 'params' }]
+})
+const noEndpoint = () => problem(404, 'no such endpoint for this caller', { detail: 'webhook endpoint not found' })
+const withSecret = { ...ENDPOINT_EXAMPLE, secret: SECRET_EXAMPLE }
 
 function endpointView (ep: Endpoint, withSecret = false) {
   return {
@@ -86,13 +88,30 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
     schema: {
       tags: ['webhooks'],
       operationId: 'createWebhookEndpoint',
+      summary: 'Register a webhook endpoint',
+      description: 'Registers an https URL to receive the caller\'s task events (`event_types`, or all of them), ' +
+        'signed per Standard Webhooks (see the document\'s `webhooks`). The answer holds the endpoint\'s `secret` ' +
+        '(`whsec_…`), shown only here and on rotation. Targets on private, loopback, link-local or metadata ' +
+        'addresses are refused (400). Not idempotent: each call makes an endpoint.',
       security: [{ bearer: [] }],
       body: Type.Object({
         url: Type.String({ format: 'uri', maxLength: 2048 }),
         event_types: Type.Optional(Type.Array(Type.Union(EVENT_TYPES.map(t => Type.Literal(t))), { minItems: 1, maxItems: EVENT_TYPES.length, uniqueItems: true })),
         description: Type.Optional(Type.String({ maxLength: 500 }))
-      }, { additionalProperties: false }),
-      response: { 201: Type.Ref('WebhookEndpoint'), ...errors }
+      }, {
+        additionalProperties: false,
+        examples: [{ url: ENDPOINT_EXAMPLE.url, event_types: ENDPOINT_EXAMPLE.event_types, description: ENDPOINT_EXAMPLE.description }]
+      }),
+      response: {
+        201: json('the endpoint, with its secret', Type.Ref('WebhookEndpoint'), withSecret),
+        ...bodyProblems('1 MiB'),
+        400: problem(400, 'invalid body, or a URL the gateway refuses to call', {
+          detail: '1 invalid field', errors: [{ pointer: '/url', detail: 'resolves to a private address', location: 'body' }]
+        }),
+        401: unauthorized(),
+        500: internal(),
+        503: unavailable()
+      }
     }
   }, async (request, reply) => {
     const caller = request.caller as Caller
@@ -107,11 +126,40 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
   })
 
   app.get('/webhook-endpoints', {
-    schema: { tags: ['webhooks'], operationId: 'listWebhookEndpoints', security: [{ bearer: [] }], response: { 200: Type.Object({ data: Type.Array(Type.Ref('WebhookEndpoint')) }), ...errors } }
+    schema: {
+      tags: ['webhooks'],
+      operationId: 'listWebhookEndpoints',
+      summary: 'List the caller\'s webhook endpoints',
+      description: 'Every endpoint of the caller, without secrets; `enabled: false` with `disabled_reason` for one ' +
+        'the gateway disabled (410, or five days of failures).',
+      security: [{ bearer: [] }],
+      response: {
+        200: json('the endpoints', Type.Object({ data: Type.Array(Type.Ref('WebhookEndpoint')) }), { data: [ENDPOINT_EXAMPLE] }),
+        401: unauthorized(),
+        500: internal(),
+        503: unavailable()
+      }
+    }
   }, async (request) => ({ data: (await store.listEndpoints((request.caller as Caller).name)).map(ep => endpointView(ep)) }))
 
   app.delete('/webhook-endpoints/:id', {
-    schema: { tags: ['webhooks'], operationId: 'deleteWebhookEndpoint', security: [{ bearer: [] }], params: IdParams, response: { 204: Type.Null(), ...errors } }
+    schema: {
+      tags: ['webhooks'],
+      operationId: 'deleteWebhookEndpoint',
+      summary: 'Delete a webhook endpoint',
+      description: 'Removes the endpoint; its pending deliveries fail as `endpoint deleted`. A second delete is 404.',
+      security: [{ bearer: [] }],
+      params: IdParams,
+      response: {
+        204: Type.Null({ description: 'deleted' }),
+        ...bodyProblems('1 MiB'),
+        400: invalidId(),
+        401: unauthorized(),
+        404: noEndpoint(),
+        500: internal(),
+        503: unavailable()
+      }
+    }
   }, async (request, reply) => {
     await store.deleteEndpoint(await ownEndpoint(request.params.id, request.caller as Caller))
     return await reply.code(204).send(null)
@@ -122,9 +170,19 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
       tags: ['webhooks'],
       operationId: 'rotateWebhookSecret',
       summary: 'A new secret; the old one keeps signing beside it for 24 h',
+      description: 'Makes a new `whsec_…` secret and answers it (shown only here). For 24 h deliveries carry two ' +
+        'signatures, old and new, so receivers can switch without dropping any. Each call rotates again.',
       security: [{ bearer: [] }],
       params: IdParams,
-      response: { 200: Type.Ref('WebhookEndpoint'), ...errors }
+      response: {
+        200: json('the endpoint, with its new secret', Type.Ref('WebhookEndpoint'), withSecret),
+        ...bodyProblems('1 MiB'),
+        400: invalidId(),
+        401: unauthorized(),
+        404: noEndpoint(),
+        500: internal(),
+        503: unavailable()
+      }
     }
   }, async (request) => endpointView(await store.rotateSecret(await ownEndpoint(request.params.id, request.caller as Caller)), true))
 
@@ -133,10 +191,22 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
       tags: ['webhooks'],
       operationId: 'recoverWebhookEndpoint',
       summary: 'Queue again every failed delivery of this endpoint since a time',
+      description: 'Queues a new attempt of each failed delivery of the endpoint made since `since` (at most ' +
+        '10,000), after the receiver was fixed. Repeating it queues them again: receivers dedupe on `webhook-id`.',
       security: [{ bearer: [] }],
       params: IdParams,
-      body: Type.Object({ since: Type.String({ format: 'date-time', maxLength: 64 }) }, { additionalProperties: false }),
-      response: { 202: Type.Object({ recovered: Type.Integer() }), ...errors }
+      body: Type.Object({ since: Type.String({ format: 'date-time', maxLength: 64 }) }, {
+        additionalProperties: false, examples: [{ since: '2026-11-24T00:00:00Z' }]
+      }),
+      response: {
+        202: json('how many deliveries were queued again', Type.Object({ recovered: Type.Integer() }), { recovered: 3 }),
+        ...bodyProblems('1 MiB'),
+        400: invalidId(),
+        401: unauthorized(),
+        404: noEndpoint(),
+        500: internal(),
+        503: unavailable()
+      }
     }
   }, async (request, reply) => {
     const ep = await ownEndpoint(request.params.id, request.caller as Caller)
@@ -153,8 +223,15 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
       tags: ['webhooks'],
       operationId: 'getTaskWebhookSecret',
       summary: 'The secret that signs deliveries to tasks\' own webhook_url (one per caller)',
+      description: 'Deliveries to a task\'s `webhook_url` are signed with this secret (made on first use, the same ' +
+        'on every call). Registered endpoints have their own.',
       security: [{ bearer: [] }],
-      response: { 200: Type.Object({ secret: Type.String() }), ...errors }
+      response: {
+        200: json('the caller\'s secret', Type.Object({ secret: Type.String() }), { secret: SECRET_EXAMPLE }),
+        401: unauthorized(),
+        500: internal(),
+        503: unavailable()
+      }
     }
   }, async (request) => ({ secret: await store.callerSecret((request.caller as Caller).name) }))
 
@@ -162,6 +239,9 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
     schema: {
       tags: ['webhooks'],
       operationId: 'listDeliveries',
+      summary: 'List webhook deliveries and their attempts, newest first',
+      description: 'The caller\'s deliveries (an admin key: everyone\'s), or one endpoint\'s (`endpoint`); ' +
+        '`status=failed` for those that gave up. Page with `before` (the `created_at` of the last one, in ms).',
       security: [{ bearer: [] }],
       querystring: Type.Object({
         status: Type.Optional(Type.Union([Type.Literal('failed')])),
@@ -169,7 +249,16 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
         limit: Type.Integer({ minimum: 1, maximum: 100, default: 50 }),
         before: Type.Optional(Type.Integer({ minimum: 0, description: 'ms since the epoch: only deliveries made before it (paging)' }))
       }, { additionalProperties: false }),
-      response: { 200: Type.Object({ data: Type.Array(Type.Ref('Delivery')) }), ...errors }
+      response: {
+        200: json('the deliveries', Type.Object({ data: Type.Array(Type.Ref('Delivery')) }), { data: [DELIVERY_EXAMPLE] }),
+        400: problem(400, 'invalid query', {
+          detail: '1 invalid field', errors: [{ pointer: '/status', detail: 'must be one of: "failed"', location: 'query' }]
+        }),
+        401: unauthorized(),
+        404: noEndpoint(),
+        500: internal(),
+        503: unavailable()
+      }
     }
   }, async (request) => {
     const caller = request.caller as Caller
@@ -180,7 +269,27 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
   })
 
   app.post('/deliveries/:id/retry', {
-    schema: { tags: ['webhooks'], operationId: 'retryDelivery', security: [{ bearer: [] }], params: IdParams, response: { 202: Type.Ref('Delivery'), ...errors, 409: problem('the delivery is still pending') } }
+    schema: {
+      tags: ['webhooks'],
+      operationId: 'retryDelivery',
+      summary: 'Attempt a finished delivery again',
+      description: 'Queues one more attempt of a delivery that succeeded or failed (same `webhook-id`, so receivers ' +
+        'dedupe it). 409 while it is still being attempted.',
+      security: [{ bearer: [] }],
+      params: IdParams,
+      response: {
+        202: json('the delivery, `pending` again', Type.Ref('Delivery'), { ...DELIVERY_EXAMPLE, status: 'pending' }),
+        ...bodyProblems('1 MiB'),
+        400: invalidId(),
+        401: unauthorized(),
+        404: problem(404, 'no such delivery for this caller', { detail: 'delivery not found' }),
+        409: problem(409, 'the delivery is still pending', {
+          code: 'DELIVERY_PENDING', detail: 'the delivery is still being attempted'
+        }),
+        500: internal(),
+        503: unavailable()
+      }
+    }
   }, async (request, reply) => {
     const caller = request.caller as Caller
     const d = await store.getDelivery(request.params.id)

@@ -1,18 +1,119 @@
-import { Type } from 'typebox'
+import { STATUS_CODES } from 'node:http'
+import { Type, type TSchema } from 'typebox'
+import type { FieldError } from '../domain/errors.ts'
 
-/** RFC 9457 problem details, as every error of ours is answered. */
+/** RFC 9457 problem details, as every error of ours is answered (src/plugins/errors.ts shapes them all). */
 export const ProblemSchema = Type.Object({
-  type: Type.String(),
-  title: Type.String(),
-  status: Type.Integer(),
-  detail: Type.String(),
-  code: Type.String(),
+  type: Type.String({ description: '`urn:kling-gateway:problem:` and the code in lower case' }),
+  title: Type.String({ description: 'the HTTP reason phrase of `status`' }),
+  status: Type.Integer({ description: 'the HTTP status, repeated' }),
+  detail: Type.String({ description: 'what went wrong, for people; do not parse it' }),
+  code: Type.String({ description: 'stable SCREAMING_SNAKE code, for programs (e.g. INVALID_REQUEST, REFERENCE_TAKEN)' }),
   errors: Type.Optional(Type.Array(Type.Object({
     pointer: Type.String({ description: 'JSON pointer into the request part named by location' }),
     detail: Type.String(),
     location: Type.Optional(Type.Union([Type.Literal('body'), Type.Literal('query'), Type.Literal('params'), Type.Literal('headers')]))
-  })))
+  }), { description: 'one entry per invalid field (400 only); every invalid field is listed, not only the first' }))
 }, { $id: 'Problem', description: 'application/problem+json (RFC 9457)' })
 
-/** Responses shared by every authenticated route. */
-export const problem = (description: string) => ({ description, content: { 'application/problem+json': { schema: Type.Ref('Problem') } } })
+/**
+ * Response headers declared once under `components.headers`; a response names them in its `headers` and
+ * src/plugins/swagger.ts turns each into a `$ref` (Fastify ignores `headers` beside `content`).
+ */
+export const HEADERS = {
+  'Retry-After': {
+    description: 'seconds to wait before trying again',
+    schema: { type: 'integer', minimum: 0 },
+    example: 1
+  },
+  Location: {
+    description: 'the task\'s own URL, `/v1/videos/{id}`',
+    schema: { type: 'string' },
+    example: '/v1/videos/0f8c2a8e-5b7d-4c1e-9a3f-6d2b1e4c7a90'
+  },
+  'idempotent-replayed': {
+    description: '`true` when an earlier request with the same Idempotency-Key made this task; absent otherwise',
+    schema: { type: 'string', enum: ['true'] },
+    example: 'true'
+  },
+  'WWW-Authenticate': {
+    description: 'the scheme to authenticate with',
+    schema: { type: 'string', enum: ['Bearer'] },
+    example: 'Bearer'
+  }
+} as const
+export type HeaderName = keyof typeof HEADERS
+
+const headerBlock = (names: HeaderName[]) => names.length === 0
+  ? {}
+  : { headers: Object.fromEntries(names.map(n => [n, { ...HEADERS[n].schema, description: HEADERS[n].description }])) }
+
+/** A JSON response with its example (every response in the document has one). */
+export function json (description: string, schema: TSchema, example: unknown, headers: HeaderName[] = []) {
+  return { description, ...headerBlock(headers), content: { 'application/json': { schema, example } } }
+}
+
+/** The example problem of each status, as src/plugins/errors.ts would answer it; routes override code and detail. */
+const PROBLEMS: Record<number, { code: string, detail: string, errors?: FieldError[] }> = {
+  400: {
+    code: 'INVALID_REQUEST',
+    detail: '2 invalid fields',
+    errors: [
+      { pointer: '/image_list', detail: 'must NOT have fewer than 2 items', location: 'body' },
+      { pointer: '/callback_url', detail: 'is set by the gateway (it receives CometAPI\'s callbacks itself); use webhook_url to be notified', location: 'body' }
+    ]
+  },
+  401: { code: 'UNAUTHORIZED', detail: 'a valid bearer API key is required' },
+  404: { code: 'NOT_FOUND', detail: 'task not found' },
+  409: { code: 'CONFLICT', detail: 'the request conflicts with the current state' },
+  410: { code: 'GONE', detail: 'gone' },
+  413: { code: 'FST_ERR_CTP_BODY_TOO_LARGE', detail: 'Request body is too large' },
+  415: { code: 'FST_ERR_CTP_INVALID_MEDIA_TYPE', detail: 'Unsupported Media Type' },
+  416: { code: 'RANGE_NOT_SATISFIABLE', detail: 'the video has 1048576 bytes' },
+  422: { code: 'IDEMPOTENCY_KEY_REUSED', detail: 'this Idempotency-Key was used with a different request body' },
+  429: { code: 'TOO_MANY_CALLBACKS', detail: 'too many callbacks for this task' },
+  500: { code: 'INTERNAL', detail: 'the gateway failed to handle this request; it has been logged' },
+  503: { code: 'UNAVAILABLE', detail: 'storage is briefly unavailable; retry after Retry-After' }
+}
+const PROBLEM_HEADERS: Record<number, HeaderName[]> = { 401: ['WWW-Authenticate'], 429: ['Retry-After'], 503: ['Retry-After'] }
+
+/** An example problem+json body, exactly as sendProblem shapes it. */
+export function problemExample (status: number, over: { code?: string, detail?: string, errors?: FieldError[] } = {}) {
+  const { code, detail, errors } = { ...PROBLEMS[status], ...over }
+  return {
+    type: `urn:kling-gateway:problem:${code.toLowerCase()}`,
+    title: STATUS_CODES[status] ?? 'Error',
+    status,
+    detail,
+    code,
+    ...(errors !== undefined && { errors })
+  }
+}
+
+/** A problem+json response of one status, described for one route, with its example and usual headers. */
+export function problem (status: number, description: string, over: { code?: string, detail?: string, errors?: FieldError[], headers?: HeaderName[] } = {}) {
+  return {
+    description,
+    ...headerBlock(over.headers ?? PROBLEM_HEADERS[status] ?? []),
+    content: { 'application/problem+json': { schema: Type.Ref('Problem'), example: problemExample(status, over) } }
+  }
+}
+
+/** Answers any route can give: an unexpected failure. */
+export const internal = () => problem(500, 'an unexpected failure; logged with the request id, nothing sensitive is answered')
+
+/** Answers of a route that reads Redis: it is unreachable, failing over or loading. */
+export const unavailable = (extra = '') => problem(503, 'Redis is unreachable, failing over or loading' + extra + '; retry after Retry-After')
+
+/**
+ * Answers about the body itself. Fastify parses a body on any POST or DELETE that sends one, so these apply to
+ * routes without a body schema too (`{}` is fine; a 2 MB text/plain body is not).
+ */
+export const bodyProblems = (limit: string) => ({
+  400: problem(400, 'invalid request: the body is not JSON, or a field is invalid (every one is listed in `errors`)'),
+  413: problem(413, `the body is larger than ${limit}`),
+  415: problem(415, 'the body is not `application/json`')
+})
+
+/** 401 for a missing, malformed or unknown bearer key. */
+export const unauthorized = () => problem(401, 'missing or unknown API key')

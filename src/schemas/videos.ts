@@ -1,10 +1,16 @@
 import { Type, type Static } from 'typebox'
 import { TASK_STATUSES } from '../domain/task.ts'
+import { CREATE_EXAMPLE } from './examples.ts'
 
 /** A URL or Base64 (10 MB decoded is 13,981,016 characters, plus room for a `data:` prefix). */
 // No maxLength: Ajv counts a 14 MB string character by character (~60 ms per image). The length is bounded by
 // the route's body limit and checked by the image checks (URL ≤ 2048, decoded size ≤ 10 MB) before any decoding.
-export const ImageStringSchema = Type.String({ minLength: 1, contentEncoding: 'base64', description: 'https URL (≤ 2048 characters), or Base64 JPG/PNG ≤ 10 MB decoded (a data: prefix is stripped)' })
+// Not `contentEncoding: base64`: the OpenAPI document would call it `format: byte`, and a URL is not Base64.
+export const ImageStringSchema = Type.String({
+  minLength: 1,
+  description: 'https URL (≤ 2048 characters), or Base64 JPG/PNG ≤ 10 MB decoded (a data: prefix is stripped)',
+  'x-bounded-by': 'the body limit, and the image checks (URL length, decoded size) before any decoding'
+})
 
 const PointSchema = Type.Object({ x: Type.Integer({ minimum: 0, maximum: 100_000 }), y: Type.Integer({ minimum: 0, maximum: 100_000 }) }, { additionalProperties: false })
 
@@ -25,7 +31,7 @@ export const CreateVideoSchema = Type.Object({
   reference: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
   webhook_url: Type.Optional(Type.String({ format: 'uri', maxLength: 2048 })),
   metadata: Type.Optional(Type.Object({}, { additionalProperties: true, maxProperties: 64, description: 'returned as given; at most 4 KB of JSON' }))
-}, { additionalProperties: false, $id: 'CreateVideo' })
+}, { additionalProperties: false, $id: 'CreateVideo', examples: [CREATE_EXAMPLE] })
 export type CreateVideo = Static<typeof CreateVideoSchema>
 
 const ImageDescriptorSchema = Type.Object({
