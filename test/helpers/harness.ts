@@ -17,6 +17,10 @@ import type { BlobStore } from '../../src/blobs/index.ts'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { assertContract, watchContract } from './contract.ts'
+
+// Every response of every app built here is checked against openapi/openapi.json; close() fails on a mismatch.
+watchContract()
 
 /** Collects pino's JSON lines in memory. */
 export class LogCapture extends Writable {
@@ -127,6 +131,7 @@ export async function startHarness (opts: { env?: Record<string, string>, sim?: 
     await redis.quit()
     if (opts.simulator === undefined) await sim.close()
     assertNoSecrets(logs.text)
+    assertContract(app)
   }
   return { app, config, redis, sim, logs, prefix: config.prefix, upstream, blobs, close }
 }
