@@ -1,12 +1,15 @@
 /**
  * Writes openapi/openapi.json from the live route table (aesthetics §8.7). `--check` writes nothing and exits 1
- * when the committed file differs from what the routes now produce.
+ * when the committed file differs from what the routes now produce. `--file=<path>` names another file (the
+ * test of `--check` itself uses it, so that it never touches the committed one).
  */
 import { readFile, writeFile, mkdir } from 'node:fs/promises'
+import { dirname, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { renderOpenApi } from '../test/helpers/openapi.ts'
 
-const file = fileURLToPath(new URL('../openapi/openapi.json', import.meta.url))
+const named = process.argv.find(a => a.startsWith('--file='))?.slice('--file='.length)
+const file = named !== undefined ? resolve(named) : fileURLToPath(new URL('../openapi/openapi.json', import.meta.url))
 const fresh = await renderOpenApi()
 if (process.argv.includes('--check')) {
   const committed = await readFile(file, 'utf8').catch(() => '')
@@ -16,7 +19,7 @@ if (process.argv.includes('--check')) {
   }
   console.log('openapi/openapi.json is up to date')
 } else {
-  await mkdir(fileURLToPath(new URL('../openapi/', import.meta.url)), { recursive: true })
+  await mkdir(dirname(file), { recursive: true })
   await writeFile(file, fresh)
   console.log(`wrote ${file}`)
 }

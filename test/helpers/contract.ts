@@ -35,10 +35,12 @@ export class DocumentSchemas {
   constructor (readonly doc: Json) {
     this.ajv = new Ajv2020({ allErrors: true, strictTypes: false, strictTuples: false, validateFormats: true })
     addFormats(this.ajv)
-    // OpenAPI's own schema keywords, and our `x-` extensions, are annotations here.
+    // OpenAPI's own schema keywords and our `x-` extensions are annotations; so are the document's top-level
+    // fields, since Ajv compiles the document's root (as an empty schema) to resolve a `$ref` into it.
     const extensions = new Set<string>()
     JSON.stringify(doc, (key, value: unknown) => { if (key.startsWith('x-')) extensions.add(key); return value })
-    this.ajv.addVocabulary(['example', 'discriminator', 'xml', 'externalDocs', ...extensions])
+    const topLevel = Object.keys(doc).filter(k => k !== '$schema' && k !== '$id')
+    this.ajv.addVocabulary(['example', 'discriminator', 'xml', 'externalDocs', ...extensions, ...topLevel])
     this.ajv.addSchema(doc, DOC_ID)
   }
 
@@ -126,12 +128,18 @@ function attach (app: FastifyInstance) {
     const header = reply.getHeader('content-type') ?? reply.raw.getHeader('content-type')
     // A hijacked reply (SSE) wrote its head itself: only its status is known here.
     const hijacked = body === undefined && header === undefined
-    const problem = contract.check(id, {
-      status: reply.raw.statusCode,
-      contentType: hijacked ? undefined : String(header),
-      body,
-      head: request.method === 'HEAD'
-    })
+    let problem: string | null
+    try {
+      problem = contract.check(id, {
+        status: reply.raw.statusCode,
+        contentType: hijacked ? undefined : String(header),
+        body,
+        head: request.method === 'HEAD'
+      })
+    } catch (err) {
+      // Thrown here it would end the app's other onResponse hooks (metrics): it is a mismatch instead.
+      problem = `the check failed: ${(err as Error).message}`
+    }
     record.checked++
     if (problem !== null) {
       record.mismatches.push(`${id} (${request.method} ${request.url.split('?')[0]}) → ${reply.raw.statusCode}: ${problem}`)
