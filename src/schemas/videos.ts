@@ -87,5 +87,10 @@ export const ListQuerySchema = Type.Object({
 }, { additionalProperties: false })
 
 export const IdempotencyHeadersSchema = Type.Object({
-  'idempotency-key': Type.Optional(Type.String({ minLength: 1, maxLength: 255 }))
+  'idempotency-key': Type.Optional(Type.String({
+    minLength: 1,
+    maxLength: 255,
+    description: 'the same key and body within 24 h return the first task (202, `idempotent-replayed: true`); ' +
+      'another body with it is 422. Send one whenever you may retry.'
+  }))
 })
