@@ -90,8 +90,8 @@ try {
     config.upstream.baseUrl = await sim.listen()
     config.upstream.key = 'simulator'
     cleanups.unshift(() => sim.close())
-    // The simulator's result videos are on loopback: let the mirror fetch them.
-    config.mirror.allowPrivate = true
+    // The simulator's result videos are on loopback: let the result copy fetch them.
+    config.copy.allowPrivate = true
     logger.warn({ url: config.upstream.baseUrl }, 'COMETAPI_KEY is not set: UPSTREAM IS THE BUILT-IN SIMULATOR, no real videos will be made')
   }
   config.callbackSecret ??= randomBytes(32).toString('hex')

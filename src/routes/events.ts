@@ -2,7 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { ServerResponse } from 'node:http'
 import { Type } from 'typebox'
 import { NotFound } from '../domain/errors.ts'
-import { isTerminal, type TaskEvent } from '../domain/task.ts'
+import { isLastEvent, isSettled, type TaskEvent } from '../domain/task.ts'
 import { internal, problem, unauthorized, unavailable } from '../schemas/common.ts'
 import { eventExample } from '../schemas/examples.ts'
 import { TaskParamsSchema } from '../schemas/videos.ts'
@@ -11,8 +11,10 @@ import { canSee, type Caller } from '../plugins/auth.ts'
 /**
  * `GET /v1/videos/:id/events`: Server-Sent Events (API.md §2). Replays from `Last-Event-ID` (header, or
  * `?last_event_id=` for clients that cannot set headers), then goes live. `id:` is the event's own id, which is
- * never reused (webhook-id is the same id); a reconnect resumes after that event with no gap and no duplicate. An
- * id the task no longer has (rolled back with Redis) replays the whole log; a bare number is a sequence. Heartbeat comments keep proxies from closing an idle stream; the stream
+ * never reused; a reconnect resumes after that event with no gap and no duplicate. An id the task no longer has
+ * (rolled back with Redis) replays the whole log; a bare number is a sequence. The stream ends after the last
+ * event the task will ever have (after `video.stored` when a success is being copied), and a reconnect after
+ * that gets 204, which tells an EventSource to stop. Heartbeat comments keep proxies from closing an idle stream; the stream
  * ends after the terminal event.
  */
 const EventIdSchema = Type.String({ maxLength: 64, pattern: '^[A-Za-z0-9_.-]*$', description: 'an event id (`evt_…`) or a sequence number' })
@@ -40,16 +42,19 @@ const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, o
       operationId: 'streamVideoEvents',
       summary: 'Server-Sent Events of one task, resumable with Last-Event-ID',
       description: 'Replays the task\'s events after `Last-Event-ID` (header, or `?last_event_id=`), then streams ' +
-        'new ones live, and ends after the terminal event. `id:` is the event id, `event:` its type, `data:` the ' +
-        'TaskEvent JSON. Reconnecting with the last id seen resumes with no gap and no duplicate; `: ping` comments ' +
-        'keep proxies from closing an idle stream. The caller that owns the task, or an admin key.',
+        'new ones live, and ends after the task\'s last event (`video.stored` after a success, else the terminal ' +
+        'one); a reconnect after that gets 204, which tells an EventSource to stop. `id:` is the event id, ' +
+        '`event:` its type, `data:` the TaskEvent JSON. Reconnecting with the last id seen resumes with no gap and ' +
+        'no duplicate; `: ping` comments keep proxies from closing an idle stream. The caller that owns the task, ' +
+        'or an admin key.',
       security: [{ bearer: [] }],
       params: TaskParamsSchema,
       headers: Type.Object({ 'last-event-id': Type.Optional(EventIdSchema) }),
       querystring: Type.Object({ last_event_id: Type.Optional(EventIdSchema) }, { additionalProperties: false }),
       response: {
         200: {
-          description: 'text/event-stream: `id:` the event id, `event:` its type, `data:` the TaskEvent JSON',
+          description: 'text/event-stream: `id:` the event id, `event:` its type, `data:` the TaskEvent JSON; ends ' +
+            'after the last event the task will have (`video.stored` after a success)',
           content: {
             'text/event-stream': {
               schema: Type.String({ description: 'SSE frames; each `data:` is a TaskEvent' }),
@@ -58,6 +63,7 @@ const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, o
             }
           }
         },
+        204: { description: 'the task has had its last event and the client has seen it: stop reconnecting', type: 'null' },
         400: problem(400, 'invalid id or Last-Event-ID', {
           detail: '1 invalid field', errors: [{ pointer: '/last-event-id', detail: 'must match pattern "^[A-Za-z0-9_.-]*$"', location: 'headers' }]
         }),
@@ -72,6 +78,8 @@ const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, o
     const task = await store.get(request.params.id)
     if (!canSee(caller, task)) throw new NotFound('task')
     let last = await resumeAfter(task.id, request.headers['last-event-id'] || request.query.last_event_id || '')
+    // Nothing more will ever come: 204 tells an EventSource to stop reconnecting.
+    if (isSettled(task) && last >= task.sequence) return await reply.code(204).send(null)
 
     reply.hijack()
     const raw = reply.raw
@@ -85,13 +93,12 @@ const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, o
       if (done || e.sequence <= last) return
       raw.write(`id: ${e.id}\nevent: ${e.type}\ndata: ${JSON.stringify(e)}\n\n`)
       last = e.sequence
-      if (isTerminal(e.data.status)) finish()
+      if (isLastEvent(e)) finish()
     }
     // Reads what was missed from the task's event list; every write goes through one chain, in order.
     const catchUp = () => { chain = chain.then(async () => { if (!done) for (const e of await store.events(task.id, last)) write(e) }).catch(err => request.log.warn({ err }, 'sse catch-up failed')) }
-    const unlisten = hub.listen(task.id, {
-      event: e => { chain = chain.then(() => { if (e.sequence === last + 1) write(e); else if (e.sequence > last + 1) catchUp() }) },
-      resync: catchUp
+    const unlisten = hub.listen(task.id, e => {
+      chain = chain.then(() => { if (e.sequence === last + 1) write(e); else if (e.sequence > last + 1) catchUp() })
     })
     const heartbeat = setInterval(() => { raw.write(': ping\n\n'); catchUp() }, opts.heartbeatMs)
     function finish () {
@@ -106,7 +113,6 @@ const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, o
 
     // Listen first, then replay: an event appended in between arrives live and is deduplicated by sequence.
     catchUp()
-    if (isTerminal(task.status) && last >= task.sequence) chain = chain.then(finish)
   })
 }
 export default events
