@@ -19,7 +19,8 @@ function referHeaders (doc: Json): Json {
         const headers = response.headers as Json | undefined
         for (const name of Object.keys(headers ?? {})) {
           const component = names.get(name.toLowerCase())
-          if (headers !== undefined && component !== undefined) headers[name] = { $ref: `#/components/headers/${component}` }
+          if (headers === undefined || component === undefined) continue
+          headers[name] = { $ref: `#/components/headers/${component}` }
         }
       }
     }

@@ -3,7 +3,7 @@ import { Type } from 'typebox'
 import { Conflict, GatewayError, NotFound } from '../domain/errors.ts'
 import { videoKey } from '../jobs/copy.ts'
 import { canSee, type Caller } from '../plugins/auth.ts'
-import { internal, problem, unauthorized, unavailable } from '../schemas/common.ts'
+import { internal, invalidField, problem, unauthorized, unavailable } from '../schemas/common.ts'
 import { MP4_EXAMPLE } from '../schemas/examples.ts'
 import { TaskParamsSchema } from '../schemas/videos.ts'
 
@@ -49,17 +49,20 @@ const content: FastifyPluginAsyncTypebox = async (app) => {
         },
         206: {
           description: 'the requested byte range',
-          headers: { 'Content-Range': { type: 'string', description: '`bytes a-b/size`' }, 'Content-Length': { type: 'integer' } },
+          headers: {
+            'Content-Range': { type: 'string', description: '`bytes a-b/size`' },
+            'Content-Length': { type: 'integer' }
+          },
           content: { 'video/mp4': { schema: Type.String({ format: 'binary' }), example: MP4_EXAMPLE } }
         },
-        400: problem(400, 'invalid id or index', {
-          detail: '1 invalid field', errors: [{ pointer: '/index', detail: 'must be <= 9', location: 'query' }]
-        }),
+        400: invalidField('invalid id or index', '/index', 'must be <= 9', 'query'),
         401: unauthorized(),
         404: problem(404, 'no such task or video for this caller'),
         409: problem(409, 'the task has not succeeded (`NOT_SUCCEEDED`), or its video is still being copied ' +
           '(`CONTENT_NOT_READY`, with Retry-After)', {
-          code: 'CONTENT_NOT_READY', detail: 'the video is still being copied from upstream; retry shortly', headers: ['Retry-After']
+          code: 'CONTENT_NOT_READY',
+          detail: 'the video is still being copied from upstream; retry shortly',
+          headers: ['Retry-After']
         }),
         410: problem(410, 'the video was deleted after VIDEO_RETENTION_DAYS', {
           code: 'CONTENT_EXPIRED', detail: 'the video was deleted after its retention period'

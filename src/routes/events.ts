@@ -3,7 +3,7 @@ import type { ServerResponse } from 'node:http'
 import { Type } from 'typebox'
 import { NotFound } from '../domain/errors.ts'
 import { isLastEvent, isSettled, type TaskEvent } from '../domain/task.ts'
-import { internal, problem, unauthorized, unavailable } from '../schemas/common.ts'
+import { internal, invalidField, problem, unauthorized, unavailable } from '../schemas/common.ts'
 import { eventExample } from '../schemas/examples.ts'
 import { TaskParamsSchema } from '../schemas/videos.ts'
 import { canSee, type Caller } from '../plugins/auth.ts'
@@ -64,9 +64,8 @@ const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, o
           }
         },
         204: { description: 'the task has had its last event and the client has seen it: stop reconnecting', type: 'null' },
-        400: problem(400, 'invalid id or Last-Event-ID', {
-          detail: '1 invalid field', errors: [{ pointer: '/last-event-id', detail: 'must match pattern "^[A-Za-z0-9_.-]*$"', location: 'headers' }]
-        }),
+        400: invalidField('invalid id or Last-Event-ID', '/last-event-id', 'must match pattern "^[A-Za-z0-9_.-]*$"',
+          'headers'),
         401: unauthorized(),
         404: problem(404, 'no such task for this caller'),
         500: internal(),

@@ -2,7 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import { GatewayError } from '../domain/errors.ts'
 import type { Caller } from '../plugins/auth.ts'
-import { internal, json, problem, unauthorized, unavailable } from '../schemas/common.ts'
+import { internal, invalidField, json, problem, unauthorized, unavailable } from '../schemas/common.ts'
 import { ORPHAN_EXAMPLE } from '../schemas/examples.ts'
 import type { Orphan } from '../store/orphans.ts'
 
@@ -54,9 +54,7 @@ const orphans: FastifyPluginAsyncTypebox = async (app) => {
           data: Type.Array(Type.Ref('OrphanCallback')),
           next_cursor: Type.Union([Type.String(), Type.Null()])
         }), { data: [ORPHAN_EXAMPLE], next_cursor: null }),
-        400: problem(400, 'invalid query', {
-          detail: '1 invalid field', errors: [{ pointer: '/limit', detail: 'must be <= 100', location: 'query' }]
-        }),
+        400: invalidField('invalid query', '/limit', 'must be <= 100', 'query'),
         401: unauthorized(),
         404: problem(404, 'not an admin key: answered as for a route that does not exist', {
           detail: 'no route GET /v1/orphans'

@@ -5,7 +5,7 @@ import { checkCreate } from '../domain/create.ts'
 import { Conflict, InvalidRequest, NotFound, Unavailable } from '../domain/errors.ts'
 import { createTask } from '../services/create.ts'
 import { toView } from '../domain/task.ts'
-import { bodyProblems, internal, json, problem, unauthorized, unavailable } from '../schemas/common.ts'
+import { bodyProblems, internal, invalidField, json, problem, unauthorized, unavailable } from '../schemas/common.ts'
 import { TASK_EXAMPLE, taskExample } from '../schemas/examples.ts'
 import { CreateVideoSchema, IdempotencyHeadersSchema, ListQuerySchema, TaskParamsSchema, TaskSchema } from '../schemas/videos.ts'
 import { canSee, type Caller } from '../plugins/auth.ts'
@@ -13,9 +13,8 @@ import { checkWebhookTarget, UnsafeTarget } from '../notify/ssrf.ts'
 import { fieldErrorsOf, LOCATIONS } from '../plugins/errors.ts'
 
 const TaskRef = Type.Ref('Task')
-const invalid = (what: string) => problem(400, `invalid ${what}, or a body that is not JSON: every bad field is listed`, {
-  detail: '1 invalid field', errors: [{ pointer: '/id', detail: 'must match pattern "^[A-Za-z0-9-]+$"', location: 'params' }]
-})
+const invalid = (what: string) => invalidField(`invalid ${what}, or a body that is not JSON: every bad field is listed`,
+  '/id', 'must match pattern "^[A-Za-z0-9-]+$"', 'params')
 const noTask = () => problem(404, 'no such task for this caller (another caller\'s task is 404 too, never 403)')
 const ListSchema = Type.Object({ data: Type.Array(TaskRef), next_cursor: Type.Union([Type.String(), Type.Null()]) })
 
@@ -140,9 +139,7 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
       querystring: ListQuerySchema,
       response: {
         200: json('a page of tasks', ListSchema, { data: [taskExample('succeeded'), TASK_EXAMPLE], next_cursor: null }),
-        400: problem(400, 'invalid query: every bad parameter is listed in `errors`', {
-          detail: '1 invalid field', errors: [{ pointer: '/limit', detail: 'must be <= 100', location: 'query' }]
-        }),
+        400: invalidField('invalid query: every bad parameter is listed', '/limit', 'must be <= 100', 'query'),
         401: unauthorized(),
         500: internal(),
         503: unavailable()

@@ -4,7 +4,7 @@ import { GatewayError, InvalidRequest, NotFound } from '../domain/errors.ts'
 import { EVENT_TYPES } from '../domain/task.ts'
 import { checkWebhookTarget, UnsafeTarget } from '../notify/ssrf.ts'
 import { canSee, type Caller } from '../plugins/auth.ts'
-import { bodyProblems, internal, json, problem, unauthorized, unavailable } from '../schemas/common.ts'
+import { bodyProblems, internal, invalidField, json, problem, unauthorized, unavailable } from '../schemas/common.ts'
 import { DELIVERY_EXAMPLE, ENDPOINT_EXAMPLE, SECRET_EXAMPLE } from '../schemas/examples.ts'
 import type { Delivery, Endpoint } from '../store/webhooks.ts'
 
@@ -39,9 +39,8 @@ const DeliverySchema = Type.Object({
 }, { $id: 'Delivery' })
 
 const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9_-]+$' }) })
-const invalidId = () => problem(400, 'invalid id, or a body that is not valid: every bad field is listed', {
-  detail: '1 invalid field', errors: [{ pointer: '/id', detail: 'must match pattern "^[A-Za-z0-9_-]+$"', location: 'params' }]
-})
+const invalidId = () => invalidField('invalid id, or a body that is not valid: every bad field is listed',
+  '/id', 'must match pattern "^[A-Za-z0-9_-]+$"', 'params')
 const noEndpoint = () => problem(404, 'no such endpoint for this caller', { detail: 'webhook endpoint not found' })
 const withSecret = { ...ENDPOINT_EXAMPLE, secret: SECRET_EXAMPLE }
 
@@ -100,14 +99,13 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
         description: Type.Optional(Type.String({ maxLength: 500 }))
       }, {
         additionalProperties: false,
-        examples: [{ url: ENDPOINT_EXAMPLE.url, event_types: ENDPOINT_EXAMPLE.event_types, description: ENDPOINT_EXAMPLE.description }]
+        examples: [{ url: ENDPOINT_EXAMPLE.url, event_types: ['video.succeeded', 'video.failed'] }]
       }),
       response: {
         201: json('the endpoint, with its secret', Type.Ref('WebhookEndpoint'), withSecret),
         ...bodyProblems('1 MiB'),
-        400: problem(400, 'invalid body, or a URL the gateway refuses to call', {
-          detail: '1 invalid field', errors: [{ pointer: '/url', detail: 'resolves to a private address', location: 'body' }]
-        }),
+        400: invalidField('invalid body, or a URL the gateway refuses to call', '/url', 'resolves to a private address',
+          'body'),
         401: unauthorized(),
         500: internal(),
         503: unavailable()
@@ -134,7 +132,8 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
         'the gateway disabled (410, or five days of failures).',
       security: [{ bearer: [] }],
       response: {
-        200: json('the endpoints', Type.Object({ data: Type.Array(Type.Ref('WebhookEndpoint')) }), { data: [ENDPOINT_EXAMPLE] }),
+        200: json('the endpoints', Type.Object({ data: Type.Array(Type.Ref('WebhookEndpoint')) }),
+          { data: [ENDPOINT_EXAMPLE] }),
         401: unauthorized(),
         500: internal(),
         503: unavailable()
@@ -199,7 +198,8 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
         additionalProperties: false, examples: [{ since: '2026-11-24T00:00:00Z' }]
       }),
       response: {
-        202: json('how many deliveries were queued again', Type.Object({ recovered: Type.Integer() }), { recovered: 3 }),
+        202: json('how many deliveries were queued again', Type.Object({ recovered: Type.Integer() }),
+          { recovered: 3 }),
         ...bodyProblems('1 MiB'),
         400: invalidId(),
         401: unauthorized(),
@@ -250,10 +250,9 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
         before: Type.Optional(Type.Integer({ minimum: 0, description: 'ms since the epoch: only deliveries made before it (paging)' }))
       }, { additionalProperties: false }),
       response: {
-        200: json('the deliveries', Type.Object({ data: Type.Array(Type.Ref('Delivery')) }), { data: [DELIVERY_EXAMPLE] }),
-        400: problem(400, 'invalid query', {
-          detail: '1 invalid field', errors: [{ pointer: '/status', detail: 'must be one of: "failed"', location: 'query' }]
-        }),
+        200: json('the deliveries', Type.Object({ data: Type.Array(Type.Ref('Delivery')) }),
+          { data: [DELIVERY_EXAMPLE] }),
+        400: invalidField('invalid query', '/status', 'must be one of: "failed"', 'query'),
         401: unauthorized(),
         404: noEndpoint(),
         500: internal(),

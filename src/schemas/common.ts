@@ -8,7 +8,7 @@ export const ProblemSchema = Type.Object({
   title: Type.String({ description: 'the HTTP reason phrase of `status`' }),
   status: Type.Integer({ description: 'the HTTP status, repeated' }),
   detail: Type.String({ description: 'what went wrong, for people; do not parse it' }),
-  code: Type.String({ description: 'stable SCREAMING_SNAKE code, for programs (e.g. INVALID_REQUEST, REFERENCE_TAKEN)' }),
+  code: Type.String({ description: 'a stable SCREAMING_SNAKE code for programs (INVALID_REQUEST, …)' }),
   errors: Type.Optional(Type.Array(Type.Object({
     pointer: Type.String({ description: 'JSON pointer into the request part named by location' }),
     detail: Type.String(),
@@ -60,7 +60,11 @@ const PROBLEMS: Record<number, { code: string, detail: string, errors?: FieldErr
     detail: '2 invalid fields',
     errors: [
       { pointer: '/image_list', detail: 'must NOT have fewer than 2 items', location: 'body' },
-      { pointer: '/callback_url', detail: 'is set by the gateway (it receives CometAPI\'s callbacks itself); use webhook_url to be notified', location: 'body' }
+      {
+        pointer: '/callback_url',
+        detail: 'is set by the gateway (it receives CometAPI\'s callbacks itself); use webhook_url to be notified',
+        location: 'body'
+      }
     ]
   },
   401: { code: 'UNAUTHORIZED', detail: 'a valid bearer API key is required' },
@@ -75,10 +79,14 @@ const PROBLEMS: Record<number, { code: string, detail: string, errors?: FieldErr
   500: { code: 'INTERNAL', detail: 'the gateway failed to handle this request; it has been logged' },
   503: { code: 'UNAVAILABLE', detail: 'storage is briefly unavailable; retry after Retry-After' }
 }
-const PROBLEM_HEADERS: Record<number, HeaderName[]> = { 401: ['WWW-Authenticate'], 429: ['Retry-After'], 503: ['Retry-After'] }
+const PROBLEM_HEADERS: Record<number, HeaderName[]> = {
+  401: ['WWW-Authenticate'], 429: ['Retry-After'], 503: ['Retry-After']
+}
+
+interface ProblemOverrides { code?: string, detail?: string, errors?: FieldError[], headers?: HeaderName[] }
 
 /** An example problem+json body, exactly as sendProblem shapes it. */
-export function problemExample (status: number, over: { code?: string, detail?: string, errors?: FieldError[] } = {}) {
+export function problemExample (status: number, over: ProblemOverrides = {}) {
   const { code, detail, errors } = { ...PROBLEMS[status], ...over }
   return {
     type: `urn:kling-gateway:problem:${code.toLowerCase()}`,
@@ -91,7 +99,7 @@ export function problemExample (status: number, over: { code?: string, detail?: 
 }
 
 /** A problem+json response of one status, described for one route, with its example and usual headers. */
-export function problem (status: number, description: string, over: { code?: string, detail?: string, errors?: FieldError[], headers?: HeaderName[] } = {}) {
+export function problem (status: number, description: string, over: ProblemOverrides = {}) {
   return {
     description,
     ...headerBlock(over.headers ?? PROBLEM_HEADERS[status] ?? []),
@@ -99,11 +107,17 @@ export function problem (status: number, description: string, over: { code?: str
   }
 }
 
+/** A 400 whose example names one invalid field. */
+export const invalidField = (description: string, pointer: string, detail: string, location: FieldError['location']) =>
+  problem(400, description, { detail: '1 invalid field', errors: [{ pointer, detail, location }] })
+
 /** Answers any route can give: an unexpected failure. */
-export const internal = () => problem(500, 'an unexpected failure; logged with the request id, nothing sensitive is answered')
+export const internal = () =>
+  problem(500, 'an unexpected failure; logged with the request id, nothing sensitive is answered')
 
 /** Answers of a route that reads Redis: it is unreachable, failing over or loading. */
-export const unavailable = (extra = '') => problem(503, 'Redis is unreachable, failing over or loading' + extra + '; retry after Retry-After')
+export const unavailable = (extra = '') =>
+  problem(503, `Redis is unreachable, failing over or loading${extra}; retry after Retry-After`)
 
 /**
  * Answers about the body itself. Fastify parses a body on any POST or DELETE that sends one, so these apply to

@@ -12,8 +12,8 @@ const MEANING: Record<EventType, [string, string]> = {
   'video.queued': ['the task was accepted', 'Its create answered 202; it waits for upstream capacity.'],
   'video.submitted': ['CometAPI accepted the task', '`upstream.task_id` is set.'],
   'video.processing': ['Kling started rendering', 'The task is being rendered upstream.'],
-  'video.succeeded': ['the video is ready', '`result.videos[].upstream_url` works now, and `url` (the gateway\'s copy) ' +
-    'once `video.stored` follows.'],
+  'video.succeeded': ['the video is ready', '`result.videos[].upstream_url` works now, and `url` (the gateway\'s ' +
+    'copy) once `video.stored` follows.'],
   'video.failed': ['the task failed', 'Upstream failed it, or it passed TASK_DEADLINE_MS: `error` says why.'],
   'video.canceled': ['the task was canceled', 'Canceled while still queued: by `POST /v1/videos/{id}/cancel`, or ' +
     'withdrawn after a create that answered 503 (`error.code` NOT_ACCEPTED).'],
@@ -42,6 +42,9 @@ export const eventSchemas = {
   }
 }
 
+const SIGNATURE = '`v1,<base64 HMAC-SHA256 of "{webhook-id}.{webhook-timestamp}.{body}">` under the secret; ' +
+  'during a rotation two signatures, separated by a space'
+
 const header = (name: string, description: string, example: string) =>
   ({ name, in: 'header', required: true, description, schema: { type: 'string' }, example })
 
@@ -57,8 +60,9 @@ function webhook (type: EventType) {
     post: {
       operationId: `video${name[0].toUpperCase()}${name.slice(1)}Webhook`,
       summary: `${type}: ${MEANING[type][0]}`,
-      description: `${MEANING[type][1]}\n\nSent to every enabled endpoint of the task's caller subscribed to \`${type}\` ` +
-        '(or to all types), and to the task\'s own `webhook_url` (signed with the secret of `GET /v1/webhook-secret`). ' +
+      description: `${MEANING[type][1]}\n\nSent to every enabled endpoint of the task's caller subscribed to ` +
+        `\`${type}\` (or to all types), and to the task's own \`webhook_url\` (signed with the secret of ` +
+        '`GET /v1/webhook-secret`). ' +
         'At least once: dedupe on `webhook-id`; order by `data.sequence`. Verify the signature with any Standard ' +
         'Webhooks library before trusting the body.',
       tags: ['webhooks'],
@@ -67,8 +71,7 @@ function webhook (type: EventType) {
         header('webhook-id', 'one per event and destination, the same on every retry: dedupe on it',
           'msg_Xn4cV9pQ2rT7wY1zB6dF8hJk'),
         header('webhook-timestamp', 'Unix seconds of this attempt; refuse ones far from now (replays)', '1795515450'),
-        header('webhook-signature', '`v1,<base64 HMAC-SHA256 of "{webhook-id}.{webhook-timestamp}.{body}">` under ' +
-          'the secret; during a rotation two signatures, separated by a space', 'v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4=')
+        header('webhook-signature', SIGNATURE, 'v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4=')
       ],
       requestBody: {
         required: true,

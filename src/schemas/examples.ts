@@ -9,7 +9,10 @@ const CREATED = '2026-11-24T10:15:30.123Z'
 
 /** A valid create: two https images and a prompt (the gateway does not fetch URLs, CometAPI does). */
 export const CREATE_EXAMPLE = {
-  image_list: [{ image: 'https://images.example.com/friends-1.png' }, { image: 'https://images.example.com/friends-2.png' }],
+  image_list: [
+    { image: 'https://images.example.com/friends-1.png' },
+    { image: 'https://images.example.com/friends-2.png' }
+  ],
   prompt: 'two friends wave at the camera, then hug'
 }
 
@@ -31,9 +34,14 @@ export const TASK_EXAMPLE: TaskView = {
 /** The same task later in its life: what GET, the list, cancel, SSE and each webhook show. */
 export function taskExample (status: TaskStatus, stored = false): TaskView {
   const at = (s: number) => new Date(Date.parse(CREATED) + s * 1000).toISOString()
-  const steps: Record<TaskStatus, number> = { queued: 1, submitted: 2, processing: 3, succeeded: 4, failed: 4, canceled: 2 }
-  const upstreamStatus = ({ submitted: 'submitted', processing: 'processing', succeeded: 'succeed', failed: 'failed' } as
-    Record<TaskStatus, UpstreamView['status'] | undefined>)[status]
+  const steps: Record<TaskStatus, number> = {
+    queued: 1, submitted: 2, processing: 3, succeeded: 4, failed: 4, canceled: 2
+  }
+  const kling: Partial<Record<TaskStatus, UpstreamView['status']>> = {
+    submitted: 'submitted', processing: 'processing', succeeded: 'succeed', failed: 'failed'
+  }
+  const upstreamStatus = kling[status]
+  const message = status === 'failed' ? 'Image content violates the policy' : null
   return {
     ...TASK_EXAMPLE,
     status,
@@ -41,7 +49,7 @@ export function taskExample (status: TaskStatus, stored = false): TaskView {
     sequence: steps[status] + (stored ? 1 : 0),
     upstream: upstreamStatus === undefined
       ? null
-      : { task_id: '786543210987654321', status: upstreamStatus, status_msg: status === 'failed' ? 'Image content violates the policy' : null },
+      : { task_id: '786543210987654321', status: upstreamStatus, status_msg: message },
     result: status !== 'succeeded'
       ? null
       : {
@@ -53,13 +61,14 @@ export function taskExample (status: TaskStatus, stored = false): TaskView {
             upstream_expires_at: '2026-12-24T10:17:30.000Z'
           }]
         },
-    error: status === 'failed' ? { code: 'UPSTREAM_FAILED', message: 'Image content violates the policy' } : null
+    error: message === null ? null : { code: 'UPSTREAM_FAILED', message }
   }
 }
 
 /** The data of an event of a type: the task as it was when the event was appended. */
 export function eventTaskExample (type: EventType) {
-  return type === 'video.stored' ? taskExample('succeeded', true) : taskExample(type.slice('video.'.length) as TaskStatus)
+  if (type === 'video.stored') return taskExample('succeeded', true)
+  return taskExample(type.slice('video.'.length) as TaskStatus)
 }
 
 /** One event as SSE's `data:`, the Redis Stream and the webhooks carry it. */

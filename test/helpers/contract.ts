@@ -22,6 +22,10 @@ interface Operation { method: string, path: string, op: Json }
 const DOC_ID = 'openapi.json'
 const escape = (s: string) => s.replace(/~/g, '~0').replace(/\//g, '~1')
 const isJson = (media: string) => media === 'application/json' || media.endsWith('+json')
+const list = (o: object) => Object.keys(o).join(', ')
+
+/** What the app sent, as far as the check needs it. */
+export interface SentResponse { status: number, contentType?: string, body?: string | Buffer, head?: boolean }
 
 export function readDocument (): Json {
   return JSON.parse(readFileSync(new URL('../../openapi/openapi.json', import.meta.url), 'utf8')) as Json
@@ -76,19 +80,19 @@ export class Contract {
 
   has (operationId: string): boolean { return this.operations.has(operationId) }
 
-  check (operationId: string, r: { status: number, contentType?: string, body?: string | Buffer, head?: boolean }): string | null {
+  check (operationId: string, r: SentResponse): string | null {
     const found = this.operations.get(operationId)
     if (found === undefined) return 'not in the document'
     const responses = found.op.responses as Record<string, Json>
     const key = [String(r.status), `${String(r.status)[0]}XX`, 'default'].find(k => responses[k] !== undefined)
-    if (key === undefined) return `status ${r.status} is not in the document (it lists ${Object.keys(responses).join(', ')})`
+    if (key === undefined) return `status ${r.status} is not in the document (it lists ${list(responses)})`
     const content = responses[key].content as Record<string, Json> | undefined
     const media = r.contentType?.split(';')[0].trim().toLowerCase()
     // Node sends no body with a 204 or 304, whatever was serialized for it (`null` is).
     const empty = r.head === true || r.status === 204 || r.status === 304 || r.body === undefined || r.body.length === 0
-    if (content === undefined) return empty ? null : `a body (${media ?? 'no content type'}), where the document has none`
-    if (media === undefined) return empty ? null : `no content type; the document has ${Object.keys(content).join(', ')}`
-    if (content[media] === undefined) return `content type ${media}; the document has ${Object.keys(content).join(', ')}`
+    if (content === undefined) return empty ? null : `a body (${media ?? 'untyped'}), where the document has none`
+    if (media === undefined) return empty ? null : `no content type; the document has ${list(content)}`
+    if (content[media] === undefined) return `content type ${media}; the document has ${list(content)}`
     if (!isJson(media) || r.head === true) return null
     if (r.body === undefined) return 'a JSON response whose body the check did not see'
     let body: unknown
@@ -97,7 +101,8 @@ export class Contract {
     } catch {
       return `a ${media} body that is not JSON`
     }
-    const validate = this.schemas.validator(['paths', found.path, found.method, 'responses', key, 'content', media, 'schema'])
+    const validate = this.schemas.validator(['paths', found.path, found.method, 'responses', key, 'content', media,
+      'schema'])
     return validate(body) ? null : `body: ${this.schemas.errorsText(validate)}`
   }
 }
@@ -142,7 +147,8 @@ function attach (app: FastifyInstance) {
     }
     record.checked++
     if (problem !== null) {
-      record.mismatches.push(`${id} (${request.method} ${request.url.split('?')[0]}) → ${reply.raw.statusCode}: ${problem}`)
+      const where = `${request.method} ${request.url.split('?')[0]}`
+      record.mismatches.push(`${id} (${where}) → ${reply.raw.statusCode}: ${problem}`)
     }
   })
 }
