@@ -1,9 +1,9 @@
 /**
- * A fake CometAPI for Kling multi-image2video, over real HTTP. Faithful to shared/research/upstream-api.md:
- * the `{code, message, request_id, data}` envelope, `succeed` spelling, numeric-string task ids, ms timestamps,
- * query by task id or external id (a miss is HTTP 400 code 1201), flat callback bodies POSTed to
- * `callback_url` on every status change, and both error shapes. Tests script it through `/_sim/*`
- * (or the same methods on the object) and count what it did.
+ * A fake CometAPI for Kling multi-image2video, over real HTTP. Faithful to what docs/DESIGN.md, "Upstream: CometAPI's
+ * Kling route" says of it: the `{code, message, request_id, data}` envelope, `succeed` spelling, numeric-string task
+ * ids, ms timestamps, query by task id or external id (a miss is HTTP 400 code 1201), flat callback bodies POSTed to
+ * `callback_url` on every status change, and both error shapes. Tests script it through `/_sim/*` (or the same methods
+ * on the object) and count what it did.
  */
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
 import { randomInt, randomUUID, createHash } from 'node:crypto'
