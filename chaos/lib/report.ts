@@ -1,0 +1,46 @@
+/** The printed table and the JSON lines. */
+import type { CaseResult } from './case.ts'
+import { BAD, type Counters } from './verify.ts'
+
+const COLUMNS: Array<{ head: string, get: (c: Counters, r: CaseResult) => string | number | null }> = [
+  { head: 'accepted', get: c => c.accepted },
+  { head: 'gave up', get: (_c, r) => r.details?.gave_up ?? null },
+  { head: 'lost', get: c => c.lost },
+  { head: 'stuck', get: c => c.stuck },
+  { head: 'duplicate tasks', get: c => c.duplicate_tasks },
+  { head: 'paid twice', get: c => c.paid_twice },
+  { head: 'reused event ids', get: c => c.reused_event_ids },
+  { head: 'missing webhooks', get: c => c.missing_webhooks },
+  { head: '5xx ≠ 503', get: c => c.server_errors },
+  { head: 's to ready', get: c => c.seconds_to_ready === null ? '—' : c.seconds_to_ready.toFixed(1) }
+]
+
+/** The bad counts that are not zero, by name. */
+export function failures (r: CaseResult): string[] {
+  if (r.counters === null) return []
+  const counters = r.counters
+  return BAD.filter(k => (counters[k] as number) > 0).map(k => k.replace(/_/g, ' '))
+}
+
+export function verdict (r: CaseResult): string {
+  if (r.error !== null) return `error: ${r.error.split('\n')[0].slice(0, 80)}`
+  const bad = failures(r)
+  return bad.length === 0 ? 'ok' : `FAIL: ${bad.join(', ')}`
+}
+
+export function passed (r: CaseResult): boolean {
+  return r.error === null && r.counters !== null && failures(r).length === 0
+}
+
+export function markdownTable (results: CaseResult[]): string {
+  const head = ['case', ...COLUMNS.map(c => c.head), 'result']
+  const rows = results.map(r => [
+    r.id,
+    ...COLUMNS.map(c => r.counters === null ? '—' : String(c.get(r.counters, r) ?? '—')),
+    verdict(r)
+  ])
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map(row => row[i].length)))
+  const line = (cells: string[]) => `| ${cells.map((c, i) => i === 0 || i === cells.length - 1 ? c.padEnd(widths[i]) : c.padStart(widths[i])).join(' | ')} |`
+  const rule = `|${widths.map((w, i) => i === 0 || i === widths.length - 1 ? `-${'-'.repeat(w)}-` : `${'-'.repeat(w + 1)}:`).join('|')}|`
+  return [line(head), rule, ...rows.map(line)].join('\n')
+}

@@ -1,0 +1,57 @@
+/** The Redis each case runs on, built from test/helpers/redis-topology.ts, with logs in the case's log dir. */
+import { join } from 'node:path'
+import { track } from '../../bench/lib/proc.ts'
+import {
+  startCluster, startSentinelSet, startStandalone,
+  type ClusterSet, type Fsync, type RedisNode, type SentinelSet
+} from '../../test/helpers/redis-topology.ts'
+import type { CaseContext, Topology } from './case.ts'
+import { RedisProxy } from './proxy.ts'
+
+export interface StandaloneTopology extends Topology { node: RedisNode, proxy?: RedisProxy }
+
+/** One redis-server with AOF on; with `proxy`, the gateway reaches it through the fault proxy. */
+export async function standalone (ctx: CaseContext, opts: { appendfsync: Fsync, proxy?: boolean }): Promise<StandaloneTopology> {
+  const redis = await startStandalone({ dir: join(ctx.dataDir, 'redis'), logDir: ctx.logDir, appendfsync: opts.appendfsync })
+  let proxy: RedisProxy | undefined
+  let untrack = async () => {}
+  if (opts.proxy === true) {
+    const p = await RedisProxy.start({ port: redis.node.port })
+    proxy = p
+    untrack = track('redis proxy', undefined, async () => await p.close())
+  }
+  return {
+    target: { kind: 'url', url: proxy?.url ?? redis.url },
+    describe: `standalone, AOF appendfsync ${opts.appendfsync}${proxy === undefined ? '' : ', through the fault proxy'}`,
+    logs: [redis.node.logPath],
+    node: redis.node,
+    proxy,
+    stop: async () => { await untrack(); await redis.stop() }
+  }
+}
+
+export interface SentinelTopology extends Topology { set: SentinelSet }
+
+export async function sentinel (ctx: CaseContext): Promise<SentinelTopology> {
+  const set = await startSentinelSet({ dir: join(ctx.dataDir, 'redis'), logDir: ctx.logDir, appendfsync: 'everysec' })
+  return {
+    target: { kind: 'sentinel', sentinels: set.sentinelAddrs, name: set.masterName },
+    describe: 'Sentinel: 1 master + 2 replicas + 3 sentinels (down-after 1 s), AOF everysec',
+    logs: [...set.nodes, ...set.sentinels].map(n => n.logPath),
+    set,
+    stop: async () => await set.stop()
+  }
+}
+
+export interface ClusterTopology extends Topology { set: ClusterSet }
+
+export async function cluster (ctx: CaseContext): Promise<ClusterTopology> {
+  const set = await startCluster({ dir: join(ctx.dataDir, 'redis'), logDir: ctx.logDir, appendfsync: 'everysec' })
+  return {
+    target: { kind: 'cluster', nodes: set.seeds },
+    describe: 'Cluster: 3 masters + 3 replicas (node timeout 1 s), AOF everysec',
+    logs: set.nodes.map(n => n.logPath),
+    set,
+    stop: async () => await set.stop()
+  }
+}
