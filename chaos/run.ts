@@ -33,7 +33,8 @@ import { cases as sentinelCases } from './scenarios/sentinel.ts'
 import { cases as upstreamCases } from './scenarios/upstream-faults.ts'
 
 const ALL = [
-  ...kill9Cases, ...hostCrashCases, ...delayedCases, ...sentinelCases, ...clusterCases, ...replicaCases, ...upstreamCases
+  ...kill9Cases, ...hostCrashCases, ...delayedCases, ...sentinelCases, ...clusterCases, ...replicaCases,
+  ...upstreamCases
 ] as unknown as CaseDef<Topology>[]
 
 const { values } = parseArgs({
@@ -66,15 +67,22 @@ const selected = only.length > 0
 /** The whole run ends by itself: past this, everything is stopped and the run fails. */
 const HARD_DEADLINE_MS = profile.short ? 175_000 : 30 * 60_000
 /** One case: its load, its settle cap, and a minute for starting and stopping everything. */
-const caseDeadline = (c: CaseDef<Topology>) => profile.durationMs + (c.settleMs?.(profile) ?? profile.settleMs) + 60_000
+const caseDeadline = (c: CaseDef<Topology>) =>
+  profile.durationMs + (c.settleMs?.(profile) ?? profile.settleMs) + 60_000
 
 const RESULTS = join(ROOT, 'chaos', 'results')
 const runTmp = mkdtempSync(join(tmpdir(), 'kg-chaos-'))
 const results: CaseResult[] = []
 const started = Date.now()
 const m = machine()
-let current: AbortController | undefined
+let current: { ac: AbortController, def: CaseDef<Topology>, started: number } | undefined
 let finishing = false
+
+/** A row for a case that never produced its own (interrupted, or abandoned at its deadline). */
+function unfinished (def: CaseDef<Topology>, error: string, seconds: number): CaseResult {
+  const { id, scenario } = def
+  return { id, scenario, ok: false, error, counters: null, details: null, redis: '', notes: [], logs: [], seconds }
+}
 
 function write (): void {
   mkdirSync(RESULTS, { recursive: true })
@@ -108,14 +116,18 @@ function report (): void {
     for (const [k, v] of Object.entries(r.details?.examples ?? {})) if (v.length > 0) log(`  ${k}: ${v.join('; ')}`)
     for (const p of r.logs) log(`  log: ${p}`)
   }
-  log(`${results.length} case(s) in ${Math.round((Date.now() - started) / 1000)} s; results in chaos/results/latest.jsonl`)
+  const took = Math.round((Date.now() - started) / 1000)
+  log(`${results.length} case(s) in ${took} s; results in chaos/results/latest.jsonl`)
 }
 
 async function finish (code: number, why?: string): Promise<never> {
   if (finishing) process.exit(code)
   finishing = true
   if (why !== undefined) log(why)
-  current?.abort()
+  if (current !== undefined) {
+    current.ac.abort()
+    results.push(unfinished(current.def, `interrupted: ${why ?? 'stopped'}`, (Date.now() - current.started) / 1000))
+  }
   await stopAll()
   rmSync(runTmp, { recursive: true, force: true })
   const left = stillRunning()
@@ -130,12 +142,17 @@ const hard = setTimeout(() => {
 for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
   process.once(signal, () => { finish(130, `${signal}: stopping everything`).catch(() => process.exit(130)) })
 }
-process.on('uncaughtException', err => { finish(1, `uncaught: ${err.stack ?? err.message}`).catch(() => process.exit(1)) })
-process.on('unhandledRejection', err => { finish(1, `unhandled rejection: ${String(err)}`).catch(() => process.exit(1)) })
+process.on('uncaughtException', err => {
+  finish(1, `uncaught: ${err.stack ?? err.message}`).catch(() => process.exit(1))
+})
+process.on('unhandledRejection', err => {
+  finish(1, `unhandled rejection: ${String(err)}`).catch(() => process.exit(1))
+})
 
 const reaped = reapOrphans()
 if (reaped.length > 0) log(`stopped ${reaped.length} process(es) an earlier, killed run left: ${reaped.join('; ')}`)
-log(`${selected.length} case(s), ${profile.short ? 'short' : 'full'} profile; node ${m.node}, ${m.cpus} × ${m.cpu_model}, redis ${m.redis_server}`)
+log(`${selected.length} case(s), ${profile.short ? 'short' : 'full'} profile; ` +
+  `node ${m.node}, ${m.cpus} × ${m.cpu_model}, redis ${m.redis_server}`)
 
 for (const def of selected) {
   const dirName = def.id.replace(/\//g, '_')
@@ -144,13 +161,17 @@ for (const def of selected) {
   const ac = new AbortController()
   // Every sleep and request of the case listens on this signal; dozens at once is expected, not a leak.
   setMaxListeners(10_000, ac.signal)
-  current = ac
   const t0 = Date.now()
+  current = { ac, def, started: t0 }
   log(`${def.id}: running (deadline ${Math.round(caseDeadline(def) / 1000)} s)`)
-  const ctx = { profile, logDir, dataDir: join(runTmp, dirName), signal: ac.signal, log: (msg: string) => log(`${def.id}: ${msg}`) }
+  const ctx = {
+    profile, logDir, dataDir: join(runTmp, dirName), signal: ac.signal, log: (msg: string) => log(`${def.id}: ${msg}`)
+  }
   const run = runCase(def, ctx)
   let timer: NodeJS.Timeout | undefined
-  const deadline = new Promise<'deadline'>(resolve => { timer = setTimeout(() => resolve('deadline'), caseDeadline(def)) })
+  const deadline = new Promise<'deadline'>(resolve => {
+    timer = setTimeout(() => resolve('deadline'), caseDeadline(def))
+  })
   const outcome = await Promise.race([run, deadline])
   clearTimeout(timer)
   let result: CaseResult
@@ -159,11 +180,13 @@ for (const def of selected) {
     await stopAll()
     // Its finally blocks run once what it waited on is gone; a bounded wait keeps cases from overlapping.
     const late = await Promise.race([run, new Promise<null>(resolve => setTimeout(() => resolve(null), 15_000))])
-    result = { ...(late ?? { id: def.id, scenario: def.scenario, counters: null, details: null, redis: '', notes: [], logs: [], seconds: 0 }), ok: false, error: `case deadline of ${Math.round(caseDeadline(def) / 1000)} s passed` }
+    const error = `case deadline of ${Math.round(caseDeadline(def) / 1000)} s passed`
+    result = late === null ? unfinished(def, error, (Date.now() - t0) / 1000) : { ...late, ok: false, error }
   } else {
     result = outcome
   }
   await stopAll()
+  current = undefined
   results.push(result)
   log(`${def.id}: ${verdict(result)} in ${Math.round((Date.now() - t0) / 1000)} s`)
 }

@@ -41,11 +41,13 @@ const sim = new Simulator({
   logger: !values.quiet,
   auto: !values['no-auto'],
   ...(values['api-key'] !== undefined && { apiKey: values['api-key'] }),
-  ...(values['processing-after-ms'] !== undefined && { processingAfterMs: num('processing-after-ms', values['processing-after-ms']) }),
-  ...(values['finish-after-ms'] !== undefined && { finishAfterMs: num('finish-after-ms', values['finish-after-ms']) }),
-  ...(values['fail-ratio'] !== undefined && { failRatio: num('fail-ratio', values['fail-ratio']) })
+  processingAfterMs: num('processing-after-ms', values['processing-after-ms']),
+  finishAfterMs: num('finish-after-ms', values['finish-after-ms']),
+  failRatio: num('fail-ratio', values['fail-ratio'])
 })
-if (values.callbacks !== undefined) Object.assign(sim.callbackPolicy, JSON.parse(values.callbacks) as Partial<CallbackPolicy>)
+if (values.callbacks !== undefined) {
+  Object.assign(sim.callbackPolicy, JSON.parse(values.callbacks) as Partial<CallbackPolicy>)
+}
 const url = await sim.listen(port, host)
 console.log(`CometAPI simulator on ${url} (control API under ${url}/_sim)`)
 for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => { sim.close().catch(console.error) })

@@ -101,7 +101,8 @@ export class Balancer {
   }
 
   async close (): Promise<void> {
-    const closed = new Promise<void>(resolve => this.server === undefined ? resolve() : this.server.close(() => resolve()))
+    const server = this.server
+    const closed = new Promise<void>(resolve => server === undefined ? resolve() : server.close(() => resolve()))
     for (const s of this.sockets) s.destroy()
     await closed
   }

@@ -82,11 +82,25 @@ export async function runCase<T extends Topology> (def: CaseDef<T>, ctx: CaseCon
   const started = Date.now()
   const notes: string[] = []
   const logs: string[] = []
-  const result = (ok: boolean, error: string | null, counters: Counters | null = null, details: Details | null = null, redis = ''): CaseResult =>
-    ({ id: def.id, scenario: def.scenario, ok, error, counters, details, redis, notes, logs, seconds: (Date.now() - started) / 1000 })
+  const result = (
+    ok: boolean, error: string | null, counters: Counters | null = null, details: Details | null = null, redis = ''
+  ): CaseResult => ({
+    id: def.id,
+    scenario: def.scenario,
+    ok,
+    error,
+    counters,
+    details,
+    redis,
+    notes,
+    logs,
+    seconds: (Date.now() - started) / 1000
+  })
   mkdirSync(ctx.logDir, { recursive: true })
   mkdirSync(ctx.dataDir, { recursive: true })
-  const removeData = track(`data dir ${ctx.dataDir}`, undefined, async () => { rmSync(ctx.dataDir, { recursive: true, force: true }) })
+  const removeData = track(`data dir ${ctx.dataDir}`, undefined, async () => {
+    rmSync(ctx.dataDir, { recursive: true, force: true })
+  })
   let topo: T | undefined
   let stack: Stack | undefined
   try {
@@ -139,7 +153,9 @@ export async function runCase<T extends Topology> (def: CaseDef<T>, ctx: CaseCon
     const api = { origin: stack.lb.origin, adminKey: stack.admin.key }
     const settled = await settle(api, load, () => (stack as Stack).receiver.requests, settleMs, ctx.signal)
     const simTasks = await stack.sim.tasks()
-    const { counters, details } = await count(api, load, stack.receiver.requests, simTasks, { keyPrefix, secondsToReady, settle: settled })
+    const { counters, details } = await count(api, load, stack.receiver.requests, simTasks, {
+      keyPrefix, secondsToReady, settle: settled
+    })
     const ok = faultError === null
     return result(ok, faultError === null ? null : (faultError as Error).message, counters, details, topo.describe)
   } catch (err) {

@@ -11,7 +11,12 @@ export class Replica {
   proc?: GroupProcess
   starts = 0
 
-  constructor (readonly name: string, readonly port: number, private readonly env: Record<string, string>, readonly logPath: string) {}
+  constructor (
+    readonly name: string,
+    readonly port: number,
+    private readonly env: Record<string, string>,
+    readonly logPath: string
+  ) {}
 
   get origin (): string { return `http://127.0.0.1:${this.port}` }
   alive (): boolean { return this.proc?.alive() ?? false }
@@ -21,7 +26,8 @@ export class Replica {
     if (this.alive()) throw new Error(`${this.name} is already running`)
     this.starts++
     appendFileSync(this.logPath, `\n=== ${this.name} start #${this.starts} at ${new Date().toISOString()} ===\n`)
-    this.proc = spawnGroup(`gateway ${this.name} :${this.port}`, process.execPath, ['--import', 'tsx', 'src/server.ts'], {
+    const args = ['--import', 'tsx', 'src/server.ts']
+    this.proc = spawnGroup(`gateway ${this.name} :${this.port}`, process.execPath, args, {
       logPath: this.logPath,
       cwd: ROOT,
       env: {

@@ -86,7 +86,8 @@ export async function runLoad (spec: LoadSpec): Promise<LoadResult> {
       const text = await res.body.text()
       let json: Record<string, unknown> = {}
       try { json = JSON.parse(text) as Record<string, unknown> } catch {}
-      return { status: res.statusCode as AttemptStatus, json, retryAfter: Number(res.headers['retry-after']), ms: Date.now() - started }
+      const retryAfter = Number(res.headers['retry-after'])
+      return { status: res.statusCode as AttemptStatus, json, retryAfter, ms: Date.now() - started }
     } catch (err) {
       const name = (err as Error).name
       const status: AttemptStatus = name === 'HeadersTimeoutError' || name === 'BodyTimeoutError' ? 'timeout' : 'error'
@@ -96,7 +97,8 @@ export async function runLoad (spec: LoadSpec): Promise<LoadResult> {
 
   const noteServerError = (route: string, status: AttemptStatus, json: Record<string, unknown>) => {
     if (typeof status === 'number' && status >= 500 && status !== 503) {
-      result.serverErrors.push({ at: Date.now() - t0, route, status, code: typeof json.code === 'string' ? json.code : undefined })
+      const code = typeof json.code === 'string' ? json.code : undefined
+      result.serverErrors.push({ at: Date.now() - t0, route, status, code })
     }
   }
 
@@ -111,7 +113,9 @@ export async function runLoad (spec: LoadSpec): Promise<LoadResult> {
   const create = async (i: number): Promise<void> => {
     const caller = spec.callers[i % spec.callers.length]
     const key = `${spec.keyPrefix}-${caller.name}-${String(i).padStart(5, '0')}`
-    const out: CreateOutcome = { key, caller: caller.name, startedAt: Date.now() - t0, attempts: [], taskIds: [], final: 'gave-up' }
+    const out: CreateOutcome = {
+      key, caller: caller.name, startedAt: Date.now() - t0, attempts: [], taskIds: [], final: 'gave-up'
+    }
     result.creates.push(out)
     const deadline = Date.now() + spec.requestBudgetMs
     const body = createBody(key)
@@ -131,10 +135,12 @@ export async function runLoad (spec: LoadSpec): Promise<LoadResult> {
         }
         return
       }
-      const retryable = r.status === 'error' || r.status === 'timeout' || r.status === 409 || (typeof r.status === 'number' && r.status >= 500)
+      const retryable = r.status === 'error' || r.status === 'timeout' || r.status === 409 ||
+        (typeof r.status === 'number' && r.status >= 500)
       if (!retryable) { out.final = 'rejected'; return }
       const backoff = Math.min(BACKOFF_CAP_MS, 200 * 2 ** (attempt - 1)) * (0.5 + Math.random() / 2)
-      const wait = Number.isFinite(r.retryAfter) ? Math.min(BACKOFF_CAP_MS, Math.max(backoff, r.retryAfter * 1000)) : backoff
+      const asked = Number.isFinite(r.retryAfter) ? r.retryAfter * 1000 : 0
+      const wait = Math.min(BACKOFF_CAP_MS, Math.max(backoff, asked))
       if (Date.now() + wait > deadline) return
       await sleep(wait, undefined, { signal: spec.signal }).catch(() => {})
     }

@@ -69,7 +69,11 @@ class Pipe {
   private opaque = false
   closed = false
 
-  constructor (private readonly proxy: RedisProxy, private readonly client: Socket, target: { host: string, port: number }) {
+  constructor (
+    private readonly proxy: RedisProxy,
+    private readonly client: Socket,
+    target: { host: string, port: number }
+  ) {
     this.server = connect(target.port, target.host)
     this.server.setNoDelay(true)
     client.setNoDelay(true)
@@ -192,7 +196,8 @@ export class RedisProxy {
     const rule = this.rules.find(r => r.count > 0 && r.match(args))
     if (rule === undefined) return undefined
     rule.count--
-    const record: HoldRecord = { rule: rule.name, command: args.slice(0, 4).join(' ').slice(0, 160), at: Date.now(), releasedAt: null }
+    const command = args.slice(0, 4).join(' ').slice(0, 160)
+    const record: HoldRecord = { rule: rule.name, command, at: Date.now(), releasedAt: null }
     this.holds.push(record)
     setTimeout(() => { record.releasedAt = Date.now() }, rule.holdMs).unref()
     return rule.holdMs

@@ -40,7 +40,10 @@ export function markdownTable (results: CaseResult[]): string {
     verdict(r)
   ])
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map(row => row[i].length)))
-  const line = (cells: string[]) => `| ${cells.map((c, i) => i === 0 || i === cells.length - 1 ? c.padEnd(widths[i]) : c.padStart(widths[i])).join(' | ')} |`
-  const rule = `|${widths.map((w, i) => i === 0 || i === widths.length - 1 ? `-${'-'.repeat(w)}-` : `${'-'.repeat(w + 1)}:`).join('|')}|`
+  // Text columns (the first and the last) left-aligned, counts right-aligned.
+  const text = (i: number) => i === 0 || i === head.length - 1
+  const pad = (c: string, i: number) => text(i) ? c.padEnd(widths[i]) : c.padStart(widths[i])
+  const line = (cells: string[]) => `| ${cells.map(pad).join(' | ')} |`
+  const rule = `|${widths.map((w, i) => text(i) ? '-'.repeat(w + 2) : `${'-'.repeat(w + 1)}:`).join('|')}|`
   return [line(head), rule, ...rows.map(line)].join('\n')
 }

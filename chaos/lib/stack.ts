@@ -63,7 +63,12 @@ export class Stack {
   admin: CallerCreds = { name: 'ops', key: '' }
   // The in-process servers are registered too, so stopAll() closes them if a case is abandoned at its deadline.
   private readonly untrack: Array<() => Promise<void>>
-  private constructor (readonly sim: SimProcess, readonly lb: Balancer, readonly receiver: Receiver, readonly opts: StackOptions) {
+  private constructor (
+    readonly sim: SimProcess,
+    readonly lb: Balancer,
+    readonly receiver: Receiver,
+    readonly opts: StackOptions
+  ) {
     this.untrack = [
       track('balancer', undefined, async () => await lb.close()),
       track('webhook receiver', undefined, async () => await receiver.close())
@@ -111,7 +116,8 @@ export class Stack {
       ...this.opts.env
     }
     const ports = await freePorts(2)
-    this.replicas = ports.map((port, i) => new Replica(`replica${i}`, port, env, join(this.opts.logDir, `replica${i}.log`)))
+    this.replicas = ports.map((port, i) =>
+      new Replica(`replica${i}`, port, env, join(this.opts.logDir, `replica${i}.log`)))
     this.lb.setBackends(ports)
     await Promise.all(this.replicas.map(async r => await r.start()))
   }
@@ -127,7 +133,9 @@ export class Stack {
         bodyTimeout: 5000
       })
       const text = await res.body.text()
-      if (res.statusCode !== 201) throw new Error(`registering the webhook endpoint of ${c.name}: ${res.statusCode} ${text}`)
+      if (res.statusCode !== 201) {
+        throw new Error(`registering the webhook endpoint of ${c.name}: ${res.statusCode} ${text}`)
+      }
     }
   }
 

@@ -11,8 +11,15 @@ import { RedisProxy } from './proxy.ts'
 export interface StandaloneTopology extends Topology { node: RedisNode, proxy?: RedisProxy }
 
 /** One redis-server with AOF on; with `proxy`, the gateway reaches it through the fault proxy. */
-export async function standalone (ctx: CaseContext, opts: { appendfsync: Fsync, proxy?: boolean }): Promise<StandaloneTopology> {
-  const redis = await startStandalone({ dir: join(ctx.dataDir, 'redis'), logDir: ctx.logDir, appendfsync: opts.appendfsync })
+export async function standalone (
+  ctx: CaseContext,
+  opts: { appendfsync: Fsync, proxy?: boolean }
+): Promise<StandaloneTopology> {
+  const redis = await startStandalone({
+    dir: join(ctx.dataDir, 'redis'),
+    logDir: ctx.logDir,
+    appendfsync: opts.appendfsync
+  })
   let proxy: RedisProxy | undefined
   let untrack = async () => {}
   if (opts.proxy === true) {
@@ -20,9 +27,10 @@ export async function standalone (ctx: CaseContext, opts: { appendfsync: Fsync, 
     proxy = p
     untrack = track('redis proxy', undefined, async () => await p.close())
   }
+  const via = proxy === undefined ? '' : ', through the fault proxy'
   return {
     target: { kind: 'url', url: proxy?.url ?? redis.url },
-    describe: `standalone, AOF appendfsync ${opts.appendfsync}${proxy === undefined ? '' : ', through the fault proxy'}`,
+    describe: `standalone, AOF appendfsync ${opts.appendfsync}${via}`,
     logs: [redis.node.logPath],
     node: redis.node,
     proxy,

@@ -34,7 +34,9 @@ export interface Counters {
 }
 
 /** The counts whose non-zero value fails a case. */
-export const BAD: Array<keyof Counters> = ['lost', 'stuck', 'duplicate_tasks', 'paid_twice', 'reused_event_ids', 'missing_webhooks', 'server_errors']
+export const BAD: Array<keyof Counters> = [
+  'lost', 'stuck', 'duplicate_tasks', 'paid_twice', 'reused_event_ids', 'missing_webhooks', 'server_errors'
+]
 
 export interface Details {
   creates: number
@@ -80,7 +82,13 @@ async function getTasks (pool: Pool, adminKey: string, ids: string[]): Promise<M
       const id = ids[next++]
       for (let attempt = 0; attempt < 5; attempt++) {
         try {
-          const res = await pool.request({ method: 'GET', path: `/v1/videos/${id}`, headers: { authorization: `Bearer ${adminKey}` }, headersTimeout: 5000, bodyTimeout: 5000 })
+          const res = await pool.request({
+            method: 'GET',
+            path: `/v1/videos/${id}`,
+            headers: { authorization: `Bearer ${adminKey}` },
+            headersTimeout: 5000,
+            bodyTimeout: 5000
+          })
           const text = await res.body.text()
           if (res.statusCode === 200) { out.set(id, JSON.parse(text) as TaskView); break }
           if (res.statusCode === 404) { out.set(id, null); break }
@@ -111,8 +119,13 @@ function terminalEventsByTask (received: Received[]): Map<string, Set<string>> {
  * Polls until every accepted task is terminal (or 404) and every terminal one has its terminal webhook, or until
  * `timeoutMs`. Returns how long it took and whether it got there.
  */
-export async function settle (api: Api, load: LoadResult, received: () => Received[], timeoutMs: number, signal: AbortSignal):
-Promise<{ seconds: number, settled: boolean }> {
+export async function settle (
+  api: Api,
+  load: LoadResult,
+  received: () => Received[],
+  timeoutMs: number,
+  signal: AbortSignal
+): Promise<{ seconds: number, settled: boolean }> {
   const t0 = Date.now()
   const pool = new Pool(api.origin, { connections: 16 })
   const ids = acceptedIds(load)
@@ -139,7 +152,8 @@ async function listAll (pool: Pool, adminKey: string): Promise<TaskView[]> {
   let cursor: string | null = null
   for (let page = 0; page < 200; page++) {
     const path: string = `/v1/videos?limit=100${cursor === null ? '' : `&cursor=${encodeURIComponent(cursor)}`}`
-    const res = await pool.request({ method: 'GET', path, headers: { authorization: `Bearer ${adminKey}` }, headersTimeout: 10_000, bodyTimeout: 10_000 })
+    const headers = { authorization: `Bearer ${adminKey}` }
+    const res = await pool.request({ method: 'GET', path, headers, headersTimeout: 10_000, bodyTimeout: 10_000 })
     const text = await res.body.text()
     if (res.statusCode !== 200) throw new Error(`listing answered ${res.statusCode}: ${text.slice(0, 200)}`)
     const body = JSON.parse(text) as { data: TaskView[], next_cursor: string | null }
@@ -162,7 +176,8 @@ export async function count (api: Api, load: LoadResult, received: Received[], s
     const tasks = await getTasks(pool, api.adminKey, ids)
     const listed = await listAll(pool, api.adminKey)
     const listedIds = new Set(listed.map(t => t.id))
-    const ours = (prompt: string | null | undefined): prompt is string => typeof prompt === 'string' && prompt.startsWith(opts.keyPrefix)
+    const ours = (prompt: string | null | undefined): prompt is string =>
+      typeof prompt === 'string' && prompt.startsWith(opts.keyPrefix)
 
     const lost = ids.filter(id => tasks.get(id) === null || tasks.get(id) === undefined || !listedIds.has(id))
     const stuck = ids.filter(id => !lost.includes(id) && !TERMINAL.has(tasks.get(id)?.status ?? ''))

@@ -23,7 +23,8 @@ export const cases: Array<CaseDef<SentinelTopology>> = [
         const t = Date.now()
         await topo.set.failover()
         const next = await topo.set.waitNewMaster(old)
-        f.note(`SENTINEL FAILOVER at ${share * 100}%: ${old.name} → ${next.name} in ${((Date.now() - t) / 1000).toFixed(1)} s`)
+        const took = ((Date.now() - t) / 1000).toFixed(1)
+        f.note(`SENTINEL FAILOVER at ${share * 100}%: ${old.name} → ${next.name} in ${took} s`)
         f.ready(t)
       }
     }
@@ -40,7 +41,8 @@ export const cases: Array<CaseDef<SentinelTopology>> = [
       const t = Date.now()
       await old.kill9()
       const next = await topo.set.waitNewMaster(old)
-      f.note(`kill -9 of master ${old.name} at 30%: sentinels promoted ${next.name} in ${((Date.now() - t) / 1000).toFixed(1)} s`)
+      const took = ((Date.now() - t) / 1000).toFixed(1)
+      f.note(`kill -9 of master ${old.name} at 30%: sentinels promoted ${next.name} in ${took} s`)
       f.ready(t)
       await old.restart()
       f.note(`${old.name} restarted (the sentinels make it a replica)`)
