@@ -65,7 +65,7 @@ const selected = only.length > 0
   : ALL.filter(c => !profile.short || c.short)
 
 /** The whole run ends by itself: past this, everything is stopped and the run fails. */
-const HARD_DEADLINE_MS = profile.short ? 175_000 : 30 * 60_000
+const HARD_DEADLINE_MS = profile.short ? 170_000 : 30 * 60_000
 /** One case: its load, its settle cap, and a minute for starting and stopping everything. */
 const caseDeadline = (c: CaseDef<Topology>) =>
   profile.durationMs + (c.settleMs?.(profile) ?? profile.settleMs) + 60_000

@@ -5,6 +5,7 @@ import { BAD, type Counters } from './verify.ts'
 const COLUMNS: Array<{ head: string, get: (c: Counters, r: CaseResult) => string | number | null }> = [
   { head: 'accepted', get: c => c.accepted },
   { head: 'gave up', get: (_c, r) => r.details?.gave_up ?? null },
+  { head: 'orphans', get: (_c, r) => r.details?.orphans ?? null },
   { head: 'lost', get: c => c.lost },
   { head: 'stuck', get: c => c.stuck },
   { head: 'duplicate tasks', get: c => c.duplicate_tasks },

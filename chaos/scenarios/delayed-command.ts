@@ -17,7 +17,7 @@ const HOLD_MS = 3000
 
 const variants = [
   { id: 'create-script', match: taskScript(9), short: true },
-  { id: 'idem-reserve', match: idempotencyReservation, short: true }
+  { id: 'idem-reserve', match: idempotencyReservation, short: false }
 ]
 
 export const cases: Array<CaseDef<StandaloneTopology>> = variants.map(v => ({
