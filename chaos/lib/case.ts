@@ -38,6 +38,8 @@ export interface Topology {
   describe: string
   /** Log files of the Redis processes. */
   logs: string[]
+  /** What each Redis node holds at the end (role, keys, replication offset), for the notes. */
+  diagnose?: () => Promise<string[]>
   stop: () => Promise<void>
 }
 
@@ -156,6 +158,9 @@ export async function runCase<T extends Topology> (def: CaseDef<T>, ctx: CaseCon
     const { counters, details } = await count(api, load, stack.receiver.requests, simTasks, {
       keyPrefix, secondsToReady, settle: settled
     })
+    if (topo.diagnose !== undefined) {
+      notes.push(...await topo.diagnose().catch((err: Error) => [`diagnose: ${err.message}`]))
+    }
     const ok = faultError === null
     return result(ok, faultError === null ? null : (faultError as Error).message, counters, details, topo.describe)
   } catch (err) {

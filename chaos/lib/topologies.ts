@@ -2,11 +2,26 @@
 import { join } from 'node:path'
 import { track } from '../../bench/lib/proc.ts'
 import {
-  startCluster, startSentinelSet, startStandalone,
+  redisInfo, startCluster, startSentinelSet, startStandalone,
   type ClusterSet, type Fsync, type RedisNode, type SentinelSet
 } from '../../test/helpers/redis-topology.ts'
 import type { CaseContext, Topology } from './case.ts'
 import { RedisProxy } from './proxy.ts'
+
+/** One line per node: role, whom it replicates, its replication offset and how many keys it holds. */
+async function describeNodes (nodes: RedisNode[]): Promise<string[]> {
+  return await Promise.all(nodes.map(async n => {
+    if (!n.alive()) return `${n.name}: down`
+    try {
+      const repl = await redisInfo(n.port, 'replication')
+      const keys = Number(await n.command('DBSIZE'))
+      const of = repl.role === 'slave' ? ` of :${repl.master_port} (link ${repl.master_link_status})` : ''
+      return `${n.name} :${n.port}: ${repl.role}${of}, offset ${repl.master_repl_offset}, ${keys} keys`
+    } catch (err) {
+      return `${n.name}: ${(err as Error).message}`
+    }
+  }))
+}
 
 export interface StandaloneTopology extends Topology { node: RedisNode, proxy?: RedisProxy }
 
@@ -32,6 +47,7 @@ export async function standalone (
     target: { kind: 'url', url: proxy?.url ?? redis.url },
     describe: `standalone, AOF appendfsync ${opts.appendfsync}${via}`,
     logs: [redis.node.logPath],
+    diagnose: async () => await describeNodes([redis.node]),
     node: redis.node,
     proxy,
     stop: async () => { await untrack(); await redis.stop() }
@@ -46,6 +62,7 @@ export async function sentinel (ctx: CaseContext): Promise<SentinelTopology> {
     target: { kind: 'sentinel', sentinels: set.sentinelAddrs, name: set.masterName },
     describe: 'Sentinel: 1 master + 2 replicas + 3 sentinels (down-after 1 s), AOF everysec',
     logs: [...set.nodes, ...set.sentinels].map(n => n.logPath),
+    diagnose: async () => [`sentinels name ${(await set.master()).name}`, ...await describeNodes(set.nodes)],
     set,
     stop: async () => await set.stop()
   }
@@ -59,6 +76,7 @@ export async function cluster (ctx: CaseContext): Promise<ClusterTopology> {
     target: { kind: 'cluster', nodes: set.seeds },
     describe: 'Cluster: 3 masters + 3 replicas (node timeout 1 s), AOF everysec',
     logs: set.nodes.map(n => n.logPath),
+    diagnose: async () => await describeNodes(set.nodes),
     set,
     stop: async () => await set.stop()
   }

@@ -116,8 +116,10 @@ function terminalEventsByTask (received: Received[]): Map<string, Set<string>> {
 }
 
 /**
- * Polls until every accepted task is terminal (or 404) and every terminal one has its terminal webhook, or until
- * `timeoutMs`. Returns how long it took and whether it got there.
+ * Polls until every accepted task is terminal (or 404) and every terminal one has its terminal webhook, twice in a
+ * row a second apart, or until `timeoutMs`. Twice, because right after a failover two replicas may briefly read
+ * from different Redis nodes, so one pass can see a state that the next no longer does. Returns how long it took
+ * and whether it got there.
  */
 export async function settle (
   api: Api,
@@ -129,17 +131,18 @@ export async function settle (
   const t0 = Date.now()
   const pool = new Pool(api.origin, { connections: 16 })
   const ids = acceptedIds(load)
-  const done = new Set<string>()
+  let stablePasses = 0
   try {
     while (Date.now() - t0 < timeoutMs && !signal.aborted) {
-      const open = ids.filter(id => !done.has(id))
-      const tasks = await getTasks(pool, api.adminKey, open)
+      const tasks = await getTasks(pool, api.adminKey, ids)
       const events = terminalEventsByTask(received())
-      for (const [id, t] of tasks) {
-        if (t === null || (TERMINAL.has(t.status) && events.has(id))) done.add(id)
-      }
-      if (done.size === ids.length) return { seconds: (Date.now() - t0) / 1000, settled: true }
-      await sleep(500, undefined, { signal }).catch(() => {})
+      const done = ids.every(id => {
+        const t = tasks.get(id)
+        return t === null || (t !== undefined && TERMINAL.has(t.status) && events.has(id))
+      })
+      stablePasses = done ? stablePasses + 1 : 0
+      if (stablePasses >= 2) return { seconds: (Date.now() - t0) / 1000, settled: true }
+      await sleep(done ? 1000 : 500, undefined, { signal }).catch(() => {})
     }
     return { seconds: (Date.now() - t0) / 1000, settled: false }
   } finally {
