@@ -73,7 +73,10 @@ function acceptedIds (load: LoadResult): string[] {
   return [...new Set(load.creates.flatMap(c => c.taskIds))]
 }
 
-/** GETs each id with a bounded number in flight; 404 → null. Other failures are retried a few times. */
+/**
+ * GETs each id with a bounded number in flight; 404 → null. Other failures are retried a few times; an id that
+ * still could not be read is left out (it then counts as stuck, not as lost: nobody saw it gone).
+ */
 async function getTasks (pool: Pool, adminKey: string, ids: string[]): Promise<Map<string, TaskView | null>> {
   const out = new Map<string, TaskView | null>()
   let next = 0
@@ -156,10 +159,20 @@ async function listAll (pool: Pool, adminKey: string): Promise<TaskView[]> {
   for (let page = 0; page < 200; page++) {
     const path: string = `/v1/videos?limit=100${cursor === null ? '' : `&cursor=${encodeURIComponent(cursor)}`}`
     const headers = { authorization: `Bearer ${adminKey}` }
-    const res = await pool.request({ method: 'GET', path, headers, headersTimeout: 10_000, bodyTimeout: 10_000 })
-    const text = await res.body.text()
-    if (res.statusCode !== 200) throw new Error(`listing answered ${res.statusCode}: ${text.slice(0, 200)}`)
-    const body = JSON.parse(text) as { data: TaskView[], next_cursor: string | null }
+    let body: { data: TaskView[], next_cursor: string | null } | undefined
+    let problem = ''
+    for (let attempt = 0; attempt < 5 && body === undefined; attempt++) {
+      try {
+        const res = await pool.request({ method: 'GET', path, headers, headersTimeout: 10_000, bodyTimeout: 10_000 })
+        const text = await res.body.text()
+        if (res.statusCode === 200) body = JSON.parse(text) as typeof body
+        else problem = `${res.statusCode}: ${text.slice(0, 200)}`
+      } catch (err) {
+        problem = (err as Error).message
+      }
+      if (body === undefined) await sleep(500)
+    }
+    if (body === undefined) throw new Error(`the listing could not be read: ${problem}`)
     all.push(...body.data)
     cursor = body.next_cursor
     if (cursor === null) return all
@@ -182,7 +195,7 @@ export async function count (api: Api, load: LoadResult, received: Received[], s
     const ours = (prompt: string | null | undefined): prompt is string =>
       typeof prompt === 'string' && prompt.startsWith(opts.keyPrefix)
 
-    const lost = ids.filter(id => tasks.get(id) === null || tasks.get(id) === undefined || !listedIds.has(id))
+    const lost = ids.filter(id => tasks.get(id) === null || !listedIds.has(id))
     const stuck = ids.filter(id => !lost.includes(id) && !TERMINAL.has(tasks.get(id)?.status ?? ''))
 
     // One key → task ids: those answered in 202s and those the listing holds with the key as prompt.
@@ -249,7 +262,7 @@ export async function count (api: Api, load: LoadResult, received: Received[], s
         settled: opts.settle.settled,
         examples: {
           lost: first(lost),
-          stuck: first(stuck.map(id => `${id} (${tasks.get(id)?.status ?? '?'})`)),
+          stuck: first(stuck.map(id => `${id} (${tasks.get(id)?.status ?? 'unreadable'})`)),
           duplicate_tasks: first(duplicates.map(k => `${k}: ${[...(byKey.get(k) ?? [])].join(' ')}`)),
           paid_twice: first(paidTwice.map(k => `${k} × ${paidByKey.get(k) ?? 0}`)),
           reused_event_ids: first(reused),
