@@ -63,6 +63,11 @@ export interface CaseDef<T extends Topology = Topology> {
   /** Settle period cap, when the profile's is not enough (e.g. a SIGKILLed replica's jobs take 30 s to stall). */
   settleMs?: (p: Profile) => number
   stack?: Partial<Pick<StackOptions, 'minReplicasAcked' | 'env' | 'failRatio' | 'callbacks'>>
+  /**
+   * Set when the case runs a setting weaker than the documented production one, to show what it loses: its bad
+   * counts are reported but do not fail the run (the goal of zero holds for the documented settings).
+   */
+  weaker?: string
   topology: (ctx: CaseContext) => Promise<T>
   fault: (f: FaultContext, topo: T) => Promise<void>
 }
@@ -78,6 +83,7 @@ export interface CaseResult {
   notes: string[]
   logs: string[]
   seconds: number
+  weaker: string | null
 }
 
 export async function runCase<T extends Topology> (def: CaseDef<T>, ctx: CaseContext): Promise<CaseResult> {
@@ -96,7 +102,8 @@ export async function runCase<T extends Topology> (def: CaseDef<T>, ctx: CaseCon
     redis,
     notes,
     logs,
-    seconds: (Date.now() - started) / 1000
+    seconds: (Date.now() - started) / 1000,
+    weaker: def.weaker ?? null
   })
   mkdirSync(ctx.logDir, { recursive: true })
   mkdirSync(ctx.dataDir, { recursive: true })

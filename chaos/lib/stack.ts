@@ -25,7 +25,7 @@ export interface StackOptions {
   dataDir: string
   redis: RedisTarget
   /** REDIS_MIN_REPLICAS_ACKED for the gateway (a setting it may not read yet). */
-  minReplicasAcked?: number
+  minReplicasAcked?: number | 'auto'
   env?: Record<string, string>
   failRatio?: number
   callbacks?: Partial<CallbackPolicy>

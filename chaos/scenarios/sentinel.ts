@@ -4,7 +4,9 @@
  * - `sentinel-unplanned`: kill -9 of the master; the sentinels agree it is down after 1 s and promote a replica.
  *   The old master is restarted afterwards and rejoins as a replica.
  * Replication is asynchronous: writes the old master acknowledged but had not sent on are lost with it unless the
- * gateway waits for a replica (REDIS_MIN_REPLICAS_ACKED=1, a setting the fix introduces).
+ * gateway waits for the replicas. The documented setting is all of them (REDIS_MIN_REPLICAS_ACKED=auto, the default
+ * with Sentinel): in a planned failover the promoted replica stops copying the old master at once while the other
+ * still copies it, so a write only that one holds is dropped when it resyncs.
  */
 import { waitFor } from '../../test/helpers/group-process.ts'
 import type { RedisNode } from '../../test/helpers/redis-topology.ts'
@@ -27,7 +29,7 @@ export const cases: Array<CaseDef<SentinelTopology>> = [
     id: 'sentinel-planned',
     scenario: 'sentinel-planned',
     short: true,
-    stack: { minReplicasAcked: 1 },
+    stack: { minReplicasAcked: 'auto' },
     topology: async ctx => await sentinel(ctx),
     fault: async (f, topo) => {
       for (const share of f.profile.short ? [0.3] : [0.3, 0.65]) {
@@ -47,7 +49,7 @@ export const cases: Array<CaseDef<SentinelTopology>> = [
     id: 'sentinel-unplanned',
     scenario: 'sentinel-unplanned',
     short: false,
-    stack: { minReplicasAcked: 1 },
+    stack: { minReplicasAcked: 'auto' },
     topology: async ctx => await sentinel(ctx),
     fault: async (f, topo) => {
       await f.at(f.profile.durationMs * 0.3)
