@@ -1,7 +1,7 @@
 /**
- * Writes openapi/openapi.json from the live route table (aesthetics §8.7). `--check` writes nothing and exits 1
- * when the committed file differs from what the routes now produce. `--file=<path>` names another file (the
- * test of `--check` itself uses it, so that it never touches the committed one).
+ * Writes openapi/openapi.json from the live route table (docs/DESIGN.md, "Rules of the house"). `--check` writes
+ * nothing and exits 1 when the committed file differs from what the routes now produce. `--file=<path>` names
+ * another file (the test of `--check` itself uses it, so that it never touches the committed one).
  */
 import { readFile, writeFile, mkdir } from 'node:fs/promises'
 import { dirname, resolve } from 'node:path'

@@ -1,6 +1,6 @@
 /**
- * Everything a create is checked for beyond its JSON schema (API.md §2): Base64 images by their header bytes,
- * the static mask against the first image, the model allow-list, the metadata size, the webhook scheme.
+ * Everything a create is checked for beyond its JSON schema (docs/API.md, "POST /v1/videos"): Base64 images by their
+ * header bytes, the static mask against the first image, the model allow-list, the metadata size, the webhook scheme.
  * Pure: returns every problem at once, or the request as it will be stored plus the decoded images to park.
  */
 import { createHash } from 'node:crypto'

@@ -28,7 +28,7 @@ function referHeaders (doc: Json): Json {
   return doc
 }
 
-/** OpenAPI 3.1 from the route schemas; only tagged routes are part of the contract (aesthetics §8.7). */
+/** OpenAPI 3.1 from the route schemas; only tagged routes are part of the contract (`hideUntagged`). */
 export default fp(async function docs (app: FastifyInstance) {
   app.addSchema(ProblemSchema)
   await app.register(swagger, {

@@ -1,5 +1,6 @@
 /**
- * The only code that talks to CometAPI's Kling multi-image2video route (shared/research/upstream-api.md §1, §3, §4, §7).
+ * The only code that talks to CometAPI's Kling multi-image2video route (docs/DESIGN.md, "Upstream: CometAPI's Kling
+ * route").
  *
  * Every call has one deadline (`timeoutMs`) enforced twice: undici's headers/body timeouts and an AbortSignal over
  * the whole call, body included. Redirects are never followed. Response bodies are capped and always consumed or
@@ -251,7 +252,7 @@ export class UpstreamClient {
     return this.#error(op, { code: 'UPSTREAM_ERROR', message: `the call to upstream failed${code === '' ? '' : ` (${code})`}`, retryable: true, maybeCreated: true })
   }
 
-  /** A response that is not a success, as an UpstreamError (research doc §7). */
+  /** A response that is not a success, as an UpstreamError (the codes: docs/API.md, "Error codes"). */
   #classify (op: Op, res: Received): UpstreamError {
     const { status, json } = res
     const retryAfterMs = parseRetryAfter(res.headers['retry-after'])
