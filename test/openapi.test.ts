@@ -9,7 +9,7 @@ import { Contract, contractRecord, DocumentSchemas, readDocument } from './helpe
 import { auth, startHarness, type Harness } from './helpers/harness.ts'
 import { Receiver } from './helpers/receiver.ts'
 import { EVENT_TYPES } from '../src/domain/task.ts'
-import { CREATE_EXAMPLE } from '../src/schemas/examples.ts'
+import { CREATE_EXAMPLE, TASK_EXAMPLE } from '../src/schemas/examples.ts'
 
 type Json = Record<string, unknown>
 
@@ -255,6 +255,23 @@ describe('routes (real app)', () => {
     } finally {
       await r.close()
     }
+  })
+
+  it('answers 415, 413 and a bad JSON body with the documented problems', async () => {
+    const post = async (url: string, payload: string, type: string) =>
+      await h.app.inject({ method: 'POST', url, headers: { ...auth('alice'), 'content-type': type }, payload })
+    const cases: Array<[number, Awaited<ReturnType<typeof post>>]> = [
+      [415, await post('/v1/videos', '<a/>', 'application/xml')],
+      [400, await post('/v1/videos', 'hello', 'text/plain')],
+      [413, await post('/v1/webhook-endpoints', 'x'.repeat(1024 * 1024 + 1), json)],
+      [400, await post('/v1/webhook-endpoints', '{"url":', json)],
+      [415, await post(`/v1/videos/${TASK_EXAMPLE.id}/cancel`, '<a/>', 'application/xml')]
+    ]
+    for (const [status, res] of cases) {
+      expect(res.statusCode, res.body).toBe(status)
+      expect(res.headers['content-type']).toMatch(/^application\/problem\+json/)
+    }
+    // Each went through the harness's contract check as well (see the next test).
   })
 
   it('checks the responses it sends against the document', () => {

@@ -126,7 +126,7 @@ export const unavailable = (extra = '') =>
 export const bodyProblems = (limit: string) => ({
   400: problem(400, 'invalid request: the body is not JSON, or a field is invalid (every one is listed in `errors`)'),
   413: problem(413, `the body is larger than ${limit}`),
-  415: problem(415, 'the body is not `application/json`')
+  415: problem(415, 'a body of a type the gateway does not read (it reads `application/json` and `text/plain`)')
 })
 
 /** 401 for a missing, malformed or unknown bearer key. */
