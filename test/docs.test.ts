@@ -60,8 +60,9 @@ function parseRoutes (tree: string): string[] {
     stack.push(m[2])
     // `/v1/videos` and `/v1/videos/` are one route to a caller; `:id` is written `{id}`, as OpenAPI does.
     const path = stack.join('').replace(/(.)\/$/, '$1').replace(/:(\w+)/g, '{$1}')
-    // The Swagger UI's own pages and assets live under /docs/; /docs itself is documented.
-    if (path.startsWith('/docs/')) continue
+    // The Swagger UI's own pages and assets live under /docs/; /docs itself is documented. (With the router's
+    // ignoreTrailingSlash, printRoutes draws the UI's `/docs/static/*` as a `*` right under `/docs`.)
+    if (path.startsWith('/docs/') || path === '/docs*') continue
     for (const method of (m[3] ?? '').split(', ')) {
       if (method !== '' && method !== 'HEAD') found.add(`${method} ${path}`)
     }

@@ -1,5 +1,6 @@
 import { STATUS_CODES } from 'node:http'
 import { Type, type TSchema } from 'typebox'
+import { errorCodes } from 'fastify'
 import type { FieldError } from '../domain/errors.ts'
 
 /** RFC 9457 problem details, as every error of ours is answered (src/plugins/errors.ts shapes them all). */
@@ -53,8 +54,13 @@ export function json (description: string, schema: TSchema, example: unknown, he
   return { description, ...headerBlock(headers), content: { 'application/json': { schema, example } } }
 }
 
-/** The example problem of each status, as src/plugins/errors.ts would answer it; routes override code and detail. */
-const PROBLEMS: Record<number, { code: string, detail: string, errors?: FieldError[] }> = {
+const fastifyProblem = (err: { code: string, message: string }) => ({ code: err.code, detail: err.message })
+
+/**
+ * The example problem of each status, as src/plugins/errors.ts would answer it; routes override code and detail
+ * (and must give a code for a status without a default here, such as 409: each route's conflict is its own).
+ */
+const PROBLEMS: Partial<Record<number, { code: string, detail: string, errors?: FieldError[] }>> = {
   400: {
     code: 'INVALID_REQUEST',
     detail: '2 invalid fields',
@@ -69,10 +75,9 @@ const PROBLEMS: Record<number, { code: string, detail: string, errors?: FieldErr
   },
   401: { code: 'UNAUTHORIZED', detail: 'a valid bearer API key is required' },
   404: { code: 'NOT_FOUND', detail: 'task not found' },
-  409: { code: 'CONFLICT', detail: 'the request conflicts with the current state' },
-  410: { code: 'GONE', detail: 'gone' },
-  413: { code: 'FST_ERR_CTP_BODY_TOO_LARGE', detail: 'Request body is too large' },
-  415: { code: 'FST_ERR_CTP_INVALID_MEDIA_TYPE', detail: 'Unsupported Media Type' },
+  // Fastify answers these itself, with its own codes (src/plugins/errors.ts passes them on): taken from Fastify.
+  413: fastifyProblem(new errorCodes.FST_ERR_CTP_BODY_TOO_LARGE()),
+  415: fastifyProblem(new errorCodes.FST_ERR_CTP_INVALID_MEDIA_TYPE()),
   416: { code: 'RANGE_NOT_SATISFIABLE', detail: 'the video has 1048576 bytes' },
   422: { code: 'IDEMPOTENCY_KEY_REUSED', detail: 'this Idempotency-Key was used with a different request body' },
   429: { code: 'TOO_MANY_CALLBACKS', detail: 'too many callbacks for this task' },
@@ -88,6 +93,7 @@ interface ProblemOverrides { code?: string, detail?: string, errors?: FieldError
 /** An example problem+json body, exactly as sendProblem shapes it. */
 export function problemExample (status: number, over: ProblemOverrides = {}) {
   const { code, detail, errors } = { ...PROBLEMS[status], ...over }
+  if (code === undefined || detail === undefined) throw new Error(`problem(${status}) needs a code and a detail`)
   return {
     type: `urn:kling-gateway:problem:${code.toLowerCase()}`,
     title: STATUS_CODES[status] ?? 'Error',
