@@ -1,5 +1,6 @@
 import { Type, type Static } from 'typebox'
 import { TASK_STATUSES } from '../domain/task.ts'
+import { VIDEO_KINDS } from '../domain/kinds.ts'
 
 /** A URL or Base64 (10 MB decoded is 13,981,016 characters, plus room for a `data:` prefix). */
 // No maxLength: Ajv counts a 14 MB string character by character (~60 ms per image). The length is bounded by
@@ -35,6 +36,7 @@ const ImageRefSchema = Type.Union([Type.String(), ImageDescriptorSchema])
 
 export const TaskSchema = Type.Object({
   id: Type.String(),
+  kind: Type.Union(VIDEO_KINDS.map(k => Type.Literal(k)), { description: 'the Kling endpoint that makes it' }),
   status: Type.Union(TASK_STATUSES.map(s => Type.Literal(s))),
   created_at: Type.String({ format: 'date-time' }),
   updated_at: Type.String({ format: 'date-time' }),
