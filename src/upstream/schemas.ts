@@ -1,6 +1,6 @@
 /**
- * Wire shapes of CometAPI's Kling multi-image2video route (shared/research/upstream-api.md §2, §3, §4, §5, §7)
- * and a tolerant parser that turns any task-bearing body into one normalised `UpstreamTask`.
+ * Wire shapes of Kling's video endpoints, as Kling serves them and CometAPI relays them (Kling's and CometAPI's API
+ * references), and a tolerant parser that turns any task-bearing body into one normalised `UpstreamTask`.
  */
 
 export type KlingStatus = 'submitted' | 'processing' | 'succeed' | 'failed'
