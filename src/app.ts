@@ -18,7 +18,8 @@ import { ReconcileJobs } from './jobs/reconcile.ts'
 import { EventHub } from './notify/hub.ts'
 import { DeliveryJobs } from './jobs/deliver.ts'
 import { WebhookStore } from './store/webhooks.ts'
-import { MirrorJobs } from './jobs/mirror.ts'
+import { CopyJobs } from './jobs/copy.ts'
+import { EventPipeline } from './events/pipeline.ts'
 import type { BlobStore } from './blobs/index.ts'
 import type { UpstreamAdapter } from './upstream/adapter.ts'
 import { newLifecycle, type Lifecycle } from './lifecycle.ts'
@@ -52,7 +53,8 @@ export interface AppContext extends AppDeps {
   hub: EventHub
   webhooks: WebhookStore
   deliveries: DeliveryJobs
-  mirror: MirrorJobs
+  copies: CopyJobs
+  events: EventPipeline
   replicas: ReplicaRegistry
   orphans: OrphanStore
 }
@@ -82,22 +84,24 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids' | 'lifecycl
   }
   const jobs = new SubmitJobs({ config: base.config, store, upstream: base.upstream, logger: base.logger, clock: base.clock, connection: base.queueConnection })
   const reconcile = new ReconcileJobs({ config: base.config, store, upstream: base.upstream, submit: jobs, logger: base.logger, clock: base.clock, connection: base.queueConnection })
-  // The subscriber is ours: made here (lazily, so inert deps never connect) and closed in onClose.
-  const hub = new EventHub(duplicate(base.queueConnection ?? base.redis), store.liveChannel, base.logger)
+  const hub = new EventHub()
   const webhooks = new WebhookStore(base.redis, keys(base.config.prefix), base.clock)
-  const reader = duplicate(base.queueConnection ?? base.redis)
-  // The event reader is ours; DeliveryJobs disconnects it when it stops reading.
-  reader.on('error', (err: Error) => base.logger.warn({ err: err.message }, 'redis (event reader) connection error'))
-  const mirror = new MirrorJobs({ config: base.config, store, blobs: base.blobs, logger: base.logger, clock: base.clock, connection: base.queueConnection })
-  const deliveries = new DeliveryJobs({
-    config: base.config,
-    store,
-    webhooks,
+  const copies = new CopyJobs({ config: base.config, store, blobs: base.blobs, logger: base.logger, clock: base.clock, connection: base.queueConnection })
+  const deliveries = new DeliveryJobs({ config: base.config, store, webhooks, logger: base.logger, clock: base.clock, connection: base.queueConnection })
+  // Every reader of the event stream, in one place; each gets a blocking connection of its own (made lazily, so
+  // inert deps never connect) that it disconnects when it stops.
+  const events = new EventPipeline({
+    stream: store.stream,
+    connect: () => {
+      const c = duplicate(base.queueConnection ?? base.redis)
+      c.on('error', (err: Error) => base.logger.warn({ err: err.message }, 'redis (event reader) connection error'))
+      return c
+    },
     logger: base.logger,
     clock: base.clock,
-    connection: base.queueConnection,
-    reader,
-    onEvent: async e => { if (e.type === 'video.succeeded') await mirror.enqueue(e.task_id) }
+    webhooks: async e => { await deliveries.fanOut(e) },
+    copy: async e => { await copies.onEvent(e) },
+    live: e => { hub.dispatch(e) }
   })
   const k = keys(base.config.prefix)
   const orphans = new OrphanStore(base.redis, k, base.clock)
@@ -109,7 +113,7 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids' | 'lifecycl
     lifecycle: base.lifecycle,
     clock: base.clock
   })
-  const deps: AppContext = { ...base, store, jobs, reconcile, hub, webhooks, deliveries, mirror, replicas, orphans }
+  const deps: AppContext = { ...base, store, jobs, reconcile, hub, webhooks, deliveries, copies, events, replicas, orphans }
   const app = Fastify({
     loggerInstance: deps.logger as FastifyBaseLogger,
     bodyLimit: SMALL_BODY_LIMIT,
@@ -124,19 +128,20 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids' | 'lifecycl
     // First, before any worker runs: a replica that would serve content from another blob directory than its live
     // peers must not start at all (BlobDirConflict).
     await replicas.start(await deps.blobs.identity())
-    await hub.start()
-    await deliveries.ensureGroup()
+    await events.ensureGroups()
+    events.start({ groups: deps.workers !== false })
   }
   if (deps.queueConnection !== undefined && deps.workers !== false) {
     await jobs.start()
     await reconcile.start()
     await deliveries.start()
-    await mirror.start()
+    await copies.start()
   }
   app.addHook('onClose', async () => {
-    await Promise.all([
-      jobs.close(), reconcile.close(), hub.close(), deliveries.close(), mirror.close(), replicas.close()
-    ])
+    // Readers first: nothing new is queued while the workers finish.
+    await events.stop()
+    hub.close()
+    await Promise.all([jobs.close(), reconcile.close(), deliveries.close(), copies.close(), replicas.close()])
     if (durableConnection !== undefined) await durableConnection.quit().catch(() => durableConnection.disconnect())
   })
   await app.register(errors)

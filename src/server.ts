@@ -88,8 +88,8 @@ try {
   const upstream = await createUpstream(config)
   cleanups.unshift(() => upstream.close())
   if (upstream.name === 'simulator') {
-    // The simulator's result videos are on loopback: let the mirror fetch them.
-    config.mirror.allowPrivate = true
+    // The simulator's result videos are on loopback: let the result copy fetch them.
+    config.copy.allowPrivate = true
     logger.warn({ url: upstream.baseUrl }, 'UPSTREAM=simulator (the default without COMETAPI_KEY or Kling keys): ' +
       'UPSTREAM IS THE BUILT-IN SIMULATOR, no real videos will be made')
   } else {

@@ -47,8 +47,13 @@ describe('GET /v1/videos/:id/events (SSE)', () => {
     await b.app.inject({ method: 'POST', url: callbackPath(b, task.id), payload: { task_id: upstreamId, task_status: 'succeed' } })
     await b.app.deps.reconcile.checkTask(task.id)
     const second = await resumed
-    expect(second.frames.map(f => [seqOf(f), f.event])).toEqual([[3, 'video.processing'], [4, 'video.succeeded']])
+    // The stream does not end at the terminal state: the copy's `video.stored` is the last event it will have.
+    expect(second.frames.map(f => [seqOf(f), f.event])).toEqual([[3, 'video.processing'], [4, 'video.succeeded'], [5, 'video.stored']])
     expect(second.ended).toBe(true)
+    // A reconnect after the last event: 204, which tells an EventSource to stop reconnecting.
+    const after = await readSse(url, { ...auth('alice'), 'last-event-id': second.frames[2].id as string })
+    expect(after.status).toBe(204)
+    expect(after.frames).toEqual([])
   })
 
   it('replays a finished task from ?last_event_id and ends; another caller gets 404', async () => {
@@ -69,8 +74,10 @@ describe('GET /v1/videos/:id/events (SSE)', () => {
     const unknown = await readSse(base, { ...auth('alice'), 'last-event-id': 'evt_rolled_back_00000000' })
     expect(unknown.frames.map(f => f.id)).toEqual(all.frames.map(f => f.id))
     const nothing = await readSse(`${base}?last_event_id=3`, auth('alice'))
+    expect(nothing.status).toBe(204)
     expect(nothing.frames).toEqual([])
-    expect(nothing.ended).toBe(true)
+    // A failed task has no copy to wait for: its terminal event is its last, and a fresh stream ends there.
+    expect(all.ended).toBe(true)
     expect((await readSse(base, auth('bob'))).status).toBe(404)
   })
 

@@ -8,7 +8,7 @@ import {
   UnsafeTarget,
   checkWebhookTarget,
   checkWebhookUrl,
-  createWebhookAgent,
+  createGuardedAgent,
   guardedLookup,
   isForbiddenAddress
 } from '../src/notify/ssrf.ts'
@@ -183,7 +183,7 @@ describe('guardedLookup', () => {
   })
 })
 
-describe('createWebhookAgent (connect-time checks against a real loopback server)', () => {
+describe('createGuardedAgent (connect-time checks against a real loopback server)', () => {
   let server: http.Server
   let port: number
   let connections = 0
@@ -211,7 +211,7 @@ describe('createWebhookAgent (connect-time checks against a real loopback server
   })
 
   async function refused (url: string): Promise<void> {
-    const agent = createWebhookAgent({ allowPrivate: false, timeoutMs: 2_000 })
+    const agent = createGuardedAgent({ allowPrivate: false, timeoutMs: 2_000 })
     const before = { connections, requests }
     try {
       await expect(request(url, { dispatcher: agent, method: 'POST', body: '{}' })).rejects.toMatchObject({
@@ -244,7 +244,7 @@ describe('createWebhookAgent (connect-time checks against a real loopback server
   })
 
   it('reaches the server with allowPrivate, by name and by literal', async () => {
-    const agent = createWebhookAgent({ allowPrivate: true, timeoutMs: 2_000 })
+    const agent = createGuardedAgent({ allowPrivate: true, timeoutMs: 2_000 })
     try {
       for (const host of ['localhost', '127.0.0.1']) {
         const before = requests
@@ -259,7 +259,7 @@ describe('createWebhookAgent (connect-time checks against a real loopback server
   })
 
   it('returns a 301 as a 301 and does not follow it', async () => {
-    const agent = createWebhookAgent({ allowPrivate: true, timeoutMs: 2_000 })
+    const agent = createGuardedAgent({ allowPrivate: true, timeoutMs: 2_000 })
     try {
       const before = requests
       const res = await request(`http://127.0.0.1:${port}/redirect`, { dispatcher: agent })
@@ -273,7 +273,7 @@ describe('createWebhookAgent (connect-time checks against a real loopback server
   })
 
   it('applies timeoutMs as the headers timeout', async () => {
-    const agent = createWebhookAgent({ allowPrivate: true, timeoutMs: 200 })
+    const agent = createGuardedAgent({ allowPrivate: true, timeoutMs: 200 })
     try {
       const started = Date.now()
       await expect(request(`http://127.0.0.1:${port}/hang`, { dispatcher: agent })).rejects.toMatchObject({

@@ -123,7 +123,8 @@ export interface Config {
   shutdownDrainMs: number
   sseHeartbeatMs: number
   blobs: { driver: 'dir', dir: string } | { driver: 's3', bucket: string, endpoint?: string, region: string, accessKeyId?: string, secretAccessKey?: string, forcePathStyle: boolean, prefix: string }
-  mirror: { maxBytes: number, timeoutMs: number, allowPrivate: boolean, retentionMs: number }
+  /** The result copy (MIRROR_* and VIDEO_RETENTION_DAYS). */
+  copy: { maxBytes: number, timeoutMs: number, allowPrivate: boolean, retentionMs: number }
   parkedMaxBytes: number
   create: { maxLargeBodies: number, largeBodyBytes: number }
 }
@@ -281,7 +282,7 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
           prefix: value.S3_PREFIX
         }
       : { driver: 'dir', dir: value.BLOB_DIR ?? `${value.DATA_DIR}/blobs` },
-    mirror: { maxBytes: value.MIRROR_MAX_BYTES, timeoutMs: value.MIRROR_TIMEOUT_MS, allowPrivate: value.MIRROR_ALLOW_PRIVATE, retentionMs: value.VIDEO_RETENTION_DAYS * 24 * 3600_000 },
+    copy: { maxBytes: value.MIRROR_MAX_BYTES, timeoutMs: value.MIRROR_TIMEOUT_MS, allowPrivate: value.MIRROR_ALLOW_PRIVATE, retentionMs: value.VIDEO_RETENTION_DAYS * 24 * 3600_000 },
     parkedMaxBytes: value.PARKED_MAX_BYTES,
     create: { maxLargeBodies: value.CREATE_MAX_LARGE_BODIES, largeBodyBytes: value.LARGE_BODY_BYTES }
   }

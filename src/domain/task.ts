@@ -87,6 +87,23 @@ export function toView (t: TaskRecord): TaskView {
 /** One per state change, plus `video.stored` when the result has been copied into the gateway. */
 export type EventType = `video.${TaskStatus}` | 'video.stored'
 
+/**
+ * Every event type, in the order a task can have them: the one list that webhook subscriptions, the OpenAPI
+ * `webhooks` and the docs derive from.
+ */
+export const EVENT_TYPES: readonly EventType[] = [...TASK_STATUSES.map(s => `video.${s}` as const), 'video.stored']
+
+/**
+ * Whether a task will have no more events: it is terminal, and a success has its result copied too
+ * (`video.stored` comes last). SSE streams end there, and answer 204 to a reconnect after it.
+ */
+export const isSettled = (t: Pick<TaskRecord, 'status' | 'storedAt'>): boolean =>
+  isTerminal(t.status) && (t.status !== 'succeeded' || t.storedAt !== null)
+
+/** Whether this is the last event its task will ever have (see isSettled). */
+export const isLastEvent = (e: Pick<TaskEvent, 'type' | 'data'>): boolean =>
+  e.type === 'video.stored' || (isTerminal(e.data.status) && e.data.status !== 'succeeded')
+
 /** One entry of a task's event log; the same object feeds SSE, webhooks and the Redis Stream. */
 export interface TaskEvent {
   /** Unique for ever (`evt_…`), also across a Redis rollback that reuses a sequence: webhook-id and SSE `id:`. */

@@ -1,11 +1,10 @@
 /**
- * Outbound webhooks (API.md §3): from the event stream to signed HTTP deliveries, at least once.
+ * Outbound webhooks (docs/API.md, "Webhooks"): from the event stream to signed HTTP deliveries, at least once.
  *
- * Outbox: the transition script appends every event to the `{prefix}:events` stream in the same atomic step
- * that changes the task, so there is no moment where a state change exists without its event. A consumer group
- * (`webhooks`) reads the stream on every replica; an entry is acknowledged only after its deliveries are stored
- * and queued, and entries left pending by a dead replica are claimed by another (XAUTOCLAIM). A crash right
- * after the callback's 2xx therefore still delivers. Delivery ids derive from (event id, destination), so reading
+ * Outbox: the task scripts append every event to the `{prefix}:events` stream in the same atomic step that
+ * changes the task, so there is no moment where a state change exists without its event. The `webhooks` reader
+ * of the stream (src/events) hands each event to `fanOut` and acknowledges it only after its deliveries are
+ * stored and queued. A crash right after the callback's 2xx therefore still delivers. Delivery ids derive from (event id, destination), so reading
  * an entry twice makes nothing twice, and an event id is never reused (not even after a Redis rollback reuses a
  * sequence), so a receiver that dedupes by `webhook-id` never drops a new event.
  *
@@ -14,25 +13,21 @@
  * failures disable it too. Signed per Standard Webhooks with the `standardwebhooks` library; during a rotation
  * both secrets sign.
  */
-import { Queue, Worker, type Job } from 'bullmq'
-import { randomBytes } from 'node:crypto'
+import type { Job } from 'bullmq'
 import type { Logger } from 'pino'
-import { closeBounded } from './close.ts'
+import { QueueJobs } from './base.ts'
 import { Webhook } from 'standardwebhooks'
 import { request, type Agent } from 'undici'
 import type { Config } from '../config/index.ts'
 import type { TaskEvent } from '../domain/task.ts'
 import type { RedisClient } from '../infra/redis.ts'
-import { createWebhookAgent } from '../notify/ssrf.ts'
+import { createGuardedAgent } from '../notify/ssrf.ts'
 import { parseRetryAfter } from '../upstream/client.ts'
 import type { TaskStore } from '../store/tasks.ts'
 import { WebhookStore, type Delivery } from '../store/webhooks.ts'
-import type { StreamEntry } from '../store/event-stream.ts'
 
 export const DELIVER_QUEUE = 'deliver'
-const GROUP = 'webhooks'
 const FIVE_DAYS_MS = 5 * 24 * 3600_000
-const CLAIM_IDLE_MS = 30_000
 
 interface DeliverData { deliveryId: string }
 
@@ -43,10 +38,6 @@ export interface DeliverDeps {
   logger: Logger
   clock: () => number
   connection?: RedisClient
-  /** A connection the stream reader may block on. */
-  reader?: RedisClient
-  /** Other work that must follow an event durably (the result mirror), run before the entry is acknowledged. */
-  onEvent?: (event: TaskEvent) => Promise<void>
 }
 
 class DeliveryFailed extends Error {
@@ -60,55 +51,23 @@ export function retryDelay (schedule: number[], attemptsMade: number, err?: Erro
   return Math.round(base * (0.9 + Math.random() * 0.2))
 }
 
-export class DeliveryJobs {
-  private readonly q?: Queue<DeliverData>
-  private worker?: Worker<DeliverData>
+export class DeliveryJobs extends QueueJobs<DeliverData> {
   private readonly agent: Agent
-  private readonly log: Logger
-  private readonly consumer = `c-${randomBytes(6).toString('hex')}`
-  private reading?: Promise<void>
-  private running = false
 
   constructor (private readonly deps: DeliverDeps) {
-    this.log = deps.logger.child({ component: 'deliver' })
-    this.agent = createWebhookAgent({ allowPrivate: deps.config.webhooks.allowPrivate, timeoutMs: deps.config.webhooks.timeoutMs })
-    if (deps.connection === undefined) return
-    this.q = new Queue<DeliverData>(DELIVER_QUEUE, { connection: deps.connection as never, prefix: deps.store.queuePrefix })
-    this.q.on('error', err => this.log.warn({ err: err.message }, 'deliver queue error'))
-  }
-
-  private get queue (): Queue<DeliverData> {
-    if (this.q === undefined) throw new Error('no queue connection was given')
-    return this.q
-  }
-
-  /**
-   * Makes the consumer group if it is not there. Every replica does this at start, workers or not, so the group
-   * exists before the first event is written and no event is ever behind it.
-   */
-  async ensureGroup (): Promise<void> {
-    await this.deps.store.stream.ensureGroup(GROUP)
+    super(DELIVER_QUEUE, { connection: deps.connection, prefix: deps.store.queuePrefix, logger: deps.logger })
+    this.agent = createGuardedAgent({ allowPrivate: deps.config.webhooks.allowPrivate, timeoutMs: deps.config.webhooks.timeoutMs })
   }
 
   async start (): Promise<void> {
-    const { store, config } = this.deps
-    this.worker = new Worker<DeliverData>(DELIVER_QUEUE, async job => await this.attempt(job), {
-      connection: this.deps.connection as never,
-      prefix: store.queuePrefix,
+    const { config } = this.deps
+    this.startWorker(async job => await this.attempt(job), {
       concurrency: 16,
       settings: { backoffStrategy: (attemptsMade, _type, err) => retryDelay(config.webhooks.retryScheduleMs, attemptsMade, err) }
     })
-    this.worker.on('error', err => this.log.warn({ err: err.message }, 'deliver worker error'))
-    this.running = true
-    this.reading = this.readLoop()
   }
 
-  async close (graceMs = 5000): Promise<void> {
-    this.running = false
-    // A blocking XREADGROUP can outlive a Redis reconnect; disconnecting the reader ends it at once.
-    this.deps.reader?.disconnect()
-    await this.reading
-    await closeBounded(this.worker, this.q, this.log, graceMs)
+  protected override async closed (): Promise<void> {
     await this.agent.close()
   }
 
@@ -125,40 +84,11 @@ export class DeliveryJobs {
     })
   }
 
-  /** Reads the event stream as one consumer of the group, until close(). */
-  private async readLoop (): Promise<void> {
-    const { stream } = this.deps.store
-    const reader = this.deps.reader
-    let lastClaim = 0
-    while (this.running) {
-      try {
-        if (this.deps.clock() - lastClaim > CLAIM_IDLE_MS / 3) {
-          lastClaim = this.deps.clock()
-          await this.handle(await stream.claim(GROUP, this.consumer, CLAIM_IDLE_MS))
-        }
-        if (reader === undefined) throw new Error('no reader connection was given')
-        await this.handle(await stream.read(reader, GROUP, this.consumer, 500))
-      } catch (err) {
-        if (!this.running) break
-        this.log.warn({ err: (err as Error).message }, 'event stream read failed; retrying')
-        await new Promise(resolve => setTimeout(resolve, 500))
-      }
-    }
-  }
-
-  private async handle (entries: StreamEntry[]): Promise<void> {
-    const { stream } = this.deps.store
-    for (const { entryId, event } of entries) {
-      if (event !== null) {
-        await this.fanOut(event)
-        await this.deps.onEvent?.(event)
-      }
-      await stream.ack(GROUP, entryId)
-    }
-  }
-
-  /** One delivery per destination that wants this event: the caller's enabled endpoints, and the task's own URL. */
-  private async fanOut (event: TaskEvent): Promise<void> {
+  /**
+   * The `webhooks` reader of the event stream: one delivery per destination that wants this event (the caller's
+   * enabled endpoints, and the task's own URL), stored and queued before the entry is acknowledged.
+   */
+  async fanOut (event: TaskEvent): Promise<void> {
     const { webhooks } = this.deps
     const payload = JSON.stringify({ type: event.type, timestamp: event.timestamp, data: event.data })
     const destinations: Array<{ endpointId: string | null, url: string }> = []

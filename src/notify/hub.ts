@@ -1,33 +1,15 @@
 /**
- * Live events on every replica: one Redis subscriber per process, fanned out in memory to whoever listens for a
- * task (SSE streams). The transition script PUBLISHes each event as it appends it, so a callback taken by
- * replica B reaches an SSE client on replica A. Pub/sub can drop messages while a connection is down; listeners
- * are told to resync from the event list when the subscriber reconnects.
+ * Live events on this replica, fanned out in memory to whoever listens for a task (SSE streams). It is fed by
+ * the `live` reader of the event stream (src/events), which every replica runs, so a callback taken by replica B
+ * reaches an SSE client on replica A; that reader resumes after the last entry it saw when Redis comes back, so
+ * a blip skips nothing.
  */
-import type { Logger } from 'pino'
 import type { TaskEvent } from '../domain/task.ts'
-import type { RedisClient } from '../infra/redis.ts'
 
-export interface HubListener { event: (e: TaskEvent) => void, resync: () => void }
+export type HubListener = (e: TaskEvent) => void
 
 export class EventHub {
   private readonly listeners = new Map<string, Set<HubListener>>()
-  private readonly log: Logger
-  private connectedOnce = false
-
-  constructor (private readonly sub: RedisClient, private readonly channel: string, logger: Logger) {
-    this.log = logger.child({ component: 'hub' })
-    sub.on('error', (err: Error) => this.log.warn({ err: err.message }, 'subscriber connection error'))
-    sub.on('message', (_channel: string, message: string) => this.dispatch(message))
-    sub.on('ready', () => {
-      if (this.connectedOnce) for (const set of this.listeners.values()) for (const l of set) l.resync()
-      this.connectedOnce = true
-    })
-  }
-
-  async start (): Promise<void> {
-    await this.sub.subscribe(this.channel)
-  }
 
   /** Calls `listener` for each live event of `taskId`; returns the function that stops it. */
   listen (taskId: string, listener: HubListener): () => void {
@@ -46,19 +28,13 @@ export class EventHub {
     return n
   }
 
-  async close (): Promise<void> {
-    this.listeners.clear()
-    await this.sub.quit().catch(() => this.sub.disconnect())
+  /** The `live` reader's handler. */
+  dispatch (event: TaskEvent): void {
+    const set = this.listeners.get(event.task_id)
+    if (set !== undefined) for (const l of set) l(event)
   }
 
-  private dispatch (message: string): void {
-    let event: TaskEvent
-    try {
-      event = JSON.parse(message) as TaskEvent
-    } catch {
-      return
-    }
-    const set = this.listeners.get(event.task_id)
-    if (set !== undefined) for (const l of set) l.event(event)
+  close (): void {
+    this.listeners.clear()
   }
 }

@@ -3,7 +3,7 @@
  *
  * Two layers:
  * - at registration, `checkWebhookTarget` checks the URL's shape and every address its host resolves to;
- * - at every connection, the agent from `createWebhookAgent` checks again: IP-literal hosts in its `connect` wrapper
+ * - at every connection, the agent from `createGuardedAgent` checks again: IP-literal hosts in its `connect` wrapper
  *   (net/tls.connect never call `lookup` for them), names in `guardedLookup`, which checks the addresses that the
  *   socket will actually use. A name re-pointed at 127.0.0.1 after registration (DNS rebinding) is therefore refused.
  *
@@ -227,12 +227,13 @@ export function guardedLookup (opts: SsrfOptions): LookupFunction {
 }
 
 /**
- * An undici Agent for webhook deliveries. Every connection goes through the SSRF checks: a forbidden IP-literal
+ * An undici Agent for every outbound request to a place a caller or upstream named (webhook deliveries, result
+ * downloads). Every connection goes through the SSRF checks: a forbidden IP-literal
  * host is refused in the `connect` wrapper before any socket is opened, and names go through `guardedLookup`.
  * `timeoutMs` bounds connect, headers and each body read. Redirects are not followed (no redirect interceptor).
  * The URL's shape (https, userinfo, internal names) is checkWebhookUrl's job, not the agent's.
  */
-export function createWebhookAgent (opts: SsrfOptions & { timeoutMs: number }): Agent {
+export function createGuardedAgent (opts: SsrfOptions & { timeoutMs: number }): Agent {
   const ssrf: SsrfOptions = { allowPrivate: opts.allowPrivate }
   const connector = buildConnector({ timeout: opts.timeoutMs, lookup: guardedLookup(ssrf) })
   return new Agent({

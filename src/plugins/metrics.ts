@@ -1,11 +1,15 @@
 import fp from 'fastify-plugin'
+import { SUBMIT_QUEUE } from '../jobs/submit.ts'
+import { RECONCILE_QUEUE } from '../jobs/reconcile.ts'
+import { DELIVER_QUEUE } from '../jobs/deliver.ts'
+import { COPY_QUEUE } from '../jobs/copy.ts'
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import type { FastifyInstance } from 'fastify'
 import { Queue } from 'bullmq'
 import { TASK_STATUSES } from '../domain/task.ts'
 import type { KlingStatus } from '../upstream/client.ts'
 
-const QUEUES = ['submit', 'reconcile', 'deliver', 'mirror']
+const QUEUES = [SUBMIT_QUEUE, RECONCILE_QUEUE, DELIVER_QUEUE, COPY_QUEUE]
 const KLING_STATUSES: KlingStatus[] = ['submitted', 'processing', 'succeed', 'failed']
 
 /** Counters other parts increment as things happen (the rest is read when scraped). */

@@ -1,7 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import { Conflict, GatewayError, NotFound } from '../domain/errors.ts'
-import { videoKey } from '../jobs/mirror.ts'
+import { videoKey } from '../jobs/copy.ts'
 import { canSee, type Caller } from '../plugins/auth.ts'
 import { problem } from '../schemas/common.ts'
 import { TaskParamsSchema } from '../schemas/videos.ts'

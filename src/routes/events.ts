@@ -2,7 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { ServerResponse } from 'node:http'
 import { Type } from 'typebox'
 import { NotFound } from '../domain/errors.ts'
-import { isTerminal, type TaskEvent } from '../domain/task.ts'
+import { isLastEvent, isSettled, type TaskEvent } from '../domain/task.ts'
 import { problem } from '../schemas/common.ts'
 import { TaskParamsSchema } from '../schemas/videos.ts'
 import { canSee, type Caller } from '../plugins/auth.ts'
@@ -10,8 +10,10 @@ import { canSee, type Caller } from '../plugins/auth.ts'
 /**
  * `GET /v1/videos/:id/events`: Server-Sent Events (API.md §2). Replays from `Last-Event-ID` (header, or
  * `?last_event_id=` for clients that cannot set headers), then goes live. `id:` is the event's own id, which is
- * never reused (webhook-id is the same id); a reconnect resumes after that event with no gap and no duplicate. An
- * id the task no longer has (rolled back with Redis) replays the whole log; a bare number is a sequence. Heartbeat comments keep proxies from closing an idle stream; the stream
+ * never reused; a reconnect resumes after that event with no gap and no duplicate. An id the task no longer has
+ * (rolled back with Redis) replays the whole log; a bare number is a sequence. The stream ends after the last
+ * event the task will ever have (after `video.stored` when a success is being copied), and a reconnect after
+ * that gets 204, which tells an EventSource to stop. Heartbeat comments keep proxies from closing an idle stream; the stream
  * ends after the terminal event.
  */
 const EventIdSchema = Type.String({ maxLength: 64, pattern: '^[A-Za-z0-9_.-]*$', description: 'an event id (`evt_…`) or a sequence number' })
@@ -43,7 +45,8 @@ const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, o
       headers: Type.Object({ 'last-event-id': Type.Optional(EventIdSchema) }),
       querystring: Type.Object({ last_event_id: Type.Optional(EventIdSchema) }, { additionalProperties: false }),
       response: {
-        200: { description: 'text/event-stream: `id:` sequence, `event:` type, `data:` the event JSON', content: { 'text/event-stream': { schema: Type.String({ maxLength: 0 }) } } },
+        200: { description: 'text/event-stream: `id:` the event id, `event:` type, `data:` the event JSON; ends after the last event the task will have (`video.stored` after a success)', content: { 'text/event-stream': { schema: Type.String({ maxLength: 0 }) } } },
+        204: { description: 'the task has had its last event and the client has seen it: stop reconnecting', type: 'null' },
         400: problem('invalid request'),
         401: problem('missing or unknown API key'),
         404: problem('no such task for this caller')
@@ -54,6 +57,8 @@ const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, o
     const task = await store.get(request.params.id)
     if (!canSee(caller, task)) throw new NotFound('task')
     let last = await resumeAfter(task.id, request.headers['last-event-id'] || request.query.last_event_id || '')
+    // Nothing more will ever come: 204 tells an EventSource to stop reconnecting.
+    if (isSettled(task) && last >= task.sequence) return await reply.code(204).send(null)
 
     reply.hijack()
     const raw = reply.raw
@@ -67,13 +72,12 @@ const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, o
       if (done || e.sequence <= last) return
       raw.write(`id: ${e.id}\nevent: ${e.type}\ndata: ${JSON.stringify(e)}\n\n`)
       last = e.sequence
-      if (isTerminal(e.data.status)) finish()
+      if (isLastEvent(e)) finish()
     }
     // Reads what was missed from the task's event list; every write goes through one chain, in order.
     const catchUp = () => { chain = chain.then(async () => { if (!done) for (const e of await store.events(task.id, last)) write(e) }).catch(err => request.log.warn({ err }, 'sse catch-up failed')) }
-    const unlisten = hub.listen(task.id, {
-      event: e => { chain = chain.then(() => { if (e.sequence === last + 1) write(e); else if (e.sequence > last + 1) catchUp() }) },
-      resync: catchUp
+    const unlisten = hub.listen(task.id, e => {
+      chain = chain.then(() => { if (e.sequence === last + 1) write(e); else if (e.sequence > last + 1) catchUp() })
     })
     const heartbeat = setInterval(() => { raw.write(': ping\n\n'); catchUp() }, opts.heartbeatMs)
     function finish () {
@@ -88,7 +92,6 @@ const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, o
 
     // Listen first, then replay: an event appended in between arrives live and is deduplicated by sequence.
     catchUp()
-    if (isTerminal(task.status) && last >= task.sequence) chain = chain.then(finish)
   })
 }
 export default events

@@ -1,14 +1,11 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import { GatewayError, InvalidRequest, NotFound } from '../domain/errors.ts'
-import { TASK_STATUSES } from '../domain/task.ts'
+import { EVENT_TYPES } from '../domain/task.ts'
 import { checkWebhookTarget, UnsafeTarget } from '../notify/ssrf.ts'
 import { canSee, type Caller } from '../plugins/auth.ts'
 import { problem } from '../schemas/common.ts'
 import type { Delivery, Endpoint } from '../store/webhooks.ts'
-
-/** Every event type an endpoint may subscribe to: one per status, and `video.stored` once the result is copied. */
-const EVENT_TYPES = [...TASK_STATUSES.map(s => `video.${s}`), 'video.stored']
 
 const EndpointSchema = Type.Object({
   id: Type.String(),

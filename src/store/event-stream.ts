@@ -14,8 +14,9 @@ function decode (raw: Raw): StreamEntry[] {
 }
 
 /**
- * Reading the `{prefix}:events` stream as a consumer group (the transition scripts write it). Each reader of
- * the stream (webhook fan-out, result copy) is a group of its own, so each sees every event once, at least.
+ * Reading the `{prefix}:events` stream (the task scripts write it). A reader that must act once per event for
+ * the whole deployment (webhook fan-out, result copy) is a consumer group of its own; a reader that every
+ * replica needs (the SSE hub) tails the stream.
  */
 export class EventStream {
   constructor (private readonly redis: RedisClient, readonly key: string) {}
@@ -39,6 +40,19 @@ export class EventStream {
     const res = await reader.xreadgroup('GROUP', group, consumer, 'COUNT', count, 'BLOCK', blockMs,
       'STREAMS', this.key, '>') as Array<[string, Raw]> | null
     return res === null ? [] : decode(res[0][1])
+  }
+
+  /** Entries after `afterId` ('$' = from now), waiting up to `blockMs` on `reader`; every replica sees every one. */
+  async tail (reader: RedisClient, afterId: string, blockMs: number, count = 500): Promise<StreamEntry[]> {
+    const res = await reader.xread('COUNT', count, 'BLOCK', blockMs, 'STREAMS', this.key, afterId) as
+      Array<[string, Raw]> | null
+    return res === null ? [] : decode(res[0][1])
+  }
+
+  /** The id of the newest entry, or '0-0' for an empty stream: where a tail reader starts. */
+  async lastId (): Promise<string> {
+    const last = await this.redis.xrevrange(this.key, '+', '-', 'COUNT', 1)
+    return last[0]?.[0] ?? '0-0'
   }
 
   async ack (group: string, entryId: string): Promise<void> {

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto'
 
 /**
- * Every Redis key and channel name, built in one place. All share the hash tag `{prefix}`
+ * Every Redis key, built in one place. All share the hash tag `{prefix}`
  * so multi-key scripts run on Redis Cluster.
  */
 export function keys (prefix: string) {
@@ -22,10 +22,8 @@ export function keys (prefix: string) {
     idempotency: (caller: string, key: string) => `${p}idem:${caller}:${digest(key)}`,
     /** Non-terminal tasks scored by last activity, for reconciliation. */
     open: `${p}open`,
-    /** The event stream for internal consumers (API.md §3). */
+    /** The event stream: the outbox every reader (webhooks, copy, live/SSE, internal consumers) reads. */
     events: `${p}events`,
-    /** Pub/sub channel announcing appended events, for SSE on every replica. */
-    eventsChannel: `${p}events:live`,
     parkedBytes: `${p}parked:bytes`,
     /** Parked images not yet owned by a stored task, scored by when they were parked (a sweep frees leftovers). */
     parkedPending: `${p}parked:pending`,
@@ -39,6 +37,16 @@ export function keys (prefix: string) {
     orphan: (taskId: string) => `${p}orphan:${taskId}`,
     /** Orphaned callbacks' task ids, scored by when one was last seen. */
     orphans: `${p}orphans`,
+    /** A webhook endpoint (hash), and a caller's endpoints by creation time. */
+    endpoint: (id: string) => `${p}ep:${id}`,
+    endpoints: (caller: string) => `${p}eps:${caller}`,
+    /** A delivery (hash) and its attempts (list). */
+    delivery: (id: string) => `${p}dlv:${id}`,
+    deliveryAttempts: (id: string) => `${p}dlv:${id}:attempts`,
+    /** Deliveries newest first per caller (`*` for all) or per endpoint; failed ones by when they failed. */
+    deliveries: (scope: string, status: 'all' | 'failed' = 'all') => `${p}dlvidx:${scope}:${status}`,
+    /** The secret that signs deliveries to a caller's tasks' own webhook_url. */
+    callerSecret: (caller: string) => `${p}whsec:${caller}`,
     /** BullMQ prefix: queues live under the same hash tag. */
     bullPrefix: `{${prefix}}`
   }

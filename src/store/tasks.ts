@@ -156,9 +156,6 @@ export class TaskStore {
   /** The prefix BullMQ queues live under: the same hash tag as every task key, so it all runs on one Cluster slot. */
   get queuePrefix (): string { return this.k.bullPrefix }
 
-  /** The pub/sub channel the scripts announce each event on. */
-  get liveChannel (): string { return this.k.eventsChannel }
-
   /** Resolves once the writes made so far are durable by the deployment's rule; 503 (Unavailable) otherwise. */
   async durable (): Promise<void> {
     await this.durability.ensure()
@@ -218,7 +215,6 @@ export class TaskStore {
         event: JSON.stringify(event),
         event_id: event.id,
         maxlen: STREAM_MAXLEN,
-        channel: k.eventsChannel,
         reference: record.reference !== null,
         idempotency: idempotency === undefined
           ? undefined
@@ -293,7 +289,6 @@ export class TaskStore {
           maxlen: STREAM_MAXLEN,
           terminal: isTerminal(next.status),
           now: String(now),
-          channel: k.eventsChannel,
           guard: opts.requireEmpty ?? '',
           stored
         }))

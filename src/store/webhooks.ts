@@ -94,13 +94,13 @@ function decodeDelivery (h: Record<string, string>): Delivery | null {
 export class WebhookStore {
   constructor (readonly redis: RedisClient, readonly k: Keys, private readonly clock: () => number = Date.now) {}
 
-  private epKey (id: string) { return `${this.k.prefix}ep:${id}` }
-  private epIndex (caller: string) { return `${this.k.prefix}eps:${caller}` }
-  private dlvKey (id: string) { return `${this.k.prefix}dlv:${id}` }
-  private dlvAttempts (id: string) { return `${this.k.prefix}dlv:${id}:attempts` }
+  private epKey (id: string) { return this.k.endpoint(id) }
+  private epIndex (caller: string) { return this.k.endpoints(caller) }
+  private dlvKey (id: string) { return this.k.delivery(id) }
+  private dlvAttempts (id: string) { return this.k.deliveryAttempts(id) }
   /** Deliveries newest first per caller (`*` for all) and per endpoint; failed ones by when they failed. */
-  dlvIndex (scope: string, status: 'all' | 'failed' = 'all') { return `${this.k.prefix}dlvidx:${scope}:${status}` }
-  private callerSecretKey (caller: string) { return `${this.k.prefix}whsec:${caller}` }
+  dlvIndex (scope: string, status: 'all' | 'failed' = 'all') { return this.k.deliveries(scope, status) }
+  private callerSecretKey (caller: string) { return this.k.callerSecret(caller) }
 
   async createEndpoint (input: { caller: string, url: string, eventTypes: string[] | null, description: string | null }): Promise<Endpoint> {
     const ep: Endpoint = {

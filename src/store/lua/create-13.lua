@@ -8,7 +8,7 @@
   KEYS[10] idempotency record (the task key again when there is none)
   KEYS[11] this request's parked images   KEYS[12] parked-bytes counter   KEYS[13] parked-pending set
   ARGV[1] MessagePack map: id, caller, created_at, fields {name = value}, event (JSON), event_id, maxlen,
-          channel, reference (bool), idempotency {fingerprint, ttl_ms} or nil
+          reference (bool), idempotency {fingerprint, ttl_ms} or nil
   Returns {outcome, task id}: created | existing (the key's task) | mismatch (the key's task, another body)
   | reference (the task holding the reference). ]]
 local a = cmsgpack.unpack(ARGV[1])
@@ -54,5 +54,4 @@ if a.idempotency then
 end
 redis.call('ZADD', KEYS[9], a.created_at, a.id)
 redis.call('ZREM', KEYS[13], a.id)
-redis.call('PUBLISH', a.channel, a.event)
 return {'created', a.id}

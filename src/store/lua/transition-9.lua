@@ -5,7 +5,7 @@
   KEYS[4] index caller:<from>   KEYS[5] index caller:<to>   KEYS[6] index *:<from>   KEYS[7] index *:<to>
   KEYS[8] open set   KEYS[9] stored set
   ARGV[1] MessagePack map: expected, from, to, fields {name = value}, event (JSON, '' = no event), event_type,
-          event_id, created_at, maxlen, terminal (bool), now, channel, guard (a field that must be empty, or ''),
+          event_id, created_at, maxlen, terminal (bool), now, guard (a field that must be empty, or ''),
           stored (a score to add the task to the stored set with, 'remove', or nil)
   Returns the new sequence, 0 when stale, -1 when the task does not exist, -2 when the guard field is set. ]]
 local a = cmsgpack.unpack(ARGV[1])
@@ -32,8 +32,7 @@ if a.event ~= '' then
   redis.call('RPUSH', KEYS[2], a.event)
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', a.maxlen, '*', 'type', a.event_type, 'id', a.event_id,
     'task_id', current[3], 'caller', current[4], 'sequence', tostring(seq), 'data', a.event)
-  redis.call('PUBLISH', a.channel, a.event)
-end
+  end
 if a.from ~= a.to then
   redis.call('ZREM', KEYS[4], current[3]); redis.call('ZADD', KEYS[5], a.created_at, current[3])
   redis.call('ZREM', KEYS[6], current[3]); redis.call('ZADD', KEYS[7], a.created_at, current[3])

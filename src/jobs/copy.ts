@@ -1,23 +1,24 @@
 /**
- * Keeps the bytes: when a task succeeds, copy each result video into the blob store before Kling's 30-day URL
+ * The result copy ("keeps the bytes"): when a task succeeds, copy each result video into the blob store before Kling's 30-day URL
  * expires. One BullMQ job per task (job id = task id), retried with backoff; the download goes through the
  * SSRF-guarded agent, with a size cap, a deadline and a Content-Length check. The task's terminal event is not
- * held back: a `video.stored` event follows when the copy is done.
+ * held back: a `video.stored` event follows when the copy is done. The copy is served by
+ * `GET /v1/videos/:id/content` from the blob store (`src/blobs`); MIRROR_* variables configure the download.
  */
-import { Queue, Worker, type Job } from 'bullmq'
+import type { Job } from 'bullmq'
 import { pipeline, Transform } from 'node:stream'
 import type { Logger } from 'pino'
-import { closeBounded } from './close.ts'
 import { request, type Agent } from 'undici'
 import type { BlobStore } from '../blobs/index.ts'
 import type { Config } from '../config/index.ts'
 import type { RedisClient } from '../infra/redis.ts'
-import { createWebhookAgent } from '../notify/ssrf.ts'
+import { createGuardedAgent } from '../notify/ssrf.ts'
 import type { TaskStore } from '../store/tasks.ts'
+import { QueueJobs } from './base.ts'
 
-export const MIRROR_QUEUE = 'mirror'
+export const COPY_QUEUE = 'copy'
 
-export interface MirrorDeps {
+export interface CopyDeps {
   config: Config
   store: TaskStore
   blobs: BlobStore
@@ -28,39 +29,35 @@ export interface MirrorDeps {
 
 export const videoKey = (taskId: string, index: number): string => `videos/${taskId}/${index}.mp4`
 
-export class MirrorJobs {
-  private readonly q?: Queue<{ taskId: string }>
-  private worker?: Worker<{ taskId: string }>
+export class CopyJobs extends QueueJobs<{ taskId: string }> {
   private readonly agent: Agent
-  private readonly log: Logger
 
-  constructor (private readonly deps: MirrorDeps) {
-    this.log = deps.logger.child({ component: 'mirror' })
-    this.agent = createWebhookAgent({ allowPrivate: deps.config.mirror.allowPrivate, timeoutMs: deps.config.mirror.timeoutMs })
-    if (deps.connection === undefined) return
-    this.q = new Queue(MIRROR_QUEUE, { connection: deps.connection as never, prefix: deps.store.queuePrefix })
-    this.q.on('error', err => this.log.warn({ err: err.message }, 'mirror queue error'))
+  constructor (private readonly deps: CopyDeps) {
+    super(COPY_QUEUE, { connection: deps.connection, prefix: deps.store.queuePrefix, logger: deps.logger })
+    this.agent = createGuardedAgent({ allowPrivate: deps.config.copy.allowPrivate, timeoutMs: deps.config.copy.timeoutMs })
   }
 
   async start (): Promise<void> {
     const { config } = this.deps
-    if (config.mirror.retentionMs > 0) {
-      await this.q?.upsertJobScheduler('expire', { every: Math.min(config.mirror.retentionMs, 3600_000) }, { name: 'expire', opts: { removeOnComplete: true, removeOnFail: 10 } })
+    if (config.copy.retentionMs > 0) {
+      await this.queue.upsertJobScheduler('expire', { every: Math.min(config.copy.retentionMs, 3600_000) },
+        { name: 'expire', opts: { removeOnComplete: true, removeOnFail: 10 } })
     }
-    this.worker = new Worker(MIRROR_QUEUE, async job => job.name === 'expire' ? await this.expire() : await this.copy(job), {
-      connection: this.deps.connection as never,
-      prefix: this.deps.store.queuePrefix,
-      concurrency: 2
-    })
-    this.worker.on('error', err => this.log.warn({ err: err.message }, 'mirror worker error'))
+    this.startWorker(async job => job.name === 'expire' ? await this.expire() : await this.copy(job), { concurrency: 2 })
+  }
+
+  /** The `copy` reader of the event stream: a succeeded task gets its result copied. Safe to call twice. */
+  async onEvent (event: { type: string, task_id: string }): Promise<void> {
+    if (event.type === 'video.succeeded') await this.enqueue(event.task_id)
   }
 
   async enqueue (taskId: string): Promise<void> {
-    await this.q?.add('copy', { taskId }, { jobId: `mirror-${taskId}`, attempts: 8, backoff: { type: 'exponential', delay: 2000 }, removeOnComplete: true, removeOnFail: 1000 })
+    await this.queue.add('copy', { taskId }, {
+      jobId: `copy-${taskId}`, attempts: 8, backoff: { type: 'exponential', delay: 2000 }, removeOnComplete: true, removeOnFail: 1000
+    })
   }
 
-  async close (graceMs = 5000): Promise<void> {
-    await closeBounded(this.worker, this.q, this.log, graceMs)
+  protected override async closed (): Promise<void> {
     await this.agent.close()
   }
 
@@ -84,14 +81,14 @@ export class MirrorJobs {
 
   private async download (url: string, key: string): Promise<void> {
     const { config, blobs } = this.deps
-    const res = await request(url, { dispatcher: this.agent, signal: AbortSignal.timeout(config.mirror.timeoutMs), headers: { 'user-agent': 'kling-gateway-mirror/1' } })
+    const res = await request(url, { dispatcher: this.agent, signal: AbortSignal.timeout(config.copy.timeoutMs), headers: { 'user-agent': 'kling-gateway-copy/1' } })
     if (res.statusCode !== 200) {
       await res.body.dump().catch(() => {})
       throw new Error(`download answered ${res.statusCode}`)
     }
     const header = res.headers['content-length']
     const length = typeof header === 'string' && /^\d+$/.test(header) ? Number(header) : undefined
-    if (length !== undefined && length > config.mirror.maxBytes) {
+    if (length !== undefined && length > config.copy.maxBytes) {
       res.body.destroy()
       throw new Error(`video is ${length} bytes, over MIRROR_MAX_BYTES`)
     }
@@ -99,7 +96,7 @@ export class MirrorJobs {
     const cap = new Transform({
       transform (chunk: Buffer, _enc, done) {
         seen += chunk.length
-        done(seen > config.mirror.maxBytes ? new Error('video is over MIRROR_MAX_BYTES') : null, chunk)
+        done(seen > config.copy.maxBytes ? new Error('video is over MIRROR_MAX_BYTES') : null, chunk)
       }
     })
     // Not `.pipe()`: it does not pass errors on, so a download cut off (or timed out) midway would leave the put
@@ -110,7 +107,7 @@ export class MirrorJobs {
   /** Deletes stored videos older than VIDEO_RETENTION_DAYS; their content answers 410 afterwards. */
   private async expire (): Promise<string> {
     const { store, blobs, clock, config } = this.deps
-    const ids = await store.storedBefore(clock() - config.mirror.retentionMs, 500)
+    const ids = await store.storedBefore(clock() - config.copy.retentionMs, 500)
     for (const id of ids) {
       const task = await store.get(id)
       for (let i = 0; i < (task?.result?.videos.length ?? 1); i++) await blobs.delete(videoKey(id, i))

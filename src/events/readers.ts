@@ -1,0 +1,104 @@
+/**
+ * The two ways to read the event stream, each a loop that runs until `stop()`:
+ * - `GroupReader`: one consumer of a named consumer group. An entry is acknowledged only after its handler
+ *   finished, so a crash re-delivers it; entries a dead replica held for CLAIM_IDLE_MS are claimed here. Handlers
+ *   must be safe to run twice (deliveries and copy jobs have ids derived from the event).
+ * - `TailReader`: every entry after the last one seen, on every replica, resuming from that entry after a
+ *   reconnect, so a Redis blip skips nothing.
+ */
+import { randomBytes } from 'node:crypto'
+import type { Logger } from 'pino'
+import type { TaskEvent } from '../domain/task.ts'
+import type { RedisClient } from '../infra/redis.ts'
+import type { EventStream, StreamEntry } from '../store/event-stream.ts'
+
+export const CLAIM_IDLE_MS = 30_000
+const BLOCK_MS = 500
+const RETRY_MS = 500
+
+export type EventHandler = (event: TaskEvent) => Promise<void> | void
+
+abstract class Loop {
+  private running = false
+  private done?: Promise<void>
+  protected readonly log: Logger
+
+  constructor (readonly name: string, protected readonly stream: EventStream, protected readonly reader: RedisClient,
+    logger: Logger) {
+    this.log = logger.child({ component: `events:${name}` })
+  }
+
+  start (): void {
+    if (this.running) return
+    this.running = true
+    this.done = this.loop()
+  }
+
+  /** Ends the loop; a blocking read is cut short by disconnecting the reader (it is this reader's own). */
+  async stop (): Promise<void> {
+    this.running = false
+    this.reader.disconnect()
+    await this.done
+  }
+
+  protected abstract step (): Promise<void>
+
+  private async loop (): Promise<void> {
+    while (this.running) {
+      try {
+        await this.step()
+      } catch (err) {
+        if (!this.running) break
+        this.log.warn({ err: (err as Error).message }, 'event stream read failed; retrying')
+        await new Promise(resolve => setTimeout(resolve, RETRY_MS))
+      }
+    }
+  }
+}
+
+export class GroupReader extends Loop {
+  private readonly consumer = `c-${randomBytes(6).toString('hex')}`
+  private lastClaim = 0
+
+  constructor (name: string, stream: EventStream, reader: RedisClient, logger: Logger,
+    private readonly handle: EventHandler, private readonly clock: () => number = Date.now) {
+    super(name, stream, reader, logger)
+  }
+
+  /** Makes the group if missing; every replica does this at start, before it writes an event. */
+  async ensureGroup (): Promise<void> {
+    await this.stream.ensureGroup(this.name)
+  }
+
+  protected async step (): Promise<void> {
+    if (this.clock() - this.lastClaim > CLAIM_IDLE_MS / 3) {
+      this.lastClaim = this.clock()
+      await this.run(await this.stream.claim(this.name, this.consumer, CLAIM_IDLE_MS))
+    }
+    await this.run(await this.stream.read(this.reader, this.name, this.consumer, BLOCK_MS))
+  }
+
+  private async run (entries: StreamEntry[]): Promise<void> {
+    for (const { entryId, event } of entries) {
+      if (event !== null) await this.handle(event)
+      await this.stream.ack(this.name, entryId)
+    }
+  }
+}
+
+export class TailReader extends Loop {
+  private after?: string
+
+  constructor (name: string, stream: EventStream, reader: RedisClient, logger: Logger,
+    private readonly handle: EventHandler) {
+    super(name, stream, reader, logger)
+  }
+
+  protected async step (): Promise<void> {
+    this.after ??= await this.stream.lastId()
+    for (const { entryId, event } of await this.stream.tail(this.reader, this.after, BLOCK_MS)) {
+      this.after = entryId
+      if (event !== null) await this.handle(event)
+    }
+  }
+}
