@@ -290,13 +290,14 @@ export class Simulator {
 
   /** The create body of a request, remembered with the route it came in on. */
   private arrived (request: FastifyRequest): Record<string, unknown> {
-    const body = typeof request.body === 'object' && request.body !== null ? request.body as Record<string, unknown> : {}
+    const sent = request.body
+    const body = typeof sent === 'object' && sent !== null ? sent as Record<string, unknown> : {}
     const route = routeOf(request.url)
     if (route !== null) this.arrivedOn.set(body, route)
     return body
   }
 
-  /** Makes a task as an accepted create would (tests seed tasks with it; without a route, a CometAPI multi-image one). */
+  /** Makes a task as an accepted create would (tests seed tasks with it; with no route, a CometAPI multi-image one). */
   create (body: Record<string, unknown>, route = this.arrivedOn.get(body) ?? DEFAULT_ROUTE): SimTask {
     const now = Date.now()
     this.nextId += BigInt(randomInt(1, 1000))
@@ -327,8 +328,9 @@ export class Simulator {
     return task
   }
 
-  /** Kling's own parameter checks, loosely: enough that a gateway bug (or a body sent to the wrong kind) shows up as 1201. */
-  private invalid (body: Record<string, unknown>, kind = this.arrivedOn.get(body)?.kind ?? DEFAULT_ROUTE.kind): string | undefined {
+  /** Kling's own parameter checks, loosely: enough that a gateway bug (or a body for another kind) shows up as 1201. */
+  private invalid (body: Record<string, unknown>, kind = this.arrivedOn.get(body)?.kind ?? DEFAULT_ROUTE.kind):
+  string | undefined {
     const given = (v: unknown) => typeof v === 'string' && v.length > 0
     if (kind === 'multi-image2video') {
       const list = body.image_list
@@ -347,7 +349,9 @@ export class Simulator {
     }
     if (typeof body.prompt === 'string' && body.prompt.length > 2500) return 'prompt must be at most 2500 characters'
     if (body.duration !== undefined && body.duration !== '5' && body.duration !== '10') return 'duration must be "5" or "10"'
-    if (body.model_name !== undefined && !MODELS[kind].includes(String(body.model_name))) return `model ${String(body.model_name)} not supported`
+    if (body.model_name !== undefined && !MODELS[kind].includes(String(body.model_name))) {
+      return `model ${String(body.model_name)} not supported`
+    }
     if (typeof body.external_task_id === 'string' && this.byExternal.has(body.external_task_id)) return 'external_task_id already exists'
     return undefined
   }
@@ -402,7 +406,8 @@ export class Simulator {
       return { code: 0, message: 'SUCCEED', data: { task_id: task.task_id, task_status: task.status, task_info: task.external_task_id === null ? {} : { external_task_id: task.external_task_id }, created_at: task.created_at, updated_at: task.updated_at } }
     }
 
-    const queryTask = async (request: FastifyRequest<{ Params: { kind: string, id: string } }>, reply: FastifyReply) => {
+    type QueryRequest = FastifyRequest<{ Params: { kind: string, id: string } }>
+    const queryTask = async (request: QueryRequest, reply: FastifyReply) => {
       this.counts.queries++
       if (!this.authorized(request, reply)) return reply
       const fault = this.takeFault('query')
@@ -420,7 +425,8 @@ export class Simulator {
     // CometAPI's paths are Kling's own under /kling: every kind answers on both, so either adapter can be tested.
     const knownKind = async (request: FastifyRequest, reply: FastifyReply) => {
       if (routeOf(request.url) === null) {
-        return await reply.code(404).send({ code: 1202, message: 'the requested method is invalid', request_id: randomUUID() })
+        const body = { code: 1202, message: 'the requested method is invalid', request_id: randomUUID() }
+        return await reply.code(404).send(body)
       }
     }
     for (const prefix of ['/kling/v1/videos', '/v1/videos']) {

@@ -93,19 +93,22 @@ describe('loadConfig', () => {
     })
 
     it('is the Kling keys\' upstream when only they are set, and whatever UPSTREAM says when it is set', () => {
+      const { KLING_ACCESS_KEY: accessKey, KLING_SECRET_KEY: secretKey } = kling
       expect(loadConfig({ ...kling, ...secret }).upstream).toMatchObject({
-        name: 'kling', kling: { baseUrl: 'https://api-singapore.klingai.com', accessKey: kling.KLING_ACCESS_KEY, secretKey: kling.KLING_SECRET_KEY }
+        name: 'kling', kling: { baseUrl: 'https://api-singapore.klingai.com', accessKey, secretKey }
       })
-      expect(loadConfig({ UPSTREAM: 'kling', KLING_BASE_URL: 'https://kling.example/', ...kling, ...secret }).upstream.kling.baseUrl)
-        .toBe('https://kling.example')
+      const elsewhere = loadConfig({ UPSTREAM: 'kling', KLING_BASE_URL: 'https://kling.example/', ...kling, ...secret })
+      expect(elsewhere.upstream.kling.baseUrl).toBe('https://kling.example')
       expect(loadConfig({ UPSTREAM: 'simulator', COMETAPI_KEY: 'sk-1' }).upstream.name).toBe('simulator')
-      expect(loadConfig({ UPSTREAM: 'cometapi', COMETAPI_KEY: 'sk-1', ...kling, ...secret }).upstream.name).toBe('cometapi')
+      const both = loadConfig({ UPSTREAM: 'cometapi', COMETAPI_KEY: 'sk-1', ...kling, ...secret })
+      expect(both.upstream.name).toBe('cometapi')
     })
 
     it('names every variable the chosen upstream lacks, never a value', () => {
       const k = problemsOf({ UPSTREAM: 'kling' })
       for (const name of ['KLING_ACCESS_KEY', 'KLING_SECRET_KEY', 'CALLBACK_SECRET']) expect(k).toContain(name)
-      expect(problemsOf({ UPSTREAM: 'kling', KLING_ACCESS_KEY: kling.KLING_ACCESS_KEY, ...secret })).toBe('KLING_SECRET_KEY: required with UPSTREAM=kling')
+      expect(problemsOf({ UPSTREAM: 'kling', KLING_ACCESS_KEY: kling.KLING_ACCESS_KEY, ...secret }))
+        .toBe('KLING_SECRET_KEY: required with UPSTREAM=kling')
       const onlySecret = problemsOf({ KLING_SECRET_KEY: kling.KLING_SECRET_KEY })
       expect(onlySecret).toContain('KLING_ACCESS_KEY')
       expect(onlySecret).not.toContain(kling.KLING_SECRET_KEY)
@@ -116,7 +119,9 @@ describe('loadConfig', () => {
     it('refuses to guess between COMETAPI_KEY and the Kling keys', () => {
       const p = problemsOf({ COMETAPI_KEY: 'sk-comet-secret-1', ...kling, ...secret })
       expect(p).toMatch(/^UPSTREAM: required/)
-      for (const value of ['sk-comet-secret-1', kling.KLING_ACCESS_KEY, kling.KLING_SECRET_KEY]) expect(p).not.toContain(value)
+      for (const value of ['sk-comet-secret-1', kling.KLING_ACCESS_KEY, kling.KLING_SECRET_KEY]) {
+        expect(p).not.toContain(value)
+      }
     })
   })
 

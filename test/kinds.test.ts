@@ -17,15 +17,18 @@ interface Problem { code: string, errors?: Array<{ pointer: string, detail: stri
 const URL_A = 'https://images.example.com/a.png'
 const URL_B = 'https://images.example.com/b.jpg'
 const b64 = (buf: Buffer) => buf.toString('base64')
-const GIF = b64(Buffer.concat([Buffer.from('GIF89a'), Buffer.from([0x2c, 0x01, 0x2c, 0x01, 0, 0, 0]), Buffer.alloc(64)]))
+const GIF = b64(Buffer.concat([Buffer.from('GIF89a'), Buffer.from([0x2c, 0x01, 0x2c, 0x01, 0, 0, 0]),
+  Buffer.alloc(64)]))
 
 const i2v = (over: Body = {}): Body => ({ image: URL_A, prompt: 'the cat turns its head', ...over })
 const t2v = (over: Body = {}): Body => ({ prompt: 'a paper boat drifts down a rainy street', ...over })
 const without = (body: Body, field: string): Body => { const b = { ...body }; delete b[field]; return b }
 const simple = (config: Body) => ({ type: 'simple', config })
 
-async function post (h: Harness, path: string, payload: unknown, headers: Record<string, string> = {}): Promise<LightMyRequestResponse> {
-  return await h.app.inject({ method: 'POST', url: `/v1/videos${path}`, headers: { ...auth('alice'), ...headers }, payload: payload as Body })
+async function post (h: Harness, path: string, payload: unknown, headers: Record<string, string> = {}):
+Promise<LightMyRequestResponse> {
+  const all = { ...auth('alice'), ...headers }
+  return await h.app.inject({ method: 'POST', url: `/v1/videos${path}`, headers: all, payload: payload as Body })
 }
 
 function pointersOf (res: LightMyRequestResponse): string[] {
@@ -62,20 +65,29 @@ describe('field rules per kind', () => {
     ['mode "hd"', i2v({ mode: 'hd' }), '/mode', /"std", "pro"/],
     ['duration "7"', i2v({ duration: '7' }), '/duration', /must be one of/],
     ['a model_name not in ALLOWED_MODELS', i2v({ model_name: 'kling-v2-master' }), '/model_name', /kling-v1-6/],
-    ['aspect_ratio (not a field of image2video)', i2v({ aspect_ratio: '16:9' }), '/aspect_ratio', /not an accepted field/],
-    ['image_list (a field of multi-image2video)', i2v({ image_list: [{ image: URL_A }] }), '/image_list', /not an accepted field/],
+    ['aspect_ratio (not a field of image2video)', i2v({ aspect_ratio: '16:9' }),
+      '/aspect_ratio', /not an accepted field/],
+    ['image_list (a field of multi-image2video)', i2v({ image_list: [{ image: URL_A }] }),
+      '/image_list', /not an accepted field/],
     ['camera_control type "spin"', i2v({ camera_control: { type: 'spin' } }), '/camera_control/type', /must be one of/],
-    ['camera_control "simple" without config', i2v({ camera_control: { type: 'simple' } }), '/camera_control/config', /required/],
-    ['camera_control "simple" on two axes', i2v({ camera_control: simple({ pan: 2, zoom: 3 }) }), '/camera_control/config', /exactly one.*got 2/],
-    ['camera_control "simple" with no move', i2v({ camera_control: simple({ pan: 0 }) }), '/camera_control/config', /got 0/],
-    ['a fixed camera move with a config', i2v({ camera_control: { type: 'down_back', config: { pan: 1 } } }), '/camera_control/config', /left out/],
+    ['camera_control "simple" without config', i2v({ camera_control: { type: 'simple' } }),
+      '/camera_control/config', /required/],
+    ['camera_control "simple" on two axes', i2v({ camera_control: simple({ pan: 2, zoom: 3 }) }),
+      '/camera_control/config', /exactly one.*got 2/],
+    ['camera_control "simple" with no move', i2v({ camera_control: simple({ pan: 0 }) }),
+      '/camera_control/config', /got 0/],
+    ['a fixed camera move with a config', i2v({ camera_control: { type: 'down_back', config: { pan: 1 } } }),
+      '/camera_control/config', /left out/],
     ['a camera axis of 11', i2v({ camera_control: simple({ zoom: 11 }) }), '/camera_control/config/zoom', /<= 10/],
-    ['an unknown camera axis', i2v({ camera_control: simple({ dolly: 1 }) }), '/camera_control/config/dolly', /not an accepted field/],
+    ['an unknown camera axis', i2v({ camera_control: simple({ dolly: 1 }) }),
+      '/camera_control/config/dolly', /not an accepted field/],
     ['sound "loud"', i2v({ sound: 'loud' }), '/sound', /"on", "off"/],
     ['voice_list without sound "on"', i2v({ voice_list: [{ voice_id: 'v1' }] }), '/voice_list', /sound "on"/],
-    ['three voices', i2v({ sound: 'on', voice_list: [{ voice_id: 'a' }, { voice_id: 'b' }, { voice_id: 'c' }] }), '/voice_list', /more than 2/],
+    ['three voices', i2v({ sound: 'on', voice_list: [{ voice_id: 'a' }, { voice_id: 'b' }, { voice_id: 'c' }] }),
+      '/voice_list', /more than 2/],
     ['watermark_info.enabled "yes"', i2v({ watermark_info: { enabled: 'yes' } }), '/watermark_info/enabled', /boolean/],
-    ['a trajectory of 1 point', i2v({ dynamic_masks: [{ mask: URL_B, trajectories: [{ x: 1, y: 1 }] }] }), '/dynamic_masks/0/trajectories', /fewer than 2/],
+    ['a trajectory of 1 point', i2v({ dynamic_masks: [{ mask: URL_B, trajectories: [{ x: 1, y: 1 }] }] }),
+      '/dynamic_masks/0/trajectories', /fewer than 2/],
     ['callback_url', i2v({ callback_url: 'https://mine.example.com/cb' }), '/callback_url', /set by the gateway/],
     ['metadata over 4 KB', i2v({ metadata: { note: 'm'.repeat(4100) } }), '/metadata', /4096 bytes/]
   ]
@@ -97,8 +109,10 @@ describe('field rules per kind', () => {
     ['a model_name not in ALLOWED_MODELS', t2v({ model_name: 'kling-v2-6' }), '/model_name', /kling-v1-6/],
     ['an image (not a field of text2video)', t2v({ image: URL_A }), '/image', /not an accepted field/],
     ['a static_mask (not a field of text2video)', t2v({ static_mask: URL_A }), '/static_mask', /not an accepted field/],
-    ['camera_control "simple" without config', t2v({ camera_control: { type: 'simple' } }), '/camera_control/config', /required/],
-    ['a fixed camera move with a config', t2v({ camera_control: { type: 'forward_up', config: { tilt: 1 } } }), '/camera_control/config', /left out/],
+    ['camera_control "simple" without config', t2v({ camera_control: { type: 'simple' } }),
+      '/camera_control/config', /required/],
+    ['a fixed camera move with a config', t2v({ camera_control: { type: 'forward_up', config: { tilt: 1 } } }),
+      '/camera_control/config', /left out/],
     ['sound "yes"', t2v({ sound: 'yes' }), '/sound'],
     ['a webhook_url that is not https', t2v({ webhook_url: 'ftp://hooks.example.com/x' }), '/webhook_url', /https/],
     ['a reference of 129 characters', t2v({ reference: 'r'.repeat(129) }), '/reference', /128/]
@@ -111,7 +125,8 @@ describe('field rules per kind', () => {
   })
 
   it('image2video: image_tail, the masks and camera_control exclude one another, each field named', async () => {
-    const res = await post(h, '/image2video', i2v({ image_tail: URL_B, static_mask: URL_B, camera_control: simple({ pan: 1 }) }))
+    const all = { image_tail: URL_B, static_mask: URL_B, camera_control: simple({ pan: 1 }) }
+    const res = await post(h, '/image2video', i2v(all))
     expect(pointersOf(res)).toEqual(['/camera_control', '/image_tail', '/static_mask'])
     expect(res.json<Problem>().errors?.[0].detail).toMatch(/Kling takes one/)
     // Any one of them alone is fine.
@@ -146,15 +161,18 @@ describe('field rules per kind', () => {
     const p = res.json<Problem>()
     expect(res.statusCode).toBe(400)
     expect([...new Set(p.errors?.map(e => `${e.location ?? ''}:${e.pointer}`))].sort()).toEqual([
-      'body:/camera_control', 'body:/colour', 'body:/image', 'body:/image_tail', 'body:/mode', 'body:/prompt', 'headers:/idempotency-key'
+      'body:/camera_control', 'body:/colour', 'body:/image', 'body:/image_tail', 'body:/mode', 'body:/prompt',
+      'headers:/idempotency-key'
     ])
-    const t = await post(h, '/text2video', { negative_prompt: 'n'.repeat(2501), aspect_ratio: '2:1', image: URL_A, model_name: 'x' })
+    const bad = { negative_prompt: 'n'.repeat(2501), aspect_ratio: '2:1', image: URL_A, model_name: 'x' }
+    const t = await post(h, '/text2video', bad)
     expect(pointersOf(t)).toEqual(['/aspect_ratio', '/image', '/model_name', '/negative_prompt', '/prompt'])
   })
 
-  it('shows the kind on the task, the defaults filled in, Base64 images as descriptors; /multi-image2video is POST /v1/videos', async () => {
+  it('shows the kind, the defaults, Base64 images as descriptors; /multi-image2video = POST /v1/videos', async () => {
     const png = makePng(640, 360, 0x41)
-    const res = await post(h, '/image2video', i2v({ image: `data:image/png;base64,${b64(png)}`, image_tail: b64(makeJpeg(640, 360)) }))
+    const images = { image: `data:image/png;base64,${b64(png)}`, image_tail: b64(makeJpeg(640, 360)) }
+    const res = await post(h, '/image2video', i2v(images))
     expect(res.statusCode, res.body).toBe(202)
     const task = res.json<TaskView>()
     expect(task.kind).toBe('image2video')
@@ -168,8 +186,9 @@ describe('field rules per kind', () => {
     })
     expect(res.body).not.toContain(b64(png).slice(0, 64))
 
-    const text = (await post(h, '/text2video', t2v({ aspect_ratio: '9:16', duration: 10, camera_control: { type: 'forward_up' }, sound: 'off' }))).json<TaskView>()
-    expect(text).toMatchObject({ kind: 'text2video', request: { aspect_ratio: '9:16', duration: '10', camera_control: { type: 'forward_up' }, sound: 'off' } })
+    const fields = { aspect_ratio: '9:16', duration: 10, camera_control: { type: 'forward_up' }, sound: 'off' }
+    const text = (await post(h, '/text2video', t2v(fields))).json<TaskView>()
+    expect(text).toMatchObject({ kind: 'text2video', request: { ...fields, duration: '10' } })
 
     const multi = { image_list: [{ image: URL_A }, { image: URL_B }], prompt: 'two friends wave' }
     for (const path of ['', '/multi-image2video']) {
@@ -177,9 +196,11 @@ describe('field rules per kind', () => {
       expect(made.statusCode, made.body).toBe(202)
       expect(made.json<TaskView>().kind).toBe('multi-image2video')
     }
-    const listed = (await h.app.inject({ url: '/v1/videos?limit=4', headers: auth('alice') })).json<{ data: TaskView[] }>().data
+    const list = await h.app.inject({ url: '/v1/videos?limit=4', headers: auth('alice') })
+    const listed = list.json<{ data: TaskView[] }>().data
     expect(listed.map(t => t.kind)).toEqual(['multi-image2video', 'multi-image2video', 'text2video', 'image2video'])
-    expect((await h.app.inject({ url: `/v1/videos/${task.id}`, headers: auth('alice') })).json<TaskView>().kind).toBe('image2video')
+    const one = await h.app.inject({ url: `/v1/videos/${task.id}`, headers: auth('alice') })
+    expect(one.json<TaskView>().kind).toBe('image2video')
   })
 
   it('an Idempotency-Key replays only the same kind and body', async () => {
@@ -202,8 +223,9 @@ describe('each kind through submit, to the simulator and back', () => {
     return h
   }
 
-  it('image2video: its path and body upstream, then succeeded through the callback and a query on its path', async () => {
-    const h = await harness({ listen: true, sim: { processingAfterMs: 50, finishAfterMs: 150 }, env: { RECONCILE_INTERVAL_MS: '60000' } })
+  it('image2video: its path and body upstream, then succeeded by the callback and a query on its path', async () => {
+    const sim = { processingAfterMs: 50, finishAfterMs: 150 }
+    const h = await harness({ listen: true, sim, env: { RECONCILE_INTERVAL_MS: '60000' } })
     const image = makePng(400, 400)
     const res = await post(h, '/image2video', i2v({
       image: `data:image/png;base64,${b64(image)}`,
@@ -243,8 +265,9 @@ describe('each kind through submit, to the simulator and back', () => {
     expect(h.sim.counts.queries).toBeGreaterThanOrEqual(1)
   })
 
-  it('text2video: its path upstream, then succeeded by reconciliation alone (callbacks lost), querying its path', async () => {
-    const h = await harness({ sim: { processingAfterMs: 30, finishAfterMs: 60 }, env: { RECONCILE_INTERVAL_MS: '200', RECONCILE_AFTER_MS: '0' } })
+  it('text2video: its path upstream, then succeeded by reconciliation alone (no callbacks), on its path', async () => {
+    const sim = { processingAfterMs: 30, finishAfterMs: 60 }
+    const h = await harness({ sim, env: { RECONCILE_INTERVAL_MS: '200', RECONCILE_AFTER_MS: '0' } })
     h.sim.callbackPolicy.drop = true
     const res = await post(h, '/text2video', t2v({ aspect_ratio: '1:1', camera_control: simple({ zoom: -3 }) }))
     expect(res.statusCode, res.body).toBe(202)
@@ -253,7 +276,8 @@ describe('each kind through submit, to the simulator and back', () => {
     expect(done.status, JSON.stringify(done.error)).toBe('succeeded')
     const [up] = [...h.sim.tasks.values()]
     expect(up).toMatchObject({ kind: 'text2video', api: 'cometapi', task_id: done.upstream?.task_id })
-    expect(up.body).toMatchObject({ prompt: t2v().prompt, aspect_ratio: '1:1', camera_control: { type: 'simple', config: { zoom: -3 } } })
+    const camera = { type: 'simple', config: { zoom: -3 } }
+    expect(up.body).toMatchObject({ prompt: t2v().prompt, aspect_ratio: '1:1', camera_control: camera })
     expect(up.body).not.toHaveProperty('image')
     expect(h.sim.counts.callbacks).toBe(0)
     expect(h.sim.counts.queries).toBeGreaterThanOrEqual(1)

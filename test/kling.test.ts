@@ -23,7 +23,9 @@ const MINUTE = 60_000
 const KINDS: VideoKind[] = ['multi-image2video', 'image2video', 'text2video']
 
 const bodyOf = (kind: VideoKind, ext = randomUUID()): Record<string, unknown> => ({
-  ...(kind === 'multi-image2video' && { image_list: [{ image: 'https://example.com/a.png' }, { image: 'https://example.com/b.png' }] }),
+  ...(kind === 'multi-image2video' && {
+    image_list: [{ image: 'https://example.com/a.png' }, { image: 'https://example.com/b.png' }]
+  }),
   ...(kind === 'image2video' && { image: 'https://example.com/a.png' }),
   prompt: 'a lighthouse in a storm',
   model_name: 'kling-v1-6',
@@ -94,7 +96,7 @@ describe('KlingAdapter against the simulator', () => {
     await sim.close()
   })
 
-  it.each(KINDS)('%s: creates on /v1/videos/<kind> with a JWT the simulator accepts; queries by id and external id on that path only', async (kind) => {
+  it.each(KINDS)('%s: creates on /v1/videos/<kind> with a JWT; queries by either id, there only', async (kind) => {
     const kling = adapter()
     const ext = randomUUID()
     const created = await kling.create(kind, bodyOf(kind, ext))
@@ -103,7 +105,8 @@ describe('KlingAdapter against the simulator', () => {
     expect((await kling.query(kind, created.taskId))?.taskId).toBe(created.taskId)
     sim.setStatus(created.taskId, 'succeed')
     const done = await kling.query(kind, ext)
-    expect(done).toMatchObject({ taskId: created.taskId, status: 'succeed', videos: [{ url: expect.stringContaining(created.taskId) }] })
+    const videos = [{ url: expect.stringContaining(created.taskId) }]
+    expect(done).toMatchObject({ taskId: created.taskId, status: 'succeed', videos })
     const other = KINDS.find(k => k !== kind) as VideoKind
     expect(await kling.query(other, created.taskId)).toBeNull()
     expect(sim.tokensSeen.length).toBe(4)
@@ -111,7 +114,8 @@ describe('KlingAdapter against the simulator', () => {
 
   it('signs HS256 over {iss: access key, exp: now + 30 min, nbf: now - 5 s} with the secret key', async () => {
     const kling = adapter({ baseUrl: capture.url })
-    capture.answer = () => ({ status: 200, body: { code: 0, message: 'SUCCEED', data: { task_id: '861', task_status: 'submitted' } } })
+    const accepted = { code: 0, message: 'SUCCEED', data: { task_id: '861', task_status: 'submitted' } }
+    capture.answer = () => ({ status: 200, body: accepted })
     const before = Math.floor(Date.now() / 1000)
     await kling.create('text2video', bodyOf('text2video'))
     const after = Math.floor(Date.now() / 1000)
@@ -147,17 +151,18 @@ describe('KlingAdapter against the simulator', () => {
     expect(renewed).toBeGreaterThan(Date.now() / 1000 + 29 * 60)
   })
 
-  it('a wrong secret is 401 KLING_1002: not retryable, not created, and the secret is nowhere in the error', async () => {
+  it('a wrong secret is 401 KLING_1002: not retryable, not created, the secret nowhere in the error', async () => {
     const wrong = 'sk-wrong-' + randomBytes(8).toString('hex')
     const err = await failure(adapter({ secretKey: wrong }).create('image2video', bodyOf('image2video')))
-    expect(err).toMatchObject({ code: 'KLING_1002', httpStatus: 401, retryable: false, maybeCreated: false, message: 'Authorization is invalid' })
+    expect(err).toMatchObject({ code: 'KLING_1002', httpStatus: 401, retryable: false, maybeCreated: false })
+    expect(err.message).toBe('Authorization is invalid')
     expect(sim.counts.accepted).toBe(0)
     expect(JSON.stringify(err)).not.toContain(wrong)
     const noKeyOfOurs = await failure(adapter({ accessKey: 'ak-someone-else' }).query('image2video', '1'))
     expect(noKeyOfOurs).toMatchObject({ code: 'KLING_1002', retryable: false })
   })
 
-  it('an expired token (KLING_1004) is retryable, certainly not created, and the next call signs a fresh one', async () => {
+  it('an expired token (KLING_1004) is retryable, certainly not created; the next call signs a fresh one', async () => {
     const kling = adapter()
     offset = -31 * MINUTE
     const ext = randomUUID()
@@ -171,7 +176,7 @@ describe('KlingAdapter against the simulator', () => {
     expect(fresh).toBeGreaterThan(Date.now() / 1000 + 29 * 60)
   })
 
-  it('after Kling calls a token expired that the adapter thought good (a skewed clock), that token is not sent again', async () => {
+  it('a token Kling calls expired while the adapter thought it good (a skewed clock) is not sent again', async () => {
     const kling = adapter()
     await kling.query('text2video', 'warm-up')
     sim.inject({ on: 'query', kind: 'kling-error', status: 401, code: 1004, message: 'Authorization has expired' })
@@ -189,18 +194,25 @@ describe('KlingAdapter against the simulator', () => {
   it('reads Kling\'s error table', async () => {
     const kling = adapter()
     const cases: Array<[Parameters<Simulator['inject']>[0], Partial<UpstreamError>]> = [
-      [{ on: 'create', kind: 'kling-error', status: 429, code: 1303, message: 'parallel task over resource pack limit' }, { code: 'KLING_1303', retryable: true, maybeCreated: false }],
-      [{ on: 'create', kind: 'kling-error', status: 429, code: 1102, message: 'resource pack exhausted' }, { code: 'KLING_1102', retryable: false, maybeCreated: false }],
-      [{ on: 'create', kind: 'kling-error', status: 400, code: 1301, message: 'content security' }, { code: 'KLING_1301', retryable: false }],
-      [{ on: 'create', kind: 'kling-error', status: 503, code: 5001, message: 'maintenance' }, { code: 'KLING_5001', retryable: true, maybeCreated: true }],
-      [{ on: 'create', kind: 'kling-error', status: 200, code: 1201, message: 'bad value' }, { code: 'KLING_1201', retryable: false, httpStatus: 200 }],
-      [{ on: 'create', kind: 'rate-limit', retryAfter: 3 }, { code: 'UPSTREAM_RATE_LIMITED', retryable: true, retryAfterMs: 3000 }],
+      [{ on: 'create', kind: 'kling-error', status: 429, code: 1303, message: 'parallel task over limit' },
+        { code: 'KLING_1303', retryable: true, maybeCreated: false }],
+      [{ on: 'create', kind: 'kling-error', status: 429, code: 1102, message: 'resource pack exhausted' },
+        { code: 'KLING_1102', retryable: false, maybeCreated: false }],
+      [{ on: 'create', kind: 'kling-error', status: 400, code: 1301, message: 'content security' },
+        { code: 'KLING_1301', retryable: false }],
+      [{ on: 'create', kind: 'kling-error', status: 503, code: 5001, message: 'maintenance' },
+        { code: 'KLING_5001', retryable: true, maybeCreated: true }],
+      [{ on: 'create', kind: 'kling-error', status: 200, code: 1201, message: 'bad value' },
+        { code: 'KLING_1201', retryable: false, httpStatus: 200 }],
+      [{ on: 'create', kind: 'rate-limit', retryAfter: 3 },
+        { code: 'UPSTREAM_RATE_LIMITED', retryable: true, retryAfterMs: 3000 }],
       [{ on: 'create', kind: 'html', status: 502 }, { code: 'UPSTREAM_HTTP_502', retryable: true, maybeCreated: true }],
       [{ on: 'create', kind: 'reset' }, { code: 'UPSTREAM_RESET', retryable: true, maybeCreated: true }]
     ]
     for (const [fault, expected] of cases) {
       sim.inject(fault)
-      expect(await failure(kling.create('text2video', bodyOf('text2video'))), JSON.stringify(fault)).toMatchObject(expected)
+      const err = await failure(kling.create('text2video', bodyOf('text2video')))
+      expect(err, JSON.stringify(fault)).toMatchObject(expected)
     }
     // Kling answers a query for no such task with 400 / 1201: that is "not found", not an error.
     expect(await kling.query('image2video', randomUUID())).toBeNull()
@@ -208,20 +220,24 @@ describe('KlingAdapter against the simulator', () => {
 
   it('keeps the keys and tokens out of every error message, JSON and inspection', async () => {
     const kling = adapter({ baseUrl: capture.url })
-    capture.answer = h => ({ status: 401, body: { code: 1002, message: `bad ${String(h.authorization)} for ${AK} signed by ${SK}` } })
+    const echo = (h: IncomingHttpHeaders) => `bad ${String(h.authorization)} for ${AK} signed by ${SK}`
+    capture.answer = h => ({ status: 401, body: { code: 1002, message: echo(h) } })
     const err = await failure(kling.query('text2video', '1'))
     expect(err.message).toBe('bad Bearer [redacted] for [redacted] signed by [redacted]')
-    expect(() => new KlingAdapter({ baseUrl: sim.baseUrl, accessKey: `${AK} `, secretKey: SK, timeoutMs: 1000 })).toThrow(/accessKey/)
+    const base = { baseUrl: sim.baseUrl, timeoutMs: 1000 }
+    expect(() => new KlingAdapter({ ...base, accessKey: `${AK} `, secretKey: SK })).toThrow(/accessKey/)
     try {
       // eslint-disable-next-line no-new
-      new KlingAdapter({ baseUrl: sim.baseUrl, accessKey: `\n${AK}`, secretKey: SK, timeoutMs: 1000 })
+      new KlingAdapter({ ...base, accessKey: `\n${AK}`, secretKey: SK })
     } catch (e) {
       expect(String(e)).not.toContain(AK)
     }
-    expect(() => new KlingAdapter({ baseUrl: sim.baseUrl, accessKey: AK, secretKey: '', timeoutMs: 1000 })).toThrow(/secretKey/)
+    expect(() => new KlingAdapter({ ...base, accessKey: AK, secretKey: '' })).toThrow(/secretKey/)
     expect(seen.length).toBeGreaterThan(10)
     for (const e of seen) {
-      for (const text of [(e as Error).message, JSON.stringify(e), inspect(e, { depth: 10, showHidden: true }), String((e as Error).stack)]) {
+      const err = e as Error
+      const texts = [err.message, JSON.stringify(err), inspect(err, { depth: 10, showHidden: true }), String(err.stack)]
+      for (const text of texts) {
         expect(text).not.toContain(SK)
         expect(text).not.toContain(AK)
         expect(text).not.toMatch(/eyJ[\w-]+\.eyJ/)
@@ -246,12 +262,16 @@ describe('UPSTREAM=kling end to end', () => {
     return h
   }
 
-  it('a multi-image and a text2video task: created → submitted → callback → confirmed by query → succeeded, on Kling\'s paths', async () => {
-    const h = await harness({ listen: true, env: { ...KLING_ENV, ...FAST, RECONCILE_INTERVAL_MS: '60000' }, sim: { processingAfterMs: 50, finishAfterMs: 150 } })
+  it('multi-image and text2video: created, submitted, callback, query, succeeded on Kling\'s paths', async () => {
+    const env = { ...KLING_ENV, ...FAST, RECONCILE_INTERVAL_MS: '60000' }
+    const h = await harness({ listen: true, env, sim: { processingAfterMs: 50, finishAfterMs: 150 } })
     expect(h.upstream.name).toBe('kling')
     const multi = await createTask(h)
     const made = await h.app.inject({
-      method: 'POST', url: '/v1/videos/text2video', headers: auth('alice'), payload: { prompt: 'a fox runs through snow' }
+      method: 'POST',
+      url: '/v1/videos/text2video',
+      headers: auth('alice'),
+      payload: { prompt: 'a fox runs through snow' }
     })
     expect(made.statusCode, made.body).toBe(202)
     const text = made.json<TaskView>()
@@ -270,8 +290,9 @@ describe('UPSTREAM=kling end to end', () => {
     expect(h.sim.tokensSeen.length).toBe(h.sim.counts.creates + h.sim.counts.queries)
   })
 
-  it('a wrong KLING_SECRET_KEY: Kling answers 401 and the task fails with the upstream code, nothing made', async () => {
-    const h = await harness({ env: { ...KLING_ENV, ...FAST, KLING_SECRET_KEY: `${KEYS.klingSecret}-but-wrong` }, sim: { auto: false } })
+  it('a wrong KLING_SECRET_KEY: Kling answers 401, the task fails with the upstream code, nothing made', async () => {
+    const env = { ...KLING_ENV, ...FAST, KLING_SECRET_KEY: `${KEYS.klingSecret}-but-wrong` }
+    const h = await harness({ env, sim: { auto: false } })
     const task = await createTask(h)
     const done = await waitFor(h, task.id, t => t.status === 'failed')
     expect(done.error).toEqual({ code: 'KLING_1002', message: 'Authorization is invalid' })
@@ -280,7 +301,7 @@ describe('UPSTREAM=kling end to end', () => {
     expect(h.sim.tokensSeen).toEqual([])
   })
 
-  it('an expired token is renewed: the create Kling refuses (1004) is sent again with a fresh token and succeeds', async () => {
+  it('an expired token is renewed: the create Kling refused (1004) goes again with a fresh token', async () => {
     let calls = 0
     // The first token is signed by a clock 31 minutes slow, as after a suspend: expired when Kling sees it.
     const upstreamClock = () => Date.now() - (calls++ === 0 ? 31 * MINUTE : 0)

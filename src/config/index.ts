@@ -186,7 +186,9 @@ function upstreamOf (value: Env, problems: string[]): UpstreamName {
     }
     name = value.COMETAPI_KEY !== undefined ? 'cometapi' : kling ? 'kling' : 'simulator'
   }
-  if (name === 'cometapi' && value.COMETAPI_KEY === undefined) problems.push('COMETAPI_KEY: required with UPSTREAM=cometapi')
+  if (name === 'cometapi' && value.COMETAPI_KEY === undefined) {
+    problems.push('COMETAPI_KEY: required with UPSTREAM=cometapi')
+  }
   if (name === 'kling') {
     if (value.KLING_ACCESS_KEY === undefined) problems.push('KLING_ACCESS_KEY: required with UPSTREAM=kling')
     if (value.KLING_SECRET_KEY === undefined) problems.push('KLING_SECRET_KEY: required with UPSTREAM=kling')

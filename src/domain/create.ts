@@ -66,7 +66,8 @@ function cameraRules (c: RuleContext): void {
     if (Object.keys(config).some(k => !(CAMERA_AXES as readonly string[]).includes(k))) return
     const moves = CAMERA_AXES.filter(axis => typeof config[axis] === 'number' && config[axis] !== 0).length
     if (moves !== 1) {
-      c.problem('/camera_control/config', `must set exactly one of ${CAMERA_AXES.join(', ')} to a non-zero value (got ${moves})`)
+      const axes = CAMERA_AXES.join(', ')
+      c.problem('/camera_control/config', `must set exactly one of ${axes} to a non-zero value (got ${moves})`)
     }
   } else if (config !== undefined) {
     c.problem('/camera_control/config', `must be left out when type is "${camera.type}" (only "simple" takes a config)`)
@@ -86,7 +87,8 @@ const KIND_RULES: Partial<Record<VideoKind, (c: RuleContext) => void>> = {
     const used = I2V_EXCLUSIVE.map(group => group.filter(f => c.body[f] !== undefined)).filter(g => g.length > 0)
     if (used.length > 1) {
       const names = I2V_EXCLUSIVE.map(g => g.join('/')).join(', ')
-      for (const field of used.flat()) c.problem(`/${field}`, `cannot be combined with the others of: ${names} (Kling takes one)`)
+      const detail = `cannot be combined with the others of: ${names} (Kling takes one)`
+      for (const field of used.flat()) c.problem(`/${field}`, detail)
     }
     cameraRules(c)
     if (c.body.voice_list !== undefined && c.body.sound !== 'on') c.problem('/voice_list', 'needs sound "on"')
@@ -108,8 +110,9 @@ export function checkCreate (kind: VideoKind, body: Obj, rules: CreateRules):
 
   const image = (pointer: string, value: string): string | ImageDescriptor => {
     if (isUrl(value)) {
+      const tooLong = `an image URL must be at most ${MAX_URL_LENGTH} characters`
       if (!/^https:\/\//i.test(value)) problem(pointer, 'an image URL must use https')
-      else if (value.length > MAX_URL_LENGTH) problem(pointer, `an image URL must be at most ${MAX_URL_LENGTH} characters`)
+      else if (value.length > MAX_URL_LENGTH) problem(pointer, tooLong)
       else if (!URL.canParse(value)) problem(pointer, 'is not a valid URL')
       return value
     }

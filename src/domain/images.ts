@@ -224,10 +224,13 @@ export function compareMask (mask: ImageDescriptor, image: ImageDescriptor, imag
   const maskRatio = mask.width / mask.height
   const imageRatio = image.width / image.height
   if (!(Math.abs(maskRatio - imageRatio) <= imageRatio * MASK_ASPECT_TOLERANCE)) {
-    problems.push(`must have the same aspect ratio as ${imageName} within 1% (mask ${mask.width}x${mask.height}, ${maskRatio.toFixed(3)}; image ${image.width}x${image.height}, ${imageRatio.toFixed(3)})`)
+    const sizes = `mask ${mask.width}x${mask.height}, ${maskRatio.toFixed(3)}; ` +
+      `image ${image.width}x${image.height}, ${imageRatio.toFixed(3)}`
+    problems.push(`must have the same aspect ratio as ${imageName} within 1% (${sizes})`)
   }
   if (mask.width !== image.width || mask.height !== image.height) {
-    problems.push(`must have the same resolution as ${imageName} (mask ${mask.width}x${mask.height}, image ${image.width}x${image.height})`)
+    const sizes = `mask ${mask.width}x${mask.height}, image ${image.width}x${image.height}`
+    problems.push(`must have the same resolution as ${imageName} (${sizes})`)
   }
   return problems
 }

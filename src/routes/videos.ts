@@ -7,7 +7,9 @@ import { Conflict, InvalidRequest, NotFound, Unavailable } from '../domain/error
 import { createTask } from '../services/create.ts'
 import { toView } from '../domain/task.ts'
 import { problem } from '../schemas/common.ts'
-import { CREATE_SCHEMAS, CreateVideoSchema, IdempotencyHeadersSchema, ListQuerySchema, TaskParamsSchema, TaskSchema } from '../schemas/videos.ts'
+import {
+  CREATE_SCHEMAS, CreateVideoSchema, IdempotencyHeadersSchema, ListQuerySchema, TaskParamsSchema, TaskSchema
+} from '../schemas/videos.ts'
 import { canSee, type Caller } from '../plugins/auth.ts'
 import { checkWebhookTarget, UnsafeTarget } from '../notify/ssrf.ts'
 import { fieldErrorsOf, LOCATIONS } from '../plugins/errors.ts'
@@ -17,6 +19,10 @@ const errors = {
   401: problem('missing or unknown API key'),
   404: problem('no such task for this caller')
 }
+
+/** createMultiImage2Video, createImage2Video, createText2Video: a capital after a dash (dropped) or a digit. */
+const operationIdOf = (kind: VideoKind): string => 'create' +
+  kind.replace(/(^|-|\d)([a-z])/g, (_, before: string, c: string) => before.replace('-', '') + c.toUpperCase())
 
 const videos: FastifyPluginAsyncTypebox = async (app) => {
   const { store, jobs, config } = app.deps
@@ -69,8 +75,7 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
       attachValidation: true,
       schema: {
         tags: ['videos'],
-        // createMultiImage2Video, createImage2Video, createText2Video.
-        operationId: `create${kind.replace(/(^|-|\d)([a-z])/g, (_, before: string, c: string) => (before === '-' ? '' : before) + c.toUpperCase())}`,
+        operationId: operationIdOf(kind),
         summary: `Create a ${kind} task`,
         security: [{ bearer: [] }],
         headers: IdempotencyHeadersSchema,
@@ -91,9 +96,12 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
   async function create (kind: VideoKind, request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
     const caller = request.caller as Caller
     const raw = request.body as unknown
-    if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new InvalidRequest([{ pointer: '/', detail: 'must be a JSON object', location: 'body' }])
+    if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
+      throw new InvalidRequest([{ pointer: '/', detail: 'must be a JSON object', location: 'body' }])
+    }
     const body = raw as { reference?: string, metadata?: Record<string, unknown>, webhook_url?: string }
-    const checked = checkCreate(kind, raw as Record<string, unknown>, { allowedModels: config.allowedModels, allowInsecureWebhooks: config.webhooks.allowPrivate })
+    const rules = { allowedModels: config.allowedModels, allowInsecureWebhooks: config.webhooks.allowPrivate }
+    const checked = checkCreate(kind, raw as Record<string, unknown>, rules)
     // With attachValidation, Fastify leaves here the first part that failed (body before headers): name its errors
     // by that part, and when the body failed first, check the headers too so that every bad field is listed.
     const invalid = request.validationError

@@ -36,10 +36,11 @@ const shared = CreateVideoSchema.properties
 const LONG_PROMPT = 2500
 const Axis = Type.Optional(Type.Number({ minimum: -10, maximum: 10 }))
 export const CAMERA_AXES = ['horizontal', 'vertical', 'pan', 'tilt', 'roll', 'zoom'] as const
+const CAMERA_MOVES = ['simple', 'down_back', 'forward_up', 'right_turn_forward', 'left_turn_forward']
 
 /** Kling's predefined camera moves (image2video and text2video). */
 const CameraControlSchema = Type.Object({
-  type: Type.Union(['simple', 'down_back', 'forward_up', 'right_turn_forward', 'left_turn_forward'].map(t => Type.Literal(t)),
+  type: Type.Union(CAMERA_MOVES.map(t => Type.Literal(t)),
     { description: '`simple` moves along one axis of `config`; the others are fixed moves and take no `config`' }),
   config: Type.Optional(Type.Object(Object.fromEntries(CAMERA_AXES.map(a => [a, Axis])), {
     additionalProperties: false,
@@ -47,7 +48,10 @@ const CameraControlSchema = Type.Object({
   }))
 }, { additionalProperties: false })
 const SoundSchema = Type.Union([Type.Literal('on'), Type.Literal('off')], { description: 'kling-v2-6 and later' })
-const WatermarkSchema = Type.Object({ enabled: Type.Boolean() }, { additionalProperties: false, description: 'also make a watermarked copy' })
+const WatermarkSchema = Type.Object({ enabled: Type.Boolean() },
+  { additionalProperties: false, description: 'also make a watermarked copy' })
+const VoiceSchema = Type.Object({ voice_id: Type.String({ minLength: 1, maxLength: 128 }) },
+  { additionalProperties: false })
 
 /** `POST /v1/videos/image2video`: one image (and an optional end frame) to video. */
 export const CreateImage2VideoSchema = Type.Object({
@@ -63,7 +67,7 @@ export const CreateImage2VideoSchema = Type.Object({
   dynamic_masks: shared.dynamic_masks,
   camera_control: Type.Optional(CameraControlSchema),
   sound: Type.Optional(SoundSchema),
-  voice_list: Type.Optional(Type.Array(Type.Object({ voice_id: Type.String({ minLength: 1, maxLength: 128 }) }, { additionalProperties: false }),
+  voice_list: Type.Optional(Type.Array(VoiceSchema,
     { minItems: 1, maxItems: 2, description: 'kling-v2-6 and later, with `sound: "on"`' })),
   watermark_info: Type.Optional(WatermarkSchema),
   reference: shared.reference,
@@ -119,7 +123,8 @@ function fieldView (schema: Json): Json {
   if (schema.contentEncoding === 'base64') return ImageRefSchema as unknown as Json
   if (schema.type === 'array') return { type: 'array', items: fieldView(schema.items as Json) }
   if (schema.type === 'object') {
-    const properties = Object.fromEntries(Object.entries(schema.properties as Record<string, Json>).map(([k, v]) => [k, fieldView(v)]))
+    const fields = Object.entries(schema.properties as Record<string, Json>)
+    const properties = Object.fromEntries(fields.map(([k, v]) => [k, fieldView(v)]))
     return { type: 'object', properties, ...(Array.isArray(schema.required) && { required: schema.required }) }
   }
   if (Array.isArray(schema.anyOf)) {
@@ -154,7 +159,8 @@ export const TaskSchema = Type.Object({
   metadata: Type.Union([Type.Object({}, { additionalProperties: true }), Type.Null()]),
   request: Type.Unsafe<Record<string, unknown>>({
     ...requestView(),
-    description: 'the create body as accepted (the fields of the task\'s `kind`); Base64 images replaced by their descriptors'
+    description: 'the create body as accepted (the fields of the task\'s `kind`); Base64 images replaced by their ' +
+      'descriptors'
   }),
   upstream: Type.Union([Type.Object({
     task_id: Type.String(),

@@ -73,7 +73,8 @@ export type CreateOutcome =
 
 /** A task to store; without a kind it is the default one (as every task was before there were kinds). */
 export type NewTask = Pick<TaskRecord,
-'id' | 'caller' | 'createdAt' | 'reference' | 'metadata' | 'request' | 'externalTaskId' | 'webhookUrl'> & { kind?: VideoKind }
+'id' | 'caller' | 'createdAt' | 'reference' | 'metadata' | 'request' | 'externalTaskId' | 'webhookUrl'> &
+{ kind?: VideoKind }
 
 const json = (v: unknown) => v === null || v === undefined ? '' : JSON.stringify(v)
 const parse = <T>(s: string | undefined): T | null => s === undefined || s === '' ? null : JSON.parse(s) as T

@@ -62,8 +62,8 @@ export abstract class KlingWireAdapter implements UpstreamAdapter {
   async create (kind: VideoKind, body: Record<string, unknown>): Promise<UpstreamTask> {
     const res = await this.send('create', 'POST', this.path(kind), JSON.stringify(body))
     const json = res.json
-    const ok = res.status >= 200 && res.status < 300 && isObject(json) && isSuccessCode(json.code) && !isObject(json.error)
-    if (!ok) throw this.classify('create', res)
+    const ok = isObject(json) && isSuccessCode(json.code) && !isObject(json.error)
+    if (!ok || res.status < 200 || res.status >= 300) throw this.classify('create', res)
     const data = isObject(json.data) ? json.data : {}
     const taskId = idString(data.task_id)
     if (taskId === null) {

@@ -188,7 +188,8 @@ export class UpstreamHttp {
     if (raw === null) {
       const message = `upstream answered HTTP ${status} with a body over ${this.#maxBody} bytes`
       const retryable = status >= 500 || status === 429
-      throw this.error(op, { code: 'UPSTREAM_BODY_TOO_LARGE', message, retryable, maybeCreated: mayHaveCreated(status), httpStatus: status })
+      const maybeCreated = mayHaveCreated(status)
+      throw this.error(op, { code: 'UPSTREAM_BODY_TOO_LARGE', message, retryable, maybeCreated, httpStatus: status })
     }
 
     let json: unknown
@@ -217,9 +218,13 @@ export class UpstreamHttp {
     const code = errorCode(err)
     const e = (c: string, message: string, retryable: boolean, maybeCreated: boolean) =>
       this.error(op, { code: c, message, retryable, maybeCreated })
-    if (code === 'UND_ERR_CONNECT_TIMEOUT') return e('UPSTREAM_CONNECT_TIMEOUT', 'could not connect to upstream in time', true, false)
+    if (code === 'UND_ERR_CONNECT_TIMEOUT') {
+      return e('UPSTREAM_CONNECT_TIMEOUT', 'could not connect to upstream in time', true, false)
+    }
     if (UNREACHABLE.has(code)) return e('UPSTREAM_UNREACHABLE', `could not connect to upstream (${code})`, true, false)
-    if (TIMEOUT.has(code)) return e('UPSTREAM_TIMEOUT', `upstream did not answer within ${this.timeoutMs} ms`, true, true)
+    if (TIMEOUT.has(code)) {
+      return e('UPSTREAM_TIMEOUT', `upstream did not answer within ${this.timeoutMs} ms`, true, true)
+    }
     if (RESET.has(code) || code.startsWith('HPE_')) {
       return e('UPSTREAM_RESET', `the connection to upstream broke (${code})`, true, true)
     }
@@ -229,7 +234,9 @@ export class UpstreamHttp {
     if (code.startsWith('ERR_TLS') || code.includes('CERT') || code === 'EPROTO') {
       return e('UPSTREAM_TLS', `TLS with upstream failed (${code})`, true, false)
     }
-    if (BAD_ARGUMENT.has(code)) return e('UPSTREAM_BAD_REQUEST', 'the request to upstream could not be built', false, false)
+    if (BAD_ARGUMENT.has(code)) {
+      return e('UPSTREAM_BAD_REQUEST', 'the request to upstream could not be built', false, false)
+    }
     return e('UPSTREAM_ERROR', `the call to upstream failed${code === '' ? '' : ` (${code})`}`, true, true)
   }
 
@@ -246,22 +253,27 @@ export function nonJsonError (http: UpstreamHttp, op: Op, res: Received): Upstre
   const { status, json } = res
   if (isObject(json)) return null
   const base = { httpStatus: status, retryAfterMs: parseRetryAfter(res.headers['retry-after']) }
-  if (status >= 500) return http.error(op, { ...base, code: `UPSTREAM_HTTP_${status}`, message: `upstream answered HTTP ${status}`, retryable: true, maybeCreated: true })
-  if (status === 429) return http.error(op, { ...base, code: 'UPSTREAM_RATE_LIMITED', message: 'upstream rate limit', retryable: true, maybeCreated: false })
+  const e = (code: string, message: string, retryable: boolean, maybeCreated: boolean) =>
+    http.error(op, { ...base, code, message, retryable, maybeCreated })
+  if (status >= 500) return e(`UPSTREAM_HTTP_${status}`, `upstream answered HTTP ${status}`, true, true)
+  if (status === 429) return e('UPSTREAM_RATE_LIMITED', 'upstream rate limit', true, false)
   const what = json === undefined ? 'a non-JSON body' : 'a JSON body that is not an object'
   const message = `upstream answered HTTP ${status} with ${what}; check the base URL`
-  return http.error(op, { ...base, code: 'UPSTREAM_NOT_JSON', message, retryable: false, maybeCreated: mayHaveCreated(status) })
+  return e('UPSTREAM_NOT_JSON', message, false, mayHaveCreated(status))
 }
 
 /** A JSON failure in no shape the adapter knows: judged by the HTTP status alone. */
 export function statusError (http: UpstreamHttp, op: Op, res: Received): UpstreamError {
   const { status } = res
-  const base = { httpStatus: status, retryAfterMs: parseRetryAfter(res.headers['retry-after']), requestId: requestIdOf(res.json) }
-  const http_ = `upstream answered HTTP ${status}`
-  if (status >= 500) return http.error(op, { ...base, code: `UPSTREAM_HTTP_${status}`, message: http_, retryable: true, maybeCreated: true })
-  if (status === 429) return http.error(op, { ...base, code: 'UPSTREAM_RATE_LIMITED', message: 'upstream rate limit', retryable: true, maybeCreated: false })
-  if (status >= 400) return http.error(op, { ...base, code: `UPSTREAM_HTTP_${status}`, message: http_, retryable: status === 408, maybeCreated: false })
-  return http.error(op, { ...base, code: 'UPSTREAM_BAD_RESPONSE', message: `${http_} with an unrecognised body`, retryable: false, maybeCreated: true })
+  const retryAfterMs = parseRetryAfter(res.headers['retry-after'])
+  const base = { httpStatus: status, retryAfterMs, requestId: requestIdOf(res.json) }
+  const e = (code: string, message: string, retryable: boolean, maybeCreated: boolean) =>
+    http.error(op, { ...base, code, message, retryable, maybeCreated })
+  const answered = `upstream answered HTTP ${status}`
+  if (status >= 500) return e(`UPSTREAM_HTTP_${status}`, answered, true, true)
+  if (status === 429) return e('UPSTREAM_RATE_LIMITED', 'upstream rate limit', true, false)
+  if (status >= 400) return e(`UPSTREAM_HTTP_${status}`, answered, status === 408, false)
+  return e('UPSTREAM_BAD_RESPONSE', `${answered} with an unrecognised body`, false, true)
 }
 
 export function isSuccessCode (code: unknown): boolean {

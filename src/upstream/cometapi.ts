@@ -61,7 +61,8 @@ export class CometApiAdapter extends KlingWireAdapter {
     const code = status === 429
       ? 'UPSTREAM_RATE_LIMITED'
       : cometCode !== '' ? `COMET_${safeCode(cometCode)}` : `UPSTREAM_HTTP_${status}`
-    const base = { code, message, httpStatus: status, retryAfterMs: parseRetryAfter(res.headers['retry-after']), requestId: requestIdOf(json) }
+    const retryAfterMs = parseRetryAfter(res.headers['retry-after'])
+    const base = { code, message, httpStatus: status, retryAfterMs, requestId: requestIdOf(json) }
     if (status === 429) return this.http.error(op, { ...base, retryable: true, maybeCreated: false })
     if (status >= 500) {
       // A 500 with `invalid_request` is CometAPI refusing the body: sending it again changes nothing.

@@ -21,7 +21,9 @@ export async function createUpstream (config: Config, opts: UpstreamOptions = {}
     }
     case 'kling': {
       const { baseUrl, accessKey, secretKey } = config.upstream.kling
-      return new KlingAdapter({ baseUrl, accessKey: accessKey ?? '', secretKey: secretKey ?? '', timeoutMs, clock: opts.clock })
+      // loadConfig has made sure both keys are there for UPSTREAM=kling; the adapter checks them again.
+      const keys = { accessKey: accessKey ?? '', secretKey: secretKey ?? '' }
+      return new KlingAdapter({ baseUrl, ...keys, timeoutMs, clock: opts.clock })
     }
     case 'simulator': {
       const { startSimulatorAdapter } = await import('./simulator.ts')

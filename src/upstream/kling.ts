@@ -32,14 +32,17 @@ export interface Retry { retryable: boolean, maybeCreated: boolean }
 
 /** What a Kling business code says about trying again (Kling's error codes; `status` for codes it does not list). */
 export function klingRetry (code: number, status: number): Retry {
-  if (code === 1302 || code === 1303) return { retryable: true, maybeCreated: false } // rate or concurrency limit
-  if (code >= 5000 && code <= 5002) return { retryable: true, maybeCreated: true } // internal error, maintenance, backlog
-  if (code >= 1000 && code <= 1304) return { retryable: false, maybeCreated: false } // auth, account, params, policy
+  // Rate or concurrency limit: the request was refused, and later it is not.
+  if (code === 1302 || code === 1303) return { retryable: true, maybeCreated: false }
+  // Internal error, maintenance, backlog timeout: it may have been taken before it failed.
+  if (code >= 5000 && code <= 5002) return { retryable: true, maybeCreated: true }
+  // Auth, account, parameters, policy: sending it again changes nothing.
+  if (code >= 1000 && code <= 1304) return { retryable: false, maybeCreated: false }
   if (status >= 500) return { retryable: true, maybeCreated: true }
   return { retryable: status === 429 || status === 408, maybeCreated: false }
 }
 
-/** Kling's business shape `{code: <int ≠ 0>, message, request_id}` (HTTP 200 or Kling's own status); null if not it. */
+/** Kling's business shape `{code: <int ≠ 0>, message, request_id}` (HTTP 200 or Kling's status); null if not it. */
 export function klingCodeError (http: UpstreamHttp, op: Op, res: Received, retry = klingRetry): UpstreamError | null {
   const { status, json } = res
   if (!isObject(json)) return null
@@ -75,7 +78,8 @@ export function signKlingToken (accessKey: string, secretKey: string, nowMs: num
 { token: string, expiresAt: number } {
   const now = Math.floor(nowMs / 1000)
   const expiresAt = now + TOKEN_LIFETIME_S
-  const unsigned = `${b64url({ alg: 'HS256', typ: 'JWT' })}.${b64url({ iss: accessKey, exp: expiresAt, nbf: now - NOT_BEFORE_S })}`
+  const claims = { iss: accessKey, exp: expiresAt, nbf: now - NOT_BEFORE_S }
+  const unsigned = `${b64url({ alg: 'HS256', typ: 'JWT' })}.${b64url(claims)}`
   const signature = createHmac('sha256', secretKey).update(unsigned).digest('base64url')
   return { token: `${unsigned}.${signature}`, expiresAt }
 }

@@ -93,8 +93,21 @@ function releaseBlobDir (prefix: string): void {
  * reach it over real HTTP. `keepKeys: true` leaves the prefix's Redis keys in place on close, so that a second
  * harness on the same REDIS_PREFIX can play the restarted replica (whoever sets it cleans up after).
  */
-export async function startHarness (opts: { env?: Record<string, string>, sim?: SimOptions, simulator?: Simulator, workers?: boolean, listen?: boolean, blobs?: BlobStore, keepKeys?: boolean, upstreamClock?: () => number } = {}): Promise<Harness> {
-  const sim = opts.simulator ?? new Simulator({ apiKey: KEYS.comet, klingAccessKey: KEYS.klingAccess, klingSecretKey: KEYS.klingSecret, ...opts.sim })
+export interface HarnessOptions {
+  env?: Record<string, string>
+  sim?: SimOptions
+  simulator?: Simulator
+  workers?: boolean
+  listen?: boolean
+  blobs?: BlobStore
+  keepKeys?: boolean
+  /** The clock the kling adapter signs its tokens by. */
+  upstreamClock?: () => number
+}
+
+export async function startHarness (opts: HarnessOptions = {}): Promise<Harness> {
+  const simKeys = { apiKey: KEYS.comet, klingAccessKey: KEYS.klingAccess, klingSecretKey: KEYS.klingSecret }
+  const sim = opts.simulator ?? new Simulator({ ...simKeys, ...opts.sim })
   if (sim.baseUrl === '') await sim.listen()
   const config = loadConfig(testEnv({ COMETAPI_BASE_URL: sim.baseUrl, KLING_BASE_URL: sim.baseUrl, ...opts.env }))
   const logs = new LogCapture()
