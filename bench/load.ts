@@ -4,7 +4,7 @@
  * Every loop is bounded by a request count and by a deadline.
  *
  * - `closed`: `connections` loops over a keep-alive pool, each sending the next request of the list as soon as the
- *   previous answer is read (closed loop: under saturation the tail is under-reported, see perf-reliability §4.1).
+ *   previous answer is read (closed loop: under saturation the tail is under-reported).
  *   A warm-up phase is thrown away, then the measured phase.
  * - `large`: `warmup` creates thrown away, then `sequential` creates one after the other (each optionally waiting
  *   until the task has left `queued`, so the next create does not share the CPU with the previous one's upstream

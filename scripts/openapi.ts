@@ -1,6 +1,6 @@
 /**
- * Writes openapi/openapi.json from the live route table (aesthetics §8.7). `--check` writes nothing and exits 1
- * when the committed file differs from what the routes now produce.
+ * Writes openapi/openapi.json from the live route table (docs/DESIGN.md, "Rules of the house"). `--check` writes
+ * nothing and exits 1 when the committed file differs from what the routes now produce.
  */
 import { readFile, writeFile, mkdir } from 'node:fs/promises'
 import { fileURLToPath } from 'node:url'

@@ -2,11 +2,11 @@
  * A fake CometAPI and Kling for Kling's video endpoints (multi-image2video, image2video, text2video), over real
  * HTTP, on both path styles: CometAPI's `/kling/v1/videos/<kind>` (any Bearer key, or `apiKey`) and Kling's own
  * `/v1/videos/<kind>` (a JWT checked against `klingAccessKey`/`klingSecretKey` when given, Kling's 1001-1004
- * otherwise). Faithful to CometAPI's and Kling's API references:
- * the `{code, message, request_id, data}` envelope, `succeed` spelling, numeric-string task ids, ms timestamps,
- * query by task id or external id (a miss is HTTP 400 code 1201), flat callback bodies POSTed to
- * `callback_url` on every status change, and both error shapes. Tests script it through `/_sim/*`
- * (or the same methods on the object) and count what it did.
+ * otherwise). Faithful to what docs/DESIGN.md, "Upstream: CometAPI's Kling route" (and the next section, on Kling's
+ * own API) says of them: the `{code, message, request_id, data}` envelope, `succeed` spelling, numeric-string task
+ * ids, ms timestamps, query by task id or external id (a miss is HTTP 400 code 1201), flat callback bodies POSTed to
+ * `callback_url` on every status change, and both error shapes. Tests script it through `/_sim/*` (or the same methods
+ * on the object) and count what it did.
  */
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
 import { randomInt, randomUUID, createHash, createHmac, timingSafeEqual } from 'node:crypto'
@@ -51,8 +51,11 @@ export interface SimFault {
   taskStatus?: SimStatus
 }
 
-/** How callbacks are sent: lost, duplicated, reordered or late. */
-export interface CallbackPolicy { drop: boolean, duplicate: number, delayMs: number, reorder: boolean }
+/**
+ * How callbacks are sent: lost, duplicated, reordered or late. `dropRatio` loses each callback with that
+ * probability (0..1) on top of `drop`, which loses them all.
+ */
+export interface CallbackPolicy { drop: boolean, duplicate: number, delayMs: number, reorder: boolean, dropRatio?: number }
 
 export interface SimOptions {
   /** Bearer key the simulator requires; any non-empty key when undefined. */
@@ -65,7 +68,19 @@ export interface SimOptions {
   processingAfterMs?: number
   finishAfterMs?: number
   outcome?: 'succeed' | 'failed'
+  /** Share of tasks (0..1) that end `failed` whatever `outcome` says, so both terminal paths run under load. */
+  failRatio?: number
   logger?: boolean
+}
+
+/** One create request as it arrived, and what became of it. */
+export interface CreateRecord {
+  at: number
+  externalTaskId: string | null
+  /** The prompt sent: load generators put their own request key in it, to map upstream tasks back to requests. */
+  prompt: string | null
+  /** The upstream task made for it, or null when a fault, auth or validation refused it. */
+  taskId: string | null
 }
 
 const PATH = '/kling/v1/videos/multi-image2video'
@@ -121,8 +136,8 @@ export class Simulator {
   faults: SimFault[] = []
   callbackPolicy: CallbackPolicy = { drop: false, duplicate: 1, delayMs: 0, reorder: false }
   counts = { creates: 0, accepted: 0, queries: 0, callbacks: 0, callbackFailures: 0 }
-  /** Every create request as it arrived (faults included): when, and for which external id. */
-  createLog: Array<{ at: number, externalTaskId: string | null }> = []
+  /** Every create request as it arrived (faults included): when, for which external id, and what it made. */
+  createLog: CreateRecord[] = []
   /** Create requests whose connection is still open, and the most there ever were at once. */
   inFlight = 0
   maxInFlight = 0
@@ -138,7 +153,7 @@ export class Simulator {
   private nextId = BigInt(860_000_000_000_000_000n) + BigInt(randomInt(1, 1_000_000_000))
 
   constructor (opts: SimOptions = {}) {
-    this.opts = { auto: true, processingAfterMs: 200, finishAfterMs: 600, outcome: 'succeed', ...opts }
+    this.opts = { auto: true, processingAfterMs: 200, finishAfterMs: 600, outcome: 'succeed', failRatio: 0, ...opts }
     this.app = Fastify({ logger: opts.logger ?? false, bodyLimit: 64 * 1024 * 1024, forceCloseConnections: true })
     this.routes()
   }
@@ -320,9 +335,11 @@ export class Simulator {
     this.counts.accepted++
     if (this.opts.auto) {
       this.later(this.opts.processingAfterMs, () => { if (task.status === 'submitted') this.setStatus(task.task_id, 'processing') })
+      // Drawn now, not when the timer fires, so the outcome does not depend on timing.
+      const outcome = Math.random() < this.opts.failRatio ? 'failed' : this.opts.outcome
       this.later(this.opts.finishAfterMs, () => {
         if (task.status === 'succeed' || task.status === 'failed') return
-        this.setStatus(task.task_id, this.opts.outcome, this.opts.outcome === 'failed' ? 'content risk control' : '')
+        this.setStatus(task.task_id, outcome, outcome === 'failed' ? 'content risk control' : '')
       })
     }
     return task
@@ -359,7 +376,7 @@ export class Simulator {
   private sendCallback (task: SimTask): void {
     if (task.callback_url === null) return
     const policy = this.callbackPolicy
-    if (policy.drop) return
+    if (policy.drop || (policy.dropRatio !== undefined && Math.random() < policy.dropRatio)) return
     const body = JSON.stringify(this.taskView(task))
     const url = task.callback_url
     const send = () => {
@@ -390,7 +407,13 @@ export class Simulator {
     const createTask = async (request: FastifyRequest, reply: FastifyReply) => {
       this.counts.creates++
       const sent = (request.body ?? {}) as Record<string, unknown>
-      this.createLog.push({ at: Date.now(), externalTaskId: typeof sent.external_task_id === 'string' ? sent.external_task_id : null })
+      const record: CreateRecord = {
+        at: Date.now(),
+        externalTaskId: typeof sent.external_task_id === 'string' ? sent.external_task_id : null,
+        prompt: typeof sent.prompt === 'string' ? sent.prompt : null,
+        taskId: null
+      }
+      this.createLog.push(record)
       this.inFlight++
       this.maxInFlight = Math.max(this.maxInFlight, this.inFlight)
       reply.raw.once('close', () => { this.inFlight-- })
@@ -401,6 +424,7 @@ export class Simulator {
       const problem = this.invalid(body)
       if (problem !== undefined) return reply.code(400).send({ code: 1201, message: problem, request_id: randomUUID() })
       const task = this.create(body)
+      record.taskId = task.task_id
       if (fault?.kind === 'accept-then-hang') return this.hold(reply)
       if (fault?.kind === 'accept-then-reset') { reply.raw.socket?.destroy(); return reply }
       return { code: 0, message: 'SUCCEED', data: { task_id: task.task_id, task_status: task.status, task_info: task.external_task_id === null ? {} : { external_task_id: task.external_task_id }, created_at: task.created_at, updated_at: task.updated_at } }
@@ -442,6 +466,19 @@ export class Simulator {
 
     // Control API, for tests in other processes and for poking the demo by hand.
     app.get('/_sim/state', async () => ({ counts: this.counts, faults: this.faults, tasks: [...this.tasks.values()] }))
+    // Compact views for fault suites in other processes: every paid task and every create attempt, without
+    // callback URLs (they carry tokens) or bodies.
+    app.get('/_sim/tasks', async () => ({
+      tasks: [...this.tasks.values()].map(t => ({
+        task_id: t.task_id,
+        external_task_id: t.external_task_id,
+        prompt: typeof t.body.prompt === 'string' ? t.body.prompt : null,
+        status: t.status,
+        created_at: t.created_at,
+        callbacks_sent: t.callbacks_sent
+      }))
+    }))
+    app.get('/_sim/creates', async () => ({ counts: this.counts, creates: this.createLog }))
     app.post('/_sim/faults', async (request) => { this.inject(request.body as SimFault); return { faults: this.faults } })
     app.delete('/_sim/faults', async () => { this.faults = []; return { faults: [] } })
     app.post('/_sim/callbacks', async (request) => { Object.assign(this.callbackPolicy, request.body); return this.callbackPolicy })

@@ -26,7 +26,7 @@ import { newLifecycle, type Lifecycle } from './lifecycle.ts'
 import { ReplicaRegistry } from './store/replicas.ts'
 import { OrphanStore } from './store/orphans.ts'
 
-/** Everything the app needs from outside; whoever creates a client closes it (aesthetics §8.3). */
+/** Everything the app needs from outside; whoever creates a client closes it (docs/DESIGN.md, "Rules of the house"). */
 export interface AppDeps {
   config: Config
   /** Request-path Redis connection (fails fast). */

@@ -1,8 +1,8 @@
 /**
- * Where the bytes go (DESIGN.md): result videos copied into the blob store and served with Range, with both
- * drivers (a directory, and S3 against s3rver on loopback) running the same cases; Base64 images parked in Redis
- * until upstream accepts, across a restart, under the PARKED_MAX_BYTES cap; and the large-body limiter. Real app,
- * real redis-server, real simulator, real HTTP where it matters; no mocks.
+ * Where the bytes go (docs/DESIGN.md, "Where the bytes go"): result videos copied into the blob store and served with
+ * Range, with both drivers (a directory, and S3 against s3rver on loopback) running the same cases; Base64 images
+ * parked in Redis until upstream accepts, across a restart, under the PARKED_MAX_BYTES cap; and the large-body limiter.
+ * Real app, real redis-server, real simulator, real HTTP where it matters; no mocks.
  */
 import { keys } from '../src/store/keys.ts'
 import { describe, it, expect, beforeAll, afterAll, afterEach } from 'vitest'

@@ -16,7 +16,7 @@ describe('problem+json', () => {
         querystring: Type.Object({ n: Type.Optional(Type.Integer({ maximum: 5 })) })
       }
     }, async () => ({ ok: true }))
-    app.get('/t/conflict', async () => { throw new Conflict('ALREADY_DONE', 'it is done') })
+    app.get('/t/conflict', async () => { throw new Conflict('NOT_CANCELABLE', 'it is done') })
     app.get('/t/crash', async () => { throw new Error('secret internal detail at /srv/x.ts:12') })
     await app.ready()
 
@@ -43,7 +43,7 @@ describe('problem+json', () => {
 
     const conflict = await app.inject('/t/conflict')
     expect(conflict.statusCode).toBe(409)
-    expect(conflict.json()).toMatchObject({ code: 'ALREADY_DONE', detail: 'it is done' })
+    expect(conflict.json()).toMatchObject({ code: 'NOT_CANCELABLE', detail: 'it is done' })
 
     const crash = await app.inject('/t/crash')
     expect(crash.statusCode).toBe(500)

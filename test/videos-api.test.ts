@@ -1,5 +1,5 @@
 /**
- * The /v1/videos routes end to end (API.md §2): Base64 handling and where it may (not) end up, auth and
+ * The /v1/videos routes end to end (docs/API.md, "Routes"): Base64 handling and where it may (not) end up, auth and
  * isolation, Idempotency-Key, reference, listing, cancel and body limits. Real app, real redis-server, real
  * simulator on loopback; no mocks.
  */

@@ -1,5 +1,6 @@
 /**
- * POST /v1/videos field rules (API.md §2), one broken field at a time, against the real app, Redis and simulator.
+ * POST /v1/videos field rules (docs/API.md, "POST /v1/videos"), one broken field at a time, against the real app,
+ * Redis and simulator.
  * Workers are off: nothing here needs a task to go upstream.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'

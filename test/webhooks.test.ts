@@ -1,7 +1,7 @@
 /**
- * Outbound webhooks end to end (API.md §2–3): real tasks make the events, the real app delivers them over real
- * HTTP to a real receiver on loopback, and the signatures are checked with the standardwebhooks library and with an
- * independent HMAC. No mocks.
+ * Outbound webhooks end to end (docs/API.md, "Webhooks"): real tasks make the events, the real app delivers them over
+ * real HTTP to a real receiver on loopback, and the signatures are checked with the standardwebhooks library and with
+ * an independent HMAC. No mocks.
  */
 import { keys } from '../src/store/keys.ts'
 import { describe, it, expect, afterEach } from 'vitest'

@@ -1,11 +1,11 @@
 /**
- * callback (perf-reliability §5 target 1): POST /callbacks/kling?token=… with a valid ~1 KB non-terminal Kling body
- * against existing `submitted` tasks, 50 connections for 10 s after a 3 s warm-up. The warm-up's first pass moves
- * each task to `processing`; everything after is a duplicate (a read, the per-task rate counter, and a transition
- * attempt that finds nothing to do). The gateway allows 120 callbacks per task per minute, so the run is spread
- * over enough tasks that none reaches that limit (429s are counted and reported, and would fail the target).
- * Floor: bare Fastify doing HGETALL + one EVALSHA of a trivial script per request (it has no per-task limit, so its
- * run is bounded by time and a larger count).
+ * callback (docs/DESIGN.md, "Performance targets" 1): POST /callbacks/kling?token=… with a valid ~1 KB non-terminal
+ * Kling body against existing `submitted` tasks, 50 connections for 10 s after a 3 s warm-up. The warm-up's first pass
+ * moves each task to `processing`; everything after is a duplicate (a read, the per-task rate counter, and a transition
+ * attempt that finds nothing to do). The gateway allows 120 callbacks per task per minute, so the run is spread over
+ * enough tasks that none reaches that limit (429s are counted and reported, and would fail the target). Floor: bare
+ * Fastify doing HGETALL + one EVALSHA of a trivial script per request (it has no per-task limit, so its run is bounded
+ * by time and a larger count).
  */
 import { join } from 'node:path'
 import { callbackToken } from '../../src/domain/callback-token.ts'

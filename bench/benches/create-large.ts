@@ -1,5 +1,5 @@
 /**
- * create-large (perf-reliability §5 target 5): POST /v1/videos with 4 × ~10 MB Base64 PNGs (55 MB of JSON).
+ * create-large (docs/DESIGN.md, "Performance targets" 5): POST /v1/videos with 4 × ~10 MB Base64 PNGs (55 MB of JSON).
  * One create thrown away, then 10 sequential creates (each waits until the previous task has been submitted upstream, so no create shares the
  * CPU with another's submit), then 8 at once against the default CREATE_MAX_LARGE_BODIES=2: 2 × 202 and 6 × 503 + Retry-After
  * expected. Peak RSS is the gateway child's VmHWM. Floor: bare Fastify, same bodyLimit, parses the same body and

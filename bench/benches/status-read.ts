@@ -1,6 +1,7 @@
 /**
- * status-read (perf-reliability §5 target 3): GET /v1/videos/:id with auth over `submitted` tasks, 50 connections for
- * 10 s after a 3 s warm-up. Floor: bare Fastify doing one HGETALL of the same task hash and returning it as JSON.
+ * status-read (docs/DESIGN.md, "Performance targets" 3): GET /v1/videos/:id with auth over `submitted` tasks, 50
+ * connections for 10 s after a 3 s warm-up. Floor: bare Fastify doing one HGETALL of the same task hash and returning
+ * it as JSON.
  */
 import { join } from 'node:path'
 import { row, type Row } from '../lib/report.ts'

@@ -3,7 +3,7 @@ import { createHmac, timingSafeEqual } from 'node:crypto'
 /**
  * The token in our `callback_url`: `<task id>.<base64url HMAC-SHA256(task id)>` (256 bits). It names one task and
  * only the holder of CALLBACK_SECRET can make one. CometAPI's callbacks carry no signature we could check
- * (upstream-api.md §5.2), so this token is what authenticates them.
+ * (docs/DESIGN.md, "Upstream: CometAPI's Kling route"), so this token is what authenticates them.
  */
 export function callbackToken (secret: string, taskId: string): string {
   return `${taskId}.${createHmac('sha256', secret).update(taskId).digest('base64url')}`

@@ -1,8 +1,9 @@
 /**
- * Everything a create is checked for beyond its JSON schema (API.md §2), for every kind: Base64 images by their
- * header bytes (wherever the kind's schema has an image), the model allow-list, the metadata size, the webhook
- * scheme, and each kind's own cross-field rules (masks against their image, the camera controls, what excludes
- * what). Pure: returns every problem at once, or the request as it will be stored plus the decoded images to park.
+ * Everything a create is checked for beyond its JSON schema (docs/API.md, "POST /v1/videos"), for every kind:
+ * Base64 images by their header bytes (wherever the kind's schema has an image), the model allow-list, the metadata
+ * size, the webhook scheme, and each kind's own cross-field rules (masks against their image, the camera controls,
+ * what excludes what). Pure: returns every problem at once, or the request as it will be stored plus the decoded
+ * images to park.
  */
 import { createHash } from 'node:crypto'
 import { CAMERA_AXES, CREATE_SCHEMAS, FILLED_IN, TASK_FIELDS } from '../schemas/videos.ts'

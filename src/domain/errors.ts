@@ -1,10 +1,26 @@
+/**
+ * Every `code` the gateway answers or records itself, in one list: docs/API.md, "Error codes" documents each one
+ * (test/docs.test.ts fails when one is missing), and `GatewayError` takes only these, so a new code cannot be
+ * thrown without being listed here first. Upstream codes (`KLING_<n>`, `COMET_<code>`, `UPSTREAM_*` from
+ * src/upstream/client.ts) pass through `task.error.code` as they come and are documented there by family.
+ */
+export const ERROR_CODES = [
+  // Problem documents (the `code` of an error response).
+  'INVALID_REQUEST', 'BAD_REQUEST', 'UNAUTHORIZED', 'NOT_FOUND', 'REFERENCE_TAKEN', 'NOT_CANCELABLE',
+  'NOT_SUCCEEDED', 'CONTENT_NOT_READY', 'DELIVERY_PENDING', 'CONTENT_EXPIRED', 'RANGE_NOT_SATISFIABLE',
+  'IDEMPOTENCY_KEY_REUSED', 'TOO_MANY_CALLBACKS', 'INTERNAL', 'UNAVAILABLE',
+  // A task's `error.code` when the gateway, not upstream, ended it.
+  'NOT_ACCEPTED', 'UPSTREAM_FAILED', 'UPSTREAM_DEADLINE', 'UPSTREAM_UNAVAILABLE'
+] as const
+export type ErrorCode = typeof ERROR_CODES[number]
+
 /** One field problem, pointing into the request with a JSON pointer (RFC 6901). */
 export interface FieldError { pointer: string, detail: string, location?: 'body' | 'query' | 'params' | 'headers' }
 
 /** Base of every error we throw on purpose: a stable SCREAMING_SNAKE code and the HTTP status it maps to. */
 export class GatewayError extends Error {
   constructor (
-    readonly code: string,
+    readonly code: ErrorCode,
     readonly statusCode: number,
     message: string,
     readonly errors?: FieldError[],
@@ -30,7 +46,7 @@ export class NotFound extends GatewayError {
 }
 
 export class Conflict extends GatewayError {
-  constructor (code: string, message: string) { super(code, 409, message) }
+  constructor (code: ErrorCode, message: string) { super(code, 409, message) }
 }
 
 export class Unavailable extends GatewayError {

@@ -51,7 +51,7 @@ export interface TaskRecord {
   withdrawn: boolean
 }
 
-/** The task as callers see it (API.md §2 "The task object"). */
+/** The task as callers see it (docs/API.md, "The task object"). */
 export interface TaskView {
   id: string
   kind: VideoKind

@@ -1,7 +1,7 @@
 /** How an upstream task's state becomes a change of ours. Pure. */
 import { canMove, fromKling, type ResultVideo, type TaskRecord, type TaskStatus } from './task.ts'
 
-/** Kling deletes results after 30 days (upstream-api.md §4.2). */
+/** Kling deletes results after 30 days. */
 export const UPSTREAM_RETENTION_MS = 30 * 24 * 3600_000
 
 export interface UpstreamSnapshot {
@@ -19,7 +19,7 @@ export interface StateChange {
   error?: TaskRecord['error']
 }
 
-/** Where callers fetch a result video: the gateway's own copy (API.md: `url` outlives the upstream URL). */
+/** Where callers fetch a result video: the gateway's own copy, which outlives the upstream URL. */
 export function contentUrl (base: string, taskId: string, index: number): string {
   return `${base}/v1/videos/${taskId}/content${index > 0 ? `?index=${index}` : ''}`
 }

@@ -1,5 +1,5 @@
 /**
- * SSRF guard for outbound webhooks to subscriber URLs (shared/research/perf-reliability.md §3.3).
+ * SSRF guard for outbound requests to URLs a caller chose: webhooks and result downloads (docs/API.md, "SSRF").
  *
  * Two layers:
  * - at registration, `checkWebhookTarget` checks the URL's shape and every address its host resolves to;

@@ -13,7 +13,7 @@ declare module 'fastify' {
 
 /**
  * Whether `caller` may see a thing owned by `owner.caller`: its own, or anything for an admin. Everything else
- * answers 404, never 403 (API.md §2), so callers cannot probe for others' ids.
+ * answers 404, never 403 (docs/API.md, "Auth and roles"), so callers cannot probe for others' ids.
  */
 export function canSee <T extends { caller: string }> (caller: Caller, owned: T | null): owned is T {
   return owned !== null && (caller.admin || owned.caller === caller.name)
@@ -29,7 +29,7 @@ export function findCaller (keys: ApiKey[], presented: string): Caller | null {
   return found
 }
 
-/** Bearer API keys (API.md §2); routes opt in with `onRequest: app.authenticate`. */
+/** Bearer API keys (docs/API.md, "Auth and roles"); routes opt in with `onRequest: app.authenticate`. */
 export default fp(async function auth (app: FastifyInstance) {
   app.decorateRequest('caller', null)
   app.decorate('authenticate', async (request: FastifyRequest) => {

@@ -4,7 +4,7 @@ import swaggerUi from '@fastify/swagger-ui'
 import type { FastifyInstance } from 'fastify'
 import { ProblemSchema } from '../schemas/common.ts'
 
-/** OpenAPI 3.1 from the route schemas; only tagged routes are part of the contract (aesthetics §8.7). */
+/** OpenAPI 3.1 from the route schemas; only tagged routes are part of the contract (`hideUntagged`). */
 export default fp(async function docs (app: FastifyInstance) {
   app.addSchema(ProblemSchema)
   await app.register(swagger, {

@@ -8,13 +8,12 @@ import { TaskParamsSchema } from '../schemas/videos.ts'
 import { canSee, type Caller } from '../plugins/auth.ts'
 
 /**
- * `GET /v1/videos/:id/events`: Server-Sent Events (API.md §2). Replays from `Last-Event-ID` (header, or
+ * `GET /v1/videos/:id/events`: Server-Sent Events (docs/API.md, "SSE"). Replays from `Last-Event-ID` (header, or
  * `?last_event_id=` for clients that cannot set headers), then goes live. `id:` is the event's own id, which is
  * never reused; a reconnect resumes after that event with no gap and no duplicate. An id the task no longer has
  * (rolled back with Redis) replays the whole log; a bare number is a sequence. The stream ends after the last
  * event the task will ever have (after `video.stored` when a success is being copied), and a reconnect after
- * that gets 204, which tells an EventSource to stop. Heartbeat comments keep proxies from closing an idle stream; the stream
- * ends after the terminal event.
+ * that gets 204, which tells an EventSource to stop. Heartbeat comments keep proxies from closing an idle stream.
  */
 const EventIdSchema = Type.String({ maxLength: 64, pattern: '^[A-Za-z0-9_.-]*$', description: 'an event id (`evt_…`) or a sequence number' })
 

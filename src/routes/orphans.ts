@@ -56,7 +56,8 @@ const orphans: FastifyPluginAsyncTypebox = async (app) => {
       }
     }
   }, async (request) => {
-    // 404, never 403 (API.md §2), and the same answer as an unknown route's, so other callers learn nothing.
+    // 404, never 403 (docs/API.md, "Auth and roles"), and the same answer as an unknown route's, so other callers
+    // learn nothing.
     if (!(request.caller as Caller).admin) {
       throw new GatewayError('NOT_FOUND', 404, `no route ${request.method} ${request.url.split('?')[0]}`)
     }

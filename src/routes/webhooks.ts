@@ -53,7 +53,7 @@ function endpointView (ep: Endpoint, withSecret = false) {
   }
 }
 
-/** Webhook endpoints and deliveries (API.md §2–3). A caller sees only its own; an admin sees every caller's. */
+/** Webhook endpoints and deliveries (docs/API.md, "Routes"). A caller sees only its own; an admin every caller's. */
 const webhooks: FastifyPluginAsyncTypebox = async (app) => {
   const { webhooks: store, deliveries, config } = app.deps
   app.addSchema(EndpointSchema)

@@ -369,7 +369,8 @@ export class TaskStore {
   /** Counts one callback for a task in the current minute; returns the count so far. */
   async countCallback (id: string): Promise<number> {
     const key = this.k.callbacksSeen(id)
-    const [[, seen]] = await this.redis.multi().incr(key).expire(key, 60).exec() as [[Error | null, number]]
+    // The window starts with the first callback (EXPIRE NX): refreshing it on every call would never let it end.
+    const [[, seen]] = await this.redis.multi().incr(key).expire(key, 60, 'NX').exec() as [[Error | null, number]]
     return seen
   }
 

@@ -1,6 +1,7 @@
 /**
  * The HTTP mechanics every upstream adapter shares (src/upstream/adapter.ts): what a call to CometAPI, to Kling or
- * to anything else needs regardless of its auth, paths and error table.
+ * to anything else needs regardless of its auth, paths and error table (docs/DESIGN.md, "Upstream: CometAPI's Kling
+ * route", and the section after it).
  *
  * Every call has one deadline (`timeoutMs`) enforced twice: undici's headers/body timeouts and an AbortSignal over
  * the whole call, body included. Redirects are never followed. Response bodies are capped and always consumed or

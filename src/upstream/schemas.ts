@@ -1,6 +1,6 @@
 /**
- * Wire shapes of Kling's video endpoints, as Kling serves them and CometAPI relays them (Kling's and CometAPI's API
- * references), and a tolerant parser that turns any task-bearing body into one normalised `UpstreamTask`.
+ * Wire shapes of Kling's video endpoints, as Kling serves them and CometAPI relays them (docs/DESIGN.md, "Upstream:
+ * CometAPI's Kling route"), and a tolerant parser that turns any task-bearing body into one normalised `UpstreamTask`.
  */
 
 export type KlingStatus = 'submitted' | 'processing' | 'succeed' | 'failed'
@@ -19,7 +19,7 @@ export interface UpstreamTask {
   updatedAt: number | null
 }
 
-/** The create body Kling documents for this route (§2.1). Callers build it; the client sends it as given. */
+/** The create body Kling documents for this route. Callers build it; the client sends it as given. */
 export interface MultiImage2VideoRequest {
   model_name?: 'kling-v1-6'
   image_list: Array<{ image: string }>
@@ -43,10 +43,10 @@ export interface KlingTaskWire {
   updated_at?: number | string | null
 }
 
-/** Kling's envelope: `code` 0 is success, anything else a business error (§7.1). */
+/** Kling's envelope: `code` 0 is success, anything else a business error. */
 export interface KlingEnvelope<T = KlingTaskWire> { code: number, message?: string, request_id?: string, data?: T | null }
 
-/** CometAPI's gateway error (§7.2). */
+/** CometAPI's gateway error. */
 export interface CometErrorBody { error: { message?: string, type?: string, param?: string, code?: string | number | null } }
 
 type Obj = Record<string, unknown>

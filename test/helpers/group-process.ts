@@ -8,7 +8,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
-import { closeSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs'
+import { closeSync, mkdirSync, openSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
 import { tmpdir, userInfo } from 'node:os'
 import { dirname, join } from 'node:path'
 import { track } from '../../bench/lib/proc.ts'
@@ -43,8 +43,13 @@ function readPids (): PidEntry[] {
   try { return JSON.parse(readFileSync(PID_FILE, 'utf8')) as PidEntry[] } catch { return [] }
 }
 
+/** Written whole and renamed into place: another run (or a test file) may be reading it at the same moment. */
 function writePids (entries: PidEntry[]): void {
-  try { writeFileSync(PID_FILE, JSON.stringify(entries)) } catch {}
+  const tmp = `${PID_FILE}.${process.pid}.tmp`
+  try {
+    writeFileSync(tmp, JSON.stringify(entries))
+    renameSync(tmp, PID_FILE)
+  } catch {}
 }
 
 /**

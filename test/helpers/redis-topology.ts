@@ -222,7 +222,7 @@ export async function startStandalone (
   try {
     await node.start()
   } catch (err) {
-    await node.stop()
+    await node.stop(2000)
     if (base.owned) rmSync(base.path, { recursive: true, force: true })
     throw err
   }
@@ -230,7 +230,7 @@ export async function startStandalone (
     node,
     url: node.url,
     stop: async () => {
-      await node.stop()
+      await node.stop(2000)
       if (base.owned) rmSync(base.path, { recursive: true, force: true })
     }
   }
@@ -271,7 +271,7 @@ export async function startSentinelSet (opts: NodeOptions & {
     .map((p, i) => new RedisNode(`sentinel${i}`, p, join(base.path, `sentinel${i}`), logDir, true))
   const all = [...nodes, ...sentinels]
   const stop = async () => {
-    await Promise.all(all.map(async n => await n.stop()))
+    await Promise.all(all.map(async n => await n.stop(2000)))
     if (base.owned) rmSync(base.path, { recursive: true, force: true })
   }
   const byPort = (port: number) => {
@@ -395,7 +395,7 @@ export async function startCluster (
   const nodes = Array.from({ length: 6 }, (_, i) =>
     new RedisNode(`node${i}`, ports[i], join(base.path, `node${i}`), logDir))
   const stop = async () => {
-    await Promise.all(nodes.map(async n => await n.stop()))
+    await Promise.all(nodes.map(async n => await n.stop(2000)))
     if (base.owned) rmSync(base.path, { recursive: true, force: true })
   }
   const live = () => nodes.filter(n => n.alive())
