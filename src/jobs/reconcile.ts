@@ -18,7 +18,8 @@ import type { Config } from '../config/index.ts'
 import { isTerminal, type TaskRecord } from '../domain/task.ts'
 import type { RedisClient } from '../infra/redis.ts'
 import type { TaskStore } from '../store/tasks.ts'
-import { UpstreamError, type UpstreamClient, type UpstreamTask } from '../upstream/client.ts'
+import { UpstreamError, type UpstreamTask } from '../upstream/client.ts'
+import type { UpstreamAdapter } from '../upstream/adapter.ts'
 import { applyUpstream } from './apply.ts'
 import type { SubmitJobs } from './submit.ts'
 
@@ -29,7 +30,7 @@ interface CheckData { taskId?: string }
 export interface ReconcileDeps {
   config: Config
   store: TaskStore
-  upstream: UpstreamClient
+  upstream: UpstreamAdapter
   submit: SubmitJobs
   logger: Logger
   clock: () => number
@@ -119,7 +120,7 @@ export class ReconcileJobs {
     let up: UpstreamTask | null
     try {
       // Before our create answer arrived we only know the external id; both ids reach the same task upstream.
-      up = await this.deps.upstream.query(task.upstream?.task_id ?? task.externalTaskId)
+      up = await this.deps.upstream.query(task.kind, task.upstream?.task_id ?? task.externalTaskId)
     } catch (err) {
       if (!(err instanceof UpstreamError)) throw err
       this.log.info({ taskId, code: err.code }, 'reconcile query failed: state unknown')

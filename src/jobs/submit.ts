@@ -27,7 +27,8 @@ import { cancelWithdrawn } from '../services/create.ts'
 import type { TaskRecord } from '../domain/task.ts'
 import type { RedisClient } from '../infra/redis.ts'
 import type { TaskStore } from '../store/tasks.ts'
-import { UpstreamError, type UpstreamClient, type UpstreamTask } from '../upstream/client.ts'
+import { UpstreamError, type UpstreamTask } from '../upstream/client.ts'
+import type { UpstreamAdapter } from '../upstream/adapter.ts'
 
 export const SUBMIT_QUEUE = 'submit'
 
@@ -40,7 +41,7 @@ interface SubmitData {
 export interface SubmitDeps {
   config: Config
   store: TaskStore
-  upstream: UpstreamClient
+  upstream: UpstreamAdapter
   logger: Logger
   clock: () => number
   /** A connection BullMQ may block on (maxRetriesPerRequest: null); none = no queue (OpenAPI generation). */
@@ -116,7 +117,7 @@ export class SubmitJobs {
     try {
       if (task.submitSentAt !== null) {
         // An earlier attempt may have created it: ask before sending anything.
-        const found = await upstream.query(task.externalTaskId)
+        const found = await upstream.query(task.kind, task.externalTaskId)
         if (found !== null) return await this.adopt(task, found)
         const graceLeft = task.submitSentAt + config.upstream.unconfirmedGraceMs - clock()
         if (graceLeft > 0) {
@@ -145,7 +146,7 @@ export class SubmitJobs {
         external_task_id: task.externalTaskId
       })
       sending = true
-      const created = await upstream.create(body)
+      const created = await upstream.create(task.kind, body)
       return await this.adopt(task, created)
     } catch (err) {
       if (!(err instanceof UpstreamError)) throw err

@@ -2,11 +2,14 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { Type } from 'typebox'
 import { checkCreate } from '../domain/create.ts'
+import { DEFAULT_KIND, VIDEO_KINDS, type VideoKind } from '../domain/kinds.ts'
 import { Conflict, InvalidRequest, NotFound, Unavailable } from '../domain/errors.ts'
 import { createTask } from '../services/create.ts'
 import { toView } from '../domain/task.ts'
 import { problem } from '../schemas/common.ts'
-import { CreateVideoSchema, IdempotencyHeadersSchema, ListQuerySchema, TaskParamsSchema, TaskSchema } from '../schemas/videos.ts'
+import {
+  CREATE_SCHEMAS, CreateVideoSchema, IdempotencyHeadersSchema, ListQuerySchema, TaskParamsSchema, TaskSchema
+} from '../schemas/videos.ts'
 import { canSee, type Caller } from '../plugins/auth.ts'
 import { checkWebhookTarget, UnsafeTarget } from '../notify/ssrf.ts'
 import { fieldErrorsOf, LOCATIONS } from '../plugins/errors.ts'
@@ -16,6 +19,10 @@ const errors = {
   401: problem('missing or unknown API key'),
   404: problem('no such task for this caller')
 }
+
+/** createMultiImage2Video, createImage2Video, createText2Video: a capital after a dash (dropped) or a digit. */
+const operationIdOf = (kind: VideoKind): string => 'create' +
+  kind.replace(/(^|-|\d)([a-z])/g, (_, before: string, c: string) => before.replace('-', '') + c.toUpperCase())
 
 const videos: FastifyPluginAsyncTypebox = async (app) => {
   const { store, jobs, config } = app.deps
@@ -58,11 +65,43 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
         503: problem('Redis is unreachable or the write is not durable yet; retry after Retry-After')
       }
     }
-  }, async (request, reply) => {
+  }, async (request, reply) => await create(DEFAULT_KIND, request, reply))
+
+  // One route per kind, each with its own schema: its own operation in the OpenAPI document and the typed clients.
+  for (const kind of VIDEO_KINDS) {
+    app.post(`/${kind}`, {
+      bodyLimit: config.createBodyLimit,
+      onRequest: limitLargeBodies,
+      attachValidation: true,
+      schema: {
+        tags: ['videos'],
+        operationId: operationIdOf(kind),
+        summary: `Create a ${kind} task`,
+        security: [{ bearer: [] }],
+        headers: IdempotencyHeadersSchema,
+        body: CREATE_SCHEMAS[kind],
+        response: {
+          202: Type.Ref('Task'),
+          ...errors,
+          409: problem('the reference is taken (detail names the existing task)'),
+          413: problem('body too large'),
+          422: problem('the Idempotency-Key was used with a different body'),
+          503: problem('Redis is unreachable or the write is not durable yet; retry after Retry-After')
+        }
+      }
+    }, async (request, reply) => await create(kind, request, reply))
+  }
+
+  /** A create of any kind: the kind's schema has run (attachValidation), everything else is checked here. */
+  async function create (kind: VideoKind, request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
     const caller = request.caller as Caller
-    const body = request.body as unknown
-    if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new InvalidRequest([{ pointer: '/', detail: 'must be a JSON object', location: 'body' }])
-    const checked = checkCreate(request.body, { allowedModels: config.allowedModels, allowInsecureWebhooks: config.webhooks.allowPrivate })
+    const raw = request.body as unknown
+    if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
+      throw new InvalidRequest([{ pointer: '/', detail: 'must be a JSON object', location: 'body' }])
+    }
+    const body = raw as { reference?: string, metadata?: Record<string, unknown>, webhook_url?: string }
+    const rules = { allowedModels: config.allowedModels, allowInsecureWebhooks: config.webhooks.allowPrivate }
+    const checked = checkCreate(kind, raw as Record<string, unknown>, rules)
     // With attachValidation, Fastify leaves here the first part that failed (body before headers): name its errors
     // by that part, and when the body failed first, check the headers too so that every bad field is listed.
     const invalid = request.validationError
@@ -71,9 +110,9 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
     if (validateHeaders !== undefined && !validateHeaders(request.headers)) schemaErrors.push(...fieldErrorsOf((validateHeaders.errors ?? []) as never, 'headers'))
     const domainErrors = checked.ok ? [] : checked.errors.filter(d => !schemaErrors.some(e => e.pointer === d.pointer && e.location === d.location))
     if (schemaErrors.length > 0 || !checked.ok) throw new InvalidRequest([...schemaErrors, ...domainErrors])
-    if (request.body.webhook_url !== undefined) {
+    if (body.webhook_url !== undefined) {
       // Registration-time SSRF check (the delivery agent checks again at connect time).
-      await checkWebhookTarget(request.body.webhook_url, { allowPrivate: config.webhooks.allowPrivate }).catch((err: Error) => {
+      await checkWebhookTarget(body.webhook_url, { allowPrivate: config.webhooks.allowPrivate }).catch((err: Error) => {
         throw err instanceof UnsafeTarget ? new InvalidRequest([{ pointer: '/webhook_url', detail: err.message, location: 'body' }]) : err
       })
     }
@@ -81,14 +120,15 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
     const { task, replayed } = await createTask(createDeps, {
       caller: caller.name,
       checked: checked.value,
-      reference: request.body.reference ?? null,
-      metadata: (request.body.metadata as Record<string, unknown> | undefined) ?? null,
-      webhookUrl: request.body.webhook_url ?? null,
-      idempotencyKey: request.headers['idempotency-key']
+      reference: body.reference ?? null,
+      metadata: body.metadata ?? null,
+      webhookUrl: body.webhook_url ?? null,
+      // The headers schema has run: at most one key, a string.
+      idempotencyKey: request.headers['idempotency-key'] as string | undefined
     })
     if (replayed) reply.header('idempotent-replayed', 'true')
     return await reply.code(202).header('location', `/v1/videos/${task.id}`).send(toView(task))
-  })
+  }
 
   app.get('/:id', {
     schema: { tags: ['videos'], operationId: 'getVideo', security: [{ bearer: [] }], params: TaskParamsSchema, response: { 200: Type.Ref('Task'), ...errors } }
