@@ -11,9 +11,9 @@
  *   what gets applied.
  * - A queued task whose submit job was lost (a crash between storing it and queueing it) is queued again.
  */
-import { Queue, Worker, type Job } from 'bullmq'
+import type { Job } from 'bullmq'
 import type { Logger } from 'pino'
-import { closeBounded } from './close.ts'
+import { QueueJobs } from './base.ts'
 import type { Config } from '../config/index.ts'
 import { isTerminal, type TaskRecord } from '../domain/task.ts'
 import type { RedisClient } from '../infra/redis.ts'
@@ -39,33 +39,19 @@ export interface ReconcileDeps {
 
 export type CheckOutcome = 'gone' | 'terminal' | 'requeued' | 'applied' | 'unchanged' | 'unknown' | 'deadline'
 
-export class ReconcileJobs {
-  private readonly q?: Queue<CheckData>
-  private worker?: Worker<CheckData>
-  private readonly log: Logger
-
+export class ReconcileJobs extends QueueJobs<CheckData> {
   constructor (private readonly deps: ReconcileDeps) {
-    this.log = deps.logger.child({ component: 'reconcile' })
-    if (deps.connection === undefined) return
-    this.q = new Queue<CheckData>(RECONCILE_QUEUE, { connection: deps.connection as never, prefix: deps.store.queuePrefix })
-    this.q.on('error', err => this.log.warn({ err: err.message }, 'reconcile queue error'))
-  }
-
-  private get queue (): Queue<CheckData> {
-    if (this.q === undefined) throw new Error('no queue connection was given')
-    return this.q
+    super(RECONCILE_QUEUE, { connection: deps.connection, prefix: deps.store.queuePrefix, logger: deps.logger })
   }
 
   async start (): Promise<void> {
     const { config } = this.deps
-    await this.queue.upsertJobScheduler('sweep', { every: config.reconcile.intervalMs }, { name: 'sweep', opts: { removeOnComplete: true, removeOnFail: 100 } })
-    this.worker = new Worker<CheckData>(RECONCILE_QUEUE, async job => await this.process(job), {
-      connection: this.deps.connection as never,
-      prefix: this.deps.store.queuePrefix,
+    await this.queue.upsertJobScheduler('sweep', { every: config.reconcile.intervalMs },
+      { name: 'sweep', opts: { removeOnComplete: true, removeOnFail: 100 } })
+    this.startWorker(async job => await this.process(job), {
       concurrency: 4,
       limiter: { max: config.reconcile.qps, duration: 1000 }
     })
-    this.worker.on('error', err => this.log.warn({ err: err.message }, 'reconcile worker error'))
   }
 
   /** Queues a check of one task; `confirm` ones (from callbacks) run at once, beside any scheduled check. */
@@ -78,10 +64,6 @@ export class ReconcileJobs {
       removeOnComplete: true,
       removeOnFail: 1000
     })
-  }
-
-  async close (graceMs = 5000): Promise<void> {
-    await closeBounded(this.worker, this.q, this.log, graceMs)
   }
 
   private async process (job: Job<CheckData>): Promise<string> {

@@ -3,8 +3,9 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import { Type } from 'typebox'
 import { checkCreate } from '../domain/create.ts'
 import { DEFAULT_KIND, VIDEO_KINDS, type VideoKind } from '../domain/kinds.ts'
-import { Conflict, InvalidRequest, NotFound, Unavailable } from '../domain/errors.ts'
+import { InvalidRequest, NotFound, Unavailable } from '../domain/errors.ts'
 import { createTask } from '../services/create.ts'
+import { cancelTask } from '../services/cancel.ts'
 import { toView } from '../domain/task.ts'
 import { problem } from '../schemas/common.ts'
 import {
@@ -172,12 +173,7 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
   }, async (request) => {
     const existing = await store.get(request.params.id)
     if (!canSee(request.caller as Caller, existing)) throw new NotFound('task')
-    const outcome = await store.transition(existing.id, t => t.status === 'queued' ? { to: 'canceled' } : null, { requireEmpty: 'submit_sent_at' })
-    if (!outcome.applied) throw new Conflict('NOT_CANCELABLE', `the task is ${outcome.task?.status === 'queued' ? 'being submitted upstream' : (outcome.task?.status ?? 'gone')}; only a queued task can be canceled`)
-    // A cancel rolled back by a failover would put the task back in the queue, to be paid for: durable first.
-    await store.durable()
-    await store.dropParked(existing.id)
-    return toView(outcome.task)
+    return toView(await cancelTask(store, existing))
   })
 }
 export default videos
