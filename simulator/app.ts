@@ -1,18 +1,24 @@
 /**
- * A fake CometAPI for Kling multi-image2video, over real HTTP. Faithful to what docs/DESIGN.md, "Upstream: CometAPI's
- * Kling route" says of it: the `{code, message, request_id, data}` envelope, `succeed` spelling, numeric-string task
+ * A fake CometAPI and Kling for Kling's video endpoints (multi-image2video, image2video, text2video), over real
+ * HTTP, on both path styles: CometAPI's `/kling/v1/videos/<kind>` (any Bearer key, or `apiKey`) and Kling's own
+ * `/v1/videos/<kind>` (a JWT checked against `klingAccessKey`/`klingSecretKey` when given, Kling's 1001-1004
+ * otherwise). Faithful to what docs/DESIGN.md, "Upstream: CometAPI's Kling route" (and the next section, on Kling's
+ * own API) says of them: the `{code, message, request_id, data}` envelope, `succeed` spelling, numeric-string task
  * ids, ms timestamps, query by task id or external id (a miss is HTTP 400 code 1201), flat callback bodies POSTed to
  * `callback_url` on every status change, and both error shapes. Tests script it through `/_sim/*` (or the same methods
  * on the object) and count what it did.
  */
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
-import { randomInt, randomUUID, createHash } from 'node:crypto'
+import { randomInt, randomUUID, createHash, createHmac, timingSafeEqual } from 'node:crypto'
 import { request as undiciRequest } from 'undici'
 
 export type SimStatus = 'submitted' | 'processing' | 'succeed' | 'failed'
 
 export interface SimTask {
   task_id: string
+  /** The endpoint that made it (a query on another kind's path does not find it) and the path style it came in on. */
+  kind: SimKind
+  api: SimApi
   external_task_id: string | null
   callback_url: string | null
   status: SimStatus
@@ -54,6 +60,9 @@ export interface CallbackPolicy { drop: boolean, duplicate: number, delayMs: num
 export interface SimOptions {
   /** Bearer key the simulator requires; any non-empty key when undefined. */
   apiKey?: string
+  /** Kling's keys: with both set, Kling's routes take only a valid HS256 JWT (iss = access key, exp, nbf). */
+  klingAccessKey?: string
+  klingSecretKey?: string
   /** Automatic progress: submitted → processing after `processingAfterMs`, → terminal after `finishAfterMs`. */
   auto?: boolean
   processingAfterMs?: number
@@ -77,6 +86,49 @@ export interface CreateRecord {
 const PATH = '/kling/v1/videos/multi-image2video'
 const MAX_HANG_MS = 120_000
 
+/** Kling's video endpoints the simulator fakes, each on both path styles. */
+export const SIM_KINDS = ['multi-image2video', 'image2video', 'text2video'] as const
+export type SimKind = typeof SIM_KINDS[number]
+export type SimApi = 'cometapi' | 'kling'
+export interface SimRoute { api: SimApi, kind: SimKind }
+/** The options in force: the defaults filled in; the keys stay optional (none = any Bearer value). */
+type SimSettings = Required<Omit<SimOptions, 'apiKey' | 'logger' | 'klingAccessKey' | 'klingSecretKey'>> &
+  Pick<SimOptions, 'apiKey' | 'klingAccessKey' | 'klingSecretKey'>
+
+/** The path style and kind a request path names; null for any other path. */
+export function routeOf (url: string): SimRoute | null {
+  const m = /^(\/kling)?\/v1\/videos\/([^/?]+)/.exec(url)
+  if (m === null || !(SIM_KINDS as readonly string[]).includes(m[2])) return null
+  return { api: m[1] === undefined ? 'kling' : 'cometapi', kind: m[2] as SimKind }
+}
+/** What a task seeded by a test through create() is: the route the simulator first had. */
+const DEFAULT_ROUTE = routeOf(PATH) as SimRoute
+
+/** `model_name` values each endpoint takes (Kling's API reference, per endpoint). */
+const MODELS: Record<SimKind, string[]> = {
+  'multi-image2video': ['kling-v1-6'],
+  image2video: ['kling-v1', 'kling-v1-5', 'kling-v1-6', 'kling-v2-master', 'kling-v2-1', 'kling-v2-1-master',
+    'kling-v2-5-turbo', 'kling-v2-6'],
+  text2video: ['kling-v1', 'kling-v1-6', 'kling-v2-master', 'kling-v2-1-master', 'kling-v2-5-turbo', 'kling-v2-6']
+}
+
+/** The claims of an HS256 JWT signed with `secret`; null when it is not one (malformed, other alg, bad signature). */
+function verifyJwt (token: string, secret: string): Record<string, unknown> | null {
+  const parts = token.split('.')
+  if (parts.length !== 3) return null
+  try {
+    const header = JSON.parse(Buffer.from(parts[0], 'base64url').toString()) as Record<string, unknown>
+    if (header.alg !== 'HS256') return null
+    const expected = createHmac('sha256', secret).update(`${parts[0]}.${parts[1]}`).digest()
+    const given = Buffer.from(parts[2], 'base64url')
+    if (given.length !== expected.length || !timingSafeEqual(given, expected)) return null
+    const claims = JSON.parse(Buffer.from(parts[1], 'base64url').toString()) as unknown
+    return typeof claims === 'object' && claims !== null ? claims as Record<string, unknown> : null
+  } catch {
+    return null
+  }
+}
+
 export class Simulator {
   readonly app: FastifyInstance
   readonly tasks = new Map<string, SimTask>()
@@ -89,11 +141,15 @@ export class Simulator {
   /** Create requests whose connection is still open, and the most there ever were at once. */
   inFlight = 0
   maxInFlight = 0
-  opts: Required<Omit<SimOptions, 'apiKey' | 'logger'>> & { apiKey?: string }
+  /** The time claims of every Kling JWT with a valid signature, as it arrived (accepted or refused for its times). */
+  tokensSeen: Array<{ at: number, exp: unknown, nbf: unknown }> = []
+  opts: SimSettings
   baseUrl = ''
   private readonly timers = new Set<NodeJS.Timeout>()
   private readonly held = new Set<FastifyReply>()
   private readonly pendingReorder: Array<() => void> = []
+  /** The route each create body arrived on, for create() and invalid(), which are handed only the body. */
+  private readonly arrivedOn = new WeakMap<object, SimRoute>()
   private nextId = BigInt(860_000_000_000_000_000n) + BigInt(randomInt(1, 1_000_000_000))
 
   constructor (opts: SimOptions = {}) {
@@ -124,6 +180,7 @@ export class Simulator {
     this.callbackPolicy = { drop: false, duplicate: 1, delayMs: 0, reorder: false }
     this.counts = { creates: 0, accepted: 0, queries: 0, callbacks: 0, callbackFailures: 0 }
     this.createLog = []
+    this.tokensSeen = []
     this.maxInFlight = this.inFlight
   }
 
@@ -217,19 +274,53 @@ export class Simulator {
   }
 
   private authorized (request: FastifyRequest, reply: FastifyReply): boolean {
+    if (routeOf(request.url)?.api === 'kling') return this.klingAuthorized(request, reply)
     const auth = request.headers.authorization ?? ''
     const ok = auth.startsWith('Bearer ') && auth.length > 7 && (this.opts.apiKey === undefined || auth === `Bearer ${this.opts.apiKey}`)
     if (!ok) reply.code(401).send({ error: { message: 'invalid token', type: 'comet_api_error', param: '', code: '' } })
     return ok
   }
 
-  /** Makes a task as an accepted create would (tests seed tasks with it). */
-  create (body: Record<string, unknown>): SimTask {
+  /**
+   * Kling's own auth (Kling's API reference, "Authentication" and error codes 1001-1004): a JWT when the simulator
+   * has Kling keys, any Bearer value otherwise.
+   */
+  private klingAuthorized (request: FastifyRequest, reply: FastifyReply): boolean {
+    const refuse = (code: number, message: string): false => {
+      reply.code(401).send({ code, message, request_id: randomUUID() })
+      return false
+    }
+    const auth = request.headers.authorization ?? ''
+    if (!auth.startsWith('Bearer ') || auth.length <= 7) return refuse(1001, 'Authorization is empty')
+    const { klingAccessKey, klingSecretKey } = this.opts
+    if (klingAccessKey === undefined || klingSecretKey === undefined) return true
+    const claims = verifyJwt(auth.slice(7), klingSecretKey)
+    if (claims === null || claims.iss !== klingAccessKey) return refuse(1002, 'Authorization is invalid')
+    this.tokensSeen.push({ at: Date.now(), exp: claims.exp, nbf: claims.nbf })
+    const now = Date.now() / 1000
+    if (typeof claims.nbf === 'number' && claims.nbf > now) return refuse(1003, 'Authorization is not yet valid')
+    if (typeof claims.exp !== 'number' || claims.exp <= now) return refuse(1004, 'Authorization has expired')
+    return true
+  }
+
+  /** The create body of a request, remembered with the route it came in on. */
+  private arrived (request: FastifyRequest): Record<string, unknown> {
+    const sent = request.body
+    const body = typeof sent === 'object' && sent !== null ? sent as Record<string, unknown> : {}
+    const route = routeOf(request.url)
+    if (route !== null) this.arrivedOn.set(body, route)
+    return body
+  }
+
+  /** Makes a task as an accepted create would (tests seed tasks with it; with no route, a CometAPI multi-image one). */
+  create (body: Record<string, unknown>, route = this.arrivedOn.get(body) ?? DEFAULT_ROUTE): SimTask {
     const now = Date.now()
     this.nextId += BigInt(randomInt(1, 1000))
     const external = typeof body.external_task_id === 'string' ? body.external_task_id : null
     const task: SimTask = {
       task_id: this.nextId.toString(),
+      kind: route.kind,
+      api: route.api,
       external_task_id: external,
       callback_url: typeof body.callback_url === 'string' ? body.callback_url : null,
       status: 'submitted',
@@ -254,13 +345,30 @@ export class Simulator {
     return task
   }
 
-  /** Kling's own parameter checks, loosely: enough that a gateway bug shows up as 1201. */
-  private invalid (body: Record<string, unknown>): string | undefined {
-    const list = body.image_list
-    if (!Array.isArray(list) || list.length < 1 || list.length > 4) return 'image_list must have 1-4 items'
-    if (typeof body.prompt !== 'string' || body.prompt.length === 0) return 'prompt is required'
+  /** Kling's own parameter checks, loosely: enough that a gateway bug (or a body for another kind) shows up as 1201. */
+  private invalid (body: Record<string, unknown>, kind = this.arrivedOn.get(body)?.kind ?? DEFAULT_ROUTE.kind):
+  string | undefined {
+    const given = (v: unknown) => typeof v === 'string' && v.length > 0
+    if (kind === 'multi-image2video') {
+      const list = body.image_list
+      if (!Array.isArray(list) || list.length < 1 || list.length > 4) return 'image_list must have 1-4 items'
+      if (!given(body.prompt)) return 'prompt is required'
+    } else if (kind === 'image2video') {
+      if (!given(body.image) && !given(body.image_tail)) return 'image or image_tail is required'
+      if (body.image_list !== undefined) return 'image_list is not a parameter of image2video'
+      const groups = [body.image_tail, body.static_mask ?? body.dynamic_masks, body.camera_control]
+      if (groups.filter(g => g !== undefined).length > 1) {
+        return 'image_tail, static_mask/dynamic_masks and camera_control cannot be used together'
+      }
+    } else {
+      if (!given(body.prompt)) return 'prompt is required'
+      if (body.image !== undefined || body.image_list !== undefined) return 'images are not parameters of text2video'
+    }
+    if (typeof body.prompt === 'string' && body.prompt.length > 2500) return 'prompt must be at most 2500 characters'
     if (body.duration !== undefined && body.duration !== '5' && body.duration !== '10') return 'duration must be "5" or "10"'
-    if (body.model_name !== undefined && body.model_name !== 'kling-v1-6') return `model ${String(body.model_name)} not supported`
+    if (body.model_name !== undefined && !MODELS[kind].includes(String(body.model_name))) {
+      return `model ${String(body.model_name)} not supported`
+    }
     if (typeof body.external_task_id === 'string' && this.byExternal.has(body.external_task_id)) return 'external_task_id already exists'
     return undefined
   }
@@ -296,7 +404,7 @@ export class Simulator {
   private routes (): void {
     const app = this.app
 
-    app.post(PATH, async (request, reply) => {
+    const createTask = async (request: FastifyRequest, reply: FastifyReply) => {
       this.counts.creates++
       const sent = (request.body ?? {}) as Record<string, unknown>
       const record: CreateRecord = {
@@ -312,7 +420,7 @@ export class Simulator {
       if (!this.authorized(request, reply)) return reply
       const fault = this.takeFault('create')
       if (this.applyCommonFault(fault, reply)) return reply
-      const body = (request.body ?? {}) as Record<string, unknown>
+      const body = this.arrived(request)
       const problem = this.invalid(body)
       if (problem !== undefined) return reply.code(400).send({ code: 1201, message: problem, request_id: randomUUID() })
       const task = this.create(body)
@@ -320,21 +428,35 @@ export class Simulator {
       if (fault?.kind === 'accept-then-hang') return this.hold(reply)
       if (fault?.kind === 'accept-then-reset') { reply.raw.socket?.destroy(); return reply }
       return { code: 0, message: 'SUCCEED', data: { task_id: task.task_id, task_status: task.status, task_info: task.external_task_id === null ? {} : { external_task_id: task.external_task_id }, created_at: task.created_at, updated_at: task.updated_at } }
-    })
+    }
 
-    app.get<{ Params: { id: string } }>(`${PATH}/:id`, async (request, reply) => {
+    type QueryRequest = FastifyRequest<{ Params: { kind: string, id: string } }>
+    const queryTask = async (request: QueryRequest, reply: FastifyReply) => {
       this.counts.queries++
       if (!this.authorized(request, reply)) return reply
       const fault = this.takeFault('query')
       if (this.applyCommonFault(fault, reply)) return reply
       const id = request.params.id
       const task = this.tasks.get(id) ?? this.tasks.get(this.byExternal.get(id) ?? '')
-      if (task === undefined || fault?.kind === 'not-found') {
+      // Kling keeps each endpoint's tasks apart: a task asked for on another kind's path is not found there.
+      if (task === undefined || task.kind !== request.params.kind || fault?.kind === 'not-found') {
         return reply.code(400).send({ code: 1201, message: `Task not found by id/external id: ${id}`, request_id: randomUUID() })
       }
       const status = fault?.kind === 'status' ? (fault.taskStatus ?? task.status) : task.status
       return { code: 0, message: 'SUCCEED', request_id: randomUUID(), data: this.taskView(task, status) }
-    })
+    }
+
+    // CometAPI's paths are Kling's own under /kling: every kind answers on both, so either adapter can be tested.
+    const knownKind = async (request: FastifyRequest, reply: FastifyReply) => {
+      if (routeOf(request.url) === null) {
+        const body = { code: 1202, message: 'the requested method is invalid', request_id: randomUUID() }
+        return await reply.code(404).send(body)
+      }
+    }
+    for (const prefix of ['/kling/v1/videos', '/v1/videos']) {
+      app.post(`${prefix}/:kind`, { onRequest: knownKind }, createTask)
+      app.get<{ Params: { kind: string, id: string } }>(`${prefix}/:kind/:id`, { onRequest: knownKind }, queryTask)
+    }
 
     app.get<{ Params: { id: string } }>('/_sim/videos/:id', async (request, reply) => {
       const taskId = request.params.id.replace(/\.mp4$/, '')

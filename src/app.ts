@@ -21,7 +21,7 @@ import { WebhookStore } from './store/webhooks.ts'
 import { CopyJobs } from './jobs/copy.ts'
 import { EventPipeline } from './events/pipeline.ts'
 import type { BlobStore } from './blobs/index.ts'
-import type { UpstreamClient } from './upstream/client.ts'
+import type { UpstreamAdapter } from './upstream/adapter.ts'
 import { newLifecycle, type Lifecycle } from './lifecycle.ts'
 import { ReplicaRegistry } from './store/replicas.ts'
 import { OrphanStore } from './store/orphans.ts'
@@ -34,7 +34,7 @@ export interface AppDeps {
   logger: Logger
   clock: () => number
   ids: () => string
-  upstream: UpstreamClient
+  upstream: UpstreamAdapter
   /** A connection BullMQ may block on; without it no queue or worker is made (OpenAPI generation). */
   queueConnection?: RedisClient
   /** Run this replica's workers (default true when there is a queue connection). */

@@ -15,8 +15,7 @@ import { createLogger } from './infra/logger.ts'
 import { createRedis, persistenceWarning, waitReady } from './infra/redis.ts'
 import { startRedisServer, RedisServerMissing } from './infra/embedded-redis.ts'
 import { createHash } from 'node:crypto'
-import { Simulator } from '../simulator/app.ts'
-import { UpstreamClient } from './upstream/client.ts'
+import { createUpstream } from './upstream/factory.ts'
 import { createBlobStore } from './blobs/factory.ts'
 import { newLifecycle } from './lifecycle.ts'
 import { BlobDirConflict } from './store/replicas.ts'
@@ -85,14 +84,16 @@ try {
     config.redis.url = embedded.url
     logger.info({ url: embedded.url, dir: join(config.dataDir, 'redis') }, 'REDIS_URL is not set: started an embedded redis-server (AOF, appendfsync always)')
   }
-  if (config.upstream.key === undefined) {
-    const sim = new Simulator()
-    config.upstream.baseUrl = await sim.listen()
-    config.upstream.key = 'simulator'
-    cleanups.unshift(() => sim.close())
+  // The simulator is imported by the factory only when it is the upstream: a production process never loads it.
+  const upstream = await createUpstream(config)
+  cleanups.unshift(() => upstream.close())
+  if (upstream.name === 'simulator') {
     // The simulator's result videos are on loopback: let the result copy fetch them.
     config.copy.allowPrivate = true
-    logger.warn({ url: config.upstream.baseUrl }, 'COMETAPI_KEY is not set: UPSTREAM IS THE BUILT-IN SIMULATOR, no real videos will be made')
+    logger.warn({ url: upstream.baseUrl }, 'UPSTREAM=simulator (the default without COMETAPI_KEY or Kling keys): ' +
+      'UPSTREAM IS THE BUILT-IN SIMULATOR, no real videos will be made')
+  } else {
+    logger.info({ upstream: upstream.name, url: upstream.baseUrl }, 'upstream')
   }
   config.callbackSecret ??= randomBytes(32).toString('hex')
   let devKey: string | undefined
@@ -112,9 +113,6 @@ try {
   const queueConnection = createRedis(config.redis, 'worker')
   queueConnection.on('error', (err: Error) => logger.warn({ err: err.message }, 'redis (queues) connection error'))
   cleanups.unshift(async () => { await queueConnection.quit().catch(() => queueConnection.disconnect()) })
-  const upstream = new UpstreamClient({ baseUrl: config.upstream.baseUrl, apiKey: config.upstream.key, timeoutMs: config.upstream.timeoutMs })
-  cleanups.unshift(() => upstream.close())
-
   const blobs = createBlobStore(config.blobs)
   cleanups.unshift(() => blobs.close())
 

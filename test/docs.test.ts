@@ -15,8 +15,9 @@ import { buildApp } from '../src/app.ts'
 import { EnvSchema, loadConfig } from '../src/config/index.ts'
 import { ERROR_CODES } from '../src/domain/errors.ts'
 import { EVENT_TYPES } from '../src/domain/task.ts'
-import { CreateVideoSchema, TaskSchema } from '../src/schemas/videos.ts'
-import { UpstreamClient } from '../src/upstream/client.ts'
+import { CREATE_SCHEMAS, TaskSchema } from '../src/schemas/videos.ts'
+import { DEFAULT_KIND, VIDEO_KINDS } from '../src/domain/kinds.ts'
+import { CometApiAdapter } from '../src/upstream/cometapi.ts'
 import { DirectoryBlobStore } from '../src/blobs/dir.ts'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
@@ -92,7 +93,7 @@ describe('docs/API.md is the contract of what the code does', () => {
   beforeAll(async () => {
     // Built as scripts/openapi.ts builds it: inert deps, a Redis client that never connects, no workers.
     const redis = new Redis({ lazyConnect: true })
-    const upstream = new UpstreamClient({ baseUrl: 'http://127.0.0.1:9', apiKey: 'inert', timeoutMs: 1000 })
+    const upstream = new CometApiAdapter({ baseUrl: 'http://127.0.0.1:9', apiKey: 'inert', timeoutMs: 1000 })
     const blobs = new DirectoryBlobStore('/nonexistent')
     const app = await buildApp({ config: loadConfig({}), redis, upstream, blobs, logger: pino({ level: 'silent' }) })
     await app.ready()
@@ -151,14 +152,16 @@ describe('docs/API.md is the contract of what the code does', () => {
     expect(unlisted, 'error codes used in src/ but missing from ERROR_CODES (src/domain/errors.ts): add them there ' +
       'and to docs/API.md, "Error codes"').toEqual([])
 
-    // Upstream codes pass through to task.error.code; each one, or its family (`KLING_<n>`), is documented.
-    const client = read('src/upstream/client.ts')
+    // Upstream codes pass through to task.error.code; each one, or its family (`KLING_<n>`), is documented. The
+    // adapters and their shared client make them, as `code: 'X'`, a template `X_${…}`, or through `e('X', …)`.
+    const adapters = projectFiles(join(ROOT, 'src/upstream')).map(read).join('\n')
     const upstream = [
-      ...[...client.matchAll(/\bcode: '([A-Z][A-Z0-9_]*)'/g)].map(([, code]) => code),
-      ...[...client.matchAll(/`([A-Z][A-Z0-9]*_(?:[A-Z0-9]+_)*)\$\{/g)].map(([, prefix]) => prefix)
+      ...[...adapters.matchAll(/\bcode: '([A-Z][A-Z0-9_]*)'/g)].map(([, code]) => code),
+      ...[...adapters.matchAll(/\be\('([A-Z][A-Z0-9_]*)'/g)].map(([, code]) => code),
+      ...[...adapters.matchAll(/`([A-Z][A-Z0-9]*_(?:[A-Z0-9]+_)*)\$\{/g)].map(([, prefix]) => prefix)
     ]
     const undocumented = [...new Set(upstream)].filter(code => !doc.includes(`\`${code}`))
-    expect(undocumented, 'upstream error codes of src/upstream/client.ts missing from docs/API.md, "Error codes" ' +
+    expect(undocumented, 'upstream error codes of src/upstream/ missing from docs/API.md, "Error codes" ' +
       '(the upstream codes table)').toEqual([])
   })
 
@@ -170,10 +173,14 @@ describe('docs/API.md is the contract of what the code does', () => {
   })
 
   it('documents every create field and every field of the task object', () => {
-    const create = section(API, 'POST /v1/videos')
-    const fields = Object.keys(CreateVideoSchema.properties).filter(f => !mentions(create, f))
-    expect(fields, 'create fields of CreateVideoSchema (src/schemas/videos.ts) missing from docs/API.md, ' +
-      '"POST /v1/videos": add a row (field, rule) to its table').toEqual([])
+    // Each kind's fields in its route's section; the default kind's route is `POST /v1/videos`.
+    const fields = VIDEO_KINDS.flatMap(kind => {
+      const name = kind === DEFAULT_KIND ? 'POST /v1/videos' : `POST /v1/videos/${kind}`
+      const create = section(API, name)
+      return Object.keys(CREATE_SCHEMAS[kind].properties).filter(f => !mentions(create, f)).map(f => `${name}: ${f}`)
+    })
+    expect(fields, 'create fields of CREATE_SCHEMAS (src/schemas/videos.ts) missing from docs/API.md, in the ' +
+      'section of their kind\'s route: add a row (field, rule) to its table').toEqual([])
     const task = section(API, 'The task object')
     const shown = Object.keys(TaskSchema.properties).filter(f => !task.includes(`"${f}"`))
     expect(shown, 'task fields of TaskSchema (src/schemas/videos.ts) missing from docs/API.md, "The task object"')

@@ -16,8 +16,8 @@ type Json = Record<string, unknown>
 /** Every string, array and object a caller can send is bounded, so Ajv's allErrors cannot be abused. */
 function unbounded (schema: Json, path: string, out: string[]) {
   if (typeof schema !== 'object' || schema === null) return
-  // x-bounded-by marks the image strings, bounded by the body limit and checked by size before decoding.
-  const bounded = schema.maxLength !== undefined || schema['x-bounded-by'] !== undefined
+  // x-image marks the image strings, bounded by the body limit and checked by size before decoding.
+  const bounded = schema.maxLength !== undefined || schema['x-image'] === true
   const closed = schema.enum !== undefined || schema.const !== undefined || schema.format !== undefined
   if (schema.type === 'string' && !bounded && !closed) out.push(path)
   if (schema.type === 'array' && schema.maxItems === undefined) out.push(path)

@@ -2,6 +2,10 @@ import { Type, type Static } from 'typebox'
 import { Value } from 'typebox/value'
 import { createHash } from 'node:crypto'
 
+/** Who makes the videos: an adapter each in src/upstream (UPSTREAM). */
+export const UPSTREAM_NAMES = ['cometapi', 'kling', 'simulator'] as const
+export type UpstreamName = typeof UPSTREAM_NAMES[number]
+
 /** Every variable the service reads, as strings from the environment (docs/API.md, "Configuration"). */
 export const EnvSchema = Type.Object({
   PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 3000 }),
@@ -19,6 +23,11 @@ export const EnvSchema = Type.Object({
   REDIS_ACK_TIMEOUT_MS: Type.Integer({ minimum: 10, maximum: 1500, default: 500 }),
   COMETAPI_BASE_URL: Type.String({ pattern: '^https?://[^/]+', default: 'https://api.cometapi.com' }),
   COMETAPI_KEY: Type.Optional(Type.String({ minLength: 1 })),
+  UPSTREAM: Type.Optional(Type.Union(UPSTREAM_NAMES.map(n => Type.Literal(n)))),
+  // Kling's API host for callers outside China (Kling's API reference, "Domain").
+  KLING_BASE_URL: Type.String({ pattern: '^https?://[^/]+', default: 'https://api-singapore.klingai.com' }),
+  KLING_ACCESS_KEY: Type.Optional(Type.String({ minLength: 1 })),
+  KLING_SECRET_KEY: Type.Optional(Type.String({ minLength: 1 })),
   PUBLIC_BASE_URL: Type.Optional(Type.String({ pattern: '^https?://[^/]+' })),
   CALLBACK_SECRET: Type.Optional(Type.String({ minLength: 32 })),
   API_KEYS: Type.Optional(Type.String({ minLength: 1 })),
@@ -89,7 +98,17 @@ export interface Config {
   host: string
   redis: RedisConfig
   prefix: string
-  upstream: { baseUrl: string, key?: string, concurrency: number, timeoutMs: number, retryBaseMs: number, submitAttempts: number, unconfirmedGraceMs: number }
+  upstream: {
+    /** UPSTREAM: which adapter (src/upstream/factory.ts); each reads only its own section below. */
+    name: UpstreamName
+    cometapi: { baseUrl: string, key?: string }
+    kling: { baseUrl: string, accessKey?: string, secretKey?: string }
+    concurrency: number
+    timeoutMs: number
+    retryBaseMs: number
+    submitAttempts: number
+    unconfirmedGraceMs: number
+  }
   publicBaseUrl?: string
   callbackSecret?: string
   apiKeys: ApiKey[]
@@ -152,6 +171,32 @@ function parseKeys (name: string, list: string | undefined, admin: boolean, prob
 }
 
 /**
+ * The upstream UPSTREAM names, or the one the keys imply: COMETAPI_KEY → cometapi (as before UPSTREAM existed), the
+ * Kling keys → kling, nothing → the simulator. Each missing variable the choice needs is named, never a value.
+ */
+function upstreamOf (value: Env, problems: string[]): UpstreamName {
+  const kling = value.KLING_ACCESS_KEY !== undefined || value.KLING_SECRET_KEY !== undefined
+  let name: UpstreamName | undefined = value.UPSTREAM
+  // Not a name the schema knows: that is reported already, and nothing else can be said about it.
+  if (name !== undefined && !(UPSTREAM_NAMES as readonly string[]).includes(name)) return 'simulator'
+  if (name === undefined) {
+    // Both sets of keys and no choice: guessing would send paid requests to the wrong vendor.
+    if (value.COMETAPI_KEY !== undefined && kling) {
+      problems.push('UPSTREAM: required (cometapi or kling) when COMETAPI_KEY and the KLING_* keys are both set')
+    }
+    name = value.COMETAPI_KEY !== undefined ? 'cometapi' : kling ? 'kling' : 'simulator'
+  }
+  if (name === 'cometapi' && value.COMETAPI_KEY === undefined) {
+    problems.push('COMETAPI_KEY: required with UPSTREAM=cometapi')
+  }
+  if (name === 'kling') {
+    if (value.KLING_ACCESS_KEY === undefined) problems.push('KLING_ACCESS_KEY: required with UPSTREAM=kling')
+    if (value.KLING_SECRET_KEY === undefined) problems.push('KLING_SECRET_KEY: required with UPSTREAM=kling')
+  }
+  return name
+}
+
+/**
  * Reads and checks the environment once. Pure: the same env gives the same config, and every bad
  * variable is named in one ConfigError. Development defaults that need randomness (a dev API key, a
  * callback secret) are filled in by server.ts, not here.
@@ -164,8 +209,9 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
     ? []
     : Value.Errors(EnvSchema, value).map(e => `${e.instancePath.slice(1) || '(root)'}: ${e.message}`)
 
-  if (value.COMETAPI_KEY !== undefined && value.CALLBACK_SECRET === undefined) {
-    problems.push('CALLBACK_SECRET: required when COMETAPI_KEY is set (32+ characters)')
+  const upstream = upstreamOf(value, problems)
+  if (upstream !== 'simulator' && value.CALLBACK_SECRET === undefined) {
+    problems.push(`CALLBACK_SECRET: required with UPSTREAM=${upstream} (32+ characters)`)
   }
   if (value.REDIS_SENTINELS !== undefined && value.REDIS_SENTINEL_NAME === undefined) {
     problems.push('REDIS_SENTINEL_NAME: required with REDIS_SENTINELS')
@@ -197,8 +243,13 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
     },
     prefix: value.REDIS_PREFIX,
     upstream: {
-      baseUrl: value.COMETAPI_BASE_URL.replace(/\/+$/, ''),
-      key: value.COMETAPI_KEY,
+      name: upstream,
+      cometapi: { baseUrl: value.COMETAPI_BASE_URL.replace(/\/+$/, ''), key: value.COMETAPI_KEY },
+      kling: {
+        baseUrl: value.KLING_BASE_URL.replace(/\/+$/, ''),
+        accessKey: value.KLING_ACCESS_KEY,
+        secretKey: value.KLING_SECRET_KEY
+      },
       concurrency: value.UPSTREAM_CONCURRENCY,
       timeoutMs: value.UPSTREAM_TIMEOUT_MS,
       retryBaseMs: value.UPSTREAM_RETRY_BASE_MS,

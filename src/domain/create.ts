@@ -1,17 +1,21 @@
 /**
- * Everything a create is checked for beyond its JSON schema (docs/API.md, "POST /v1/videos"): Base64 images by their
- * header bytes, the static mask against the first image, the model allow-list, the metadata size, the webhook scheme.
- * Pure: returns every problem at once, or the request as it will be stored plus the decoded images to park.
+ * Everything a create is checked for beyond its JSON schema (docs/API.md, "POST /v1/videos"), for every kind:
+ * Base64 images by their header bytes (wherever the kind's schema has an image), the model allow-list, the metadata
+ * size, the webhook scheme, and each kind's own cross-field rules (masks against their image, the camera controls,
+ * what excludes what). Pure: returns every problem at once, or the request as it will be stored plus the decoded
+ * images to park.
  */
 import { createHash } from 'node:crypto'
-import type { CreateVideo } from '../schemas/videos.ts'
+import { CAMERA_AXES, CREATE_SCHEMAS, FILLED_IN, TASK_FIELDS } from '../schemas/videos.ts'
 import type { FieldError } from './errors.ts'
 import { compareMask, inspectBase64Image, isUrl, type ImageDescriptor } from './images.ts'
+import { DEFAULT_KIND, type VideoKind } from './kinds.ts'
 
 export const MAX_METADATA_BYTES = 4096
 const MAX_URL_LENGTH = 2048
 
 export interface CheckedCreate {
+  kind: VideoKind
   /** The request as the task shows it: defaults filled in, Base64 images replaced by descriptors. */
   request: Record<string, unknown>
   /** Decoded images by JSON pointer into `request` (for example `/image_list/1/image`). */
@@ -21,6 +25,9 @@ export interface CheckedCreate {
 }
 
 export interface CreateRules { allowedModels: string[], allowInsecureWebhooks: boolean }
+
+type Obj = Record<string, unknown>
+const isObj = (v: unknown): v is Obj => v !== null && typeof v === 'object' && !Array.isArray(v)
 
 /** JSON with sorted keys, so the same request always hashes the same. */
 export function canonicalJson (value: unknown): string {
@@ -32,21 +39,87 @@ export function canonicalJson (value: unknown): string {
   return JSON.stringify(value)
 }
 
-export function checkCreate (body: CreateVideo, rules: CreateRules): { ok: true, value: CheckedCreate } | { ok: false, errors: FieldError[] } {
+/** What a kind's own rule gets: the body as sent, the request being built, the Base64 images read so far. */
+interface RuleContext {
+  body: Obj
+  request: Obj
+  descriptors: Map<string, ImageDescriptor>
+  problem: (pointer: string, detail: string) => void
+}
+
+/** A Base64 mask must match its Base64 image (Kling fails the task otherwise, after it was paid for). */
+function maskMatches (c: RuleContext, maskPointer: string, imagePointer: string, imageName: string): void {
+  const mask = c.descriptors.get(maskPointer)
+  const image = c.descriptors.get(imagePointer)
+  if (mask !== undefined && image !== undefined) {
+    for (const detail of compareMask(mask, image, imageName)) c.problem(maskPointer, detail)
+  }
+}
+
+/** `simple` moves along exactly one axis of `config`; the fixed moves take no `config` (Kling's camera_control). */
+function cameraRules (c: RuleContext): void {
+  const camera = c.body.camera_control
+  if (!isObj(camera) || typeof camera.type !== 'string') return
+  const config = camera.config
+  if (camera.type === 'simple') {
+    if (!isObj(config)) return c.problem('/camera_control/config', 'is required when type is "simple"')
+    // An axis Kling does not have is the schema's to name; counting moves without it would only repeat that.
+    if (Object.keys(config).some(k => !(CAMERA_AXES as readonly string[]).includes(k))) return
+    const moves = CAMERA_AXES.filter(axis => typeof config[axis] === 'number' && config[axis] !== 0).length
+    if (moves !== 1) {
+      const axes = CAMERA_AXES.join(', ')
+      c.problem('/camera_control/config', `must set exactly one of ${axes} to a non-zero value (got ${moves})`)
+    }
+  } else if (config !== undefined) {
+    c.problem('/camera_control/config', `must be left out when type is "${camera.type}" (only "simple" takes a config)`)
+  }
+}
+
+/** Kling takes one of these per image2video request. */
+const I2V_EXCLUSIVE = [['image_tail'], ['static_mask', 'dynamic_masks'], ['camera_control']]
+
+/** Each kind's rules across fields; a kind without any needs no entry. */
+const KIND_RULES: Partial<Record<VideoKind, (c: RuleContext) => void>> = {
+  'multi-image2video': c => { maskMatches(c, '/static_mask', '/image_list/0/image', 'the first image') },
+  image2video: c => {
+    maskMatches(c, '/static_mask', '/image', 'the image')
+    const masks = Array.isArray(c.request.dynamic_masks) ? c.request.dynamic_masks : []
+    masks.forEach((_, i) => { maskMatches(c, `/dynamic_masks/${i}/mask`, '/image', 'the image') })
+    const used = I2V_EXCLUSIVE.map(group => group.filter(f => c.body[f] !== undefined)).filter(g => g.length > 0)
+    if (used.length > 1) {
+      const names = I2V_EXCLUSIVE.map(g => g.join('/')).join(', ')
+      const detail = `cannot be combined with the others of: ${names} (Kling takes one)`
+      for (const field of used.flat()) c.problem(`/${field}`, detail)
+    }
+    cameraRules(c)
+    if (c.body.voice_list !== undefined && c.body.sound !== 'on') c.problem('/voice_list', 'needs sound "on"')
+  },
+  text2video: cameraRules
+}
+
+/**
+ * Checks a create body of `kind` against everything its schema cannot say. Defensive about shapes: it also runs on
+ * bodies that failed their schema, so that image problems are listed beside the schema's own (every wrong field
+ * named in one answer).
+ */
+export function checkCreate (kind: VideoKind, body: Obj, rules: CreateRules):
+{ ok: true, value: CheckedCreate } | { ok: false, errors: FieldError[] } {
   const errors: FieldError[] = []
+  const problem = (pointer: string, detail: string) => { errors.push({ pointer, detail, location: 'body' }) }
   const images = new Map<string, Buffer>()
   const descriptors = new Map<string, ImageDescriptor>()
 
   const image = (pointer: string, value: string): string | ImageDescriptor => {
     if (isUrl(value)) {
-      if (!/^https:\/\//i.test(value)) errors.push({ pointer, detail: 'an image URL must use https', location: 'body' })
-      else if (value.length > MAX_URL_LENGTH) errors.push({ pointer, detail: `an image URL must be at most ${MAX_URL_LENGTH} characters`, location: 'body' })
-      else if (!URL.canParse(value)) errors.push({ pointer, detail: 'is not a valid URL', location: 'body' })
+      const tooLong = `an image URL must be at most ${MAX_URL_LENGTH} characters`
+      if (!/^https:\/\//i.test(value)) problem(pointer, 'an image URL must use https')
+      else if (value.length > MAX_URL_LENGTH) problem(pointer, tooLong)
+      else if (!URL.canParse(value)) problem(pointer, 'is not a valid URL')
       return value
     }
     const inspected = inspectBase64Image(value)
     if (!inspected.ok) {
-      for (const detail of inspected.problems) errors.push({ pointer, detail, location: 'body' })
+      for (const detail of inspected.problems) problem(pointer, detail)
       return value
     }
     images.set(pointer, inspected.data)
@@ -54,51 +127,61 @@ export function checkCreate (body: CreateVideo, rules: CreateRules): { ok: true,
     return inspected.descriptor
   }
 
-  // Defensive reads: this also runs on bodies that failed their schema, so that image problems are listed
-  // beside the schema's own (every wrong field named in one answer).
-  const str = (v: unknown): v is string => typeof v === 'string'
-  const list = (v: unknown): Array<Record<string, unknown>> | null => Array.isArray(v) ? v.map(x => (x !== null && typeof x === 'object' ? x : {}) as Record<string, unknown>) : null
-  const request: Record<string, unknown> = {
-    image_list: list(body.image_list)?.map((item, i) => ({ image: str(item.image) ? image(`/image_list/${i}/image`, item.image) : item.image })),
-    prompt: body.prompt,
-    negative_prompt: body.negative_prompt,
-    model_name: body.model_name ?? 'kling-v1-6',
-    mode: body.mode ?? 'std',
-    duration: String(body.duration ?? '5'),
-    aspect_ratio: body.aspect_ratio,
-    cfg_scale: body.cfg_scale,
-    static_mask: str(body.static_mask) ? image('/static_mask', body.static_mask) : body.static_mask,
-    dynamic_masks: list(body.dynamic_masks)?.map((group, i) => ({ mask: str(group.mask) ? image(`/dynamic_masks/${i}/mask`, group.mask) : group.mask, trajectories: group.trajectories })),
-    webhook_url: body.webhook_url
+  // The value as the task keeps it, following the kind's schema: every string the schema marks as an image (a
+  // Base64 `contentEncoding`) is checked and, if Base64, replaced by its descriptor; fields it does not know are left.
+  const collect = (schema: Obj, value: unknown, pointer: string): unknown => {
+    if (schema.contentEncoding === 'base64') return typeof value === 'string' ? image(pointer, value) : value
+    if (Array.isArray(value) && isObj(schema.items)) {
+      const items = schema.items
+      return value.map((item, i) => collect(items, item, `${pointer}/${i}`))
+    }
+    if (isObj(value) && isObj(schema.properties)) {
+      const out: Obj = {}
+      for (const [key, field] of Object.entries(schema.properties)) {
+        if (value[key] !== undefined && isObj(field)) out[key] = collect(field, value[key], `${pointer}/${key}`)
+      }
+      return out
+    }
+    return value
   }
 
-  const mask = descriptors.get('/static_mask')
-  const first = descriptors.get('/image_list/0/image')
-  if (mask !== undefined && first !== undefined) {
-    for (const detail of compareMask(mask, first)) errors.push({ pointer: '/static_mask', detail, location: 'body' })
+  const request: Obj = {}
+  for (const [key, field] of Object.entries(CREATE_SCHEMAS[kind].properties)) {
+    if (TASK_FIELDS.has(key)) continue
+    const value = body[key] ?? FILLED_IN[key]
+    if (value !== undefined) request[key] = collect(field as unknown as Obj, value, `/${key}`)
   }
-  if (str(request.model_name) && !rules.allowedModels.includes(request.model_name)) {
-    errors.push({ pointer: '/model_name', detail: `must be one of: ${rules.allowedModels.join(', ')}`, location: 'body' })
+  // Kling's duration is a string; callers may send the number.
+  if (typeof request.duration === 'number') request.duration = String(request.duration)
+
+  KIND_RULES[kind]?.({ body, request, descriptors, problem })
+  if (typeof request.model_name === 'string' && !rules.allowedModels.includes(request.model_name)) {
+    problem('/model_name', `must be one of: ${rules.allowedModels.join(', ')}`)
   }
-  if (body.metadata !== null && typeof body.metadata === 'object' && Buffer.byteLength(JSON.stringify(body.metadata)) > MAX_METADATA_BYTES) {
-    errors.push({ pointer: '/metadata', detail: `must be at most ${MAX_METADATA_BYTES} bytes of JSON`, location: 'body' })
+  if (isObj(body.metadata) && Buffer.byteLength(JSON.stringify(body.metadata)) > MAX_METADATA_BYTES) {
+    problem('/metadata', `must be at most ${MAX_METADATA_BYTES} bytes of JSON`)
   }
-  if (str(body.webhook_url)) {
+  if (typeof body.webhook_url === 'string') {
     const url = URL.canParse(body.webhook_url) ? new URL(body.webhook_url) : null
     if (url === null || !(url.protocol === 'https:' || (rules.allowInsecureWebhooks && url.protocol === 'http:'))) {
-      errors.push({ pointer: '/webhook_url', detail: 'must be an https URL', location: 'body' })
+      problem('/webhook_url', 'must be an https URL')
     } else if (url.username !== '' || url.password !== '') {
-      errors.push({ pointer: '/webhook_url', detail: 'must not carry credentials', location: 'body' })
+      problem('/webhook_url', 'must not carry credentials')
     }
   }
   if (errors.length > 0) return { ok: false, errors }
 
-  for (const key of Object.keys(request)) if (request[key] === undefined) delete request[key]
-  const fingerprint = createHash('sha256').update(canonicalJson({ request, reference: body.reference, metadata: body.metadata })).digest('hex')
-  return { ok: true, value: { request, images, fingerprint } }
+  // The default kind hashes as it did before there were kinds, so a retry across the upgrade still replays.
+  const fingerprint = createHash('sha256').update(canonicalJson({
+    request, reference: body.reference, metadata: body.metadata, ...(kind !== DEFAULT_KIND && { kind })
+  })).digest('hex')
+  return { ok: true, value: { kind, request, images, fingerprint } }
 }
 
-/** The upstream body for a stored request: parked images put back as Base64, our callback and external id added. */
+/**
+ * The upstream body for a stored request: parked images put back as Base64, our callback and external id added. The
+ * request is already in its kind's shape (checkCreate built it from the kind's schema), so nothing here is per kind.
+ */
 export function upstreamBody (request: Record<string, unknown>, images: Map<string, Buffer>, extra: { callback_url: string, external_task_id: string }): Record<string, unknown> {
   const body = structuredClone(request)
   delete body.webhook_url

@@ -218,16 +218,19 @@ function isStartOfFrame (marker: number): boolean {
   return marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 && marker !== 0xcc
 }
 
-/** For static_mask vs first image: same aspect ratio (within 1%) and same resolution. Returns problems (empty when fine). */
-export function compareMask (mask: ImageDescriptor, image: ImageDescriptor): string[] {
+/** For a mask vs its image: same aspect ratio (within 1%) and same resolution. Returns problems (empty when fine). */
+export function compareMask (mask: ImageDescriptor, image: ImageDescriptor, imageName = 'the first image'): string[] {
   const problems: string[] = []
   const maskRatio = mask.width / mask.height
   const imageRatio = image.width / image.height
   if (!(Math.abs(maskRatio - imageRatio) <= imageRatio * MASK_ASPECT_TOLERANCE)) {
-    problems.push(`must have the same aspect ratio as the first image within 1% (mask ${mask.width}x${mask.height}, ${maskRatio.toFixed(3)}; image ${image.width}x${image.height}, ${imageRatio.toFixed(3)})`)
+    const sizes = `mask ${mask.width}x${mask.height}, ${maskRatio.toFixed(3)}; ` +
+      `image ${image.width}x${image.height}, ${imageRatio.toFixed(3)}`
+    problems.push(`must have the same aspect ratio as ${imageName} within 1% (${sizes})`)
   }
   if (mask.width !== image.width || mask.height !== image.height) {
-    problems.push(`must have the same resolution as the first image (mask ${mask.width}x${mask.height}, image ${image.width}x${image.height})`)
+    const sizes = `mask ${mask.width}x${mask.height}, image ${image.width}x${image.height}`
+    problems.push(`must have the same resolution as ${imageName} (${sizes})`)
   }
   return problems
 }

@@ -1,4 +1,5 @@
 /** Task states and the rules for moving between them. Pure. */
+import type { VideoKind } from './kinds.ts'
 
 export const TASK_STATUSES = ['queued', 'submitted', 'processing', 'succeeded', 'failed', 'canceled'] as const
 export type TaskStatus = typeof TASK_STATUSES[number]
@@ -26,6 +27,8 @@ export interface TaskError { code: string, message: string }
 export interface TaskRecord {
   id: string
   caller: string
+  /** Which Kling endpoint makes it: the create schema it was checked by, and the upstream path it goes to. */
+  kind: VideoKind
   status: TaskStatus
   createdAt: number
   updatedAt: number
@@ -51,6 +54,7 @@ export interface TaskRecord {
 /** The task as callers see it (docs/API.md, "The task object"). */
 export interface TaskView {
   id: string
+  kind: VideoKind
   status: TaskStatus
   created_at: string
   updated_at: string
@@ -66,6 +70,7 @@ export interface TaskView {
 export function toView (t: TaskRecord): TaskView {
   return {
     id: t.id,
+    kind: t.kind,
     status: t.status,
     created_at: new Date(t.createdAt).toISOString(),
     updated_at: new Date(t.updatedAt).toISOString(),

@@ -11,14 +11,15 @@
  *   what gets applied.
  * - A queued task whose submit job was lost (a crash between storing it and queueing it) is queued again.
  */
-import { Queue, Worker, type Job } from 'bullmq'
+import type { Job } from 'bullmq'
 import type { Logger } from 'pino'
-import { closeBounded } from './close.ts'
+import { QueueJobs } from './base.ts'
 import type { Config } from '../config/index.ts'
 import { isTerminal, type TaskRecord } from '../domain/task.ts'
 import type { RedisClient } from '../infra/redis.ts'
 import type { TaskStore } from '../store/tasks.ts'
-import { UpstreamError, type UpstreamClient, type UpstreamTask } from '../upstream/client.ts'
+import { UpstreamError, type UpstreamTask } from '../upstream/client.ts'
+import type { UpstreamAdapter } from '../upstream/adapter.ts'
 import { applyUpstream } from './apply.ts'
 import type { SubmitJobs } from './submit.ts'
 
@@ -29,7 +30,7 @@ interface CheckData { taskId?: string }
 export interface ReconcileDeps {
   config: Config
   store: TaskStore
-  upstream: UpstreamClient
+  upstream: UpstreamAdapter
   submit: SubmitJobs
   logger: Logger
   clock: () => number
@@ -38,33 +39,19 @@ export interface ReconcileDeps {
 
 export type CheckOutcome = 'gone' | 'terminal' | 'requeued' | 'applied' | 'unchanged' | 'unknown' | 'deadline'
 
-export class ReconcileJobs {
-  private readonly q?: Queue<CheckData>
-  private worker?: Worker<CheckData>
-  private readonly log: Logger
-
+export class ReconcileJobs extends QueueJobs<CheckData> {
   constructor (private readonly deps: ReconcileDeps) {
-    this.log = deps.logger.child({ component: 'reconcile' })
-    if (deps.connection === undefined) return
-    this.q = new Queue<CheckData>(RECONCILE_QUEUE, { connection: deps.connection as never, prefix: deps.store.queuePrefix })
-    this.q.on('error', err => this.log.warn({ err: err.message }, 'reconcile queue error'))
-  }
-
-  private get queue (): Queue<CheckData> {
-    if (this.q === undefined) throw new Error('no queue connection was given')
-    return this.q
+    super(RECONCILE_QUEUE, { connection: deps.connection, prefix: deps.store.queuePrefix, logger: deps.logger })
   }
 
   async start (): Promise<void> {
     const { config } = this.deps
-    await this.queue.upsertJobScheduler('sweep', { every: config.reconcile.intervalMs }, { name: 'sweep', opts: { removeOnComplete: true, removeOnFail: 100 } })
-    this.worker = new Worker<CheckData>(RECONCILE_QUEUE, async job => await this.process(job), {
-      connection: this.deps.connection as never,
-      prefix: this.deps.store.queuePrefix,
+    await this.queue.upsertJobScheduler('sweep', { every: config.reconcile.intervalMs },
+      { name: 'sweep', opts: { removeOnComplete: true, removeOnFail: 100 } })
+    this.startWorker(async job => await this.process(job), {
       concurrency: 4,
       limiter: { max: config.reconcile.qps, duration: 1000 }
     })
-    this.worker.on('error', err => this.log.warn({ err: err.message }, 'reconcile worker error'))
   }
 
   /** Queues a check of one task; `confirm` ones (from callbacks) run at once, beside any scheduled check. */
@@ -77,10 +64,6 @@ export class ReconcileJobs {
       removeOnComplete: true,
       removeOnFail: 1000
     })
-  }
-
-  async close (graceMs = 5000): Promise<void> {
-    await closeBounded(this.worker, this.q, this.log, graceMs)
   }
 
   private async process (job: Job<CheckData>): Promise<string> {
@@ -119,7 +102,7 @@ export class ReconcileJobs {
     let up: UpstreamTask | null
     try {
       // Before our create answer arrived we only know the external id; both ids reach the same task upstream.
-      up = await this.deps.upstream.query(task.upstream?.task_id ?? task.externalTaskId)
+      up = await this.deps.upstream.query(task.kind, task.upstream?.task_id ?? task.externalTaskId)
     } catch (err) {
       if (!(err instanceof UpstreamError)) throw err
       this.log.info({ taskId, code: err.code }, 'reconcile query failed: state unknown')

@@ -16,9 +16,9 @@
  *   sent, so no failover or host crash can roll it back behind a paid upstream task.
  * - Base64 images never enter job data: the job carries the task id; images are read from the parked blobs.
  */
-import { DelayedError, Queue, Worker, type Job } from 'bullmq'
+import { DelayedError, type Job } from 'bullmq'
 import type { Logger } from 'pino'
-import { closeBounded } from './close.ts'
+import { QueueJobs } from './base.ts'
 import type { Config } from '../config/index.ts'
 import { callbackToken } from '../domain/callback-token.ts'
 import { upstreamBody } from '../domain/create.ts'
@@ -27,7 +27,8 @@ import { cancelWithdrawn } from '../services/create.ts'
 import type { TaskRecord } from '../domain/task.ts'
 import type { RedisClient } from '../infra/redis.ts'
 import type { TaskStore } from '../store/tasks.ts'
-import { UpstreamError, type UpstreamClient, type UpstreamTask } from '../upstream/client.ts'
+import { UpstreamError, type UpstreamTask } from '../upstream/client.ts'
+import type { UpstreamAdapter } from '../upstream/adapter.ts'
 
 export const SUBMIT_QUEUE = 'submit'
 
@@ -40,7 +41,7 @@ interface SubmitData {
 export interface SubmitDeps {
   config: Config
   store: TaskStore
-  upstream: UpstreamClient
+  upstream: UpstreamAdapter
   logger: Logger
   clock: () => number
   /** A connection BullMQ may block on (maxRetriesPerRequest: null); none = no queue (OpenAPI generation). */
@@ -54,34 +55,23 @@ export function backoffDelay (attemptsMade: number, baseMs: number, err?: Error)
   return Math.round(step / 2 + Math.random() * step / 2)
 }
 
-export class SubmitJobs {
-  private readonly q?: Queue<SubmitData>
-  private worker?: Worker<SubmitData>
-  private readonly log: Logger
-
+export class SubmitJobs extends QueueJobs<SubmitData> {
   constructor (private readonly deps: SubmitDeps) {
-    this.log = deps.logger.child({ component: 'submit' })
-    if (deps.connection === undefined) return
-    this.q = new Queue<SubmitData>(SUBMIT_QUEUE, { connection: deps.connection as never, prefix: deps.store.queuePrefix })
-    this.q.on('error', err => this.log.warn({ err: err.message }, 'submit queue error'))
+    super(SUBMIT_QUEUE, { connection: deps.connection, prefix: deps.store.queuePrefix, logger: deps.logger })
   }
 
-  get queue (): Queue<SubmitData> {
-    if (this.q === undefined) throw new Error('no queue connection was given')
-    return this.q
-  }
-
-  /** Starts this replica's worker; the cap is global, so N replicas never exceed it together. */
+  /**
+   * Starts this replica's worker; the cap is global, so N replicas never exceed it together. A job cut short by
+   * shutdown is stalled, picked up again by any replica, and finds `submit_sent_at` set, so it asks upstream
+   * before sending anything.
+   */
   async start (): Promise<void> {
     const { config } = this.deps
     await this.queue.setGlobalConcurrency(config.upstream.concurrency)
-    this.worker = new Worker<SubmitData>(SUBMIT_QUEUE, async (job, token) => await this.process(job, token), {
-      connection: this.deps.connection as never,
-      prefix: this.deps.store.queuePrefix,
+    this.startWorker(async (job, token) => await this.process(job, token), {
       concurrency: config.upstream.concurrency,
       settings: { backoffStrategy: (attemptsMade, _type, err) => backoffDelay(attemptsMade, config.upstream.retryBaseMs, err) }
     })
-    this.worker.on('error', err => this.log.warn({ err: err.message }, 'submit worker error'))
   }
 
   /** Queues a task for submission; safe to call again for the same task. */
@@ -93,15 +83,6 @@ export class SubmitJobs {
       removeOnComplete: true,
       removeOnFail: { age: 7 * 24 * 3600 }
     })
-  }
-
-  /**
-   * Lets active jobs finish for up to `graceMs`, then forces the worker closed: a blocking read that hangs
-   * after a Redis reconnect (ioredis #1888) must not hang shutdown. A job cut short is stalled, picked up
-   * again by any replica, and finds `submit_sent_at` set, so it asks upstream before sending anything.
-   */
-  async close (graceMs = 5000): Promise<void> {
-    await closeBounded(this.worker, this.q, this.log, graceMs)
   }
 
   private async process (job: Job<SubmitData>, token?: string): Promise<string> {
@@ -116,7 +97,7 @@ export class SubmitJobs {
     try {
       if (task.submitSentAt !== null) {
         // An earlier attempt may have created it: ask before sending anything.
-        const found = await upstream.query(task.externalTaskId)
+        const found = await upstream.query(task.kind, task.externalTaskId)
         if (found !== null) return await this.adopt(task, found)
         const graceLeft = task.submitSentAt + config.upstream.unconfirmedGraceMs - clock()
         if (graceLeft > 0) {
@@ -145,7 +126,7 @@ export class SubmitJobs {
         external_task_id: task.externalTaskId
       })
       sending = true
-      const created = await upstream.create(body)
+      const created = await upstream.create(task.kind, body)
       return await this.adopt(task, created)
     } catch (err) {
       if (!(err instanceof UpstreamError)) throw err

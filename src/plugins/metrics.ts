@@ -1,16 +1,10 @@
 import fp from 'fastify-plugin'
-import { SUBMIT_QUEUE } from '../jobs/submit.ts'
-import { RECONCILE_QUEUE } from '../jobs/reconcile.ts'
-import { DELIVER_QUEUE } from '../jobs/deliver.ts'
-import { COPY_QUEUE } from '../jobs/copy.ts'
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import type { FastifyInstance } from 'fastify'
-import { Queue } from 'bullmq'
 import { TASK_STATUSES } from '../domain/task.ts'
 import type { KlingStatus } from '../upstream/client.ts'
 import { internal, unavailable } from '../schemas/common.ts'
 
-const QUEUES = [SUBMIT_QUEUE, RECONCILE_QUEUE, DELIVER_QUEUE, COPY_QUEUE]
 const KLING_STATUSES: KlingStatus[] = ['submitted', 'processing', 'succeed', 'failed']
 
 /** Counters other parts increment as things happen (the rest is read when scraped). */
@@ -51,8 +45,10 @@ export default fp(async function metrics (app: FastifyInstance) {
   for (const status of KLING_STATUSES) orphanCallbacks.inc({ status }, 0)
   app.decorate('counters', { orphanCallbacks })
 
-  const queues = queueConnection === undefined ? [] : QUEUES.map(name => new Queue(name, { connection: queueConnection as never, prefix: store.queuePrefix }))
-  app.addHook('onClose', async () => { await Promise.all(queues.map(async q => await q.close())) })
+  // The job families' own queues (closed with them); none without a queue connection.
+  const queues = queueConnection === undefined
+    ? []
+    : [app.deps.jobs, app.deps.reconcile, app.deps.deliveries, app.deps.copies].map(j => j.queue)
 
   new Gauge({ // eslint-disable-line no-new
     name: 'kg_tasks',

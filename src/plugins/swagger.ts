@@ -28,6 +28,21 @@ function referHeaders (doc: Json): Json {
   return doc
 }
 
+/**
+ * @fastify/swagger writes `contentEncoding: base64` as `format: byte`, which generators read as a byte array; the
+ * image strings it marks (src/schemas/videos.ts) are an https URL or Base64, so the document shows them as plain
+ * strings, marked `x-image` instead.
+ */
+function imagesAreStrings (node: unknown): void {
+  if (typeof node !== 'object' || node === null) return
+  const schema = node as Json
+  if (schema.type === 'string' && schema.format === 'byte') {
+    delete schema.format
+    schema['x-image'] = true
+  }
+  for (const value of Object.values(schema)) imagesAreStrings(value)
+}
+
 /** OpenAPI 3.1 from the route schemas; only tagged routes are part of the contract (`hideUntagged`). */
 export default fp(async function docs (app: FastifyInstance) {
   app.addSchema(ProblemSchema)
@@ -60,6 +75,7 @@ export default fp(async function docs (app: FastifyInstance) {
     transformObject: (documentObject) => {
       // Only the OpenAPI branch of the union exists here: `openapi` is set above.
       const doc = referHeaders((documentObject as { openapiObject: Json }).openapiObject)
+      imagesAreStrings(doc.paths)
       const components = doc.components as Json
       components.schemas = { ...(components.schemas as Json), ...eventSchemas }
       components.headers = headerComponents()

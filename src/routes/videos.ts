@@ -2,12 +2,16 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { Type } from 'typebox'
 import { checkCreate } from '../domain/create.ts'
-import { Conflict, InvalidRequest, NotFound, Unavailable } from '../domain/errors.ts'
+import { DEFAULT_KIND, VIDEO_KINDS, type VideoKind } from '../domain/kinds.ts'
+import { InvalidRequest, NotFound, Unavailable } from '../domain/errors.ts'
 import { createTask } from '../services/create.ts'
+import { cancelTask } from '../services/cancel.ts'
 import { toView } from '../domain/task.ts'
 import { bodyProblems, internal, invalidField, json, problem, unauthorized, unavailable } from '../schemas/common.ts'
 import { TASK_EXAMPLE, taskExample } from '../schemas/examples.ts'
-import { CreateVideoSchema, IdempotencyHeadersSchema, ListQuerySchema, TaskParamsSchema, TaskSchema } from '../schemas/videos.ts'
+import {
+  CREATE_SCHEMAS, CreateVideoSchema, IdempotencyHeadersSchema, ListQuerySchema, TaskParamsSchema, TaskSchema
+} from '../schemas/videos.ts'
 import { canSee, type Caller } from '../plugins/auth.ts'
 import { checkWebhookTarget, UnsafeTarget } from '../notify/ssrf.ts'
 import { fieldErrorsOf, LOCATIONS } from '../plugins/errors.ts'
@@ -17,6 +21,32 @@ const invalid = (what: string) => invalidField(`invalid ${what}, or a body that 
   '/id', 'must match pattern "^[A-Za-z0-9-]+$"', 'params')
 const noTask = () => problem(404, 'no such task for this caller (another caller\'s task is 404 too, never 403)')
 const ListSchema = Type.Object({ data: Type.Array(TaskRef), next_cursor: Type.Union([Type.String(), Type.Null()]) })
+
+/** What every create answers, whatever its kind. */
+const CREATE_DESCRIPTION = 'Validates the body as strictly as Kling would (every invalid field listed at once, ' +
+  'Base64 images checked by format, size and aspect ratio), stores the task durably and queues it for exactly one ' +
+  'upstream create. Any API key may call it; the task belongs to that key\'s caller.\n\n' +
+  '**Retries:** send an `Idempotency-Key` whenever you may retry. The same key and body within 24 h answer 202 ' +
+  'with the task the first request made (header `idempotent-replayed: true`); the same key with another body ' +
+  'is 422. A 503 (Redis unavailable, not durable in time, too many large bodies, too many parked images) is ' +
+  'safe to retry after `Retry-After` with the same key.'
+const createResponses = (bodyLimit: number, kind: VideoKind) => ({
+  202: json('accepted: the task, durable and queued; `Location` is its URL', TaskRef, { ...TASK_EXAMPLE, kind },
+    ['Location', 'idempotent-replayed']),
+  ...bodyProblems(`CREATE_BODY_LIMIT_BYTES (${bodyLimit} bytes)`),
+  401: unauthorized(),
+  409: problem(409, 'the `reference` is taken: detail names the existing task', {
+    code: 'REFERENCE_TAKEN', detail: `reference is already used by task ${TASK_EXAMPLE.id}`
+  }),
+  422: problem(422, 'the Idempotency-Key was used with a different body'),
+  500: internal(),
+  503: unavailable(', the write did not reach enough replicas in time (REDIS_MIN_REPLICAS_ACKED), more than ' +
+    'CREATE_MAX_LARGE_BODIES large bodies are in flight, or PARKED_MAX_BYTES of images already wait for upstream')
+})
+
+/** createMultiImage2Video, createImage2Video, createText2Video: a capital after a dash (dropped) or a digit. */
+const operationIdOf = (kind: VideoKind): string => 'create' +
+  kind.replace(/(^|-|\d)([a-z])/g, (_, before: string, c: string) => before.replace('-', '') + c.toUpperCase())
 
 const videos: FastifyPluginAsyncTypebox = async (app) => {
   const { store, jobs, config } = app.deps
@@ -47,35 +77,43 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
       tags: ['videos'],
       operationId: 'createVideo',
       summary: 'Create a multi-image-to-video task',
-      description: 'Validates the body as strictly as Kling would (every invalid field listed at once, Base64 images ' +
-        'checked by format, size and aspect ratio), stores the task durably and queues it for exactly one upstream ' +
-        'create. Any API key may call it; the task belongs to that key\'s caller.\n\n' +
-        '**Retries:** send an `Idempotency-Key` whenever you may retry. The same key and body within 24 h answer 202 ' +
-        'with the task the first request made (header `idempotent-replayed: true`); the same key with another body ' +
-        'is 422. A 503 (Redis unavailable, not durable in time, too many large bodies, too many parked images) is ' +
-        'safe to retry after `Retry-After` with the same key.',
+      description: CREATE_DESCRIPTION + '\n\nThe same as `POST /v1/videos/multi-image2video`.',
       security: [{ bearer: [] }],
       headers: IdempotencyHeadersSchema,
       body: CreateVideoSchema,
-      response: {
-        202: json('accepted: the task, durable and queued; `Location` is its URL', TaskRef, TASK_EXAMPLE,
-          ['Location', 'idempotent-replayed']),
-        ...bodyProblems(`CREATE_BODY_LIMIT_BYTES (${config.createBodyLimit} bytes)`),
-        401: unauthorized(),
-        409: problem(409, 'the `reference` is taken: detail names the existing task', {
-          code: 'REFERENCE_TAKEN', detail: `reference is already used by task ${TASK_EXAMPLE.id}`
-        }),
-        422: problem(422, 'the Idempotency-Key was used with a different body'),
-        500: internal(),
-        503: unavailable(', the write did not reach enough replicas in time (REDIS_MIN_REPLICAS_ACKED), more than ' +
-          'CREATE_MAX_LARGE_BODIES large bodies are in flight, or PARKED_MAX_BYTES of images already wait for upstream')
-      }
+      response: createResponses(config.createBodyLimit, DEFAULT_KIND)
     }
-  }, async (request, reply) => {
+  }, async (request, reply) => await create(DEFAULT_KIND, request, reply))
+
+  // One route per kind, each with its own schema: its own operation in the OpenAPI document and the typed clients.
+  for (const kind of VIDEO_KINDS) {
+    app.post(`/${kind}`, {
+      bodyLimit: config.createBodyLimit,
+      onRequest: limitLargeBodies,
+      attachValidation: true,
+      schema: {
+        tags: ['videos'],
+        operationId: operationIdOf(kind),
+        summary: `Create a ${kind} task`,
+        description: `Makes a task of kind \`${kind}\` (Kling's ${kind} endpoint). ${CREATE_DESCRIPTION}`,
+        security: [{ bearer: [] }],
+        headers: IdempotencyHeadersSchema,
+        body: CREATE_SCHEMAS[kind],
+        response: createResponses(config.createBodyLimit, kind)
+      }
+    }, async (request, reply) => await create(kind, request, reply))
+  }
+
+  /** A create of any kind: the kind's schema has run (attachValidation), everything else is checked here. */
+  async function create (kind: VideoKind, request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
     const caller = request.caller as Caller
-    const body = request.body as unknown
-    if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new InvalidRequest([{ pointer: '/', detail: 'must be a JSON object', location: 'body' }])
-    const checked = checkCreate(request.body, { allowedModels: config.allowedModels, allowInsecureWebhooks: config.webhooks.allowPrivate })
+    const raw = request.body as unknown
+    if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
+      throw new InvalidRequest([{ pointer: '/', detail: 'must be a JSON object', location: 'body' }])
+    }
+    const body = raw as { reference?: string, metadata?: Record<string, unknown>, webhook_url?: string }
+    const rules = { allowedModels: config.allowedModels, allowInsecureWebhooks: config.webhooks.allowPrivate }
+    const checked = checkCreate(kind, raw as Record<string, unknown>, rules)
     // With attachValidation, Fastify leaves here the first part that failed (body before headers): name its errors
     // by that part, and when the body failed first, check the headers too so that every bad field is listed.
     const invalid = request.validationError
@@ -84,9 +122,9 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
     if (validateHeaders !== undefined && !validateHeaders(request.headers)) schemaErrors.push(...fieldErrorsOf((validateHeaders.errors ?? []) as never, 'headers'))
     const domainErrors = checked.ok ? [] : checked.errors.filter(d => !schemaErrors.some(e => e.pointer === d.pointer && e.location === d.location))
     if (schemaErrors.length > 0 || !checked.ok) throw new InvalidRequest([...schemaErrors, ...domainErrors])
-    if (request.body.webhook_url !== undefined) {
+    if (body.webhook_url !== undefined) {
       // Registration-time SSRF check (the delivery agent checks again at connect time).
-      await checkWebhookTarget(request.body.webhook_url, { allowPrivate: config.webhooks.allowPrivate }).catch((err: Error) => {
+      await checkWebhookTarget(body.webhook_url, { allowPrivate: config.webhooks.allowPrivate }).catch((err: Error) => {
         throw err instanceof UnsafeTarget ? new InvalidRequest([{ pointer: '/webhook_url', detail: err.message, location: 'body' }]) : err
       })
     }
@@ -94,14 +132,15 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
     const { task, replayed } = await createTask(createDeps, {
       caller: caller.name,
       checked: checked.value,
-      reference: request.body.reference ?? null,
-      metadata: (request.body.metadata as Record<string, unknown> | undefined) ?? null,
-      webhookUrl: request.body.webhook_url ?? null,
-      idempotencyKey: request.headers['idempotency-key']
+      reference: body.reference ?? null,
+      metadata: body.metadata ?? null,
+      webhookUrl: body.webhook_url ?? null,
+      // The headers schema has run: at most one key, a string.
+      idempotencyKey: request.headers['idempotency-key'] as string | undefined
     })
     if (replayed) reply.header('idempotent-replayed', 'true')
     return await reply.code(202).header('location', `/v1/videos/${task.id}`).send(toView(task))
-  })
+  }
 
   app.get('/:id', {
     schema: {
@@ -184,12 +223,7 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
   }, async (request) => {
     const existing = await store.get(request.params.id)
     if (!canSee(request.caller as Caller, existing)) throw new NotFound('task')
-    const outcome = await store.transition(existing.id, t => t.status === 'queued' ? { to: 'canceled' } : null, { requireEmpty: 'submit_sent_at' })
-    if (!outcome.applied) throw new Conflict('NOT_CANCELABLE', `the task is ${outcome.task?.status === 'queued' ? 'being submitted upstream' : (outcome.task?.status ?? 'gone')}; only a queued task can be canceled`)
-    // A cancel rolled back by a failover would put the task back in the queue, to be paid for: durable first.
-    await store.durable()
-    await store.dropParked(existing.id)
-    return toView(outcome.task)
+    return toView(await cancelTask(store, existing))
   })
 }
 export default videos

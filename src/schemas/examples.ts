@@ -3,11 +3,12 @@
  * checked against its schema in test/openapi.test.ts, so an example that drifts from the schema fails the suite.
  */
 import type { EventType, TaskStatus, TaskView, UpstreamView } from '../domain/task.ts'
+import type { VideoKind } from '../domain/kinds.ts'
 
 const TASK_ID = '0f8c2a8e-5b7d-4c1e-9a3f-6d2b1e4c7a90'
 const CREATED = '2026-11-24T10:15:30.123Z'
 
-/** A valid create: two https images and a prompt (the gateway does not fetch URLs, CometAPI does). */
+/** A valid create: two https images and a prompt (the gateway does not fetch URLs, upstream does). */
 export const CREATE_EXAMPLE = {
   image_list: [
     { image: 'https://images.example.com/friends-1.png' },
@@ -16,9 +17,17 @@ export const CREATE_EXAMPLE = {
   prompt: 'two friends wave at the camera, then hug'
 }
 
+/** A valid create of each kind. */
+export const CREATE_EXAMPLES: Record<VideoKind, Record<string, unknown>> = {
+  'multi-image2video': CREATE_EXAMPLE,
+  image2video: { image: 'https://images.example.com/harbour.png', prompt: 'the boats rock gently, gulls fly past' },
+  text2video: { prompt: 'a paper boat drifts down a rainy street at dusk', aspect_ratio: '16:9' }
+}
+
 /** The task that create makes, in `queued`, as `POST /v1/videos` answers it. */
 export const TASK_EXAMPLE: TaskView = {
   id: TASK_ID,
+  kind: 'multi-image2video',
   status: 'queued',
   created_at: CREATED,
   updated_at: CREATED,

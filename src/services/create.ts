@@ -60,6 +60,7 @@ export async function createTask (deps: CreateDeps, input: CreateInput): Promise
     outcome = await store.create({
       id,
       caller: input.caller,
+      kind: input.checked.kind,
       createdAt: deps.clock(),
       reference: input.reference,
       metadata: input.metadata,

@@ -5,6 +5,7 @@ import { Packr } from 'msgpackr'
 import {
   isTerminal, toView, TASK_STATUSES, type EventType, type TaskEvent, type TaskRecord, type TaskStatus
 } from '../domain/task.ts'
+import { DEFAULT_KIND, isVideoKind, type VideoKind } from '../domain/kinds.ts'
 import { keys, type Keys } from './keys.ts'
 import { Durability, type DurabilityRule } from './durability.ts'
 import { EventStream } from './event-stream.ts'
@@ -70,8 +71,10 @@ export type CreateOutcome =
   | { outcome: 'mismatch', taskId: string }
   | { outcome: 'reference', taskId: string }
 
+/** A task to store; without a kind it is the default one (as every task was before there were kinds). */
 export type NewTask = Pick<TaskRecord,
-'id' | 'caller' | 'createdAt' | 'reference' | 'metadata' | 'request' | 'externalTaskId' | 'webhookUrl'>
+'id' | 'caller' | 'createdAt' | 'reference' | 'metadata' | 'request' | 'externalTaskId' | 'webhookUrl'> &
+{ kind?: VideoKind }
 
 const json = (v: unknown) => v === null || v === undefined ? '' : JSON.stringify(v)
 const parse = <T>(s: string | undefined): T | null => s === undefined || s === '' ? null : JSON.parse(s) as T
@@ -82,6 +85,8 @@ function decode (h: Record<string, string>): TaskRecord | null {
   return {
     id: h.id,
     caller: h.caller,
+    // Tasks stored before kinds existed have no `kind` field: they are all multi-image2video.
+    kind: isVideoKind(h.kind) ? h.kind : DEFAULT_KIND,
     status: h.status as TaskStatus,
     createdAt: Number(h.created_at),
     updatedAt: Number(h.updated_at),
@@ -169,6 +174,7 @@ export class TaskStore {
   async create (task: NewTask, idempotency?: { key: string, fingerprint: string }): Promise<CreateOutcome> {
     const record: TaskRecord = {
       ...task,
+      kind: task.kind ?? DEFAULT_KIND,
       status: 'queued',
       sequence: 1,
       updatedAt: task.createdAt,
@@ -183,6 +189,7 @@ export class TaskStore {
     const fields = {
       id: record.id,
       caller: record.caller,
+      kind: record.kind,
       status: 'queued',
       created_at: String(record.createdAt),
       updated_at: String(record.updatedAt),

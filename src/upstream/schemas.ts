@@ -1,6 +1,6 @@
 /**
- * Wire shapes of CometAPI's Kling multi-image2video route (docs/DESIGN.md, "Upstream: CometAPI's Kling route")
- * and a tolerant parser that turns any task-bearing body into one normalised `UpstreamTask`.
+ * Wire shapes of Kling's video endpoints, as Kling serves them and CometAPI relays them (docs/DESIGN.md, "Upstream:
+ * CometAPI's Kling route"), and a tolerant parser that turns any task-bearing body into one normalised `UpstreamTask`.
  */
 
 export type KlingStatus = 'submitted' | 'processing' | 'succeed' | 'failed'

@@ -11,7 +11,8 @@ import { loadConfig, type Config } from '../../src/config/index.ts'
 import { createLogger } from '../../src/infra/logger.ts'
 import { createRedis, waitReady, type RedisClient } from '../../src/infra/redis.ts'
 import { Simulator, type SimOptions } from '../../simulator/app.ts'
-import { UpstreamClient } from '../../src/upstream/client.ts'
+import type { UpstreamAdapter } from '../../src/upstream/adapter.ts'
+import { createUpstream } from '../../src/upstream/factory.ts'
 import { DirectoryBlobStore } from '../../src/blobs/dir.ts'
 import type { BlobStore } from '../../src/blobs/index.ts'
 import { mkdtempSync, rmSync } from 'node:fs'
@@ -34,8 +35,13 @@ export const KEYS = {
   bob: 'bob-key-0123456789abcdef00',
   ops: 'ops-admin-key-0123456789ab',
   comet: 'sk-comet-test-' + randomBytes(8).toString('hex'),
-  callbackSecret: randomBytes(32).toString('hex')
+  callbackSecret: randomBytes(32).toString('hex'),
+  klingAccess: 'ak-kling-test-' + randomBytes(8).toString('hex'),
+  klingSecret: 'sk-kling-test-' + randomBytes(16).toString('hex')
 }
+
+/** Env that makes a harness use the kling adapter (its simulator checks the JWTs against these keys). */
+export const KLING_ENV = { UPSTREAM: 'kling', KLING_ACCESS_KEY: KEYS.klingAccess, KLING_SECRET_KEY: KEYS.klingSecret }
 
 export interface Harness {
   app: App
@@ -44,7 +50,7 @@ export interface Harness {
   sim: Simulator
   logs: LogCapture
   prefix: string
-  upstream: UpstreamClient
+  upstream: UpstreamAdapter
   blobs: BlobStore
   close: () => Promise<void>
 }
@@ -91,17 +97,30 @@ function releaseBlobDir (prefix: string): void {
  * reach it over real HTTP. `keepKeys: true` leaves the prefix's Redis keys in place on close, so that a second
  * harness on the same REDIS_PREFIX can play the restarted replica (whoever sets it cleans up after).
  */
-export async function startHarness (opts: { env?: Record<string, string>, sim?: SimOptions, simulator?: Simulator, workers?: boolean, listen?: boolean, blobs?: BlobStore, keepKeys?: boolean } = {}): Promise<Harness> {
-  const sim = opts.simulator ?? new Simulator({ apiKey: KEYS.comet, ...opts.sim })
+export interface HarnessOptions {
+  env?: Record<string, string>
+  sim?: SimOptions
+  simulator?: Simulator
+  workers?: boolean
+  listen?: boolean
+  blobs?: BlobStore
+  keepKeys?: boolean
+  /** The clock the kling adapter signs its tokens by. */
+  upstreamClock?: () => number
+}
+
+export async function startHarness (opts: HarnessOptions = {}): Promise<Harness> {
+  const simKeys = { apiKey: KEYS.comet, klingAccessKey: KEYS.klingAccess, klingSecretKey: KEYS.klingSecret }
+  const sim = opts.simulator ?? new Simulator({ ...simKeys, ...opts.sim })
   if (sim.baseUrl === '') await sim.listen()
-  const config = loadConfig(testEnv({ COMETAPI_BASE_URL: sim.baseUrl, ...opts.env }))
+  const config = loadConfig(testEnv({ COMETAPI_BASE_URL: sim.baseUrl, KLING_BASE_URL: sim.baseUrl, ...opts.env }))
   const logs = new LogCapture()
   const redis = createRedis(config.redis, 'command')
   redis.on('error', () => {})
   await waitReady(redis)
   const queueConnection = createRedis(config.redis, 'worker')
   queueConnection.on('error', () => {})
-  const upstream = new UpstreamClient({ baseUrl: config.upstream.baseUrl, apiKey: config.upstream.key ?? '', timeoutMs: config.upstream.timeoutMs })
+  const upstream = await createUpstream(config, { clock: opts.upstreamClock })
   const blobs = opts.blobs ?? new DirectoryBlobStore(takeBlobDir(config.prefix))
   const release = () => { if (opts.blobs === undefined) releaseBlobDir(config.prefix) }
   let app: App
@@ -136,11 +155,13 @@ export async function startHarness (opts: { env?: Record<string, string>, sim?: 
   return { app, config, redis, sim, logs, prefix: config.prefix, upstream, blobs, close }
 }
 
-/** Fails when a key, secret or unredacted callback token is in the logs. */
+/** Fails when a key, secret, JWT or unredacted callback token is in the logs. */
 export function assertNoSecrets (text: string) {
   for (const [name, secret] of Object.entries(KEYS)) {
     if (text.includes(secret)) throw new Error(`secret ${name} reached a log line`)
   }
+  // A Kling API token: base64url of `{"alg"…` and of `{"iss"…`, dot-separated.
+  if (/eyJ[\w-]+\.eyJ[\w-]+\./.test(text)) throw new Error('a JWT reached a log line')
   const token = /token=(?!\[REDACTED\])[^&"\s]+/.exec(text)
   if (token !== null) throw new Error('a callback token reached a log line')
 }
