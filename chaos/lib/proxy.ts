@@ -236,12 +236,12 @@ export class RedisProxy {
 
 /**
  * Matches the gateway's own task scripts (EVALSHA, or EVAL after NOSCRIPT) with `numkeys` keys whose first key is a
- * task hash: `create-9` has 9, `transition-8` has 8. BullMQ's scripts have 9-key ones too, on `{prefix}:<queue>:…`.
+ * task hash: `create-13` has 13, `transition-9` has 9. BullMQ's scripts have 9-key ones too, on `{prefix}:<queue>:…`.
  */
 export const taskScript = (numkeys: number) => (args: string[]) =>
   (args[0] === 'EVALSHA' || args[0] === 'EVAL') && args[2] === String(numkeys) &&
   /^\{[^}]+\}:task:[^:]+$/.test(args[3] ?? '') && /^\{[^}]+\}:task:[^:]+:events$/.test(args[4] ?? '')
 
-/** Matches the Idempotency-Key reservation: `SET {prefix}:idem:… … NX`. */
-export const idempotencyReservation = (args: string[]) =>
-  args[0] === 'SET' && args[1]?.includes(':idem:') === true && args.slice(2).some(a => a.toUpperCase() === 'NX')
+/** Matches the read of an Idempotency-Key's record that answers a retry: `HMGET {prefix}:idem:… fingerprint task_id`. */
+export const idempotencyRead = (args: string[]) =>
+  args[0] === 'HMGET' && args[1]?.includes(':idem:') === true

@@ -2,22 +2,26 @@
  * delayed-command: one Redis command of a create is held by the proxy for 3 s, past the gateway's 2 s command
  * timeout, and then let through: the client saw a timeout (503), the command still ran. The client retries with
  * the same Idempotency-Key. Two rows:
- * - `create-script`: the create Lua script (9 keys). The late run stores a task the caller was told failed;
- *   if the key was freed meanwhile, the retry makes a second task, and both are submitted: paid twice.
- * - `idem-reserve`: the Idempotency-Key reservation (`SET … NX`). The late run may reserve a key nobody completes.
+ * - `create-script`: the create Lua script (13 keys). The late run stores a task the caller was told failed; the
+ *   retry must find it through the key's record (written by the same script), not make a second one.
+ * - `transition-script`: a transition (9 keys): a late compare-and-set must change nothing a second time.
+ * - `idem-read`: the read of the key's record on a retry (`HMGET`): a late read must not let a retry through twice.
+ * (Before the create script wrote the key's record, a `SET … NX` reservation came first; holding it left the key
+ * pending for 2 minutes. There is no such reservation any more.)
  * The proxy is one ordered stream per connection, so commands behind the held one wait too (as on a slow link).
  * The hold ends before 4 s so that the create's clean-up commands, queued behind it, do not time out themselves.
  */
 import { waitFor } from '../../test/helpers/group-process.ts'
 import type { CaseDef } from '../lib/case.ts'
-import { idempotencyReservation, taskScript } from '../lib/proxy.ts'
+import { idempotencyRead, taskScript } from '../lib/proxy.ts'
 import { standalone, type StandaloneTopology } from '../lib/topologies.ts'
 
 const HOLD_MS = 3000
 
 const variants = [
-  { id: 'create-script', match: taskScript(9), short: true },
-  { id: 'idem-reserve', match: idempotencyReservation, short: false }
+  { id: 'create-script', match: taskScript(13), short: true },
+  { id: 'transition-script', match: taskScript(9), short: false },
+  { id: 'idem-read', match: idempotencyRead, short: false }
 ]
 
 export const cases: Array<CaseDef<StandaloneTopology>> = variants.map(v => ({
