@@ -118,7 +118,7 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids' | 'lifecycl
     loggerInstance: deps.logger as FastifyBaseLogger,
     bodyLimit: SMALL_BODY_LIMIT,
     requestTimeout: 120_000,
-    return503OnClosing: true,
+    return503OnClosing: false,
     genReqId: () => deps.ids(),
     // `/v1/videos` and `/v1/videos/` are one route (the document lists the first; callers send either).
     routerOptions: { ignoreTrailingSlash: true },

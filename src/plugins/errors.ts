@@ -91,4 +91,14 @@ export default fp(async function errors (app: FastifyInstance) {
   })
   app.setNotFoundHandler((request, reply) =>
     sendProblem(reply, 404, 'NOT_FOUND', `no route ${request.method} ${request.url.split('?')[0]}`))
+
+  // A request that arrives on a kept-alive connection while the app closes: a problem+json 503, like every other
+  // error (Fastify's own return503OnClosing answers plain JSON before any hook runs, so it is off in app.ts).
+  let closing = false
+  app.addHook('preClose', async () => { closing = true })
+  app.addHook('onRequest', async (_request, reply) => {
+    if (!closing) return
+    reply.header('retry-after', '1').header('connection', 'close')
+    return await sendProblem(reply, 503, 'UNAVAILABLE', 'this replica is shutting down; retry after Retry-After')
+  })
 }, { name: 'errors' })
