@@ -7,5 +7,10 @@ export default [
     rules: {
       '@typescript-eslint/consistent-type-imports': ['error', { fixStyle: 'inline-type-imports' }]
     }
+  },
+  {
+    // Readable lines: at most 120 characters, in code and in comments alike.
+    files: ['**/*.ts', '**/*.js'],
+    rules: { '@stylistic/max-len': ['error', { code: 120, tabWidth: 2, ignoreUrls: true }] }
   }
 ]
