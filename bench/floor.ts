@@ -27,7 +27,8 @@ let n = 0
 
 app.get('/health/live', async () => ({ status: 'ok' }))
 
-app.post('/v1/videos', { bodyLimit: Number(process.env.CREATE_BODY_LIMIT_BYTES ?? 60 * 1024 * 1024) }, async (request, reply) => {
+const bodyLimit = Number(process.env.CREATE_BODY_LIMIT_BYTES ?? 60 * 1024 * 1024)
+app.post('/v1/videos', { bodyLimit }, async (request, reply) => {
   const body = request.body as { image_list?: unknown[] }
   const id = `floor-${++n}`
   await redis.set(`{${prefix}}:floor:${id}`, String(body.image_list?.length ?? 0))

@@ -59,7 +59,14 @@ export interface PhaseResult {
 
 export interface ClosedResult { mode: 'closed', warmup: PhaseResult, measured: PhaseResult }
 
-export interface LargeOne { status: number | null, ms: number, retryAfter: string | null, settleMs: number | null, id: string | null, error: string | null }
+export interface LargeOne {
+  status: number | null
+  ms: number
+  retryAfter: string | null
+  settleMs: number | null
+  id: string | null
+  error: string | null
+}
 export interface LargeResult {
   mode: 'large'
   bodyBytes: number
@@ -89,9 +96,13 @@ function cpuSnapshot (pids: Record<string, number>): Record<string, number | nul
  */
 function cpuDelta (a: Record<string, number | null>, b: Record<string, number | null>): Record<string, number | null> {
   const out: Record<string, number | null> = {}
-  for (const k of Object.keys(b)) out[k] = a[k] === null || b[k] === null ? null : Math.round((b[k] as number) - (a[k] as number))
+  for (const k of Object.keys(b)) {
+    out[k] = a[k] === null || b[k] === null ? null : Math.round((b[k] as number) - (a[k] as number))
+  }
   const parts = Object.entries(out).filter(([k]) => k !== 'machine').map(([, v]) => v)
-  out.others = out.machine === null || parts.includes(null) ? null : Math.max(0, (out.machine as number) - parts.reduce((n: number, v) => n + (v as number), 0))
+  out.others = out.machine === null || parts.includes(null)
+    ? null
+    : Math.max(0, (out.machine as number) - parts.reduce((n: number, v) => n + (v as number), 0))
   return out
 }
 
@@ -115,7 +126,11 @@ async function closedPhase (pool: Pool, spec: ClosedSpec, ms: number, max: numbe
           method: r.method,
           path: r.path,
           body: r.body,
-          headers: { ...spec.headers, ...r.headers, ...(r.body !== undefined && { 'content-type': 'application/json' }) },
+          headers: {
+            ...spec.headers,
+            ...r.headers,
+            ...(r.body !== undefined && { 'content-type': 'application/json' })
+          },
           headersTimeout: 10_000,
           bodyTimeout: 10_000
         })
@@ -170,9 +185,23 @@ async function createOnce (spec: LargeSpec, body: Buffer): Promise<LargeOne> {
     let id: string | null = null
     try { id = (JSON.parse(text) as { id?: string }).id ?? null } catch {}
     const retryAfter = res.headers['retry-after']
-    return { status: res.statusCode, ms, retryAfter: typeof retryAfter === 'string' ? retryAfter : null, settleMs: null, id, error: null }
+    return {
+      status: res.statusCode,
+      ms,
+      retryAfter: typeof retryAfter === 'string' ? retryAfter : null,
+      settleMs: null,
+      id,
+      error: null
+    }
   } catch (err) {
-    return { status: null, ms: now() - start, retryAfter: null, settleMs: null, id: null, error: (err as Error).message }
+    return {
+      status: null,
+      ms: now() - start,
+      retryAfter: null,
+      settleMs: null,
+      id: null,
+      error: (err as Error).message
+    }
   }
 }
 
@@ -180,7 +209,11 @@ async function createOnce (spec: LargeSpec, body: Buffer): Promise<LargeOne> {
 async function settle (spec: LargeSpec, id: string, timeoutMs = 30_000): Promise<number | null> {
   const start = now()
   while (now() - start < timeoutMs) {
-    const res = await request(`${spec.origin}/v1/videos/${id}`, { headers: spec.headers, headersTimeout: 5000, bodyTimeout: 5000 })
+    const res = await request(`${spec.origin}/v1/videos/${id}`, {
+      headers: spec.headers,
+      headersTimeout: 5000,
+      bodyTimeout: 5000
+    })
     const task = await res.body.json() as { status?: string }
     if (res.statusCode === 200 && task.status !== 'queued') return now() - start
     await new Promise(resolve => setTimeout(resolve, 20))
@@ -212,7 +245,17 @@ async function runLarge (spec: LargeSpec): Promise<LargeResult> {
     for (const one of burst) if (one.status === 202 && one.id !== null) one.settleMs = await settle(spec, one.id)
   }
   const peakRssAfterBurst = memoryOf(spec.memPid)?.peakRss ?? null
-  return { mode: 'large', bodyBytes: body.length, warmup, sequential, burst, peakRssAfterSequential, peakRssAfterBurst, cpuMsSequential, sequentialMs }
+  return {
+    mode: 'large',
+    bodyBytes: body.length,
+    warmup,
+    sequential,
+    burst,
+    peakRssAfterSequential,
+    peakRssAfterBurst,
+    cpuMsSequential,
+    sequentialMs
+  }
 }
 
 const spec = JSON.parse(readFileSync(process.argv[2], 'utf8')) as ClosedSpec | LargeSpec

@@ -37,7 +37,9 @@ async function shutdown (code: number, why: string): Promise<never> {
   process.exit(code)
 }
 
-const deadline = setTimeout(() => { shutdown(2, `hard deadline of ${HARD_DEADLINE_MS / 1000} s passed: stopping everything`).catch(() => process.exit(2)) }, HARD_DEADLINE_MS)
+const deadline = setTimeout(() => {
+  shutdown(2, `hard deadline of ${HARD_DEADLINE_MS / 1000} s passed: stopping everything`).catch(() => process.exit(2))
+}, HARD_DEADLINE_MS)
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   process.once(signal, () => { shutdown(130, `${signal}: stopping everything`).catch(() => process.exit(130)) })
 }
@@ -53,7 +55,10 @@ const m = machine()
 const started = Date.now()
 const lines: ResultLine[] = []
 const failed: string[] = []
-log(`node ${m.node}, ${m.cpus} × ${m.cpu_model}, redis ${m.redis_server}, fastify ${m.packages.fastify}, ioredis ${m.packages.ioredis}, bullmq ${m.packages.bullmq}`)
+log(
+  `node ${m.node}, ${m.cpus} × ${m.cpu_model}, redis ${m.redis_server}, ` +
+  `fastify ${m.packages.fastify}, ioredis ${m.packages.ioredis}, bullmq ${m.packages.bullmq}`
+)
 for (const name of wanted.length > 0 ? wanted : Object.keys(BENCHES)) {
   const t0 = Date.now()
   log(`${name}: running`)
@@ -84,7 +89,10 @@ function noiseNotes (all: ResultLine[]): string[] {
   const notes: string[] = []
   for (const l of all) {
     if (typeof l.others_share === 'number' && l.others_share > 0.05) {
-      notes.push(`Note: during ${l.bench}, processes outside the benchmark used ${Math.round(l.others_share * 100)}% of the machine's CPU; its numbers are noisy.`)
+      notes.push(
+        `Note: during ${l.bench}, processes outside the benchmark used ${Math.round(l.others_share * 100)}% ` +
+        'of the machine\'s CPU; its numbers are noisy.'
+      )
     }
   }
   return notes.length === 0 ? [] : [...notes, '']
@@ -93,7 +101,8 @@ function noiseNotes (all: ResultLine[]): string[] {
 const shared = 'load generator, gateway/floor and redis-server share the same cores'
 process.stdout.write([
   '',
-  `Benchmarks, ${new Date().toISOString().slice(0, 10)}: node ${m.node}, ${m.cpus} × ${m.cpu_model}, redis-server ${m.redis_server} (AOF everysec), ` +
+  `Benchmarks, ${new Date().toISOString().slice(0, 10)}: node ${m.node}, ${m.cpus} × ${m.cpu_model}, ` +
+    `redis-server ${m.redis_server} (AOF everysec), ` +
     `fastify ${m.packages.fastify}, ioredis ${m.packages.ioredis}, bullmq ${m.packages.bullmq}; loopback, ${shared}. ` +
     'ratio = ours / floor (floor: bare Fastify with the same Redis round trips, same run).',
   '',

@@ -10,7 +10,9 @@
 import { join } from 'node:path'
 import { callbackToken } from '../../src/domain/callback-token.ts'
 import { row, type Row } from '../lib/report.ts'
-import { gatewayWarnings, makeSubmittedTasks, runLoad, startFloor, startGateway, startRedis, startSimulator, tmp } from '../lib/stack.ts'
+import {
+  gatewayWarnings, makeSubmittedTasks, runLoad, startFloor, startGateway, startRedis, startSimulator, tmp
+} from '../lib/stack.ts'
 import { cpuShares, okCount, phaseDetails } from '../lib/phase.ts'
 import type { LoadRequest } from '../load.ts'
 import { commandStats, perRequest } from '../lib/redis-stats.ts'
@@ -62,12 +64,22 @@ export async function callback (): Promise<Row[]> {
       requests
     }
     const s0 = await commandStats(redis.url)
-    const ours = await runLoad({ ...spec, origin: gw.origin, watchPids: { gateway: gw.pid, redis: redis.pid, runner: process.pid } }, 60_000)
+    const ours = await runLoad({
+      ...spec,
+      origin: gw.origin,
+      watchPids: { gateway: gw.pid, redis: redis.pid, runner: process.pid }
+    }, 60_000)
     const s1 = await commandStats(redis.url)
     await gw.stop()
     const warnings = gatewayWarnings(gw)
     const floor = await startFloor(redis.url)
-    const base = await runLoad({ ...spec, warmupMaxRequests: 200_000, maxRequests: 500_000, origin: floor.origin, watchPids: { floor: floor.pid, redis: redis.pid, runner: process.pid } }, 60_000)
+    const base = await runLoad({
+      ...spec,
+      warmupMaxRequests: 200_000,
+      maxRequests: 500_000,
+      origin: floor.origin,
+      watchPids: { floor: floor.pid, redis: redis.pid, runner: process.pid }
+    }, 60_000)
     const s2 = await commandStats(redis.url)
     await floor.stop()
 
@@ -96,8 +108,22 @@ export async function callback (): Promise<Row[]> {
         }
       }),
       row({ bench: 'callback', metric: 'latency p50', unit: 'ms', ours: m.latencyMs.p50, floor: f.latencyMs.p50 }),
-      row({ bench: 'callback', metric: 'latency p99', unit: 'ms', ours: m.latencyMs.p99, floor: f.latencyMs.p99, target: { text: '< 20 ms', met: x => x < 20 } }),
-      row({ bench: 'callback', metric: 'non-2xx + errors', unit: '', ours: bad, floor: f.requests - okCount(f) + f.errors, target: { text: '= 0', met: x => x === 0 } })
+      row({
+        bench: 'callback',
+        metric: 'latency p99',
+        unit: 'ms',
+        ours: m.latencyMs.p99,
+        floor: f.latencyMs.p99,
+        target: { text: '< 20 ms', met: x => x < 20 }
+      }),
+      row({
+        bench: 'callback',
+        metric: 'non-2xx + errors',
+        unit: '',
+        ours: bad,
+        floor: f.requests - okCount(f) + f.errors,
+        target: { text: '= 0', met: x => x === 0 }
+      })
     ]
   } finally {
     for (const stop of stops) await stop().catch(() => {})

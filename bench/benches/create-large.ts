@@ -1,9 +1,9 @@
 /**
  * create-large (docs/DESIGN.md, "Performance targets" 5): POST /v1/videos with 4 × ~10 MB Base64 PNGs (55 MB of JSON).
- * One create thrown away, then 10 sequential creates (each waits until the previous task has been submitted upstream, so no create shares the
- * CPU with another's submit), then 8 at once against the default CREATE_MAX_LARGE_BODIES=2: 2 × 202 and 6 × 503 + Retry-After
- * expected. Peak RSS is the gateway child's VmHWM. Floor: bare Fastify, same bodyLimit, parses the same body and
- * does one Redis SET.
+ * One create thrown away, then 10 sequential creates (each waits until the previous task has been submitted upstream,
+ * so no create shares the CPU with another's submit), then 8 at once against the default CREATE_MAX_LARGE_BODIES=2:
+ * 2 × 202 and 6 × 503 + Retry-After expected. Peak RSS is the gateway child's VmHWM. Floor: bare Fastify, same
+ * bodyLimit, parses the same body and does one Redis SET.
  */
 import { writeFileSync } from 'node:fs'
 import { Redis } from 'ioredis'
@@ -21,7 +21,9 @@ import type { LargeOne } from '../load.ts'
  * What is still parked once every accepted task has gone upstream: the byte counter PARKED_MAX_BYTES is checked
  * against, and the parked-image hashes (with whether their task exists).
  */
-async function parkedLeftovers (redisUrl: string): Promise<{ counterBytes: number, parkedKeys: number, parkedKeysWithoutTask: number }> {
+async function parkedLeftovers (
+  redisUrl: string
+): Promise<{ counterBytes: number, parkedKeys: number, parkedKeysWithoutTask: number }> {
   const redis = new Redis(redisUrl, { maxRetriesPerRequest: 1 })
   try {
     const counterBytes = Number(await redis.get('{kg}:parked:bytes') ?? 0)
@@ -112,7 +114,8 @@ export async function createLarge (): Promise<Row[]> {
     const accepted = ours.burst.filter(o => o.status === 202)
     const shed = ours.burst.filter(o => o.status === 503)
     const shedWithRetryAfter = shed.filter(o => o.retryAfter !== null)
-    const failures = [...ours.warmup, ...ours.sequential, ...ours.burst].filter(o => o.status !== 202 && o.status !== 503)
+    const failures = [...ours.warmup, ...ours.sequential, ...ours.burst]
+      .filter(o => o.status !== 202 && o.status !== 503)
     const common = {
       body_bytes: ours.bodyBytes,
       image_bytes: imageBytes,
@@ -128,16 +131,25 @@ export async function createLarge (): Promise<Row[]> {
         unit: 'ms',
         ours: seq.p50,
         floor: seqFloor.p50,
-        others_share: Math.max(cpuShares({ durationMs: ours.sequentialMs, cpuMs: ours.cpuMsSequential }).others_share ?? 0, cpuShares({ durationMs: base.sequentialMs, cpuMs: base.cpuMsSequential }).others_share ?? 0),
+        others_share: Math.max(
+          cpuShares({ durationMs: ours.sequentialMs, cpuMs: ours.cpuMsSequential }).others_share ?? 0,
+          cpuShares({ durationMs: base.sequentialMs, cpuMs: base.cpuMsSequential }).others_share ?? 0
+        ),
         details: {
           ...common,
           warmup_ms: { ours: ours.warmup.map(o => round(o.ms, 1)), floor: base.warmup.map(o => round(o.ms, 1)) },
           ours_ms: ours.sequential.map(o => round(o.ms, 1)),
           floor_ms: base.sequential.map(o => round(o.ms, 1)),
           settle_after_202_ms_p50: round(settle.p50, 1),
-          redis_per_accepted_create: perRequest(s0, s1, ok(ours.warmup).length + ok(ours.sequential).length + accepted.length),
-          cpu_ms_per_create: Object.fromEntries(Object.entries(ours.cpuMsSequential).map(([k, v]) => [k, v === null ? null : round(v / SEQUENTIAL, 1)])),
-          floor_cpu_ms_per_create: Object.fromEntries(Object.entries(base.cpuMsSequential).map(([k, v]) => [k, v === null ? null : round(v / SEQUENTIAL, 1)]))
+          redis_per_accepted_create: perRequest(
+            s0, s1, ok(ours.warmup).length + ok(ours.sequential).length + accepted.length
+          ),
+          cpu_ms_per_create: Object.fromEntries(
+            Object.entries(ours.cpuMsSequential).map(([k, v]) => [k, v === null ? null : round(v / SEQUENTIAL, 1)])
+          ),
+          floor_cpu_ms_per_create: Object.fromEntries(
+            Object.entries(base.cpuMsSequential).map(([k, v]) => [k, v === null ? null : round(v / SEQUENTIAL, 1)])
+          )
         }
       }),
       row({
@@ -157,7 +169,9 @@ export async function createLarge (): Promise<Row[]> {
         target: { text: '< 700 MB', met: x => x < 700 },
         details: {
           gateway_idle_rss_mb: idleRss === null ? null : round(idleRss / MB, 1),
-          gateway_peak_after_sequential_mb: ours.peakRssAfterSequential === null ? null : round(ours.peakRssAfterSequential / MB, 1),
+          gateway_peak_after_sequential_mb: ours.peakRssAfterSequential === null
+            ? null
+            : round(ours.peakRssAfterSequential / MB, 1),
           floor_idle_rss_mb: floorIdleRss === null ? null : round(floorIdleRss / MB, 1),
           floor_peak_note: 'floor ran the 10 sequential creates only (it has no concurrency cap)',
           redis_cpu_ms_total: redisCpuMs
@@ -170,7 +184,15 @@ export async function createLarge (): Promise<Row[]> {
         ours: accepted.length,
         floor: null,
         target: { text: `= ${LARGE_CAP}`, met: x => x === LARGE_CAP },
-        details: { burst: ours.burst.map(o => ({ status: o.status, ms: round(o.ms, 1), retry_after: o.retryAfter, error: o.error })), gateway_log_warnings: warnings }
+        details: {
+          burst: ours.burst.map(o => ({
+            status: o.status,
+            ms: round(o.ms, 1),
+            retry_after: o.retryAfter,
+            error: o.error
+          })),
+          gateway_log_warnings: warnings
+        }
       }),
       row({
         bench: 'create-large',
@@ -178,8 +200,14 @@ export async function createLarge (): Promise<Row[]> {
         unit: '',
         ours: shedWithRetryAfter.length,
         floor: null,
-        target: { text: `= ${BURST - LARGE_CAP}`, met: x => x === BURST - LARGE_CAP && shed.length === BURST - LARGE_CAP },
-        details: { shed_ms_p50: round(summarize(shed.map(o => o.ms)).p50, 1), accepted_ms_max: round(summarize(accepted.map(o => o.ms)).max, 1) }
+        target: {
+          text: `= ${BURST - LARGE_CAP}`,
+          met: x => x === BURST - LARGE_CAP && shed.length === BURST - LARGE_CAP
+        },
+        details: {
+          shed_ms_p50: round(summarize(shed.map(o => o.ms)).p50, 1),
+          accepted_ms_max: round(summarize(accepted.map(o => o.ms)).max, 1)
+        }
       }),
       row({
         bench: 'create-large',
@@ -188,7 +216,11 @@ export async function createLarge (): Promise<Row[]> {
         ours: parked.counterBytes / MB,
         floor: null,
         target: { text: '= 0 MB', met: x => x === 0 },
-        details: { ...parked, note: 'every accepted task was submitted, so nothing should stay parked; a failed create must not leave its images or its share of the counter behind' }
+        details: {
+          ...parked,
+          note: 'every accepted task was submitted, so nothing should stay parked; ' +
+            'a failed create must not leave its images or its share of the counter behind'
+        }
       })
     ]
   } finally {

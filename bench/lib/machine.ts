@@ -15,7 +15,8 @@ export interface Machine {
 
 function versionOf (pkg: string): string {
   try {
-    return (JSON.parse(readFileSync(join(ROOT, 'node_modules', pkg, 'package.json'), 'utf8')) as { version: string }).version
+    const manifest = readFileSync(join(ROOT, 'node_modules', pkg, 'package.json'), 'utf8')
+    return (JSON.parse(manifest) as { version: string }).version
   } catch {
     return 'missing'
   }
@@ -24,7 +25,9 @@ function versionOf (pkg: string): string {
 /** What a result line must say about where it was measured. */
 export function machine (): Machine {
   let redis = 'unknown'
-  try { redis = /v=(\S+)/.exec(execFileSync('redis-server', ['--version'], { encoding: 'utf8' }))?.[1] ?? redis } catch {}
+  try {
+    redis = /v=(\S+)/.exec(execFileSync('redis-server', ['--version'], { encoding: 'utf8' }))?.[1] ?? redis
+  } catch {}
   return {
     node: process.version,
     cpu_model: cpus()[0]?.model.trim() ?? 'unknown',

@@ -27,8 +27,15 @@ export async function stopChild (child: ChildProcess, graceMs = 5000): Promise<v
   clearTimeout(kill)
 }
 
-/** Registers a process (or anything with a stop, such as an in-process server) so that stopAll() ends it; returns the unregistering stop. */
-export function track (name: string, child: ChildProcess | undefined, stop: () => Promise<void> = async () => { if (child !== undefined) await stopChild(child) }): () => Promise<void> {
+/**
+ * Registers a process (or anything with a stop, such as an in-process server) so that stopAll() ends it; returns the
+ * unregistering stop.
+ */
+export function track (
+  name: string,
+  child: ChildProcess | undefined,
+  stop: () => Promise<void> = async () => { if (child !== undefined) await stopChild(child) }
+): () => Promise<void> {
   const entry: Tracked = { name, child, stop }
   running.add(entry)
   return async () => {
@@ -39,14 +46,18 @@ export function track (name: string, child: ChildProcess | undefined, stop: () =
 /** Stops everything still registered, newest first. */
 export async function stopAll (): Promise<void> {
   for (const entry of [...running].reverse()) {
-    await entry.stop().catch(() => { if (entry.child !== undefined && !exited(entry.child)) entry.child.kill('SIGKILL') })
+    await entry.stop().catch(() => {
+      if (entry.child !== undefined && !exited(entry.child)) entry.child.kill('SIGKILL')
+    })
     running.delete(entry)
   }
 }
 
 /** Names of processes still registered (for the final check). */
 export function stillRunning (): string[] {
-  return [...running].filter(e => e.child === undefined || !exited(e.child)).map(e => `${e.name} (pid ${e.child?.pid ?? '-'})`)
+  return [...running]
+    .filter(e => e.child === undefined || !exited(e.child))
+    .map(e => `${e.name} (pid ${e.child?.pid ?? '-'})`)
 }
 
 export interface NodeChild {
@@ -65,10 +76,21 @@ export interface NodeChild {
  * Runs `node --import tsx <script>` from the repository root. The child is `node` itself (tsx registers its loader
  * in-process), so its pid is the one whose /proc entry we read.
  */
-export function startNode (name: string, script: string, env: Record<string, string>, args: string[] = [], nodeArgs: string[] = []): NodeChild {
+export function startNode (
+  name: string,
+  script: string,
+  env: Record<string, string>,
+  args: string[] = [],
+  nodeArgs: string[] = []
+): NodeChild {
   const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', script, ...args], {
     cwd: ROOT,
-    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/tmp', NODE_ENV: 'production', ...env },
+    env: {
+      PATH: process.env.PATH ?? '/usr/bin:/bin',
+      HOME: process.env.HOME ?? '/tmp',
+      NODE_ENV: 'production',
+      ...env
+    },
     stdio: ['ignore', 'pipe', 'pipe']
   })
   let out = ''
@@ -80,9 +102,14 @@ export function startNode (name: string, script: string, env: Record<string, str
     out = (out + text).slice(-8000)
     const lines = (partial + text).split('\n')
     partial = (lines.pop() ?? '').slice(-100_000)
-    for (const line of lines) if (problems.length < 50 && /"level":(40|50|60)\b/.test(line)) problems.push(line.slice(0, 600))
+    for (const line of lines) {
+      if (problems.length < 50 && /"level":(40|50|60)\b/.test(line)) problems.push(line.slice(0, 600))
+    }
   }
-  child.stdout?.on('data', (chunk: Buffer) => { keep(chunk); if (stdout.length < 4_000_000) stdout += chunk.toString() })
+  child.stdout?.on('data', (chunk: Buffer) => {
+    keep(chunk)
+    if (stdout.length < 4_000_000) stdout += chunk.toString()
+  })
   child.stderr?.on('data', keep)
   if (child.pid === undefined) throw new Error(`${name}: could not start`)
   const stop = track(name, child)
@@ -90,10 +117,19 @@ export function startNode (name: string, script: string, env: Record<string, str
 }
 
 /** Polls `url` until it answers 200, the child exits, or `timeoutMs` passes. */
-export async function waitHttpOk (url: string, child: ChildProcess, output: () => string, timeoutMs = 30_000): Promise<void> {
+export async function waitHttpOk (
+  url: string,
+  child: ChildProcess,
+  output: () => string,
+  timeoutMs = 30_000
+): Promise<void> {
   const deadline = Date.now() + timeoutMs
   while (Date.now() < deadline) {
-    if (exited(child)) throw new Error(`process exited (code ${child.exitCode}, signal ${child.signalCode}) before ${url} answered:\n${output()}`)
+    if (exited(child)) {
+      throw new Error(
+        `process exited (code ${child.exitCode}, signal ${child.signalCode}) before ${url} answered:\n${output()}`
+      )
+    }
     try {
       const res = await request(url, { headersTimeout: 1000, bodyTimeout: 1000 })
       await res.body.dump()
@@ -108,7 +144,8 @@ export async function waitHttpOk (url: string, child: ChildProcess, output: () =
 export function memoryOf (pid: number): { peakRss: number, rss: number } | null {
   try {
     const status = readFileSync(`/proc/${pid}/status`, 'utf8')
-    const kb = (field: string) => Number((new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(status) ?? [])[1] ?? NaN) * 1024
+    const kb = (field: string) =>
+      Number((new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(status) ?? [])[1] ?? NaN) * 1024
     return { peakRss: kb('VmHWM'), rss: kb('VmRSS') }
   } catch {
     return null

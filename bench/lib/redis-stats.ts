@@ -10,7 +10,9 @@ export async function commandStats (url: string): Promise<CommandStats> {
     await redis.connect()
     const info = await redis.info('commandstats')
     const out: CommandStats = {}
-    for (const m of info.matchAll(/^cmdstat_([^:]+):calls=(\d+),usec=(\d+)/gm)) out[m[1]] = { calls: Number(m[2]), usec: Number(m[3]) }
+    for (const m of info.matchAll(/^cmdstat_([^:]+):calls=(\d+),usec=(\d+)/gm)) {
+      out[m[1]] = { calls: Number(m[2]), usec: Number(m[3]) }
+    }
     return out
   } finally {
     redis.disconnect()
@@ -22,7 +24,11 @@ export async function commandStats (url: string): Promise<CommandStats> {
  * is included, so small fractions are noise), Redis-side microseconds per request, and the commands that took most
  * of that time (microseconds per request).
  */
-export function perRequest (before: CommandStats, after: CommandStats, requests: number): { commands: Record<string, number>, redis_usec: number, top_usec: Record<string, number> } {
+export function perRequest (
+  before: CommandStats,
+  after: CommandStats,
+  requests: number
+): { commands: Record<string, number>, redis_usec: number, top_usec: Record<string, number> } {
   const n = Math.max(1, requests)
   const commands: Record<string, number> = {}
   const usecBy: Array<[string, number]> = []

@@ -25,17 +25,24 @@ export interface ResultLine extends Row {
   machine: Machine
 }
 
-export function row (r: Omit<Row, 'target_met' | 'target'> & { target?: { text: string, met: (ours: number) => boolean } }): Row {
+export function row (
+  r: Omit<Row, 'target_met' | 'target'> & { target?: { text: string, met: (ours: number) => boolean } }
+): Row {
   const { target, ...rest } = r
   return {
     ...rest,
     target: target?.text ?? null,
-    target_met: target === undefined || rest.ours === null || !Number.isFinite(rest.ours) ? (target === undefined ? null : false) : target.met(rest.ours)
+    target_met: target === undefined || rest.ours === null || !Number.isFinite(rest.ours)
+      ? (target === undefined ? null : false)
+      : target.met(rest.ours)
   }
 }
 
 export function toLine (r: Row, m: Machine, ts: string): ResultLine {
-  const ratio = r.ours !== null && r.floor !== null && r.floor !== 0 && Number.isFinite(r.ours) && Number.isFinite(r.floor) ? round(r.ours / r.floor, 2) : null
+  const ratio = r.ours !== null && r.floor !== null && r.floor !== 0 &&
+    Number.isFinite(r.ours) && Number.isFinite(r.floor)
+    ? round(r.ours / r.floor, 2)
+    : null
   return {
     bench: r.bench,
     metric: r.metric,

@@ -52,7 +52,9 @@ export interface Gateway {
  * The gateway as production runs it, in a child process; resolves when /health/ready answers 200. Tried twice: the
  * port comes from freePort(), and on a shared machine someone else can take it before the child binds it.
  */
-export async function startGateway (opts: { redisUrl: string, simUrl: string, dataDir: string, env?: Record<string, string> }): Promise<Gateway> {
+export async function startGateway (
+  opts: { redisUrl: string, simUrl: string, dataDir: string, env?: Record<string, string> }
+): Promise<Gateway> {
   const profile = process.env.BENCH_CPU_PROF_DIR
   const all = { ...opts, nodeArgs: profile === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${profile}`] }
   try {
@@ -63,7 +65,9 @@ export async function startGateway (opts: { redisUrl: string, simUrl: string, da
   }
 }
 
-async function startGatewayOnce (opts: { redisUrl: string, simUrl: string, dataDir: string, env?: Record<string, string>, nodeArgs?: string[] }): Promise<Gateway> {
+async function startGatewayOnce (
+  opts: { redisUrl: string, simUrl: string, dataDir: string, env?: Record<string, string>, nodeArgs?: string[] }
+): Promise<Gateway> {
   const port = await freePort()
   const origin = `http://127.0.0.1:${port}`
   const apiKey = `bench-${randomBytes(12).toString('hex')}`
@@ -94,7 +98,9 @@ async function startGatewayOnce (opts: { redisUrl: string, simUrl: string, dataD
 }
 
 /** What the gateway logged at warn or above during a benchmark (it runs at LOG_LEVEL=warn), by message. */
-export function gatewayWarnings (gw: Gateway): { count: number, by_message: Record<string, number>, samples: string[] } {
+export function gatewayWarnings (
+  gw: Gateway
+): { count: number, by_message: Record<string, number>, samples: string[] } {
   const byMessage: Record<string, number> = {}
   const samples: string[] = []
   for (const line of gw.node.problems) {
@@ -112,7 +118,12 @@ export interface Floor { origin: string, pid: number, stop: () => Promise<void> 
 export async function startFloor (redisUrl: string): Promise<Floor> {
   const port = await freePort()
   const origin = `http://127.0.0.1:${port}`
-  const node = startNode('floor', 'bench/floor.ts', { PORT: String(port), REDIS_URL: redisUrl, REDIS_PREFIX: 'kg', CREATE_BODY_LIMIT_BYTES: String(60 * 1024 * 1024) })
+  const node = startNode('floor', 'bench/floor.ts', {
+    PORT: String(port),
+    REDIS_URL: redisUrl,
+    REDIS_PREFIX: 'kg',
+    CREATE_BODY_LIMIT_BYTES: String(60 * 1024 * 1024)
+  })
   await waitHttpOk(`${origin}/health/live`, node.child, node.output)
   return { origin, pid: node.pid, stop: node.stop }
 }
@@ -142,7 +153,11 @@ const URL_IMAGES = [{ image: 'https://images.example.com/bench/a.png' }, { image
  * Makes `count` small tasks through the API (image URLs, so nothing is parked) and waits until every one is
  * `submitted` upstream. Returns their ids and upstream task ids. Setup only: not measured.
  */
-export async function makeSubmittedTasks (gw: Gateway, count: number, timeoutMs = 60_000): Promise<Array<{ id: string, upstreamId: string }>> {
+export async function makeSubmittedTasks (
+  gw: Gateway,
+  count: number,
+  timeoutMs = 60_000
+): Promise<Array<{ id: string, upstreamId: string }>> {
   const pool = new Pool(gw.origin, { connections: 16 })
   const headers = { authorization: `Bearer ${gw.apiKey}`, 'content-type': 'application/json' }
   const deadline = Date.now() + timeoutMs
@@ -152,9 +167,16 @@ export async function makeSubmittedTasks (gw: Gateway, count: number, timeoutMs 
     const creator = async () => {
       while (next < count && Date.now() < deadline) {
         next++
-        const res = await pool.request({ method: 'POST', path: '/v1/videos', headers, body: JSON.stringify({ image_list: URL_IMAGES, prompt: 'benchmark task' }) })
+        const res = await pool.request({
+          method: 'POST',
+          path: '/v1/videos',
+          headers,
+          body: JSON.stringify({ image_list: URL_IMAGES, prompt: 'benchmark task' })
+        })
         const body = await res.body.json() as { id?: string }
-        if (res.statusCode !== 202 || body.id === undefined) throw new Error(`setup create answered ${res.statusCode}: ${JSON.stringify(body)}`)
+        if (res.statusCode !== 202 || body.id === undefined) {
+          throw new Error(`setup create answered ${res.statusCode}: ${JSON.stringify(body)}`)
+        }
         ids.push(body.id)
       }
     }
@@ -174,7 +196,9 @@ export async function makeSubmittedTasks (gw: Gateway, count: number, timeoutMs 
       }
       if (pending.size > 0) await new Promise(resolve => setTimeout(resolve, 100))
     }
-    if (pending.size > 0) throw new Error(`${pending.size} of ${count} setup tasks were not submitted within ${timeoutMs} ms`)
+    if (pending.size > 0) {
+      throw new Error(`${pending.size} of ${count} setup tasks were not submitted within ${timeoutMs} ms`)
+    }
     return out
   } finally {
     await pool.close()

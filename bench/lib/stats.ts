@@ -15,7 +15,14 @@ export function summarize (values: ArrayLike<number>): LatencySummary {
   let sum = 0
   let max = n === 0 ? NaN : -Infinity
   for (let i = 0; i < n; i++) { sum += values[i]; if (values[i] > max) max = values[i] }
-  return { n, p50: percentile(values, 50), p90: percentile(values, 90), p99: percentile(values, 99), max, mean: n === 0 ? NaN : sum / n }
+  return {
+    n,
+    p50: percentile(values, 50),
+    p90: percentile(values, 90),
+    p99: percentile(values, 99),
+    max,
+    mean: n === 0 ? NaN : sum / n
+  }
 }
 
 /** Rounds to `digits` significant decimals for output. */
