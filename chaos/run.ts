@@ -81,7 +81,9 @@ let finishing = false
 /** A row for a case that never produced its own (interrupted, or abandoned at its deadline). */
 function unfinished (def: CaseDef<Topology>, error: string, seconds: number): CaseResult {
   const { id, scenario } = def
-  return { id, scenario, ok: false, error, counters: null, details: null, redis: '', notes: [], logs: [], seconds, weaker: null }
+  return {
+    id, scenario, ok: false, error, counters: null, details: null, redis: '', notes: [], logs: [], seconds, weaker: null
+  }
 }
 
 function write (): void {

@@ -55,7 +55,13 @@ export interface SimFault {
  * How callbacks are sent: lost, duplicated, reordered or late. `dropRatio` loses each callback with that
  * probability (0..1) on top of `drop`, which loses them all.
  */
-export interface CallbackPolicy { drop: boolean, duplicate: number, delayMs: number, reorder: boolean, dropRatio?: number }
+export interface CallbackPolicy {
+  drop: boolean
+  duplicate: number
+  delayMs: number
+  reorder: boolean
+  dropRatio?: number
+}
 
 export interface SimOptions {
   /** Bearer key the simulator requires; any non-empty key when undefined. */
@@ -211,7 +217,13 @@ export class Simulator {
       task_status_msg: status === 'failed' ? (task.status_msg || 'task failed') : task.status_msg,
       task_info: task.external_task_id === null ? {} : { external_task_id: task.external_task_id },
       task_result: status === 'succeed'
-        ? { videos: [{ id: `v-${task.task_id}`, url: `${this.baseUrl}/_sim/videos/${task.task_id}.mp4`, duration: String(task.body.duration ?? '5') }] }
+        ? {
+            videos: [{
+              id: `v-${task.task_id}`,
+              url: `${this.baseUrl}/_sim/videos/${task.task_id}.mp4`,
+              duration: String(task.body.duration ?? '5')
+            }]
+          }
         : {},
       created_at: task.created_at,
       updated_at: task.updated_at
@@ -251,13 +263,26 @@ export class Simulator {
     if (fault === undefined) return false
     switch (fault.kind) {
       case 'http-error':
-        reply.code(fault.status ?? 500).send({ error: { message: `${fault.message ?? 'upstream error'} (request id: ${randomUUID()})`, type: 'comet_api_error', param: '', code: fault.code ?? '' } })
+        reply.code(fault.status ?? 500).send({
+          error: {
+            message: `${fault.message ?? 'upstream error'} (request id: ${randomUUID()})`,
+            type: 'comet_api_error',
+            param: '',
+            code: fault.code ?? ''
+          }
+        })
         return true
       case 'rate-limit':
-        reply.code(429).header('retry-after', String(fault.retryAfter ?? 1)).send({ error: { message: 'rate limit exceeded', type: 'comet_api_error', param: '', code: 'rate_limit' } })
+        reply.code(429).header('retry-after', String(fault.retryAfter ?? 1)).send({
+          error: { message: 'rate limit exceeded', type: 'comet_api_error', param: '', code: 'rate_limit' }
+        })
         return true
       case 'kling-error':
-        reply.code(fault.status ?? 400).send({ code: fault.code ?? 1201, message: fault.message ?? 'invalid params', request_id: randomUUID() })
+        reply.code(fault.status ?? 400).send({
+          code: fault.code ?? 1201,
+          message: fault.message ?? 'invalid params',
+          request_id: randomUUID()
+        })
         return true
       case 'reset':
         reply.raw.socket?.destroy()
@@ -266,7 +291,8 @@ export class Simulator {
         this.hold(reply)
         return true
       case 'html':
-        reply.code(fault.status ?? 200).type('text/html; charset=utf-8').send('<!doctype html><html><head><title>Welcome</title></head><body><h1>Welcome</h1></body></html>')
+        reply.code(fault.status ?? 200).type('text/html; charset=utf-8')
+          .send('<!doctype html><html><head><title>Welcome</title></head><body><h1>Welcome</h1></body></html>')
         return true
       default:
         return false
@@ -276,7 +302,8 @@ export class Simulator {
   private authorized (request: FastifyRequest, reply: FastifyReply): boolean {
     if (routeOf(request.url)?.api === 'kling') return this.klingAuthorized(request, reply)
     const auth = request.headers.authorization ?? ''
-    const ok = auth.startsWith('Bearer ') && auth.length > 7 && (this.opts.apiKey === undefined || auth === `Bearer ${this.opts.apiKey}`)
+    const ok = auth.startsWith('Bearer ') && auth.length > 7 &&
+      (this.opts.apiKey === undefined || auth === `Bearer ${this.opts.apiKey}`)
     if (!ok) reply.code(401).send({ error: { message: 'invalid token', type: 'comet_api_error', param: '', code: '' } })
     return ok
   }
@@ -334,7 +361,9 @@ export class Simulator {
     if (external !== null) this.byExternal.set(external, task.task_id)
     this.counts.accepted++
     if (this.opts.auto) {
-      this.later(this.opts.processingAfterMs, () => { if (task.status === 'submitted') this.setStatus(task.task_id, 'processing') })
+      this.later(this.opts.processingAfterMs, () => {
+        if (task.status === 'submitted') this.setStatus(task.task_id, 'processing')
+      })
       // Drawn now, not when the timer fires, so the outcome does not depend on timing.
       const outcome = Math.random() < this.opts.failRatio ? 'failed' : this.opts.outcome
       this.later(this.opts.finishAfterMs, () => {
@@ -365,11 +394,15 @@ export class Simulator {
       if (body.image !== undefined || body.image_list !== undefined) return 'images are not parameters of text2video'
     }
     if (typeof body.prompt === 'string' && body.prompt.length > 2500) return 'prompt must be at most 2500 characters'
-    if (body.duration !== undefined && body.duration !== '5' && body.duration !== '10') return 'duration must be "5" or "10"'
+    if (body.duration !== undefined && body.duration !== '5' && body.duration !== '10') {
+      return 'duration must be "5" or "10"'
+    }
     if (body.model_name !== undefined && !MODELS[kind].includes(String(body.model_name))) {
       return `model ${String(body.model_name)} not supported`
     }
-    if (typeof body.external_task_id === 'string' && this.byExternal.has(body.external_task_id)) return 'external_task_id already exists'
+    if (typeof body.external_task_id === 'string' && this.byExternal.has(body.external_task_id)) {
+      return 'external_task_id already exists'
+    }
     return undefined
   }
 
@@ -383,7 +416,13 @@ export class Simulator {
       for (let i = 0; i < policy.duplicate; i++) {
         this.counts.callbacks++
         task.callbacks_sent++
-        undiciRequest(url, { method: 'POST', body, headers: { 'content-type': 'application/json' }, headersTimeout: 5000, bodyTimeout: 5000 })
+        undiciRequest(url, {
+          method: 'POST',
+          body,
+          headers: { 'content-type': 'application/json' },
+          headersTimeout: 5000,
+          bodyTimeout: 5000
+        })
           .then(async res => { await res.body.dump(); if (res.statusCode >= 300) this.counts.callbackFailures++ })
           .catch(() => { this.counts.callbackFailures++ })
       }
@@ -427,7 +466,17 @@ export class Simulator {
       record.taskId = task.task_id
       if (fault?.kind === 'accept-then-hang') return this.hold(reply)
       if (fault?.kind === 'accept-then-reset') { reply.raw.socket?.destroy(); return reply }
-      return { code: 0, message: 'SUCCEED', data: { task_id: task.task_id, task_status: task.status, task_info: task.external_task_id === null ? {} : { external_task_id: task.external_task_id }, created_at: task.created_at, updated_at: task.updated_at } }
+      return {
+        code: 0,
+        message: 'SUCCEED',
+        data: {
+          task_id: task.task_id,
+          task_status: task.status,
+          task_info: task.external_task_id === null ? {} : { external_task_id: task.external_task_id },
+          created_at: task.created_at,
+          updated_at: task.updated_at
+        }
+      }
     }
 
     type QueryRequest = FastifyRequest<{ Params: { kind: string, id: string } }>
@@ -440,7 +489,11 @@ export class Simulator {
       const task = this.tasks.get(id) ?? this.tasks.get(this.byExternal.get(id) ?? '')
       // Kling keeps each endpoint's tasks apart: a task asked for on another kind's path is not found there.
       if (task === undefined || task.kind !== request.params.kind || fault?.kind === 'not-found') {
-        return reply.code(400).send({ code: 1201, message: `Task not found by id/external id: ${id}`, request_id: randomUUID() })
+        return reply.code(400).send({
+          code: 1201,
+          message: `Task not found by id/external id: ${id}`,
+          request_id: randomUUID()
+        })
       }
       const status = fault?.kind === 'status' ? (fault.taskStatus ?? task.status) : task.status
       return { code: 0, message: 'SUCCEED', request_id: randomUUID(), data: this.taskView(task, status) }
@@ -479,12 +532,19 @@ export class Simulator {
       }))
     }))
     app.get('/_sim/creates', async () => ({ counts: this.counts, creates: this.createLog }))
-    app.post('/_sim/faults', async (request) => { this.inject(request.body as SimFault); return { faults: this.faults } })
+    app.post('/_sim/faults', async (request) => {
+      this.inject(request.body as SimFault)
+      return { faults: this.faults }
+    })
     app.delete('/_sim/faults', async () => { this.faults = []; return { faults: [] } })
-    app.post('/_sim/callbacks', async (request) => { Object.assign(this.callbackPolicy, request.body); return this.callbackPolicy })
+    app.post('/_sim/callbacks', async (request) => {
+      Object.assign(this.callbackPolicy, request.body)
+      return this.callbackPolicy
+    })
     app.post('/_sim/options', async (request) => { Object.assign(this.opts, request.body); return this.opts })
     app.post('/_sim/reset', async () => { this.reset(); return { ok: true } })
-    app.post<{ Params: { id: string }, Body: { status: SimStatus, message?: string } }>('/_sim/tasks/:id/status', async (request, reply) => {
+    type StatusRequest = { Params: { id: string }, Body: { status: SimStatus, message?: string } }
+    app.post<StatusRequest>('/_sim/tasks/:id/status', async (request, reply) => {
       if (!this.tasks.has(request.params.id)) return reply.code(404).send({ error: 'no such task' })
       return this.setStatus(request.params.id, request.body.status, request.body.message)
     })

@@ -242,6 +242,9 @@ export const taskScript = (numkeys: number) => (args: string[]) =>
   (args[0] === 'EVALSHA' || args[0] === 'EVAL') && args[2] === String(numkeys) &&
   /^\{[^}]+\}:task:[^:]+$/.test(args[3] ?? '') && /^\{[^}]+\}:task:[^:]+:events$/.test(args[4] ?? '')
 
-/** Matches the read of an Idempotency-Key's record that answers a retry: `HMGET {prefix}:idem:… fingerprint task_id`. */
+/**
+ * Matches the read of an Idempotency-Key's record that answers a retry:
+ * `HMGET {prefix}:idem:… fingerprint task_id`.
+ */
 export const idempotencyRead = (args: string[]) =>
   args[0] === 'HMGET' && args[1]?.includes(':idem:') === true
