@@ -64,7 +64,9 @@ declare module 'fastify' {
 }
 
 /** The app with the TypeBox type provider, as buildApp returns it. */
-export type App = FastifyInstance<RawServerDefault, IncomingMessage, ServerResponse, FastifyBaseLogger, TypeBoxTypeProvider>
+export type App = FastifyInstance<
+  RawServerDefault, IncomingMessage, ServerResponse, FastifyBaseLogger, TypeBoxTypeProvider
+>
 
 export const SMALL_BODY_LIMIT = 1024 * 1024
 
@@ -80,14 +82,18 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids' | 'lifecycl
     rule: { replicas: replicasAcked, timeoutMs: base.config.redis.ackTimeoutMs }
   })
   if (base.config.redis.minReplicasAcked === 'auto') {
-    base.logger.info({ replicas: replicasAcked }, 'a write counts once every replica holds it (REDIS_MIN_REPLICAS_ACKED=auto)')
+    base.logger.info(
+      { replicas: replicasAcked },
+      'a write counts once every replica holds it (REDIS_MIN_REPLICAS_ACKED=auto)'
+    )
   }
-  const jobs = new SubmitJobs({ config: base.config, store, upstream: base.upstream, logger: base.logger, clock: base.clock, connection: base.queueConnection })
-  const reconcile = new ReconcileJobs({ config: base.config, store, upstream: base.upstream, submit: jobs, logger: base.logger, clock: base.clock, connection: base.queueConnection })
+  const jobDeps = { config: base.config, logger: base.logger, clock: base.clock, connection: base.queueConnection }
+  const jobs = new SubmitJobs({ ...jobDeps, store, upstream: base.upstream })
+  const reconcile = new ReconcileJobs({ ...jobDeps, store, upstream: base.upstream, submit: jobs })
   const hub = new EventHub()
   const webhooks = new WebhookStore(base.redis, keys(base.config.prefix), base.clock)
-  const copies = new CopyJobs({ config: base.config, store, blobs: base.blobs, logger: base.logger, clock: base.clock, connection: base.queueConnection })
-  const deliveries = new DeliveryJobs({ config: base.config, store, webhooks, logger: base.logger, clock: base.clock, connection: base.queueConnection })
+  const copies = new CopyJobs({ ...jobDeps, store, blobs: base.blobs })
+  const deliveries = new DeliveryJobs({ ...jobDeps, store, webhooks })
   // Every reader of the event stream, in one place; each gets a blocking connection of its own (made lazily, so
   // inert deps never connect) that it disconnects when it stops.
   const events = new EventPipeline({
@@ -113,7 +119,9 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids' | 'lifecycl
     lifecycle: base.lifecycle,
     clock: base.clock
   })
-  const deps: AppContext = { ...base, store, jobs, reconcile, hub, webhooks, deliveries, copies, events, replicas, orphans }
+  const deps: AppContext = {
+    ...base, store, jobs, reconcile, hub, webhooks, deliveries, copies, events, replicas, orphans
+  }
   const app = Fastify({
     loggerInstance: deps.logger as FastifyBaseLogger,
     bodyLimit: SMALL_BODY_LIMIT,

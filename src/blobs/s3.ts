@@ -1,8 +1,18 @@
-import { S3Client, PutObjectCommand, HeadObjectCommand, GetObjectCommand, DeleteObjectCommand, NotFound } from '@aws-sdk/client-s3'
+import {
+  S3Client, PutObjectCommand, HeadObjectCommand, GetObjectCommand, DeleteObjectCommand, NotFound
+} from '@aws-sdk/client-s3'
 import type { Readable } from 'node:stream'
 import { BlobSizeMismatch, type BlobInfo, type BlobStore } from './index.ts'
 
-export interface S3Options { bucket: string, endpoint?: string, region: string, accessKeyId?: string, secretAccessKey?: string, forcePathStyle: boolean, prefix: string }
+export interface S3Options {
+  bucket: string
+  endpoint?: string
+  region: string
+  accessKeyId?: string
+  secretAccessKey?: string
+  forcePathStyle: boolean
+  prefix: string
+}
 
 /** Blobs as objects in one bucket. A PUT is atomic: readers see the whole object or none. */
 export class S3BlobStore implements BlobStore {
@@ -13,7 +23,9 @@ export class S3BlobStore implements BlobStore {
       region: opts.region,
       endpoint: opts.endpoint,
       forcePathStyle: opts.forcePathStyle,
-      ...(opts.accessKeyId !== undefined && opts.secretAccessKey !== undefined && { credentials: { accessKeyId: opts.accessKeyId, secretAccessKey: opts.secretAccessKey } })
+      ...(opts.accessKeyId !== undefined && opts.secretAccessKey !== undefined && {
+        credentials: { accessKeyId: opts.accessKeyId, secretAccessKey: opts.secretAccessKey }
+      })
     })
   }
 
@@ -25,7 +37,13 @@ export class S3BlobStore implements BlobStore {
     for await (const chunk of body) chunks.push(chunk as Buffer)
     const data = Buffer.concat(chunks)
     if (opts.size !== undefined && data.length !== opts.size) throw new BlobSizeMismatch(opts.size, data.length)
-    await this.client.send(new PutObjectCommand({ Bucket: this.opts.bucket, Key: this.key(key), Body: data, ContentType: opts.contentType, ContentLength: data.length }))
+    await this.client.send(new PutObjectCommand({
+      Bucket: this.opts.bucket,
+      Key: this.key(key),
+      Body: data,
+      ContentType: opts.contentType,
+      ContentLength: data.length
+    }))
     return { size: data.length, contentType: opts.contentType }
   }
 
@@ -34,13 +52,18 @@ export class S3BlobStore implements BlobStore {
       const head = await this.client.send(new HeadObjectCommand({ Bucket: this.opts.bucket, Key: this.key(key) }))
       return { size: head.ContentLength ?? 0, contentType: head.ContentType ?? 'application/octet-stream' }
     } catch (err) {
-      if (err instanceof NotFound || (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 404) return null
+      const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode
+      if (err instanceof NotFound || status === 404) return null
       throw err
     }
   }
 
   async read (key: string, range?: { start: number, end: number }): Promise<Readable> {
-    const res = await this.client.send(new GetObjectCommand({ Bucket: this.opts.bucket, Key: this.key(key), Range: range === undefined ? undefined : `bytes=${range.start}-${range.end}` }))
+    const res = await this.client.send(new GetObjectCommand({
+      Bucket: this.opts.bucket,
+      Key: this.key(key),
+      Range: range === undefined ? undefined : `bytes=${range.start}-${range.end}`
+    }))
     return res.Body as Readable
   }
 

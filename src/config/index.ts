@@ -19,7 +19,9 @@ export const EnvSchema = Type.Object({
   REDIS_PASSWORD: Type.Optional(Type.String({ minLength: 1 })),
   REDIS_TLS: Type.Boolean({ default: false }),
   REDIS_SENTINEL_PASSWORD: Type.Optional(Type.String({ minLength: 1 })),
-  REDIS_MIN_REPLICAS_ACKED: Type.Optional(Type.Union([Type.Integer({ minimum: 0, maximum: 16 }), Type.Literal('auto')])),
+  REDIS_MIN_REPLICAS_ACKED: Type.Optional(
+    Type.Union([Type.Integer({ minimum: 0, maximum: 16 }), Type.Literal('auto')])
+  ),
   REDIS_ACK_TIMEOUT_MS: Type.Integer({ minimum: 10, maximum: 1500, default: 500 }),
   COMETAPI_BASE_URL: Type.String({ pattern: '^https?://[^/]+', default: 'https://api.cometapi.com' }),
   COMETAPI_KEY: Type.Optional(Type.String({ minLength: 1 })),
@@ -43,10 +45,16 @@ export const EnvSchema = Type.Object({
   TASK_DEADLINE_MS: Type.Integer({ minimum: 1000, default: 3_600_000 }),
   RECONCILE_BATCH: Type.Integer({ minimum: 1, maximum: 100_000, default: 1000 }),
   RECONCILE_QPS: Type.Integer({ minimum: 1, maximum: 10_000, default: 20 }),
-  WEBHOOK_RETRY_SCHEDULE: Type.String({ pattern: '^\\d+(ms|s|m|h)?(,\\d+(ms|s|m|h)?)*$', default: '0,5s,5m,30m,2h,5h,10h,10h' }),
+  WEBHOOK_RETRY_SCHEDULE: Type.String({
+    pattern: '^\\d+(ms|s|m|h)?(,\\d+(ms|s|m|h)?)*$',
+    default: '0,5s,5m,30m,2h,5h,10h,10h'
+  }),
   WEBHOOK_TIMEOUT_MS: Type.Integer({ minimum: 10, maximum: 600_000, default: 15_000 }),
   WEBHOOK_ALLOW_PRIVATE: Type.Boolean({ default: false }),
-  LOG_LEVEL: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map(l => Type.Literal(l)), { default: 'info' }),
+  LOG_LEVEL: Type.Union(
+    ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map(l => Type.Literal(l)),
+    { default: 'info' }
+  ),
   DATA_DIR: Type.String({ minLength: 1, default: '.data' }),
   CREATE_BODY_LIMIT_BYTES: Type.Integer({ minimum: 1024, default: 60 * 1024 * 1024 }),
   SHUTDOWN_GRACE_MS: Type.Integer({ minimum: 0, default: 10_000 }),
@@ -122,7 +130,16 @@ export interface Config {
   /** After SIGTERM, how long readiness says 503 while everything else is still served, before the close. */
   shutdownDrainMs: number
   sseHeartbeatMs: number
-  blobs: { driver: 'dir', dir: string } | { driver: 's3', bucket: string, endpoint?: string, region: string, accessKeyId?: string, secretAccessKey?: string, forcePathStyle: boolean, prefix: string }
+  blobs: { driver: 'dir', dir: string } | {
+    driver: 's3'
+    bucket: string
+    endpoint?: string
+    region: string
+    accessKeyId?: string
+    secretAccessKey?: string
+    forcePathStyle: boolean
+    prefix: string
+  }
   /** The result copy (MIRROR_* and VIDEO_RETENTION_DAYS). */
   copy: { maxBytes: number, timeoutMs: number, allowPrivate: boolean, retentionMs: number }
   parkedMaxBytes: number
@@ -203,7 +220,9 @@ function upstreamOf (value: Env, problems: string[]): UpstreamName {
  */
 export function loadConfig (env: Record<string, string | undefined> = process.env): Config {
   // An empty variable means "unset", as in most shells' `FOO= cmd`.
-  const raw = Object.fromEntries(Object.entries(env).filter(([k, v]) => k in EnvSchema.properties && v !== undefined && v !== ''))
+  const raw = Object.fromEntries(
+    Object.entries(env).filter(([k, v]) => k in EnvSchema.properties && v !== undefined && v !== '')
+  )
   const value = Value.Default(EnvSchema, Value.Convert(EnvSchema, raw)) as Env
   const problems = Value.Check(EnvSchema, value)
     ? []
@@ -222,7 +241,9 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
     ...parseKeys('API_KEYS', value.API_KEYS, false, problems),
     ...parseKeys('ADMIN_API_KEYS', value.ADMIN_API_KEYS, true, problems)
   ]
-  if (value.BLOB_DRIVER === 's3' && value.S3_BUCKET === undefined) problems.push('S3_BUCKET: required when BLOB_DRIVER=s3')
+  if (value.BLOB_DRIVER === 's3' && value.S3_BUCKET === undefined) {
+    problems.push('S3_BUCKET: required when BLOB_DRIVER=s3')
+  }
   if (problems.length > 0) throw new ConfigError(problems)
 
   return {
@@ -260,7 +281,13 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
     callbackSecret: value.CALLBACK_SECRET,
     apiKeys,
     allowedModels: value.ALLOWED_MODELS.split(','),
-    reconcile: { intervalMs: value.RECONCILE_INTERVAL_MS, afterMs: value.RECONCILE_AFTER_MS, deadlineMs: value.TASK_DEADLINE_MS, batch: value.RECONCILE_BATCH, qps: value.RECONCILE_QPS },
+    reconcile: {
+      intervalMs: value.RECONCILE_INTERVAL_MS,
+      afterMs: value.RECONCILE_AFTER_MS,
+      deadlineMs: value.TASK_DEADLINE_MS,
+      batch: value.RECONCILE_BATCH,
+      qps: value.RECONCILE_QPS
+    },
     webhooks: {
       retryScheduleMs: parseDurations(value.WEBHOOK_RETRY_SCHEDULE),
       timeoutMs: value.WEBHOOK_TIMEOUT_MS,
@@ -284,7 +311,12 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
           prefix: value.S3_PREFIX
         }
       : { driver: 'dir', dir: value.BLOB_DIR ?? `${value.DATA_DIR}/blobs` },
-    copy: { maxBytes: value.MIRROR_MAX_BYTES, timeoutMs: value.MIRROR_TIMEOUT_MS, allowPrivate: value.MIRROR_ALLOW_PRIVATE, retentionMs: value.VIDEO_RETENTION_DAYS * 24 * 3600_000 },
+    copy: {
+      maxBytes: value.MIRROR_MAX_BYTES,
+      timeoutMs: value.MIRROR_TIMEOUT_MS,
+      allowPrivate: value.MIRROR_ALLOW_PRIVATE,
+      retentionMs: value.VIDEO_RETENTION_DAYS * 24 * 3600_000
+    },
     parkedMaxBytes: value.PARKED_MAX_BYTES,
     create: { maxLargeBodies: value.CREATE_MAX_LARGE_BODIES, largeBodyBytes: value.LARGE_BODY_BYTES }
   }

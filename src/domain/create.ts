@@ -33,7 +33,9 @@ const isObj = (v: unknown): v is Obj => v !== null && typeof v === 'object' && !
 export function canonicalJson (value: unknown): string {
   if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`
   if (value !== null && typeof value === 'object') {
-    const entries = Object.entries(value as Record<string, unknown>).filter(([, v]) => v !== undefined).sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0)
+    const entries = Object.entries(value as Record<string, unknown>)
+      .filter(([, v]) => v !== undefined)
+      .sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0)
     return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`
   }
   return JSON.stringify(value)
@@ -182,7 +184,11 @@ export function checkCreate (kind: VideoKind, body: Obj, rules: CreateRules):
  * The upstream body for a stored request: parked images put back as Base64, our callback and external id added. The
  * request is already in its kind's shape (checkCreate built it from the kind's schema), so nothing here is per kind.
  */
-export function upstreamBody (request: Record<string, unknown>, images: Map<string, Buffer>, extra: { callback_url: string, external_task_id: string }): Record<string, unknown> {
+export function upstreamBody (
+  request: Record<string, unknown>,
+  images: Map<string, Buffer>,
+  extra: { callback_url: string, external_task_id: string }
+): Record<string, unknown> {
   const body = structuredClone(request)
   delete body.webhook_url
   for (const [pointer, data] of images) {

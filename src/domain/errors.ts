@@ -38,7 +38,9 @@ export class InvalidRequest extends GatewayError {
 }
 
 export class Unauthorized extends GatewayError {
-  constructor () { super('UNAUTHORIZED', 401, 'a valid bearer API key is required', undefined, { 'www-authenticate': 'Bearer' }) }
+  constructor () {
+    super('UNAUTHORIZED', 401, 'a valid bearer API key is required', undefined, { 'www-authenticate': 'Bearer' })
+  }
 }
 
 export class NotFound extends GatewayError {

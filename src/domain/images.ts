@@ -21,7 +21,10 @@ export const MASK_ASPECT_TOLERANCE = 0.01
 export type ImageFormat = 'png' | 'jpeg'
 /** What a task shows instead of the Base64 itself. */
 export interface ImageDescriptor { sha256: string, bytes: number, width: number, height: number, format: ImageFormat }
-/** `data` holds the decoded bytes; `problems` lists every problem found, as phrases like 'must be at least 300 px wide (got 200)'. */
+/**
+ * `data` holds the decoded bytes; `problems` lists every problem found, as phrases like
+ * 'must be at least 300 px wide (got 200)'.
+ */
 export type InspectResult =
   | { ok: true, descriptor: ImageDescriptor, data: Buffer }
   | { ok: false, problems: string[] }
@@ -81,7 +84,10 @@ type Base64Check =
 export function checkBase64 (s: string): Base64Check {
   if (s.length === 0) return { ok: false, problem: 'must not be empty' }
   if (!BASE64_RE.test(s)) {
-    return { ok: false, problem: 'must be valid Base64 (A-Z, a-z, 0-9, + and / or - and _, optional = padding, no whitespace)' }
+    return {
+      ok: false,
+      problem: 'must be valid Base64 (A-Z, a-z, 0-9, + and / or - and _, optional = padding, no whitespace)'
+    }
   }
   let pad = 0
   while (pad < 2 && s.charCodeAt(s.length - 1 - pad) === 0x3d) pad++
@@ -104,12 +110,18 @@ export function dimensionProblems (width: number, height: number): string[] {
   // width/height within [2/5, 5/2], compared in integers so the bounds are exact:
   // w/h >= 2/5  <=>  5w >= 2h,   w/h <= 5/2  <=>  2w <= 5h
   if (width > 0 && height > 0 && (5 * width < 2 * height || 2 * width > 5 * height)) {
-    problems.push(`must have an aspect ratio (width/height) between 1:2.5 and 2.5:1 (got ${width}x${height}, ${(width / height).toFixed(3)})`)
+    problems.push(
+      'must have an aspect ratio (width/height) between 1:2.5 and 2.5:1 ' +
+      `(got ${width}x${height}, ${(width / height).toFixed(3)})`
+    )
   }
   return problems
 }
 
-/** Decodes and checks one Base64 image (prefix already stripped or not — strip it inside too). Lists every problem it can find (e.g. both too small AND bad aspect), never throws. */
+/**
+ * Decodes and checks one Base64 image (prefix already stripped or not — strip it inside too). Lists every problem it
+ * can find (e.g. both too small AND bad aspect), never throws.
+ */
 export function inspectBase64Image (value: string): InspectResult {
   try {
     return inspect(value)
@@ -130,7 +142,10 @@ function inspect (value: string): InspectResult {
 
   if (b64.bytes > MAX_IMAGE_BYTES) {
     // Don't decode megabytes just to refuse them; the first 24 bytes are enough for the format.
-    const problems = [`must be at most 10 MB (${MAX_IMAGE_BYTES} bytes) once decoded (got ${b64.bytes} bytes, ${formatMb(b64.bytes)} MB)`]
+    const problems = [
+      `must be at most 10 MB (${MAX_IMAGE_BYTES} bytes) once decoded ` +
+      `(got ${b64.bytes} bytes, ${formatMb(b64.bytes)} MB)`
+    ]
     if (detectFormat(Buffer.from(s.slice(0, 32), 'base64')) === undefined) problems.push('must be a JPG or PNG image')
     return { ok: false, problems }
   }
@@ -151,7 +166,12 @@ function inspect (value: string): InspectResult {
     height = size.height
     if (!Number.isSafeInteger(width) || !Number.isSafeInteger(height)) throw new TypeError('no dimensions')
   } catch {
-    return { ok: false, problems: [`could not read the ${format === 'png' ? 'PNG' : 'JPG'} image dimensions (the file looks corrupt or truncated)`] }
+    return {
+      ok: false,
+      problems: [
+        `could not read the ${format === 'png' ? 'PNG' : 'JPG'} image dimensions (the file looks corrupt or truncated)`
+      ]
+    }
   }
 
   const problems = dimensionProblems(width, height)
@@ -174,7 +194,10 @@ function headerCopy (data: Buffer, format: ImageFormat): Uint8Array {
   return new Uint8Array(format === 'jpeg' ? jpegHeaderBytes(data) : data.subarray(0, PNG_HEADER_BYTES))
 }
 
-/** How much of a JPEG that does not walk cleanly image-size may scan: it steps over junk at ~200 ns a byte, so this caps that at ~25 ms. */
+/**
+ * How much of a JPEG that does not walk cleanly image-size may scan: it steps over junk at ~200 ns a byte, so this
+ * caps that at ~25 ms.
+ */
 export const JPEG_TOLERANT_SCAN_BYTES = 128 * 1024
 
 /**

@@ -4,7 +4,9 @@ import type { VideoKind } from './kinds.ts'
 export const TASK_STATUSES = ['queued', 'submitted', 'processing', 'succeeded', 'failed', 'canceled'] as const
 export type TaskStatus = typeof TASK_STATUSES[number]
 
-const RANK: Record<TaskStatus, number> = { queued: 0, submitted: 1, processing: 2, succeeded: 3, failed: 3, canceled: 3 }
+const RANK: Record<TaskStatus, number> = {
+  queued: 0, submitted: 1, processing: 2, succeeded: 3, failed: 3, canceled: 3
+}
 
 export const isTerminal = (s: TaskStatus): boolean => RANK[s] === 3
 
@@ -19,8 +21,18 @@ export function fromKling (status: 'submitted' | 'processing' | 'succeed' | 'fai
   return status === 'succeed' ? 'succeeded' : status
 }
 
-export interface UpstreamView { task_id: string, status: 'submitted' | 'processing' | 'succeed' | 'failed', status_msg: string | null }
-export interface ResultVideo { id: string, url: string, duration: string | null, upstream_url: string, upstream_expires_at: string | null }
+export interface UpstreamView {
+  task_id: string
+  status: 'submitted' | 'processing' | 'succeed' | 'failed'
+  status_msg: string | null
+}
+export interface ResultVideo {
+  id: string
+  url: string
+  duration: string | null
+  upstream_url: string
+  upstream_expires_at: string | null
+}
 export interface TaskError { code: string, message: string }
 
 /** A task as stored: the public view plus what only the gateway needs. */

@@ -28,13 +28,24 @@ export function contentUrl (base: string, taskId: string, index: number): string
  * The change that brings `task` to what upstream says, or null when that would not move it forward.
  * `base` is the gateway's public base URL, for result URLs.
  */
-export function changeFromUpstream (task: TaskRecord, up: UpstreamSnapshot, now: number, base = ''): StateChange | null {
+export function changeFromUpstream (
+  task: TaskRecord,
+  up: UpstreamSnapshot,
+  now: number,
+  base = ''
+): StateChange | null {
   const to = fromKling(up.status)
   if (!canMove(task.status, to)) return null
   const change: StateChange = { to, upstream: { task_id: up.taskId, status: up.status, status_msg: up.statusMsg } }
   if (to === 'succeeded') {
     const expires = new Date((up.updatedAt ?? now) + UPSTREAM_RETENTION_MS).toISOString()
-    const videos: ResultVideo[] = up.videos.map((v, i) => ({ id: v.id, url: contentUrl(base, task.id, i), duration: v.duration, upstream_url: v.url, upstream_expires_at: expires }))
+    const videos: ResultVideo[] = up.videos.map((v, i) => ({
+      id: v.id,
+      url: contentUrl(base, task.id, i),
+      duration: v.duration,
+      upstream_url: v.url,
+      upstream_expires_at: expires
+    }))
     change.result = { videos }
   }
   if (to === 'failed') change.error = { code: 'UPSTREAM_FAILED', message: up.statusMsg ?? 'the upstream task failed' }

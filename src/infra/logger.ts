@@ -13,16 +13,27 @@ export function createLogger (level: string, destination?: DestinationStream): L
   const options = {
     level,
     redact: {
-      paths: ['req.headers.authorization', 'req.headers.cookie', 'headers.authorization', '*.apiKey', '*.key', '*.secret', '*.token', 'config.upstream.key', 'config.callbackSecret', 'config.blobs.secretAccessKey'],
+      paths: [
+        'req.headers.authorization', 'req.headers.cookie', 'headers.authorization',
+        '*.apiKey', '*.key', '*.secret', '*.token',
+        'config.upstream.key', 'config.callbackSecret', 'config.blobs.secretAccessKey'
+      ],
       censor: '[REDACTED]'
     },
     serializers: {
-      req: (req: { method: string, url: string, id: string, ip?: string }) => ({ id: req.id, method: req.method, url: redactUrl(req.url), ip: req.ip }),
+      req: (req: { method: string, url: string, id: string, ip?: string }) => ({
+        id: req.id, method: req.method, url: redactUrl(req.url), ip: req.ip
+      }),
       res: (res: { statusCode: number }) => ({ statusCode: res.statusCode }),
       err: pino.stdSerializers.err
     }
   }
   if (destination !== undefined) return pino(options, destination)
-  if (process.stdout.isTTY) return pino({ ...options, transport: { target: 'pino-pretty', options: { translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' } } })
+  if (process.stdout.isTTY) {
+    return pino({
+      ...options,
+      transport: { target: 'pino-pretty', options: { translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' } }
+    })
+  }
   return pino(options)
 }

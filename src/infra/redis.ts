@@ -68,6 +68,16 @@ export function createRedis (redis: RedisConfig, role: 'command' | 'worker', nam
   })
 }
 
+/** How the messages of isRedisUnavailable's errors start. */
+const UNAVAILABLE_MESSAGES = [
+  'Command timed out', 'Command aborted', 'Connection is closed', 'Stream isn\'t writeable',
+  'Too many Cluster redirections', 'Cluster isn\'t ready', 'Failed to refresh slots cache',
+  'None of startup nodes is available', 'All sentinels are unreachable',
+  'CLUSTERDOWN', 'TRYAGAIN', 'MOVED', 'ASK', 'READONLY', 'LOADING', 'UNBLOCKED', 'MASTERDOWN', 'NOREPLICAS', 'BUSY',
+  'MISCONF'
+]
+const UNAVAILABLE_RE = new RegExp(`^(${UNAVAILABLE_MESSAGES.join('|')})`)
+
 /**
  * Errors that mean "Redis is briefly unavailable here": the client failing fast (timeout, retries exhausted,
  * connection down), a failover in progress (READONLY, a Cluster slot moving or down, a node loading its data),
@@ -75,8 +85,7 @@ export function createRedis (redis: RedisConfig, role: 'command' | 'worker', nam
  */
 export function isRedisUnavailable (err: Error): boolean {
   if (err.name === 'MaxRetriesPerRequestError' || err.name === 'ClusterAllFailedError') return true
-  return /^(Command timed out|Command aborted|Connection is closed|Stream isn't writeable|Too many Cluster redirections|Cluster isn't ready|Failed to refresh slots cache|None of startup nodes is available|All sentinels are unreachable|CLUSTERDOWN|TRYAGAIN|MOVED|ASK|READONLY|LOADING|UNBLOCKED|MASTERDOWN|NOREPLICAS|BUSY|MISCONF)/
-    .test(err.message)
+  return UNAVAILABLE_RE.test(err.message)
 }
 
 /**

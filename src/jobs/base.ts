@@ -42,7 +42,9 @@ export abstract class QueueJobs<Data> {
   /** Starts this replica's worker for the queue. */
   protected startWorker (process: Processor<Data>, opts: Omit<WorkerOptions, 'connection' | 'prefix'> = {}): void {
     if (this.connection === undefined) throw new Error(`${this.name}: no queue connection was given`)
-    this.worker = new Worker<Data>(this.name, process, { ...opts, connection: this.connection, prefix: this.base.prefix })
+    this.worker = new Worker<Data>(this.name, process, {
+      ...opts, connection: this.connection, prefix: this.base.prefix
+    })
     this.worker.on('error', err => this.log.warn({ err: err.message }, `${this.name} worker error`))
   }
 

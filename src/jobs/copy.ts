@@ -1,8 +1,8 @@
 /**
- * The result copy ("keeps the bytes"): when a task succeeds, copy each result video into the blob store before Kling's 30-day URL
- * expires. One BullMQ job per task (job id = task id), retried with backoff; the download goes through the
- * SSRF-guarded agent, with a size cap, a deadline and a Content-Length check. The task's terminal event is not
- * held back: a `video.stored` event follows when the copy is done. The copy is served by
+ * The result copy ("keeps the bytes"): when a task succeeds, copy each result video into the blob store before
+ * Kling's 30-day URL expires. One BullMQ job per task (job id = task id), retried with backoff; the download goes
+ * through the SSRF-guarded agent, with a size cap, a deadline and a Content-Length check. The task's terminal event
+ * is not held back: a `video.stored` event follows when the copy is done. The copy is served by
  * `GET /v1/videos/:id/content` from the blob store (`src/blobs`); MIRROR_* variables configure the download.
  */
 import type { Job } from 'bullmq'
@@ -34,7 +34,10 @@ export class CopyJobs extends QueueJobs<{ taskId: string }> {
 
   constructor (private readonly deps: CopyDeps) {
     super(COPY_QUEUE, { connection: deps.connection, prefix: deps.store.queuePrefix, logger: deps.logger })
-    this.agent = createGuardedAgent({ allowPrivate: deps.config.copy.allowPrivate, timeoutMs: deps.config.copy.timeoutMs })
+    this.agent = createGuardedAgent({
+      allowPrivate: deps.config.copy.allowPrivate,
+      timeoutMs: deps.config.copy.timeoutMs
+    })
   }
 
   async start (): Promise<void> {
@@ -43,7 +46,10 @@ export class CopyJobs extends QueueJobs<{ taskId: string }> {
       await this.queue.upsertJobScheduler('expire', { every: Math.min(config.copy.retentionMs, 3600_000) },
         { name: 'expire', opts: { removeOnComplete: true, removeOnFail: 10 } })
     }
-    this.startWorker(async job => job.name === 'expire' ? await this.expire() : await this.copy(job), { concurrency: 2 })
+    this.startWorker(
+      async job => job.name === 'expire' ? await this.expire() : await this.copy(job),
+      { concurrency: 2 }
+    )
   }
 
   /** The `copy` reader of the event stream: a succeeded task gets its result copied. Safe to call twice. */
@@ -53,7 +59,11 @@ export class CopyJobs extends QueueJobs<{ taskId: string }> {
 
   async enqueue (taskId: string): Promise<void> {
     await this.queue.add('copy', { taskId }, {
-      jobId: `copy-${taskId}`, attempts: 8, backoff: { type: 'exponential', delay: 2000 }, removeOnComplete: true, removeOnFail: 1000
+      jobId: `copy-${taskId}`,
+      attempts: 8,
+      backoff: { type: 'exponential', delay: 2000 },
+      removeOnComplete: true,
+      removeOnFail: 1000
     })
   }
 
@@ -81,7 +91,11 @@ export class CopyJobs extends QueueJobs<{ taskId: string }> {
 
   private async download (url: string, key: string): Promise<void> {
     const { config, blobs } = this.deps
-    const res = await request(url, { dispatcher: this.agent, signal: AbortSignal.timeout(config.copy.timeoutMs), headers: { 'user-agent': 'kling-gateway-copy/1' } })
+    const res = await request(url, {
+      dispatcher: this.agent,
+      signal: AbortSignal.timeout(config.copy.timeoutMs),
+      headers: { 'user-agent': 'kling-gateway-copy/1' }
+    })
     if (res.statusCode !== 200) {
       await res.body.dump().catch(() => {})
       throw new Error(`download answered ${res.statusCode}`)

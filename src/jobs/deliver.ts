@@ -4,9 +4,9 @@
  * Outbox: the task scripts append every event to the `{prefix}:events` stream in the same atomic step that
  * changes the task, so there is no moment where a state change exists without its event. The `webhooks` reader
  * of the stream (src/events) hands each event to `fanOut` and acknowledges it only after its deliveries are
- * stored and queued. A crash right after the callback's 2xx therefore still delivers. Delivery ids derive from (event id, destination), so reading
- * an entry twice makes nothing twice, and an event id is never reused (not even after a Redis rollback reuses a
- * sequence), so a receiver that dedupes by `webhook-id` never drops a new event.
+ * stored and queued. A crash right after the callback's 2xx therefore still delivers. Delivery ids derive from
+ * (event id, destination), so reading an entry twice makes nothing twice, and an event id is never reused (not even
+ * after a Redis rollback reuses a sequence), so a receiver that dedupes by `webhook-id` never drops a new event.
  *
  * Delivery: a BullMQ job per delivery, attempts on WEBHOOK_RETRY_SCHEDULE with ±10 % jitter, Retry-After on 429
  * and 503, a per-attempt timeout, 3xx a failure (never followed), 410 disables the endpoint, five days of
@@ -56,14 +56,19 @@ export class DeliveryJobs extends QueueJobs<DeliverData> {
 
   constructor (private readonly deps: DeliverDeps) {
     super(DELIVER_QUEUE, { connection: deps.connection, prefix: deps.store.queuePrefix, logger: deps.logger })
-    this.agent = createGuardedAgent({ allowPrivate: deps.config.webhooks.allowPrivate, timeoutMs: deps.config.webhooks.timeoutMs })
+    this.agent = createGuardedAgent({
+      allowPrivate: deps.config.webhooks.allowPrivate,
+      timeoutMs: deps.config.webhooks.timeoutMs
+    })
   }
 
   async start (): Promise<void> {
     const { config } = this.deps
     this.startWorker(async job => await this.attempt(job), {
       concurrency: 16,
-      settings: { backoffStrategy: (attemptsMade, _type, err) => retryDelay(config.webhooks.retryScheduleMs, attemptsMade, err) }
+      settings: {
+        backoffStrategy: (attemptsMade, _type, err) => retryDelay(config.webhooks.retryScheduleMs, attemptsMade, err)
+      }
     })
   }
 
@@ -93,13 +98,25 @@ export class DeliveryJobs extends QueueJobs<DeliverData> {
     const payload = JSON.stringify({ type: event.type, timestamp: event.timestamp, data: event.data })
     const destinations: Array<{ endpointId: string | null, url: string }> = []
     for (const ep of await webhooks.listEndpoints(event.caller)) {
-      if (ep.enabled && (ep.eventTypes === null || ep.eventTypes.includes(event.type))) destinations.push({ endpointId: ep.id, url: ep.url })
+      if (ep.enabled && (ep.eventTypes === null || ep.eventTypes.includes(event.type))) {
+        destinations.push({ endpointId: ep.id, url: ep.url })
+      }
     }
     const taskUrl = event.data.request.webhook_url
     if (typeof taskUrl === 'string') destinations.push({ endpointId: null, url: taskUrl })
     for (const dest of destinations) {
       const id = WebhookStore.deliveryId(event.id, dest.endpointId ?? `url:${dest.url}`)
-      const d = await webhooks.ensureDelivery({ id, msgId: `msg_${id}`, caller: event.caller, endpointId: dest.endpointId, url: dest.url, taskId: event.task_id, type: event.type, sequence: event.sequence, payload })
+      const d = await webhooks.ensureDelivery({
+        id,
+        msgId: `msg_${id}`,
+        caller: event.caller,
+        endpointId: dest.endpointId,
+        url: dest.url,
+        taskId: event.task_id,
+        type: event.type,
+        sequence: event.sequence,
+        payload
+      })
       if (d.status === 'pending') await this.enqueue(d)
     }
   }
@@ -111,7 +128,8 @@ export class DeliveryJobs extends QueueJobs<DeliverData> {
     if (d === null || d.status !== 'pending') return 'not-pending'
     const ep = d.endpointId === null ? null : await webhooks.getEndpoint(d.endpointId)
     if (d.endpointId !== null && (ep === null || !ep.enabled)) {
-      await webhooks.markStatus(d, 'failed', ep === null ? 'endpoint deleted' : `endpoint disabled: ${ep.disabledReason ?? ''}`)
+      const reason = ep === null ? 'endpoint deleted' : `endpoint disabled: ${ep.disabledReason ?? ''}`
+      await webhooks.markStatus(d, 'failed', reason)
       return 'endpoint-gone'
     }
     const secrets = ep === null ? [await webhooks.callerSecret(d.caller)] : webhooks.signingSecrets(ep)
@@ -140,10 +158,14 @@ export class DeliveryJobs extends QueueJobs<DeliverData> {
       await res.body.dump({ limit: 64 * 1024 }).catch(() => {})
       if (status >= 300 && status < 400) error = 'redirects are not followed'
     } catch (err) {
-      error = (err as Error).name === 'TimeoutError' ? `timed out after ${config.webhooks.timeoutMs} ms` : (err as Error).message
+      error = (err as Error).name === 'TimeoutError'
+        ? `timed out after ${config.webhooks.timeoutMs} ms`
+        : (err as Error).message
     }
     const ok = status !== null && status >= 200 && status < 300
-    const attempt = { at: now.toISOString(), status_code: status, error, duration_ms: Math.round(performance.now() - started) }
+    const attempt = {
+      at: now.toISOString(), status_code: status, error, duration_ms: Math.round(performance.now() - started)
+    }
     const last = job.attemptsMade + 1 >= (job.opts.attempts ?? 1)
 
     if (ok) {
@@ -159,7 +181,9 @@ export class DeliveryJobs extends QueueJobs<DeliverData> {
     }
     if (ep !== null) {
       const since = await webhooks.endpointOutcome(ep, false)
-      if (since !== null && clock() - since > FIVE_DAYS_MS) await webhooks.disableEndpoint(ep.id, 'failing for more than 5 days')
+      if (since !== null && clock() - since > FIVE_DAYS_MS) {
+        await webhooks.disableEndpoint(ep.id, 'failing for more than 5 days')
+      }
     }
     await webhooks.recordAttempt(d, attempt, last ? 'failed' : 'pending')
     if (last) return 'failed'

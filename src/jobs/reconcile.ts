@@ -122,7 +122,10 @@ export class ReconcileJobs extends QueueJobs<CheckData> {
     const { store, config } = this.deps
     const outcome = await store.transition(task.id, t => isTerminal(t.status)
       ? null
-      : { to: 'failed', error: { code: 'UPSTREAM_DEADLINE', message: `not finished within ${config.reconcile.deadlineMs} ms` } })
+      : {
+          to: 'failed',
+          error: { code: 'UPSTREAM_DEADLINE', message: `not finished within ${config.reconcile.deadlineMs} ms` }
+        })
     if (outcome.applied) {
       await store.dropParked(task.id)
       this.log.warn({ taskId: task.id }, 'task failed: deadline passed')

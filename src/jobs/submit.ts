@@ -70,7 +70,9 @@ export class SubmitJobs extends QueueJobs<SubmitData> {
     await this.queue.setGlobalConcurrency(config.upstream.concurrency)
     this.startWorker(async (job, token) => await this.process(job, token), {
       concurrency: config.upstream.concurrency,
-      settings: { backoffStrategy: (attemptsMade, _type, err) => backoffDelay(attemptsMade, config.upstream.retryBaseMs, err) }
+      settings: {
+        backoffStrategy: (attemptsMade, _type, err) => backoffDelay(attemptsMade, config.upstream.retryBaseMs, err)
+      }
     })
   }
 
@@ -89,7 +91,9 @@ export class SubmitJobs extends QueueJobs<SubmitData> {
     const { store, upstream, config, clock } = this.deps
     const task = await store.get(job.data.taskId)
     if (task === null || task.status !== 'queued') return 'not-queued'
-    if (task.withdrawn && task.submitSentAt === null) return await cancelWithdrawn(store, task.id) ? 'withdrawn' : 'not-queued'
+    if (task.withdrawn && task.submitSentAt === null) {
+      return await cancelWithdrawn(store, task.id) ? 'withdrawn' : 'not-queued'
+    }
     const attempt = job.attemptsMade + 1
     const lastAttempt = attempt >= (job.opts.attempts ?? 1)
     let sending = false
@@ -102,22 +106,34 @@ export class SubmitJobs extends QueueJobs<SubmitData> {
         const graceLeft = task.submitSentAt + config.upstream.unconfirmedGraceMs - clock()
         if (graceLeft > 0) {
           // Right after a create upstream may not know the task yet: ask again soon, without spending an attempt.
-          return await this.askAgain(job, token, Math.min(graceLeft, backoffDelay(attempt, config.upstream.retryBaseMs)))
+          const wait = Math.min(graceLeft, backoffDelay(attempt, config.upstream.retryBaseMs))
+          return await this.askAgain(job, token, wait)
         }
         if (job.data.finalLook !== undefined) {
-          return await this.fail(task, 'UPSTREAM_UNAVAILABLE', `gave up after ${attempt} attempts; upstream has no task for this request: ${job.data.finalLook.reason}`)
+          return await this.fail(
+            task,
+            'UPSTREAM_UNAVAILABLE',
+            `gave up after ${attempt} attempts; upstream has no task for this request: ${job.data.finalLook.reason}`
+          )
         }
         this.log.info({ taskId: task.id }, 'upstream still has no task for this external id: sending again')
       }
 
       // Guarded by `withdrawn`: a create that answered 503 without a key marks its task, and then it never goes.
-      const claimed = await store.transition(task.id, t => t.status === 'queued' ? { to: 'queued', submitSentAt: clock() } : null, { event: false, requireEmpty: 'withdrawn' })
+      const claimed = await store.transition(
+        task.id,
+        t => t.status === 'queued' ? { to: 'queued', submitSentAt: clock() } : null,
+        { event: false, requireEmpty: 'withdrawn' }
+      )
       if (!claimed.applied) return 'not-queued'
       // The mark must survive a failover or a host crash before anything is paid for: a mark lost in a rollback
       // would let the next attempt send again instead of asking first. Not durable → nothing was sent: unmark.
       await store.durable().catch(async (err: Error) => {
-        await store.transition(task.id, t => t.status === 'queued' ? { to: 'queued', submitSentAt: null } : null, { event: false })
-          .catch(() => {})
+        await store.transition(
+          task.id,
+          t => t.status === 'queued' ? { to: 'queued', submitSentAt: null } : null,
+          { event: false }
+        ).catch(() => {})
         throw err
       })
       const images = await store.parked(task.id)
@@ -135,18 +151,32 @@ export class SubmitJobs extends QueueJobs<SubmitData> {
       if (sending) {
         // Certainly nothing upstream: the next attempt may send without asking first. Maybe something: the grace
         // runs from now, when the call ended, not from when it was sent (a timeout can outlast the whole grace).
-        await store.transition(task.id, t => t.status === 'queued' && t.submitSentAt !== null ? { to: 'queued', submitSentAt: err.maybeCreated ? clock() : null } : null, { event: false })
+        await store.transition(
+          task.id,
+          t => t.status === 'queued' && t.submitSentAt !== null
+            ? { to: 'queued', submitSentAt: err.maybeCreated ? clock() : null }
+            : null,
+          { event: false }
+        )
       }
       if (!err.retryable) return await this.fail(task, err.code, err.message)
-      if (lastAttempt && !maybeUpstream) return await this.fail(task, 'UPSTREAM_UNAVAILABLE', `gave up after ${attempt} attempts: ${err.message}`)
+      if (lastAttempt && !maybeUpstream) {
+        return await this.fail(task, 'UPSTREAM_UNAVAILABLE', `gave up after ${attempt} attempts: ${err.message}`)
+      }
       if (lastAttempt) {
         // Out of attempts, but upstream may have the task: look again (after the grace), then adopt it or fail ours.
         const reason = sending ? err.message : (job.data.finalLook?.reason ?? err.message)
         await job.updateData({ ...job.data, finalLook: { reason } })
-        this.log.warn({ taskId: task.id, code: err.code, attempt }, 'last submit attempt failed; asking upstream once more')
+        this.log.warn(
+          { taskId: task.id, code: err.code, attempt },
+          'last submit attempt failed; asking upstream once more'
+        )
         return await this.askAgain(job, token, backoffDelay(attempt, config.upstream.retryBaseMs, err))
       }
-      this.log.warn({ taskId: task.id, code: err.code, attempt, retryAfterMs: err.retryAfterMs }, 'submit attempt failed; will retry')
+      this.log.warn(
+        { taskId: task.id, code: err.code, attempt, retryAfterMs: err.retryAfterMs },
+        'submit attempt failed; will retry'
+      )
       if (err.httpStatus === 429 || err.code === 'KLING_1302' || err.code === 'KLING_1303') {
         // The whole account is limited: hold the queue for every replica, and put this job back for exactly as
         // long as upstream asked, without burning one of its attempts.
@@ -166,8 +196,13 @@ export class SubmitJobs extends QueueJobs<SubmitData> {
 
   /** Records the upstream task and moves ours to where upstream says it is. */
   private async adopt (task: TaskRecord, up: UpstreamTask): Promise<string> {
-    const outcome = await applyUpstream(this.deps.store, task.id, up, this.deps.clock(), this.deps.config.publicBaseUrl ?? '')
-    this.log.info({ taskId: task.id, upstreamTaskId: up.taskId, applied: outcome.applied }, 'upstream accepted the task')
+    const outcome = await applyUpstream(
+      this.deps.store, task.id, up, this.deps.clock(), this.deps.config.publicBaseUrl ?? ''
+    )
+    this.log.info(
+      { taskId: task.id, upstreamTaskId: up.taskId, applied: outcome.applied },
+      'upstream accepted the task'
+    )
     return 'submitted'
   }
 
