@@ -78,11 +78,16 @@ function onSignal (signal: NodeJS.Signals): void {
 for (const signal of DRAIN_SIGNALS) process.on(signal, onSignal)
 
 try {
-  if (config.redis.url === undefined && config.redis.clusterNodes === undefined && config.redis.sentinels === undefined) {
+  const redisUnset = config.redis.url === undefined && config.redis.clusterNodes === undefined &&
+    config.redis.sentinels === undefined
+  if (redisUnset) {
     const embedded = await startRedisServer({ dir: resolve(config.dataDir, 'redis') })
     cleanups.unshift(embedded.stop)
     config.redis.url = embedded.url
-    logger.info({ url: embedded.url, dir: join(config.dataDir, 'redis') }, 'REDIS_URL is not set: started an embedded redis-server (AOF, appendfsync always)')
+    logger.info(
+      { url: embedded.url, dir: join(config.dataDir, 'redis') },
+      'REDIS_URL is not set: started an embedded redis-server (AOF, appendfsync always)'
+    )
   }
   // The simulator is imported by the factory only when it is the upstream: a production process never loads it.
   const upstream = await createUpstream(config)
@@ -126,7 +131,10 @@ try {
   logger.info(`kling-gateway listening: API ${local}/v1  docs ${local}/docs`)
   if (devKey !== undefined) {
     // Printed on purpose: a development key only exists when API_KEYS is unset, and dies with the process.
-    console.log(`\n  API     ${local}/v1/videos\n  Docs    ${local}/docs\n  Dev key ${devKey}\n  Try     curl -H 'authorization: Bearer ${devKey}' ${local}/v1/videos\n`)
+    console.log(
+      `\n  API     ${local}/v1/videos\n  Docs    ${local}/docs\n  Dev key ${devKey}\n` +
+      `  Try     curl -H 'authorization: Bearer ${devKey}' ${local}/v1/videos\n`
+    )
   }
 } catch (err) {
   if (err instanceof RedisServerMissing || err instanceof BlobDirConflict) {

@@ -5,7 +5,9 @@ import { STATUS_CODES } from 'node:http'
 import { isRedisUnavailable } from '../infra/redis.ts'
 
 /** Fastify's validationContext → the `location` a field error names. */
-export const LOCATIONS: Record<string, FieldError['location']> = { body: 'body', querystring: 'query', params: 'params', headers: 'headers' }
+export const LOCATIONS: Record<string, FieldError['location']> = {
+  body: 'body', querystring: 'query', params: 'params', headers: 'headers'
+}
 
 /** Fields only the gateway sets upstream; a caller sending them gets a detail that says so. */
 const RESERVED: Record<string, string> = {
@@ -44,8 +46,13 @@ export function fieldErrorsOf (errors: AjvError[], location?: FieldError['locati
   const out: FieldError[] = []
   for (const [pointer, group] of byPointer) {
     if (group.some(({ e }) => e.keyword === 'anyOf' && e.instancePath === pointer)) {
-      const allowed = group.filter(({ e }) => e.keyword === 'const').map(({ e }) => JSON.stringify(e.params.allowedValue))
-      out.push({ pointer, detail: allowed.length > 0 ? `must be one of: ${allowed.join(', ')}` : 'does not match any allowed form', ...(location !== undefined && { location }) })
+      const allowed = group.filter(({ e }) => e.keyword === 'const')
+        .map(({ e }) => JSON.stringify(e.params.allowedValue))
+      out.push({
+        pointer,
+        detail: allowed.length > 0 ? `must be one of: ${allowed.join(', ')}` : 'does not match any allowed form',
+        ...(location !== undefined && { location })
+      })
       continue
     }
     const seen = new Set<string>()
@@ -72,7 +79,8 @@ export default fp(async function errors (app: FastifyInstance) {
     if (err.validation !== undefined) {
       const location = LOCATIONS[err.validationContext ?? 'body']
       const fields = fieldErrorsOf(err.validation as AjvError[], location)
-      return sendProblem(reply, 400, 'INVALID_REQUEST', `${fields.length} invalid field${fields.length === 1 ? '' : 's'}`, fields)
+      const detail = `${fields.length} invalid field${fields.length === 1 ? '' : 's'}`
+      return sendProblem(reply, 400, 'INVALID_REQUEST', detail, fields)
     }
     if (err instanceof GatewayError) {
       if (err.headers !== undefined) reply.headers(err.headers)

@@ -27,8 +27,19 @@ export default fp(async function metrics (app: FastifyInstance) {
   collectDefaultMetrics({ register: registry })
   const { store, hub, queueConnection } = app.deps
 
-  const requests = new Counter({ name: 'kg_http_requests_total', help: 'HTTP requests by route and status', labelNames: ['method', 'route', 'status'], registers: [registry] })
-  const latency = new Histogram({ name: 'kg_http_request_duration_seconds', help: 'HTTP request duration by route', labelNames: ['method', 'route'], buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5], registers: [registry] })
+  const requests = new Counter({
+    name: 'kg_http_requests_total',
+    help: 'HTTP requests by route and status',
+    labelNames: ['method', 'route', 'status'],
+    registers: [registry]
+  })
+  const latency = new Histogram({
+    name: 'kg_http_request_duration_seconds',
+    help: 'HTTP request duration by route',
+    labelNames: ['method', 'route'],
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    registers: [registry]
+  })
   app.addHook('onResponse', async (request, reply) => {
     const route = request.routeOptions.url ?? 'unknown'
     requests.inc({ method: request.method, route, status: reply.statusCode })
@@ -60,8 +71,18 @@ export default fp(async function metrics (app: FastifyInstance) {
       for (const s of TASK_STATUSES) this.set({ status: s }, counts[s])
     }
   })
-  new Gauge({ name: 'kg_parked_bytes', help: 'Decoded image bytes waiting for upstream', registers: [registry], async collect () { this.set(await store.parkedBytes()) } }) // eslint-disable-line no-new
-  new Gauge({ name: 'kg_sse_streams', help: 'Open SSE streams on this replica', registers: [registry], collect () { this.set(hub.listening) } }) // eslint-disable-line no-new
+  new Gauge({ // eslint-disable-line no-new
+    name: 'kg_parked_bytes',
+    help: 'Decoded image bytes waiting for upstream',
+    registers: [registry],
+    async collect () { this.set(await store.parkedBytes()) }
+  })
+  new Gauge({ // eslint-disable-line no-new
+    name: 'kg_sse_streams',
+    help: 'Open SSE streams on this replica',
+    registers: [registry],
+    collect () { this.set(hub.listening) }
+  })
   new Gauge({ // eslint-disable-line no-new
     name: 'kg_queue_jobs',
     help: 'BullMQ jobs by queue and state',

@@ -17,7 +17,10 @@ export const schemaController: FastifyServerOptions['schemaController'] = {
       const common: Options = { allErrors: true, removeAdditional: false, useDefaults: true, strict: false }
       const body = addFormats(new Ajv({ ...common, coerceTypes: false }))
       const other = addFormats(new Ajv({ ...common, coerceTypes: 'array' }))
-      for (const schema of Object.values(externalSchemas)) { body.addSchema(schema as object); other.addSchema(schema as object) }
+      for (const schema of Object.values(externalSchemas)) {
+        body.addSchema(schema as object)
+        other.addSchema(schema as object)
+      }
       return ({ schema, httpPart }) => (httpPart === 'body' ? body : other).compile(schema as object)
     }) as never
   }

@@ -80,7 +80,13 @@ const callbacks: FastifyPluginAsyncTypebox = async (app) => {
     const task = await store.get(taskId)
 
     const up = parseTask(request.body)
-    if (up === null) throw new InvalidRequest([{ pointer: '/task_status', detail: 'the body is not a Kling task (task_id and task_status are needed)', location: 'body' }])
+    if (up === null) {
+      throw new InvalidRequest([{
+        pointer: '/task_status',
+        detail: 'the body is not a Kling task (task_id and task_status are needed)',
+        location: 'body'
+      }])
+    }
     if (task === null) {
       // Our token, but the task is gone (a rollback, a deletion): the upstream task may be paid for and finished, so
       // it is recorded and counted, and answered 2xx because no retry of CometAPI's can bring the task back.
@@ -94,7 +100,12 @@ const callbacks: FastifyPluginAsyncTypebox = async (app) => {
     }
     const mismatch = (task.upstream !== null && up.taskId !== task.upstream.task_id) ||
       (up.externalTaskId !== null && up.externalTaskId !== task.externalTaskId)
-    if (mismatch) throw new InvalidRequest([{ pointer: up.externalTaskId !== null && up.externalTaskId !== task.externalTaskId ? '/task_info/external_task_id' : '/task_id', detail: 'does not belong to this task', location: 'body' }])
+    if (mismatch) {
+      const pointer = up.externalTaskId !== null && up.externalTaskId !== task.externalTaskId
+        ? '/task_info/external_task_id'
+        : '/task_id'
+      throw new InvalidRequest([{ pointer, detail: 'does not belong to this task', location: 'body' }])
+    }
 
     await limitRate(task.id)
 

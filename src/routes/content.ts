@@ -7,8 +7,14 @@ import { internal, invalidField, problem, unauthorized, unavailable } from '../s
 import { MP4_EXAMPLE } from '../schemas/examples.ts'
 import { TaskParamsSchema } from '../schemas/videos.ts'
 
-/** `bytes=a-b`, `bytes=a-` or `bytes=-n` against a size; null when unsatisfiable, undefined when absent or multi-range. */
-export function parseRange (header: string | undefined, size: number): { start: number, end: number } | null | undefined {
+/**
+ * `bytes=a-b`, `bytes=a-` or `bytes=-n` against a size; null when unsatisfiable, undefined when absent or
+ * multi-range.
+ */
+export function parseRange (
+  header: string | undefined,
+  size: number
+): { start: number, end: number } | null | undefined {
   if (header === undefined) return undefined
   const m = /^bytes=(\d*)-(\d*)$/.exec(header.trim())
   if (m === null || (m[1] === '' && m[2] === '')) return undefined
@@ -40,7 +46,10 @@ const content: FastifyPluginAsyncTypebox = async (app) => {
         'retry, or wait for the `video.stored` event.',
       security: [{ bearer: [] }],
       params: TaskParamsSchema,
-      querystring: Type.Object({ index: Type.Integer({ minimum: 0, maximum: 9, default: 0 }) }, { additionalProperties: false }),
+      querystring: Type.Object(
+        { index: Type.Integer({ minimum: 0, maximum: 9, default: 0 }) },
+        { additionalProperties: false }
+      ),
       response: {
         200: {
           description: 'the whole video',
@@ -79,14 +88,25 @@ const content: FastifyPluginAsyncTypebox = async (app) => {
     const task = await store.get(request.params.id)
     if (!canSee(caller, task)) throw new NotFound('task')
     const index = request.query.index
-    if (task.status !== 'succeeded') throw new Conflict('NOT_SUCCEEDED', `the task is ${task.status}; content exists only once it has succeeded`)
+    if (task.status !== 'succeeded') {
+      throw new Conflict('NOT_SUCCEEDED', `the task is ${task.status}; content exists only once it has succeeded`)
+    }
     if (index >= (task.result?.videos.length ?? 0)) throw new NotFound('video')
-    if (task.storedExpired) throw new GatewayError('CONTENT_EXPIRED', 410, 'the video was deleted after its retention period')
+    if (task.storedExpired) {
+      throw new GatewayError('CONTENT_EXPIRED', 410, 'the video was deleted after its retention period')
+    }
     const info = task.storedAt === null ? null : await blobs.stat(videoKey(task.id, index))
-    if (info === null) throw new GatewayError('CONTENT_NOT_READY', 409, 'the video is still being copied from upstream; retry shortly', undefined, { 'retry-after': '5' })
+    if (info === null) {
+      throw new GatewayError(
+        'CONTENT_NOT_READY', 409, 'the video is still being copied from upstream; retry shortly', undefined,
+        { 'retry-after': '5' }
+      )
+    }
 
     const range = parseRange(request.headers.range, info.size)
-    reply.header('accept-ranges', 'bytes').header('content-type', info.contentType).header('cache-control', 'private, max-age=3600')
+    reply.header('accept-ranges', 'bytes')
+      .header('content-type', info.contentType)
+      .header('cache-control', 'private, max-age=3600')
     if (range === null) {
       reply.header('content-range', `bytes */${info.size}`)
       throw new GatewayError('RANGE_NOT_SATISFIABLE', 416, `the video has ${info.size} bytes`)
@@ -95,7 +115,8 @@ const content: FastifyPluginAsyncTypebox = async (app) => {
       reply.header('content-length', info.size)
       return await reply.code(200).send(await blobs.read(videoKey(task.id, index)))
     }
-    reply.header('content-range', `bytes ${range.start}-${range.end}/${info.size}`).header('content-length', range.end - range.start + 1)
+    reply.header('content-range', `bytes ${range.start}-${range.end}/${info.size}`)
+      .header('content-length', range.end - range.start + 1)
     return await reply.code(206).send(await blobs.read(videoKey(task.id, index), range))
   })
 }

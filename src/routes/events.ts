@@ -16,7 +16,11 @@ import { canSee, type Caller } from '../plugins/auth.ts'
  * event the task will ever have (after `video.stored` when a success is being copied), and a reconnect after
  * that gets 204, which tells an EventSource to stop. Heartbeat comments keep proxies from closing an idle stream.
  */
-const EventIdSchema = Type.String({ maxLength: 64, pattern: '^[A-Za-z0-9_.-]*$', description: 'an event id (`evt_…`) or a sequence number' })
+const EventIdSchema = Type.String({
+  maxLength: 64,
+  pattern: '^[A-Za-z0-9_.-]*$',
+  description: 'an event id (`evt_…`) or a sequence number'
+})
 
 const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, opts) => {
   const { store, hub } = app.deps
@@ -62,7 +66,10 @@ const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, o
             }
           }
         },
-        204: { description: 'the task has had its last event and the client has seen it: stop reconnecting', type: 'null' },
+        204: {
+          description: 'the task has had its last event and the client has seen it: stop reconnecting',
+          type: 'null'
+        },
         400: invalidField('invalid id or Last-Event-ID', '/last-event-id', 'must match pattern "^[A-Za-z0-9_.-]*$"',
           'headers'),
         401: unauthorized(),
@@ -81,7 +88,12 @@ const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, o
 
     reply.hijack()
     const raw = reply.raw
-    raw.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache, no-transform', connection: 'keep-alive', 'x-accel-buffering': 'no' })
+    raw.writeHead(200, {
+      'content-type': 'text/event-stream; charset=utf-8',
+      'cache-control': 'no-cache, no-transform',
+      connection: 'keep-alive',
+      'x-accel-buffering': 'no'
+    })
     raw.write('retry: 2000\n\n')
     streams.add(raw)
 
@@ -94,7 +106,11 @@ const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, o
       if (isLastEvent(e)) finish()
     }
     // Reads what was missed from the task's event list; every write goes through one chain, in order.
-    const catchUp = () => { chain = chain.then(async () => { if (!done) for (const e of await store.events(task.id, last)) write(e) }).catch(err => request.log.warn({ err }, 'sse catch-up failed')) }
+    const catchUp = () => {
+      chain = chain
+        .then(async () => { if (!done) for (const e of await store.events(task.id, last)) write(e) })
+        .catch(err => request.log.warn({ err }, 'sse catch-up failed'))
+    }
     const unlisten = hub.listen(task.id, e => {
       chain = chain.then(() => { if (e.sequence === last + 1) write(e); else if (e.sequence > last + 1) catchUp() })
     })

@@ -51,7 +51,12 @@ const operationIdOf = (kind: VideoKind): string => 'create' +
 const videos: FastifyPluginAsyncTypebox = async (app) => {
   const { store, jobs, config } = app.deps
   const createDeps = {
-    store, jobs, clock: app.deps.clock, ids: app.deps.ids, parkedMaxBytes: config.parkedMaxBytes, logger: app.deps.logger
+    store,
+    jobs,
+    clock: app.deps.clock,
+    ids: app.deps.ids,
+    parkedMaxBytes: config.parkedMaxBytes,
+    logger: app.deps.logger
   }
   app.addSchema(TaskSchema)
   app.addHook('onRequest', app.authenticate)
@@ -62,7 +67,9 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
   const limitLargeBodies = async (request: FastifyRequest, reply: FastifyReply) => {
     const length = Number(request.headers['content-length'] ?? Infinity)
     if (length <= config.create.largeBodyBytes) return
-    if (largeInFlight >= config.create.maxLargeBodies) throw new Unavailable('too many large creates in flight; retry shortly', 2)
+    if (largeInFlight >= config.create.maxLargeBodies) {
+      throw new Unavailable('too many large creates in flight; retry shortly', 2)
+    }
     largeInFlight++
     // The response's `close` comes once it is sent or the connection is gone, whichever is first.
     reply.raw.once('close', () => { largeInFlight-- })
@@ -117,15 +124,23 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
     // With attachValidation, Fastify leaves here the first part that failed (body before headers): name its errors
     // by that part, and when the body failed first, check the headers too so that every bad field is listed.
     const invalid = request.validationError
-    const schemaErrors = invalid === undefined ? [] : fieldErrorsOf(invalid.validation as never, LOCATIONS[invalid.validationContext] ?? 'body')
+    const schemaErrors = invalid === undefined
+      ? []
+      : fieldErrorsOf(invalid.validation as never, LOCATIONS[invalid.validationContext] ?? 'body')
     const validateHeaders = invalid?.validationContext === 'body' ? request.getValidationFunction('headers') : undefined
-    if (validateHeaders !== undefined && !validateHeaders(request.headers)) schemaErrors.push(...fieldErrorsOf((validateHeaders.errors ?? []) as never, 'headers'))
-    const domainErrors = checked.ok ? [] : checked.errors.filter(d => !schemaErrors.some(e => e.pointer === d.pointer && e.location === d.location))
+    if (validateHeaders !== undefined && !validateHeaders(request.headers)) {
+      schemaErrors.push(...fieldErrorsOf((validateHeaders.errors ?? []) as never, 'headers'))
+    }
+    const domainErrors = checked.ok
+      ? []
+      : checked.errors.filter(d => !schemaErrors.some(e => e.pointer === d.pointer && e.location === d.location))
     if (schemaErrors.length > 0 || !checked.ok) throw new InvalidRequest([...schemaErrors, ...domainErrors])
     if (body.webhook_url !== undefined) {
       // Registration-time SSRF check (the delivery agent checks again at connect time).
       await checkWebhookTarget(body.webhook_url, { allowPrivate: config.webhooks.allowPrivate }).catch((err: Error) => {
-        throw err instanceof UnsafeTarget ? new InvalidRequest([{ pointer: '/webhook_url', detail: err.message, location: 'body' }]) : err
+        throw err instanceof UnsafeTarget
+          ? new InvalidRequest([{ pointer: '/webhook_url', detail: err.message, location: 'body' }])
+          : err
       })
     }
 

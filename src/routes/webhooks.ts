@@ -16,7 +16,9 @@ const EndpointSchema = Type.Object({
   enabled: Type.Boolean(),
   disabled_reason: Type.Union([Type.String(), Type.Null()]),
   created_at: Type.String({ format: 'date-time' }),
-  secret: Type.Optional(Type.String({ description: 'whsec_…: shown only when the endpoint is created or its secret rotated' }))
+  secret: Type.Optional(Type.String({
+    description: 'whsec_…: shown only when the endpoint is created or its secret rotated'
+  }))
 }, { $id: 'WebhookEndpoint' })
 
 const DeliverySchema = Type.Object({
@@ -95,7 +97,10 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
       security: [{ bearer: [] }],
       body: Type.Object({
         url: Type.String({ format: 'uri', maxLength: 2048 }),
-        event_types: Type.Optional(Type.Array(Type.Union(EVENT_TYPES.map(t => Type.Literal(t))), { minItems: 1, maxItems: EVENT_TYPES.length, uniqueItems: true })),
+        event_types: Type.Optional(Type.Array(
+          Type.Union(EVENT_TYPES.map(t => Type.Literal(t))),
+          { minItems: 1, maxItems: EVENT_TYPES.length, uniqueItems: true }
+        )),
         description: Type.Optional(Type.String({ maxLength: 500 }))
       }, {
         additionalProperties: false,
@@ -116,10 +121,17 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
     try {
       await checkWebhookTarget(request.body.url, { allowPrivate: config.webhooks.allowPrivate })
     } catch (err) {
-      if (err instanceof UnsafeTarget) throw new InvalidRequest([{ pointer: '/url', detail: err.message, location: 'body' }])
+      if (err instanceof UnsafeTarget) {
+        throw new InvalidRequest([{ pointer: '/url', detail: err.message, location: 'body' }])
+      }
       throw err
     }
-    const ep = await store.createEndpoint({ caller: caller.name, url: request.body.url, eventTypes: request.body.event_types ?? null, description: request.body.description ?? null })
+    const ep = await store.createEndpoint({
+      caller: caller.name,
+      url: request.body.url,
+      eventTypes: request.body.event_types ?? null,
+      description: request.body.description ?? null
+    })
     return await reply.code(201).send(endpointView(ep, true))
   })
 
@@ -139,7 +151,10 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
         503: unavailable()
       }
     }
-  }, async (request) => ({ data: (await store.listEndpoints((request.caller as Caller).name)).map(ep => endpointView(ep)) }))
+  }, async (request) => {
+    const endpoints = await store.listEndpoints((request.caller as Caller).name)
+    return { data: endpoints.map(ep => endpointView(ep)) }
+  })
 
   app.delete('/webhook-endpoints/:id', {
     schema: {
@@ -183,7 +198,10 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
         503: unavailable()
       }
     }
-  }, async (request) => endpointView(await store.rotateSecret(await ownEndpoint(request.params.id, request.caller as Caller)), true))
+  }, async (request) => {
+    const ep = await ownEndpoint(request.params.id, request.caller as Caller)
+    return endpointView(await store.rotateSecret(ep), true)
+  })
 
   app.post('/webhook-endpoints/:id/recover', {
     schema: {
@@ -210,7 +228,10 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
     }
   }, async (request, reply) => {
     const ep = await ownEndpoint(request.params.id, request.caller as Caller)
-    const failed = await store.listDeliveries(store.dlvIndex(ep.id, 'failed'), { limit: 10_000, since: Date.parse(request.body.since) })
+    const failed = await store.listDeliveries(store.dlvIndex(ep.id, 'failed'), {
+      limit: 10_000,
+      since: Date.parse(request.body.since)
+    })
     for (const d of failed) {
       await store.reopen(d)
       await deliveries.enqueue(d, { retry: true })
@@ -247,7 +268,10 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
         status: Type.Optional(Type.Union([Type.Literal('failed')])),
         endpoint: Type.Optional(Type.String({ maxLength: 64, pattern: '^[A-Za-z0-9_-]+$' })),
         limit: Type.Integer({ minimum: 1, maximum: 100, default: 50 }),
-        before: Type.Optional(Type.Integer({ minimum: 0, description: 'ms since the epoch: only deliveries made before it (paging)' }))
+        before: Type.Optional(Type.Integer({
+          minimum: 0,
+          description: 'ms since the epoch: only deliveries made before it (paging)'
+        }))
       }, { additionalProperties: false }),
       response: {
         200: json('the deliveries', Type.Object({ data: Type.Array(Type.Ref('Delivery')) }),

@@ -13,7 +13,9 @@ export const ProblemSchema = Type.Object({
   errors: Type.Optional(Type.Array(Type.Object({
     pointer: Type.String({ description: 'JSON pointer into the request part named by location' }),
     detail: Type.String(),
-    location: Type.Optional(Type.Union([Type.Literal('body'), Type.Literal('query'), Type.Literal('params'), Type.Literal('headers')]))
+    location: Type.Optional(Type.Union([
+      Type.Literal('body'), Type.Literal('query'), Type.Literal('params'), Type.Literal('headers')
+    ]))
   }), { description: 'one entry per invalid field (400 only); every invalid field is listed, not only the first' }))
 }, { $id: 'Problem', description: 'application/problem+json (RFC 9457)' })
 

@@ -6,12 +6,22 @@ import { CREATE_EXAMPLES } from './examples.ts'
 /** A URL or Base64 (10 MB decoded is 13,981,016 characters, plus room for a `data:` prefix). */
 // No maxLength: Ajv counts a 14 MB string character by character (~60 ms per image). The length is bounded by
 // the route's body limit and checked by the image checks (URL ≤ 2048, decoded size ≤ 10 MB) before any decoding.
-export const ImageStringSchema = Type.String({ minLength: 1, contentEncoding: 'base64', description: 'https URL (≤ 2048 characters), or Base64 JPG/PNG ≤ 10 MB decoded (a data: prefix is stripped)' })
+export const ImageStringSchema = Type.String({
+  minLength: 1,
+  contentEncoding: 'base64',
+  description: 'https URL (≤ 2048 characters), or Base64 JPG/PNG ≤ 10 MB decoded (a data: prefix is stripped)'
+})
 
-const PointSchema = Type.Object({ x: Type.Integer({ minimum: 0, maximum: 100_000 }), y: Type.Integer({ minimum: 0, maximum: 100_000 }) }, { additionalProperties: false })
+const PointSchema = Type.Object({
+  x: Type.Integer({ minimum: 0, maximum: 100_000 }),
+  y: Type.Integer({ minimum: 0, maximum: 100_000 })
+}, { additionalProperties: false })
 
 export const CreateVideoSchema = Type.Object({
-  image_list: Type.Array(Type.Object({ image: ImageStringSchema }, { additionalProperties: false }), { minItems: 2, maxItems: 4 }),
+  image_list: Type.Array(
+    Type.Object({ image: ImageStringSchema }, { additionalProperties: false }),
+    { minItems: 2, maxItems: 4 }
+  ),
   prompt: Type.String({ minLength: 1, maxLength: 500 }),
   negative_prompt: Type.Optional(Type.String({ maxLength: 200 })),
   model_name: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })),
@@ -22,11 +32,19 @@ export const CreateVideoSchema = Type.Object({
   static_mask: Type.Optional(ImageStringSchema),
   dynamic_masks: Type.Optional(Type.Array(Type.Object({
     mask: ImageStringSchema,
-    trajectories: Type.Array(PointSchema, { minItems: 2, maxItems: 77, description: 'pixels, origin at the bottom-left corner' })
+    trajectories: Type.Array(PointSchema, {
+      minItems: 2,
+      maxItems: 77,
+      description: 'pixels, origin at the bottom-left corner'
+    })
   }, { additionalProperties: false }), { minItems: 1, maxItems: 6 })),
   reference: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
   webhook_url: Type.Optional(Type.String({ format: 'uri', maxLength: 2048 })),
-  metadata: Type.Optional(Type.Object({}, { additionalProperties: true, maxProperties: 64, description: 'returned as given; at most 4 KB of JSON' }))
+  metadata: Type.Optional(Type.Object({}, {
+    additionalProperties: true,
+    maxProperties: 64,
+    description: 'returned as given; at most 4 KB of JSON'
+  }))
 }, { additionalProperties: false, $id: 'CreateVideo', examples: [CREATE_EXAMPLES['multi-image2video']] })
 export type CreateVideo = Static<typeof CreateVideoSchema>
 
@@ -182,7 +200,9 @@ export const TaskSchema = Type.Object({
   sequence: Type.Integer({ description: 'number of the last event' })
 }, { $id: 'Task' })
 
-export const TaskParamsSchema = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9-]+$' }) })
+export const TaskParamsSchema = Type.Object({
+  id: Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9-]+$' })
+})
 
 export const ListQuerySchema = Type.Object({
   status: Type.Optional(Type.Union(TASK_STATUSES.map(s => Type.Literal(s)))),

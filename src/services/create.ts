@@ -36,7 +36,8 @@ export interface CreateInput {
 
 export interface CreateResult { task: TaskRecord, replayed: boolean }
 
-const reused = () => new GatewayError('IDEMPOTENCY_KEY_REUSED', 422, 'this Idempotency-Key was used with a different request body')
+const reused = () =>
+  new GatewayError('IDEMPOTENCY_KEY_REUSED', 422, 'this Idempotency-Key was used with a different request body')
 
 export async function createTask (deps: CreateDeps, input: CreateInput): Promise<CreateResult> {
   const { store } = deps
@@ -79,7 +80,10 @@ export async function createTask (deps: CreateDeps, input: CreateInput): Promise
   if (outcome.outcome === 'reference') {
     throw new Conflict('REFERENCE_TAKEN', `reference is already used by task ${outcome.taskId}`)
   }
-  return await settle(deps, outcome.task, { replayed: outcome.outcome === 'existing', withdrawOnFailure: key === undefined })
+  return await settle(deps, outcome.task, {
+    replayed: outcome.outcome === 'existing',
+    withdrawOnFailure: key === undefined
+  })
 }
 
 /** Queues the task's submit job (again: a no-op while it exists) and waits until what was written is durable. */
@@ -113,7 +117,13 @@ async function withdraw (deps: CreateDeps, id: string): Promise<void> {
 /** Cancels a withdrawn task that has not gone upstream (NOT_ACCEPTED) and frees its images. */
 export async function cancelWithdrawn (store: TaskStore, id: string): Promise<boolean> {
   const outcome = await store.transition(id, t => t.status === 'queued' && t.withdrawn
-    ? { to: 'canceled', error: { code: 'NOT_ACCEPTED', message: 'the create answered 503 before the task was durable; nothing was sent upstream' } }
+    ? {
+        to: 'canceled',
+        error: {
+          code: 'NOT_ACCEPTED',
+          message: 'the create answered 503 before the task was durable; nothing was sent upstream'
+        }
+      }
     : null, { requireEmpty: 'submit_sent_at' })
   if (outcome.applied) await store.dropParked(id)
   return outcome.applied

@@ -147,7 +147,9 @@ export class TaskStore {
   ) {
     this.k = keys(prefix)
     this.stream = new EventStream(redis, this.k.events)
-    this.durability = new Durability(durability?.connection, this.k.fence, durability?.rule ?? { replicas: 0, timeoutMs: 0 })
+    this.durability = new Durability(
+      durability?.connection, this.k.fence, durability?.rule ?? { replicas: 0, timeoutMs: 0 }
+    )
     redis.defineCommand('kgCreate', script('create-13'))
     redis.defineCommand('kgTransition', script('transition-9'))
     redis.defineCommand('kgParked', script('parked-4'))
@@ -266,7 +268,9 @@ export class TaskStore {
       if (change.upstream !== undefined) fields.upstream = json(change.upstream)
       if (change.result !== undefined) fields.result = json(change.result)
       if (change.error !== undefined) fields.error = json(change.error)
-      if (change.submitSentAt !== undefined) fields.submit_sent_at = change.submitSentAt === null ? '' : String(change.submitSentAt)
+      if (change.submitSentAt !== undefined) {
+        fields.submit_sent_at = change.submitSentAt === null ? '' : String(change.submitSentAt)
+      }
       if (change.storedAt !== undefined) fields.stored_at = change.storedAt === null ? '' : String(change.storedAt)
       if (change.storedExpired !== undefined) fields.stored_expired = change.storedExpired ? '1' : ''
       const event = withEvent ? eventOf(next, now, opts.eventType) : null

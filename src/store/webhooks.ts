@@ -102,7 +102,9 @@ export class WebhookStore {
   dlvIndex (scope: string, status: 'all' | 'failed' = 'all') { return this.k.deliveries(scope, status) }
   private callerSecretKey (caller: string) { return this.k.callerSecret(caller) }
 
-  async createEndpoint (input: { caller: string, url: string, eventTypes: string[] | null, description: string | null }): Promise<Endpoint> {
+  async createEndpoint (
+    input: { caller: string, url: string, eventTypes: string[] | null, description: string | null }
+  ): Promise<Endpoint> {
     const ep: Endpoint = {
       id: `ep_${randomBytes(12).toString('hex')}`,
       ...input,
@@ -147,14 +149,18 @@ export class WebhookStore {
   async rotateSecret (ep: Endpoint): Promise<Endpoint> {
     const secret = newSecret()
     const expires = this.clock() + ROTATION_OVERLAP_MS
-    await this.redis.hset(this.epKey(ep.id), { secret, previous_secret: ep.secret, previous_secret_expires_at: String(expires) })
+    await this.redis.hset(this.epKey(ep.id), {
+      secret, previous_secret: ep.secret, previous_secret_expires_at: String(expires)
+    })
     return { ...ep, secret, previousSecret: ep.secret, previousSecretExpiresAt: expires }
   }
 
   /** The secrets that sign now: the current one, and the previous one while its overlap lasts. */
   signingSecrets (ep: Endpoint): string[] {
     const now = this.clock()
-    return ep.previousSecret !== null && (ep.previousSecretExpiresAt ?? 0) > now ? [ep.secret, ep.previousSecret] : [ep.secret]
+    return ep.previousSecret !== null && (ep.previousSecretExpiresAt ?? 0) > now
+      ? [ep.secret, ep.previousSecret]
+      : [ep.secret]
   }
 
   async disableEndpoint (id: string, reason: string): Promise<void> {
@@ -185,8 +191,9 @@ export class WebhookStore {
   }
 
   /** Makes the delivery if it is not there yet; returns it either way. */
-  async ensureDelivery (d: Omit<Delivery, 'status' | 'attempts' | 'lastStatusCode' | 'lastError' | 'createdAt' | 'updatedAt'>):
-  Promise<Delivery> {
+  async ensureDelivery (
+    d: Omit<Delivery, 'status' | 'attempts' | 'lastStatusCode' | 'lastError' | 'createdAt' | 'updatedAt'>
+  ): Promise<Delivery> {
     const key = this.dlvKey(d.id)
     const now = this.clock()
     const created = await this.redis.hsetnx(key, 'id', d.id)
@@ -222,10 +229,17 @@ export class WebhookStore {
     const now = this.clock()
     const multi = this.redis.multi()
       .rpush(this.dlvAttempts(d.id), JSON.stringify(attempt))
-      .hset(this.dlvKey(d.id), { status, last_status_code: attempt.status_code === null ? '' : String(attempt.status_code), last_error: attempt.error ?? '', updated_at: String(now) })
+      .hset(this.dlvKey(d.id), {
+        status,
+        last_status_code: attempt.status_code === null ? '' : String(attempt.status_code),
+        last_error: attempt.error ?? '',
+        updated_at: String(now)
+      })
       .hincrby(this.dlvKey(d.id), 'attempts', 1)
     if (status === 'failed') {
-      for (const scope of [d.caller, '*', d.endpointId ?? 'task-url']) multi.zadd(this.dlvIndex(scope, 'failed'), now, d.id)
+      for (const scope of [d.caller, '*', d.endpointId ?? 'task-url']) {
+        multi.zadd(this.dlvIndex(scope, 'failed'), now, d.id)
+      }
     } else {
       for (const scope of [d.caller, '*', d.endpointId ?? 'task-url']) multi.zrem(this.dlvIndex(scope, 'failed'), d.id)
     }
@@ -233,7 +247,9 @@ export class WebhookStore {
   }
 
   async markStatus (d: Delivery, status: Delivery['status'], error: string | null): Promise<void> {
-    await this.recordAttempt(d, { at: new Date(this.clock()).toISOString(), status_code: null, error, duration_ms: 0 }, status)
+    await this.recordAttempt(d, {
+      at: new Date(this.clock()).toISOString(), status_code: null, error, duration_ms: 0
+    }, status)
   }
 
   /** Back to pending for a manual retry; the attempts so far stay recorded. */
@@ -249,7 +265,8 @@ export class WebhookStore {
 
   /** Newest first from an index; `since` (ms) bounds it from below. */
   async listDeliveries (index: string, opts: { limit: number, before?: number, since?: number }): Promise<Delivery[]> {
-    const ids = await this.redis.zrevrangebyscore(index, opts.before === undefined ? '+inf' : `(${opts.before}`, opts.since ?? '-inf', 'LIMIT', 0, opts.limit)
+    const max = opts.before === undefined ? '+inf' : `(${opts.before}`
+    const ids = await this.redis.zrevrangebyscore(index, max, opts.since ?? '-inf', 'LIMIT', 0, opts.limit)
     return (await Promise.all(ids.map(async id => await this.getDelivery(id)))).filter((d): d is Delivery => d !== null)
   }
 }

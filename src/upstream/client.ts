@@ -204,7 +204,11 @@ export class UpstreamHttp {
 
   /** Builds an error for `op`: the secrets scrubbed from the message; a query never "may have created". */
   error (op: Op, init: UpstreamErrorInit): UpstreamError {
-    return new UpstreamError({ ...init, message: this.#scrub(init.message), maybeCreated: op === 'create' && init.maybeCreated === true })
+    return new UpstreamError({
+      ...init,
+      message: this.#scrub(init.message),
+      maybeCreated: op === 'create' && init.maybeCreated === true
+    })
   }
 
   #scrub (message: string): string {

@@ -38,16 +38,25 @@ export interface KlingTaskWire {
   task_status?: string | null
   task_status_msg?: string | null
   task_info?: { external_task_id?: string | null } | null
-  task_result?: { videos?: Array<{ id?: string | number | null, url?: string | null, duration?: string | number | null }> | null } | null
+  task_result?: {
+    videos?: Array<{ id?: string | number | null, url?: string | null, duration?: string | number | null }> | null
+  } | null
   created_at?: number | string | null
   updated_at?: number | string | null
 }
 
 /** Kling's envelope: `code` 0 is success, anything else a business error. */
-export interface KlingEnvelope<T = KlingTaskWire> { code: number, message?: string, request_id?: string, data?: T | null }
+export interface KlingEnvelope<T = KlingTaskWire> {
+  code: number
+  message?: string
+  request_id?: string
+  data?: T | null
+}
 
 /** CometAPI's gateway error. */
-export interface CometErrorBody { error: { message?: string, type?: string, param?: string, code?: string | number | null } }
+export interface CometErrorBody {
+  error: { message?: string, type?: string, param?: string, code?: string | number | null }
+}
 
 type Obj = Record<string, unknown>
 
@@ -67,12 +76,23 @@ export function idString (v: unknown): string | null {
 }
 
 const STATUS: Record<string, KlingStatus> = {}
-for (const s of ['submitted', 'submit', 'not_start', 'not_started', 'queued', 'queue', 'queueing', 'queuing', 'pending', 'waiting', 'created', 'accepted']) STATUS[s] = 'submitted'
-for (const s of ['processing', 'process', 'in_progress', 'inprogress', 'running', 'started', 'generating', 'progress']) STATUS[s] = 'processing'
-for (const s of ['succeed', 'succeeded', 'success', 'successful', 'completed', 'complete', 'done', 'finished']) STATUS[s] = 'succeed'
-for (const s of ['failed', 'failure', 'fail', 'error', 'errored', 'cancelled', 'canceled', 'expired', 'rejected']) STATUS[s] = 'failed'
+const WORDS: Record<KlingStatus, string[]> = {
+  submitted: [
+    'submitted', 'submit', 'not_start', 'not_started', 'queued', 'queue', 'queueing', 'queuing', 'pending', 'waiting',
+    'created', 'accepted'
+  ],
+  processing: ['processing', 'process', 'in_progress', 'inprogress', 'running', 'started', 'generating', 'progress'],
+  succeed: ['succeed', 'succeeded', 'success', 'successful', 'completed', 'complete', 'done', 'finished'],
+  failed: ['failed', 'failure', 'fail', 'error', 'errored', 'cancelled', 'canceled', 'expired', 'rejected']
+}
+for (const [status, words] of Object.entries(WORDS) as Array<[KlingStatus, string[]]>) {
+  for (const s of words) STATUS[s] = status
+}
 
-/** Maps Kling's, new-api's and OpenAI-video-style status words onto Kling's four; null when unrecognised (e.g. `UNKNOWN`). */
+/**
+ * Maps Kling's, new-api's and OpenAI-video-style status words onto Kling's four; null when unrecognised
+ * (e.g. `UNKNOWN`).
+ */
 export function normalizeStatus (v: unknown): KlingStatus | null {
   if (typeof v !== 'string') return null
   return STATUS[v.trim().toLowerCase().replace(/[\s-]+/g, '_')] ?? null
@@ -114,7 +134,9 @@ function videosOf (v: unknown, taskId: string): UpstreamVideo[] {
     if (!isObject(item)) return
     const url = str(item.url)
     if (url === null) return
-    const duration = typeof item.duration === 'number' && Number.isFinite(item.duration) ? String(item.duration) : str(item.duration)
+    const duration = typeof item.duration === 'number' && Number.isFinite(item.duration)
+      ? String(item.duration)
+      : str(item.duration)
     out.push({ id: idString(item.id) ?? `${taskId}-${i}`, url, duration })
   })
   return out
