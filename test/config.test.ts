@@ -73,7 +73,7 @@ describe('loadConfig', () => {
   })
 
   describe('UPSTREAM', () => {
-    const secret = { CALLBACK_SECRET: 'c'.repeat(32) }
+    const secret = { CALLBACK_SECRET: 'c'.repeat(32), PUBLIC_BASE_URL: 'https://gateway.example.com' }
     const kling = { KLING_ACCESS_KEY: 'ak-config-test-0001', KLING_SECRET_KEY: 'sk-config-test-secret-0001' }
     const problemsOf = (env: Record<string, string>): string => {
       try {

@@ -11,7 +11,7 @@ import { loadConfig } from '../src/config/index.ts'
 import { createUpstream } from '../src/upstream/factory.ts'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
-const secret = { CALLBACK_SECRET: 'c'.repeat(32) }
+const secret = { CALLBACK_SECRET: 'c'.repeat(32), PUBLIC_BASE_URL: 'https://gateway.example.com' }
 
 function sources (dir: string): string[] {
   return readdirSync(dir, { withFileTypes: true }).flatMap(e => {

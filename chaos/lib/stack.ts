@@ -110,6 +110,8 @@ export class Stack {
       API_KEYS: this.callers.map(c => `${c.name}:${c.key}`).join(','),
       ADMIN_API_KEYS: `${this.admin.name}:${this.admin.key}`,
       PUBLIC_BASE_URL: this.lb.origin,
+      // The balancer is on loopback: the simulator behind COMETAPI_KEY calls back there.
+      CALLBACK_ALLOW_INSECURE: 'true',
       BLOB_DIR: join(this.opts.dataDir, 'blobs'),
       DATA_DIR: join(this.opts.dataDir, 'data'),
       ...(this.opts.minReplicasAcked !== undefined && { REDIS_MIN_REPLICAS_ACKED: String(this.opts.minReplicasAcked) }),

@@ -1,6 +1,8 @@
 import { Type, type Static } from 'typebox'
 import { Value } from 'typebox/value'
 import { createHash } from 'node:crypto'
+import { isIP } from 'node:net'
+import { isForbiddenAddress, isInternalName } from '../notify/ssrf.ts'
 
 /** Who makes the videos: an adapter each in src/upstream (UPSTREAM). */
 export const UPSTREAM_NAMES = ['cometapi', 'kling', 'simulator'] as const
@@ -32,6 +34,8 @@ export const EnvSchema = Type.Object({
   KLING_SECRET_KEY: Type.Optional(Type.String({ minLength: 1 })),
   PUBLIC_BASE_URL: Type.Optional(Type.String({ pattern: '^https?://[^/]+' })),
   CALLBACK_SECRET: Type.Optional(Type.String({ minLength: 32 })),
+  // On-prem upstreams and tests only: lets a real upstream call back over http or to a private address.
+  CALLBACK_ALLOW_INSECURE: Type.Boolean({ default: false }),
   API_KEYS: Type.Optional(Type.String({ minLength: 1 })),
   ADMIN_API_KEYS: Type.Optional(Type.String({ minLength: 1 })),
   ALLOWED_MODELS: Type.String({ pattern: '^[A-Za-z0-9._-]+(,[A-Za-z0-9._-]+)*$', default: 'kling-v1-6' }),
@@ -118,6 +122,8 @@ export interface Config {
     unconfirmedGraceMs: number
   }
   publicBaseUrl?: string
+  /** CALLBACK_ALLOW_INSECURE: PUBLIC_BASE_URL may be http or private with a real upstream (on-prem, tests). */
+  callbackAllowInsecure: boolean
   callbackSecret?: string
   apiKeys: ApiKey[]
   allowedModels: string[]
@@ -214,6 +220,38 @@ function upstreamOf (value: Env, problems: string[]): UpstreamName {
 }
 
 /**
+ * A real upstream calls back from the internet to PUBLIC_BASE_URL, so it must be set (no default can be reached from
+ * there), https, and not a loopback, private or link-local host, by literal IP or internal name (as for webhooks,
+ * docs/API.md, "SSRF"). CALLBACK_ALLOW_INSECURE lifts all but the first, for on-prem upstreams and tests.
+ */
+function callbackBaseProblems (value: Env, upstream: UpstreamName): string[] {
+  const raw = value.PUBLIC_BASE_URL
+  const lift = ' (CALLBACK_ALLOW_INSECURE=true allows it, for on-prem upstreams and tests)'
+  if (raw === undefined) return [`PUBLIC_BASE_URL: required with UPSTREAM=${upstream}: callback_url is built from it`]
+  // A value the schema refused is named already.
+  if (value.CALLBACK_ALLOW_INSECURE || !/^https?:\/\/[^/]+/.test(raw) || !URL.canParse(raw)) return []
+  const url = new URL(raw)
+  const host = url.hostname.replace(/^\[(.*)\]$/, '$1')
+  if (url.protocol !== 'https:') return [`PUBLIC_BASE_URL: must be https with UPSTREAM=${upstream}${lift}`]
+  if (url.username !== '' || url.password !== '') return ['PUBLIC_BASE_URL: must not carry credentials']
+  if (isIP(host) !== 0 && isForbiddenAddress(host)) {
+    return [`PUBLIC_BASE_URL: is a loopback, private or link-local address, which upstream cannot reach${lift}`]
+  }
+  if (isIP(host) === 0 && isInternalName(host)) {
+    return [`PUBLIC_BASE_URL: is an internal name (localhost, *.local, *.internal), which upstream cannot reach${lift}`]
+  }
+  return []
+}
+
+/** The base of `callback_url`: PUBLIC_BASE_URL; only the simulator may fall back to this process's loopback port. */
+export function callbackBaseUrl (config: Pick<Config, 'publicBaseUrl' | 'port' | 'upstream'>): string {
+  if (config.publicBaseUrl !== undefined) return config.publicBaseUrl
+  // loadConfig refuses a real upstream without PUBLIC_BASE_URL; this is the last line, not the check.
+  if (config.upstream.name !== 'simulator') throw new Error('PUBLIC_BASE_URL is required with a real upstream')
+  return `http://127.0.0.1:${config.port}`
+}
+
+/**
  * Reads and checks the environment once. Pure: the same env gives the same config, and every bad
  * variable is named in one ConfigError. Development defaults that need randomness (a dev API key, a
  * callback secret) are filled in by server.ts, not here.
@@ -232,6 +270,7 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
   if (upstream !== 'simulator' && value.CALLBACK_SECRET === undefined) {
     problems.push(`CALLBACK_SECRET: required with UPSTREAM=${upstream} (32+ characters)`)
   }
+  if (upstream !== 'simulator') problems.push(...callbackBaseProblems(value, upstream))
   if (value.REDIS_SENTINELS !== undefined && value.REDIS_SENTINEL_NAME === undefined) {
     problems.push('REDIS_SENTINEL_NAME: required with REDIS_SENTINELS')
   }
@@ -278,6 +317,7 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
       unconfirmedGraceMs: value.SUBMIT_UNCONFIRMED_GRACE_MS
     },
     publicBaseUrl: value.PUBLIC_BASE_URL?.replace(/\/+$/, ''),
+    callbackAllowInsecure: value.CALLBACK_ALLOW_INSECURE,
     callbackSecret: value.CALLBACK_SECRET,
     apiKeys,
     allowedModels: value.ALLOWED_MODELS.split(','),

@@ -19,7 +19,7 @@
 import { DelayedError, type Job } from 'bullmq'
 import type { Logger } from 'pino'
 import { QueueJobs } from './base.ts'
-import type { Config } from '../config/index.ts'
+import { callbackBaseUrl, type Config } from '../config/index.ts'
 import { callbackToken } from '../domain/callback-token.ts'
 import { upstreamBody } from '../domain/create.ts'
 import { applyUpstream } from './apply.ts'
@@ -216,6 +216,6 @@ export class SubmitJobs extends QueueJobs<SubmitData> {
 
   private callbackUrl (taskId: string): string {
     const { config } = this.deps
-    return `${config.publicBaseUrl ?? `http://127.0.0.1:${config.port}`}/callbacks/kling?token=${callbackToken(config.callbackSecret ?? '', taskId)}`
+    return `${callbackBaseUrl(config)}/callbacks/kling?token=${callbackToken(config.callbackSecret ?? '', taskId)}`
   }
 }

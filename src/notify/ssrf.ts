@@ -126,7 +126,8 @@ export function isForbiddenAddress (ip: string): boolean {
   return false
 }
 
-function isInternalName (hostname: string): boolean {
+/** Names that only mean something inside a network (also judged for PUBLIC_BASE_URL, src/config). */
+export function isInternalName (hostname: string): boolean {
   const name = hostname.toLowerCase().replace(/\.+$/, '')
   return name === 'localhost' ||
     name.endsWith('.localhost') ||

@@ -67,6 +67,8 @@ export function testEnv (over: Record<string, string> = {}): Record<string, stri
     API_KEYS: `alice:${KEYS.alice},bob:${KEYS.bob}`,
     ADMIN_API_KEYS: `ops:${KEYS.ops}`,
     PUBLIC_BASE_URL: 'http://127.0.0.1:1',
+    // The harness's PUBLIC_BASE_URL is on loopback, with a real upstream (the simulator behind COMETAPI_KEY).
+    CALLBACK_ALLOW_INSECURE: 'true',
     WEBHOOK_ALLOW_PRIVATE: 'true',
     MIRROR_ALLOW_PRIVATE: 'true',
     LOG_LEVEL: 'info',
@@ -107,6 +109,8 @@ export interface HarnessOptions {
   keepKeys?: boolean
   /** The clock the kling adapter signs its tokens by. */
   upstreamClock?: () => number
+  /** The app's clock (buildApp's `clock`). */
+  clock?: () => number
 }
 
 export async function startHarness (opts: HarnessOptions = {}): Promise<Harness> {
@@ -126,7 +130,8 @@ export async function startHarness (opts: HarnessOptions = {}): Promise<Harness>
   let app: App
   try {
     const logger = createLogger(config.logLevel, logs)
-    app = await buildApp({ config, redis, upstream, queueConnection, blobs, workers: opts.workers, logger })
+    const clock = opts.clock === undefined ? {} : { clock: opts.clock }
+    app = await buildApp({ config, redis, upstream, queueConnection, blobs, workers: opts.workers, logger, ...clock })
     await app.ready()
   } catch (err) {
     // A replica refused at start (e.g. BlobDirConflict) must not leave its connections and simulator behind.
