@@ -382,6 +382,10 @@ export class Simulator {
       const list = body.image_list
       if (!Array.isArray(list) || list.length < 1 || list.length > 4) return 'image_list must have 1-4 items'
       if (!given(body.prompt)) return 'prompt is required'
+      // Masks refused: Kling's multi-image2video has none (CometAPI's page says not to send them on this route).
+      if (body.static_mask !== undefined || body.dynamic_masks !== undefined) {
+        return 'static_mask and dynamic_masks are not supported by multi-image2video'
+      }
     } else if (kind === 'image2video') {
       if (!given(body.image) && !given(body.image_tail)) return 'image or image_tail is required'
       if (body.image_list !== undefined) return 'image_list is not a parameter of image2video'

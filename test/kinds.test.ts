@@ -20,6 +20,9 @@ const b64 = (buf: Buffer) => buf.toString('base64')
 const GIF = b64(Buffer.concat([Buffer.from('GIF89a'), Buffer.from([0x2c, 0x01, 0x2c, 0x01, 0, 0, 0]),
   Buffer.alloc(64)]))
 
+// Masks stay fields with these rules; the model capability table (test/models.test.ts) says who may send them.
+const I2V_ALL = { cfg_scale: true, camera_control: true, image_tail: true, masks: true }
+const MASKS_ON = { MODEL_CAPABILITIES: JSON.stringify({ image2video: { '*': I2V_ALL } }) }
 const i2v = (over: Body = {}): Body => ({ image: URL_A, prompt: 'the cat turns its head', ...over })
 const t2v = (over: Body = {}): Body => ({ prompt: 'a paper boat drifts down a rainy street', ...over })
 const without = (body: Body, field: string): Body => { const b = { ...body }; delete b[field]; return b }
@@ -42,7 +45,7 @@ function pointersOf (res: LightMyRequestResponse): string[] {
 
 describe('field rules per kind', () => {
   let h: Harness
-  beforeAll(async () => { h = await startHarness({ workers: false }) })
+  beforeAll(async () => { h = await startHarness({ workers: false, env: MASKS_ON }) })
   afterAll(async () => { await h?.close() })
 
   it('accepts the valid builders (so each refusal below is the one broken field)', async () => {

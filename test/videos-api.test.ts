@@ -139,13 +139,11 @@ describe('Base64 images', () => {
 
     it('stores a descriptor, sends the simulator the bare Base64, and keeps the Base64 out of Redis, the logs and every response', async () => {
       const first = await c.create(validBody({
-        image_list: [{ image: `data:image/png;base64,${b64(png)}` }, { image: b64(jpeg) }],
-        static_mask: `data:image/png;base64,${b64(mask)}`
+        image_list: [{ image: `data:image/png;base64,${b64(png)}` }, { image: b64(jpeg) }]
       }))
       const second = await c.create(validBody({ image_list: [{ image: b64(jpeg) }, { image: 'https://images.example.com/b.jpg' }] }))
       for (const res of [first, second]) expect(res.statusCode, res.body.slice(0, 300)).toBe(202)
       expect(first.json().request.image_list).toEqual([{ image: pngDescriptor }, { image: jpegDescriptor }])
-      expect(first.json().request.static_mask).toEqual({ sha256: sha256(mask), bytes: mask.length, width: 640, height: 360, format: 'png' })
       expect(second.json().request.image_list).toEqual([{ image: jpegDescriptor }, { image: 'https://images.example.com/b.jpg' }])
       expect(first.headers.location).toBe(`/v1/videos/${first.json().id as string}`)
 
@@ -161,8 +159,6 @@ describe('Base64 images', () => {
 
       // The simulator got the Base64 itself, without the data: prefix, in the right places.
       expect(sim.tasks.size).toBe(2)
-      const withMask = [...sim.tasks.values()].find(t => t.body.static_mask !== undefined)
-      expect(withMask?.body.static_mask).toBe(b64(mask))
       const sent = received.map(b => (b.image_list as Array<{ image: string }>).map(i => i.image))
       expect(sent).toHaveLength(2)
       expect(sent).toContainEqual([b64(png), b64(jpeg)])

@@ -17,6 +17,11 @@ const URL_B = 'https://images.example.com/b.jpg'
 const b64 = (buf: Buffer) => buf.toString('base64')
 const sha256 = (buf: Buffer) => createHash('sha256').update(buf).digest('hex')
 
+// Masks stay fields with these rules; the model capability table (test/models.test.ts) says who may send them.
+const MASKS_ON = {
+  MODEL_CAPABILITIES: JSON.stringify({ 'multi-image2video': { 'kling-v1-6': { cfg_scale: true, masks: true } } })
+}
+
 /** A body every rule accepts; each test breaks exactly one field of it. */
 function validBody (): Body {
   return { image_list: [{ image: URL_A }, { image: URL_B }], prompt: 'a grey cat walks slowly across a sunny room' }
@@ -36,7 +41,7 @@ function oversizedPng (): Buffer {
 
 describe('POST /v1/videos field rules', () => {
   let h: Harness
-  beforeAll(async () => { h = await startHarness({ workers: false }) })
+  beforeAll(async () => { h = await startHarness({ workers: false, env: MASKS_ON }) })
   afterAll(async () => { await h?.close() })
 
   const create = async (body: unknown, headers: Record<string, string> = auth('alice')) =>

@@ -3,6 +3,7 @@ import { Value } from 'typebox/value'
 import { createHash } from 'node:crypto'
 import { isIP } from 'node:net'
 import { isForbiddenAddress, isInternalName } from '../notify/ssrf.ts'
+import { parseModelTable, type ModelTable } from '../domain/models.ts'
 
 /** Who makes the videos: an adapter each in src/upstream (UPSTREAM). */
 export const UPSTREAM_NAMES = ['cometapi', 'kling', 'simulator'] as const
@@ -39,6 +40,8 @@ export const EnvSchema = Type.Object({
   API_KEYS: Type.Optional(Type.String({ minLength: 1 })),
   ADMIN_API_KEYS: Type.Optional(Type.String({ minLength: 1 })),
   ALLOWED_MODELS: Type.String({ pattern: '^[A-Za-z0-9._-]+(,[A-Za-z0-9._-]+)*$', default: 'kling-v1-6' }),
+  // JSON: what each model does on each kind (src/domain/models.ts); each kind given replaces its default entry.
+  MODEL_CAPABILITIES: Type.Optional(Type.String({ minLength: 1 })),
   UPSTREAM_CONCURRENCY: Type.Integer({ minimum: 1, maximum: 1000, default: 8 }),
   UPSTREAM_TIMEOUT_MS: Type.Integer({ minimum: 10, maximum: 600_000, default: 30_000 }),
   UPSTREAM_RETRY_BASE_MS: Type.Integer({ minimum: 1, maximum: 600_000, default: 1000 }),
@@ -127,6 +130,8 @@ export interface Config {
   callbackSecret?: string
   apiKeys: ApiKey[]
   allowedModels: string[]
+  /** MODEL_CAPABILITIES over the defaults: the models of each kind, their modes, durations and features. */
+  models: ModelTable
   reconcile: { intervalMs: number, afterMs: number, deadlineMs: number, batch: number, qps: number }
   webhooks: { retryScheduleMs: number[], timeoutMs: number, allowPrivate: boolean }
   logLevel: Env['LOG_LEVEL']
@@ -283,6 +288,7 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
   if (value.BLOB_DRIVER === 's3' && value.S3_BUCKET === undefined) {
     problems.push('S3_BUCKET: required when BLOB_DRIVER=s3')
   }
+  const models = parseModelTable(value.MODEL_CAPABILITIES, problems)
   if (problems.length > 0) throw new ConfigError(problems)
 
   return {
@@ -321,6 +327,7 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
     callbackSecret: value.CALLBACK_SECRET,
     apiKeys,
     allowedModels: value.ALLOWED_MODELS.split(','),
+    models,
     reconcile: {
       intervalMs: value.RECONCILE_INTERVAL_MS,
       afterMs: value.RECONCILE_AFTER_MS,

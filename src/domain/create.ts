@@ -1,6 +1,7 @@
 /**
  * Everything a create is checked for beyond its JSON schema (docs/API.md, "POST /v1/videos"), for every kind:
- * Base64 images by their header bytes (wherever the kind's schema has an image), the model allow-list, the metadata
+ * Base64 images by their header bytes (wherever the kind's schema has an image), the model allow-list and what the
+ * model does on the kind (src/domain/models.ts: modes, durations, masks and the other optional features), the metadata
  * size, the webhook scheme, and each kind's own cross-field rules (masks against their image, the camera controls,
  * what excludes what). Pure: returns every problem at once, or the request as it will be stored plus the decoded
  * images to park.
@@ -10,6 +11,7 @@ import { CAMERA_AXES, CREATE_SCHEMAS, FILLED_IN, TASK_FIELDS } from '../schemas/
 import type { FieldError } from './errors.ts'
 import { compareMask, inspectBase64Image, isUrl, type ImageDescriptor } from './images.ts'
 import { DEFAULT_KIND, type VideoKind } from './kinds.ts'
+import { DEFAULT_MODEL_TABLE, modelProblems, type ModelTable } from './models.ts'
 
 export const MAX_METADATA_BYTES = 4096
 const MAX_URL_LENGTH = 2048
@@ -24,7 +26,12 @@ export interface CheckedCreate {
   fingerprint: string
 }
 
-export interface CreateRules { allowedModels: string[], allowInsecureWebhooks: boolean }
+export interface CreateRules {
+  allowedModels: string[]
+  allowInsecureWebhooks: boolean
+  /** What each model does on each kind (src/domain/models.ts); the defaults without it. */
+  models?: ModelTable
+}
 
 type Obj = Record<string, unknown>
 const isObj = (v: unknown): v is Obj => v !== null && typeof v === 'object' && !Array.isArray(v)
@@ -159,6 +166,9 @@ export function checkCreate (kind: VideoKind, body: Obj, rules: CreateRules):
   KIND_RULES[kind]?.({ body, request, descriptors, problem })
   if (typeof request.model_name === 'string' && !rules.allowedModels.includes(request.model_name)) {
     problem('/model_name', `must be one of: ${rules.allowedModels.join(', ')}`)
+  } else if (typeof request.model_name === 'string') {
+    // Only for a model the operator allows: what another model could do is beside the point.
+    errors.push(...modelProblems(kind, request, body, rules.models ?? DEFAULT_MODEL_TABLE))
   }
   if (isObj(body.metadata) && Buffer.byteLength(JSON.stringify(body.metadata)) > MAX_METADATA_BYTES) {
     problem('/metadata', `must be at most ${MAX_METADATA_BYTES} bytes of JSON`)

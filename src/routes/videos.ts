@@ -119,7 +119,9 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
       throw new InvalidRequest([{ pointer: '/', detail: 'must be a JSON object', location: 'body' }])
     }
     const body = raw as { reference?: string, metadata?: Record<string, unknown>, webhook_url?: string }
-    const rules = { allowedModels: config.allowedModels, allowInsecureWebhooks: config.webhooks.allowPrivate }
+    const rules = {
+      allowedModels: config.allowedModels, allowInsecureWebhooks: config.webhooks.allowPrivate, models: config.models
+    }
     const checked = checkCreate(kind, raw as Record<string, unknown>, rules)
     // With attachValidation, Fastify leaves here the first part that failed (body before headers): name its errors
     // by that part, and when the body failed first, check the headers too so that every bad field is listed.
