@@ -76,6 +76,11 @@ export interface SimOptions {
   outcome?: 'succeed' | 'failed'
   /** Share of tasks (0..1) that end `failed` whatever `outcome` says, so both terminal paths run under load. */
   failRatio?: number
+  /**
+   * URLs that expire: result URLs carry `x-expires` (Unix seconds: the task's last update + this) and `x-signature`,
+   * and answer 403 past it, as a signed CDN URL does. Unset: plain URLs that never expire.
+   */
+  videoUrlTtlMs?: number
   logger?: boolean
 }
 
@@ -98,8 +103,8 @@ export type SimKind = typeof SIM_KINDS[number]
 export type SimApi = 'cometapi' | 'kling'
 export interface SimRoute { api: SimApi, kind: SimKind }
 /** The options in force: the defaults filled in; the keys stay optional (none = any Bearer value). */
-type SimSettings = Required<Omit<SimOptions, 'apiKey' | 'logger' | 'klingAccessKey' | 'klingSecretKey'>> &
-  Pick<SimOptions, 'apiKey' | 'klingAccessKey' | 'klingSecretKey'>
+type SimSettings = Required<Omit<SimOptions, 'apiKey' | 'logger' | 'klingAccessKey' | 'klingSecretKey' |
+'videoUrlTtlMs'>> & Pick<SimOptions, 'apiKey' | 'klingAccessKey' | 'klingSecretKey' | 'videoUrlTtlMs'>
 
 /** The path style and kind a request path names; null for any other path. */
 export function routeOf (url: string): SimRoute | null {
@@ -157,6 +162,8 @@ export class Simulator {
   /** The route each create body arrived on, for create() and invalid(), which are handed only the body. */
   private readonly arrivedOn = new WeakMap<object, SimRoute>()
   private nextId = BigInt(860_000_000_000_000_000n) + BigInt(randomInt(1, 1_000_000_000))
+  /** Signs expiring result URLs, so a URL with its expiry moved is refused like an expired one. */
+  private readonly urlKey = randomUUID()
 
   constructor (opts: SimOptions = {}) {
     this.opts = { auto: true, processingAfterMs: 200, finishAfterMs: 600, outcome: 'succeed', failRatio: 0, ...opts }
@@ -220,7 +227,7 @@ export class Simulator {
         ? {
             videos: [{
               id: `v-${task.task_id}`,
-              url: `${this.baseUrl}/_sim/videos/${task.task_id}.mp4`,
+              url: `${this.baseUrl}/_sim/videos/${task.task_id}.mp4${this.expiryQuery(task)}`,
               duration: String(task.body.duration ?? '5')
             }]
           }
@@ -228,6 +235,17 @@ export class Simulator {
       created_at: task.created_at,
       updated_at: task.updated_at
     }
+  }
+
+  /** URLs that expire: `?x-expires=…&x-signature=…` with `videoUrlTtlMs` set, else nothing. */
+  private expiryQuery (task: SimTask): string {
+    if (this.opts.videoUrlTtlMs === undefined) return ''
+    const expires = String(Math.floor((task.updated_at + this.opts.videoUrlTtlMs) / 1000))
+    return `?x-expires=${expires}&x-signature=${this.urlSignature(task.task_id, expires)}`
+  }
+
+  private urlSignature (taskId: string, expires: string): string {
+    return createHmac('sha256', this.urlKey).update(`${taskId}:${expires}`).digest('hex').slice(0, 32)
   }
 
   /** The fake video: deterministic bytes per task, so a mirror can be checked byte for byte. */
@@ -515,9 +533,19 @@ export class Simulator {
       app.get<{ Params: { kind: string, id: string } }>(`${prefix}/:kind/:id`, { onRequest: knownKind }, queryTask)
     }
 
-    app.get<{ Params: { id: string } }>('/_sim/videos/:id', async (request, reply) => {
+    type VideoRequest = { Params: { id: string }, Querystring: Record<string, string | undefined> }
+    app.get<VideoRequest>('/_sim/videos/:id', async (request, reply) => {
       const taskId = request.params.id.replace(/\.mp4$/, '')
       if (!this.tasks.has(taskId)) return reply.code(404).send('not found')
+      // URLs that expire: past `x-expires` (or with a signature that does not match it), 403, as a CDN answers.
+      const { 'x-expires': expires, 'x-signature': signature } = request.query
+      if (expires !== undefined || signature !== undefined) {
+        const valid = expires !== undefined && signature === this.urlSignature(taskId, expires)
+        if (!valid || Date.now() >= Number(expires) * 1000) {
+          return reply.code(403).type('application/xml').send('<?xml version="1.0" encoding="UTF-8"?>\n' +
+            '<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>')
+        }
+      }
       return reply.type('video/mp4').send(Simulator.videoBytes(taskId))
     })
 
