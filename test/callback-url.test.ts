@@ -59,7 +59,8 @@ describe('PUBLIC_BASE_URL with a real upstream', () => {
   })
 
   it('names it in the one ConfigError beside every other bad variable', () => {
-    const problems = problemsOf({ ...kling, PUBLIC_BASE_URL: 'http://10.0.0.1', PORT: 'eighty', UPSTREAM_CONCURRENCY: '0' })
+    const env = { ...kling, PUBLIC_BASE_URL: 'http://10.0.0.1', PORT: 'eighty', UPSTREAM_CONCURRENCY: '0' }
+    const problems = problemsOf(env)
     expect(problems.map(p => p.split(':')[0]).sort()).toEqual(['PORT', 'PUBLIC_BASE_URL', 'UPSTREAM_CONCURRENCY'])
   })
 
@@ -67,7 +68,8 @@ describe('PUBLIC_BASE_URL with a real upstream', () => {
     expect(loadConfig({ ...comet, PUBLIC_BASE_URL: 'https://gw.example.com:8443/kg/' }).publicBaseUrl)
       .toBe('https://gw.example.com:8443/kg')
     expect(loadConfig({ ...kling, PUBLIC_BASE_URL: 'https://203.0.114.7' }).callbackAllowInsecure).toBe(false)
-    for (const env of [{}, { UPSTREAM: 'simulator', COMETAPI_KEY: 'sk-1' }, { PUBLIC_BASE_URL: 'http://127.0.0.1:1' }]) {
+    const simulated = [{}, { UPSTREAM: 'simulator', COMETAPI_KEY: 'sk-1' }, { PUBLIC_BASE_URL: 'http://127.0.0.1:1' }]
+    for (const env of simulated) {
       expect(loadConfig(env).upstream.name).toBe('simulator')
     }
   })

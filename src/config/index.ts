@@ -80,6 +80,10 @@ export const EnvSchema = Type.Object({
   MIRROR_MAX_BYTES: Type.Integer({ minimum: 1, default: 256 * 1024 * 1024 }),
   MIRROR_TIMEOUT_MS: Type.Integer({ minimum: 100, default: 300_000 }),
   MIRROR_ALLOW_PRIVATE: Type.Boolean({ default: false }),
+  // The copy is retried until the upstream URL expires; the cap keeps one attempt inside the last 15 minutes.
+  MIRROR_RETRY_BASE_MS: Type.Integer({ minimum: 1, maximum: 600_000, default: 2000 }),
+  MIRROR_RETRY_MAX_MS: Type.Integer({ minimum: 1, maximum: 900_000, default: 600_000 }),
+  MIRROR_SWEEP_INTERVAL_MS: Type.Integer({ minimum: 10, maximum: 3_600_000, default: 60_000 }),
   PARKED_MAX_BYTES: Type.Integer({ minimum: 0, default: 512 * 1024 * 1024 }),
   CREATE_MAX_LARGE_BODIES: Type.Integer({ minimum: 1, maximum: 1000, default: 2 }),
   LARGE_BODY_BYTES: Type.Integer({ minimum: 1024, default: 1024 * 1024 })
@@ -152,7 +156,17 @@ export interface Config {
     prefix: string
   }
   /** The result copy (MIRROR_* and VIDEO_RETENTION_DAYS). */
-  copy: { maxBytes: number, timeoutMs: number, allowPrivate: boolean, retentionMs: number }
+  copy: {
+    maxBytes: number
+    timeoutMs: number
+    allowPrivate: boolean
+    retentionMs: number
+    /** Retries until the upstream URL expires: from `retryBaseMs`, doubling, at most `retryMaxMs` apart. */
+    retryBaseMs: number
+    retryMaxMs: number
+    /** How often one replica re-queues succeeded tasks whose result is not stored yet. */
+    sweepIntervalMs: number
+  }
   parkedMaxBytes: number
   create: { maxLargeBodies: number, largeBodyBytes: number }
 }
@@ -362,7 +376,10 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
       maxBytes: value.MIRROR_MAX_BYTES,
       timeoutMs: value.MIRROR_TIMEOUT_MS,
       allowPrivate: value.MIRROR_ALLOW_PRIVATE,
-      retentionMs: value.VIDEO_RETENTION_DAYS * 24 * 3600_000
+      retentionMs: value.VIDEO_RETENTION_DAYS * 24 * 3600_000,
+      retryBaseMs: value.MIRROR_RETRY_BASE_MS,
+      retryMaxMs: value.MIRROR_RETRY_MAX_MS,
+      sweepIntervalMs: value.MIRROR_SWEEP_INTERVAL_MS
     },
     parkedMaxBytes: value.PARKED_MAX_BYTES,
     create: { maxLargeBodies: value.CREATE_MAX_LARGE_BODIES, largeBodyBytes: value.LARGE_BODY_BYTES }

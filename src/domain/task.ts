@@ -32,6 +32,8 @@ export interface ResultVideo {
   duration: string | null
   upstream_url: string
   upstream_expires_at: string | null
+  /** Set when the copy gave up for good (the upstream URL expired first): `video.copy_failed` says so too. */
+  copy_error?: TaskError | null
 }
 export interface TaskError { code: string, message: string }
 
@@ -96,25 +98,36 @@ export function toView (t: TaskRecord): TaskView {
   }
 }
 
-/** One per state change, plus `video.stored` when the result has been copied into the gateway. */
-export type EventType = `video.${TaskStatus}` | 'video.stored'
+/**
+ * One per state change, plus `video.stored` when the result has been copied into the gateway, or
+ * `video.copy_failed` when it never can be (the upstream URL expired before the copy succeeded).
+ */
+export type EventType = `video.${TaskStatus}` | 'video.stored' | 'video.copy_failed'
 
 /**
  * Every event type, in the order a task can have them: the one list that webhook subscriptions, the OpenAPI
  * `webhooks` and the docs derive from.
  */
-export const EVENT_TYPES: readonly EventType[] = [...TASK_STATUSES.map(s => `video.${s}` as const), 'video.stored']
+export const EVENT_TYPES: readonly EventType[] = [
+  ...TASK_STATUSES.map(s => `video.${s}` as const), 'video.stored', 'video.copy_failed'
+]
+
+/** Whether the copy of a succeeded task's result gave up for good (some video has a `copy_error`). */
+export const copyFailed = (t: Pick<TaskRecord, 'result'>): boolean =>
+  t.result?.videos.some(v => v.copy_error !== undefined && v.copy_error !== null) ?? false
 
 /**
  * Whether a task will have no more events: it is terminal, and a success has its result copied too
- * (`video.stored` comes last). SSE streams end there, and answer 204 to a reconnect after it.
+ * (`video.stored` comes last), or given up (`video.copy_failed`). SSE streams end there, and answer 204 to a
+ * reconnect after it.
  */
-export const isSettled = (t: Pick<TaskRecord, 'status' | 'storedAt'>): boolean =>
-  isTerminal(t.status) && (t.status !== 'succeeded' || t.storedAt !== null)
+export const isSettled = (t: Pick<TaskRecord, 'status' | 'storedAt' | 'result'>): boolean =>
+  isTerminal(t.status) && (t.status !== 'succeeded' || t.storedAt !== null || copyFailed(t))
 
 /** Whether this is the last event its task will ever have (see isSettled). */
 export const isLastEvent = (e: Pick<TaskEvent, 'type' | 'data'>): boolean =>
-  e.type === 'video.stored' || (isTerminal(e.data.status) && e.data.status !== 'succeeded')
+  e.type === 'video.stored' || e.type === 'video.copy_failed' ||
+  (isTerminal(e.data.status) && e.data.status !== 'succeeded')
 
 /** One entry of a task's event log; the same object feeds SSE, webhooks and the Redis Stream. */
 export interface TaskEvent {

@@ -19,6 +19,22 @@ export interface StateChange {
   error?: TaskRecord['error']
 }
 
+/**
+ * When a result URL says it stops working, from the query parameters signed CDN URLs carry: `x-expires`, `expires`
+ * or `x-oss-expires` (Unix seconds), or `X-Amz-Date` + `X-Amz-Expires` (case-insensitive); null when it says nothing.
+ */
+export function urlExpiresAt (url: string): number | null {
+  if (!URL.canParse(url)) return null
+  const q = new Map([...new URL(url).searchParams].map(([k, v]) => [k.toLowerCase(), v]))
+  const seconds = q.get('x-expires') ?? q.get('expires') ?? q.get('x-oss-expires')
+  if (seconds !== undefined && /^\d{9,11}$/.test(seconds)) return Number(seconds) * 1000
+  const date = /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$/.exec(q.get('x-amz-date') ?? '')
+  const ttl = q.get('x-amz-expires')
+  if (date === null || ttl === undefined || !/^\d{1,7}$/.test(ttl)) return null
+  const [, y, mo, d, h, mi, s] = date.map(Number)
+  return Date.UTC(y, mo - 1, d, h, mi, s) + Number(ttl) * 1000
+}
+
 /** Where callers fetch a result video: the gateway's own copy, which outlives the upstream URL. */
 export function contentUrl (base: string, taskId: string, index: number): string {
   return `${base}/v1/videos/${taskId}/content${index > 0 ? `?index=${index}` : ''}`
@@ -38,13 +54,14 @@ export function changeFromUpstream (
   if (!canMove(task.status, to)) return null
   const change: StateChange = { to, upstream: { task_id: up.taskId, status: up.status, status_msg: up.statusMsg } }
   if (to === 'succeeded') {
-    const expires = new Date((up.updatedAt ?? now) + UPSTREAM_RETENTION_MS).toISOString()
+    const retained = (up.updatedAt ?? now) + UPSTREAM_RETENTION_MS
     const videos: ResultVideo[] = up.videos.map((v, i) => ({
       id: v.id,
       url: contentUrl(base, task.id, i),
       duration: v.duration,
       upstream_url: v.url,
-      upstream_expires_at: expires
+      // A URL signed for less than Kling keeps the file stops working first: the copy must be done by then.
+      upstream_expires_at: new Date(Math.min(retained, urlExpiresAt(v.url) ?? Infinity)).toISOString()
     }))
     change.result = { videos }
   }

@@ -1,9 +1,20 @@
 /**
  * The result copy ("keeps the bytes"): when a task succeeds, copy each result video into the blob store before
- * Kling's 30-day URL expires. One BullMQ job per task (job id = task id), retried with backoff; the download goes
- * through the SSRF-guarded agent, with a size cap, a deadline and a Content-Length check. The task's terminal event
- * is not held back: a `video.stored` event follows when the copy is done. The copy is served by
- * `GET /v1/videos/:id/content` from the blob store (`src/blobs`); MIRROR_* variables configure the download.
+ * Kling's URL expires. One BullMQ job per task (job id = task id); the download goes through the SSRF-guarded agent,
+ * with a size cap, a deadline and a Content-Length check. The task's terminal event is not held back: a
+ * `video.stored` event follows when the copy is done. The copy is served by `GET /v1/videos/:id/content` from the
+ * blob store (`src/blobs`); MIRROR_* variables configure the download.
+ *
+ * Keeping the result until it is safe (docs/DESIGN.md, "Where the bytes go"):
+ * - a failed copy is retried until the video's `upstream_expires_at`, not for a fixed number of attempts: from
+ *   MIRROR_RETRY_BASE_MS, doubling, at most MIRROR_RETRY_MAX_MS apart (≤ 15 minutes, so one attempt falls inside
+ *   the last 15 minutes of the URL);
+ * - a sweep (every MIRROR_SWEEP_INTERVAL_MS, one replica) queues again every succeeded task not stored yet, from the
+ *   `copying` set the transition script keeps with the status, so a copy job lost with Redis, or left failed by an
+ *   older version, is not the end of the result;
+ * - once the URL has expired (it answers 403/404/410 within 15 minutes of `upstream_expires_at` or after it, or any
+ *   attempt fails after it) the copy gives up: the video gets a `copy_error` (UPSTREAM_URL_EXPIRED), the task a
+ *   `video.copy_failed` event (its last), and its content answers 410.
  */
 import type { Job } from 'bullmq'
 import { pipeline, Transform } from 'node:stream'
@@ -11,12 +22,31 @@ import type { Logger } from 'pino'
 import { request, type Agent } from 'undici'
 import type { BlobStore } from '../blobs/index.ts'
 import type { Config } from '../config/index.ts'
+import { copyFailed, type ResultVideo, type TaskError, type TaskRecord } from '../domain/task.ts'
+import { UPSTREAM_RETENTION_MS } from '../domain/upstream-state.ts'
 import type { RedisClient } from '../infra/redis.ts'
 import { createGuardedAgent } from '../notify/ssrf.ts'
 import type { TaskStore } from '../store/tasks.ts'
 import { QueueJobs } from './base.ts'
 
 export const COPY_QUEUE = 'copy'
+/** A refusal this close to `upstream_expires_at` (or after it) means the URL has expired. */
+export const EXPIRY_MARGIN_MS = 15 * 60_000
+/** Tasks a sweep takes at a time. */
+const SWEEP_BATCH = 500
+/** BullMQ needs a number: the attempts are in fact bounded by the URL's expiry (30 days / 10 min ≈ 4,300). */
+const ATTEMPTS = 1_000_000
+
+/** The upstream answered a download with this status. */
+class DownloadRefused extends Error {
+  constructor (readonly status: number) { super(`download answered ${status}`) }
+}
+
+/** The delay before copy attempt `attemptsMade + 1`: doubling from `baseMs`, at most `maxMs`, jittered. */
+export function copyRetryDelay (attemptsMade: number, baseMs: number, maxMs: number): number {
+  const step = Math.min(baseMs * 2 ** Math.max(0, attemptsMade - 1), maxMs)
+  return Math.round(step / 2 + Math.random() * step / 2)
+}
 
 export interface CopyDeps {
   config: Config
@@ -46,10 +76,19 @@ export class CopyJobs extends QueueJobs<{ taskId: string }> {
       await this.queue.upsertJobScheduler('expire', { every: Math.min(config.copy.retentionMs, 3600_000) },
         { name: 'expire', opts: { removeOnComplete: true, removeOnFail: 10 } })
     }
-    this.startWorker(
-      async job => job.name === 'expire' ? await this.expire() : await this.copy(job),
-      { concurrency: 2 }
-    )
+    await this.queue.upsertJobScheduler('sweep', { every: config.copy.sweepIntervalMs },
+      { name: 'sweep', opts: { removeOnComplete: true, removeOnFail: 10 } })
+    this.startWorker(async job => {
+      if (job.name === 'expire') return await this.expire()
+      if (job.name === 'sweep') return `requeued ${await this.sweep()}`
+      return await this.copy(job)
+    }, {
+      concurrency: 2,
+      settings: {
+        backoffStrategy: (attemptsMade: number) =>
+          copyRetryDelay(attemptsMade, config.copy.retryBaseMs, config.copy.retryMaxMs)
+      }
+    })
   }
 
   /** The `copy` reader of the event stream: a succeeded task gets its result copied. Safe to call twice. */
@@ -60,33 +99,100 @@ export class CopyJobs extends QueueJobs<{ taskId: string }> {
   async enqueue (taskId: string): Promise<void> {
     await this.queue.add('copy', { taskId }, {
       jobId: `copy-${taskId}`,
-      attempts: 8,
-      backoff: { type: 'exponential', delay: 2000 },
+      attempts: ATTEMPTS,
+      backoff: { type: 'custom' },
       removeOnComplete: true,
-      removeOnFail: 1000
+      // A job that ends failed anyway must not stand in the way of the sweep's next add (same job id).
+      removeOnFail: true
     })
+  }
+
+  /**
+   * Queues the copy again for succeeded tasks not stored yet and not queued within the last sweep interval (a
+   * second add of a live job is a no-op); fills the `copying` set from older tasks first. Returns how many.
+   */
+  async sweep (): Promise<number> {
+    const { store, clock, config } = this.deps
+    const found = await store.backfillCopying(SWEEP_BATCH)
+    if (found > 0) this.log.info({ count: found }, 'found succeeded tasks from before the copy sweep')
+    const ids = await store.copyBacklog(clock() - config.copy.sweepIntervalMs, SWEEP_BATCH)
+    for (const id of ids) {
+      const jobId = `copy-${id}`
+      const state = await this.queue.getJobState(jobId)
+      // An older version gave up after 8 attempts and kept the failed job, which would make the add a no-op.
+      if (state === 'failed' || state === 'completed') await this.queue.remove(jobId)
+      await this.enqueue(id)
+    }
+    if (ids.length > 0) this.log.debug({ count: ids.length }, 'queued the copy of results not stored yet')
+    return ids.length
   }
 
   protected override async closed (): Promise<void> {
     await this.agent.close()
   }
 
-  /** Copies every video of a succeeded task that is not stored yet, then records it with a `video.stored` event. */
-  async copy (job: Pick<Job<{ taskId: string }>, 'data'>): Promise<string> {
+  /**
+   * Copies every video of a succeeded task that is not stored yet, then records it with a `video.stored` event; a
+   * failure is thrown (BullMQ retries) until the video's URL has expired, and then recorded as the task's last event.
+   */
+  async copy (job: Pick<Job<{ taskId: string }>, 'data'> & { attemptsMade?: number }): Promise<string> {
     const { store, blobs, clock } = this.deps
     const task = await store.get(job.data.taskId)
-    if (task === null || task.status !== 'succeeded' || task.storedAt !== null) return 'nothing to do'
+    if (task === null || task.status !== 'succeeded' || task.storedAt !== null || copyFailed(task)) {
+      return 'nothing to do'
+    }
     const videos = task.result?.videos ?? []
+    const lost = new Map<number, TaskError>()
     for (const [i, video] of videos.entries()) {
       if (await blobs.stat(videoKey(task.id, i)) !== null) continue
-      await this.download(video.upstream_url, videoKey(task.id, i))
+      try {
+        await this.download(video.upstream_url, videoKey(task.id, i))
+      } catch (err) {
+        const error = this.expired(task, video, err as Error)
+        if (error === null) {
+          const attempt = (job.attemptsMade ?? 0) + 1
+          this.log.info({ taskId: task.id, video: i, attempt, err: (err as Error).message },
+            'result copy failed; retrying until the upstream URL expires')
+          throw err
+        }
+        lost.set(i, error)
+      }
     }
+    if (lost.size > 0) return await this.giveUp(task.id, lost)
     const now = clock()
     await store.transition(task.id, t => t.status === 'succeeded' && t.storedAt === null
       ? { to: 'succeeded', storedAt: now }
       : null, { event: true, eventType: 'video.stored' })
     this.log.info({ taskId: task.id, videos: videos.length }, 'result stored')
     return 'stored'
+  }
+
+  /** Why the copy of `video` can never succeed now (its URL has expired), or null while it still may. */
+  private expired (task: TaskRecord, video: ResultVideo, err: Error): TaskError | null {
+    const now = this.deps.clock()
+    const given = Date.parse(video.upstream_expires_at ?? '')
+    // A task stored before upstream_expires_at existed: Kling keeps results 30 days from about then.
+    const expiresAt = Number.isNaN(given) ? task.updatedAt + UPSTREAM_RETENTION_MS : given
+    const refused = err instanceof DownloadRefused && [403, 404, 410].includes(err.status)
+    if (now < expiresAt && !(refused && now >= expiresAt - EXPIRY_MARGIN_MS)) return null
+    return {
+      code: 'UPSTREAM_URL_EXPIRED',
+      message: `the upstream URL expired (at ${new Date(expiresAt).toISOString()}) before the video could be copied; ` +
+        `the last attempt: ${err.message}`
+    }
+  }
+
+  /** Records for good that some videos were not copied: each one's `copy_error`, and `video.copy_failed`. */
+  private async giveUp (taskId: string, lost: Map<number, TaskError>): Promise<string> {
+    const outcome = await this.deps.store.transition(taskId, t => {
+      if (t.status !== 'succeeded' || t.storedAt !== null || copyFailed(t) || t.result === null) return null
+      const videos = t.result.videos.map((v, i) => lost.has(i) ? { ...v, copy_error: lost.get(i) } : v)
+      return { to: 'succeeded', result: { videos } }
+    }, { event: true, eventType: 'video.copy_failed' })
+    if (outcome.applied) {
+      this.log.warn({ taskId, videos: [...lost.keys()] }, 'result copy given up: the upstream URL expired first')
+    }
+    return 'expired'
   }
 
   private async download (url: string, key: string): Promise<void> {
@@ -98,7 +204,7 @@ export class CopyJobs extends QueueJobs<{ taskId: string }> {
     })
     if (res.statusCode !== 200) {
       await res.body.dump().catch(() => {})
-      throw new Error(`download answered ${res.statusCode}`)
+      throw new DownloadRefused(res.statusCode)
     }
     const header = res.headers['content-length']
     const length = typeof header === 'string' && /^\d+$/.test(header) ? Number(header) : undefined

@@ -1,6 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import { Conflict, GatewayError, NotFound } from '../domain/errors.ts'
+import { copyFailed } from '../domain/task.ts'
 import { videoKey } from '../jobs/copy.ts'
 import { canSee, type Caller } from '../plugins/auth.ts'
 import { internal, invalidField, problem, unauthorized, unavailable } from '../schemas/common.ts'
@@ -43,7 +44,8 @@ const content: FastifyPluginAsyncTypebox = async (app) => {
       description: 'The gateway\'s copy of result video `index` of a succeeded task: `result.videos[].url` points ' +
         'here. One `Range: bytes=a-b`, `a-` or `-n` answers 206 (other forms get the whole video). The caller that ' +
         'owns the task, or an admin key. 409 `CONTENT_NOT_READY` (with Retry-After) while the copy is being made: ' +
-        'retry, or wait for the `video.stored` event.',
+        'retry, or wait for the `video.stored` event. 410 `UPSTREAM_URL_EXPIRED` when the upstream URL expired ' +
+        'before the video could be copied (`video.copy_failed`).',
       security: [{ bearer: [] }],
       params: TaskParamsSchema,
       querystring: Type.Object(
@@ -73,7 +75,8 @@ const content: FastifyPluginAsyncTypebox = async (app) => {
           detail: 'the video is still being copied from upstream; retry shortly',
           headers: ['Retry-After']
         }),
-        410: problem(410, 'the video was deleted after VIDEO_RETENTION_DAYS', {
+        410: problem(410, 'the video was deleted after VIDEO_RETENTION_DAYS (`CONTENT_EXPIRED`), or the upstream URL ' +
+          'expired before it could be copied (`UPSTREAM_URL_EXPIRED`: the video\'s `copy_error` says when)', {
           code: 'CONTENT_EXPIRED', detail: 'the video was deleted after its retention period'
         }),
         416: problem(416, 'the range starts past the end of the video; `Content-Range: bytes */size` gives the size', {
@@ -95,7 +98,13 @@ const content: FastifyPluginAsyncTypebox = async (app) => {
     if (task.storedExpired) {
       throw new GatewayError('CONTENT_EXPIRED', 410, 'the video was deleted after its retention period')
     }
-    const info = task.storedAt === null ? null : await blobs.stat(videoKey(task.id, index))
+    const copyError = task.result?.videos[index].copy_error
+    if (copyError !== undefined && copyError !== null) {
+      throw new GatewayError('UPSTREAM_URL_EXPIRED', 410, copyError.message)
+    }
+    // After a copy given up, the videos it did copy are served (none is being copied any more).
+    const done = task.storedAt !== null || copyFailed(task)
+    const info = done ? await blobs.stat(videoKey(task.id, index)) : null
     if (info === null) {
       throw new GatewayError(
         'CONTENT_NOT_READY', 409, 'the video is still being copied from upstream; retry shortly', undefined,

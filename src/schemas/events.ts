@@ -17,14 +17,19 @@ const MEANING: Record<EventType, [string, string]> = {
   'video.failed': ['the task failed', 'Upstream failed it, or it passed TASK_DEADLINE_MS: `error` says why.'],
   'video.canceled': ['the task was canceled', 'Canceled while still queued: by `POST /v1/videos/{id}/cancel`, or ' +
     'withdrawn after a create that answered 503 (`error.code` NOT_ACCEPTED).'],
-  'video.stored': ['the result was copied into the gateway', '`result.videos[].url` serves the copies.']
+  'video.stored': ['the result was copied into the gateway', '`result.videos[].url` serves the copies.'],
+  'video.copy_failed': ['the result could not be copied, for good', 'The upstream URL expired before the copy ' +
+    'succeeded: the video with a `copy_error` (code UPSTREAM_URL_EXPIRED) is lost, its content answers 410. The last ' +
+    'event of the task.']
 }
 
 const ref = (name: string) => ({ $ref: `#/components/schemas/${name}` })
 
 /** Schemas the routes do not declare themselves: events as SSE, the Redis Stream and webhooks carry them. */
 export const eventSchemas = {
-  EventType: { type: 'string', enum: [...EVENT_TYPES], description: 'one per task status, and `video.stored`' },
+  EventType: {
+    type: 'string', enum: [...EVENT_TYPES], description: 'one per task status, `video.stored` and `video.copy_failed`'
+  },
   TaskEvent: {
     type: 'object',
     description: 'one entry of a task\'s event log: SSE `data:` and the Redis Stream\'s `data` field',
@@ -55,10 +60,11 @@ const retried = {
 
 function webhook (type: EventType) {
   const example = eventExample(type)
-  const name = type.slice('video.'.length)
+  // `copy_failed` → `CopyFailed`: operation ids are camel case.
+  const name = type.slice('video.'.length).replace(/(^|_)([a-z])/g, (_, _sep: string, c: string) => c.toUpperCase())
   return {
     post: {
-      operationId: `video${name[0].toUpperCase()}${name.slice(1)}Webhook`,
+      operationId: `video${name}Webhook`,
       summary: `${type}: ${MEANING[type][0]}`,
       description: `${MEANING[type][1]}\n\nSent to every enabled endpoint of the task's caller subscribed to ` +
         `\`${type}\` (or to all types), and to the task's own \`webhook_url\` (signed with the secret of ` +

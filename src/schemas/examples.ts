@@ -77,7 +77,22 @@ export function taskExample (status: TaskStatus, stored = false): TaskView {
 /** The data of an event of a type: the task as it was when the event was appended. */
 export function eventTaskExample (type: EventType) {
   if (type === 'video.stored') return taskExample('succeeded', true)
+  if (type === 'video.copy_failed') return copyFailedExample()
   return taskExample(type.slice('video.'.length) as TaskStatus)
+}
+
+/** A success whose one video could not be copied before its upstream URL expired. */
+function copyFailedExample (): TaskView {
+  const task = taskExample('succeeded', true)
+  const videos = (task.result?.videos ?? []).map(v => ({
+    ...v,
+    copy_error: {
+      code: 'UPSTREAM_URL_EXPIRED',
+      message: 'the upstream URL expired (at 2026-12-24T10:17:30.000Z) before the video could be copied; the last ' +
+        'attempt: download answered 403'
+    }
+  }))
+  return { ...task, result: { videos } }
 }
 
 /** One event as SSE's `data:`, the Redis Stream and the webhooks carry it. */

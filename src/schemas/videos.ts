@@ -193,7 +193,15 @@ export const TaskSchema = Type.Object({
       url: Type.String(),
       duration: Type.Union([Type.String(), Type.Null()]),
       upstream_url: Type.String(),
-      upstream_expires_at: Type.Union([Type.String(), Type.Null()])
+      upstream_expires_at: Type.Union([Type.String(), Type.Null()], {
+        description: 'when the upstream URL stops working: 30 days after upstream finished, or sooner when the URL ' +
+          'says so; the copy is retried until then'
+      }),
+      copy_error: Type.Optional(Type.Union([Type.Object({ code: Type.String(), message: Type.String() }),
+        Type.Null()], {
+        description: 'only when the copy gave up for good (`UPSTREAM_URL_EXPIRED`: the upstream URL expired first); ' +
+          'the content then answers 410'
+      }))
     }))
   }), Type.Null()]),
   error: Type.Union([Type.Object({ code: Type.String(), message: Type.String() }), Type.Null()]),

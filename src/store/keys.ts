@@ -16,6 +16,10 @@ export function keys (prefix: string) {
     callbacksSeen: (id: string) => `${p}task:${id}:callbacks`,
     /** Tasks whose result videos are stored, scored by when (retention). */
     stored: `${p}stored`,
+    /** Succeeded tasks whose result is neither stored nor given up, scored by when last queued (the copy sweep). */
+    copying: `${p}copying`,
+    /** How far the one-time walk of the succeeded index has filled `copying` for tasks older than it (a rank). */
+    copyingBackfill: `${p}copying:backfill`,
     /** Tasks newest first, per caller (`*` for all) and status (`*` for any). */
     index: (caller: string, status: string) => `${p}idx:${caller}:${status}`,
     reference: (caller: string, reference: string) => `${p}ref:${caller}:${digest(reference)}`,

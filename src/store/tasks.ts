@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto'
 import type { Redis, Cluster, Result } from 'ioredis'
 import { Packr } from 'msgpackr'
 import {
-  isTerminal, toView, TASK_STATUSES, type EventType, type TaskEvent, type TaskRecord, type TaskStatus
+  copyFailed, isTerminal, toView, TASK_STATUSES, type EventType, type TaskEvent, type TaskRecord, type TaskStatus
 } from '../domain/task.ts'
 import { DEFAULT_KIND, isVideoKind, type VideoKind } from '../domain/kinds.ts'
 import { keys, type Keys } from './keys.ts'
@@ -128,7 +128,7 @@ export function eventOf (task: TaskRecord, now: number, type: EventType = `video
 
 /**
  * Task state in Redis, and the one door to it: no other module reads or writes a task's keys. Every change is
- * one Lua script (create-13, transition-9, parked-4, withdraw-1), so the state check, the write, the event append, the
+ * one Lua script (create-13, transition-10, parked-4, withdraw-1), so the state check, the write, the event append, the
  * index moves and the live announcement happen together or not at all, and every script is safe to run late or
  * twice (a command that timed out on the client may still run). `durable()` is the deployment's durability
  * rule: what the 202 of a create and the mark before an upstream create wait for.
@@ -151,7 +151,7 @@ export class TaskStore {
       durability?.connection, this.k.fence, durability?.rule ?? { replicas: 0, timeoutMs: 0 }
     )
     redis.defineCommand('kgCreate', script('create-13'))
-    redis.defineCommand('kgTransition', script('transition-9'))
+    redis.defineCommand('kgTransition', script('transition-10'))
     redis.defineCommand('kgParked', script('parked-4'))
     redis.defineCommand('kgWithdraw', script('withdraw-1'))
   }
@@ -277,11 +277,15 @@ export class TaskStore {
       const stored = change.storedAt !== undefined && change.storedAt !== null
         ? String(change.storedAt)
         : change.storedExpired === true ? 'remove' : undefined
+      // A success joins the copy's work list with its status change; it leaves once stored or given up.
+      const copying = next.status === 'succeeded' && current.status !== 'succeeded'
+        ? String(now)
+        : next.storedAt !== null || (next.status === 'succeeded' && copyFailed(next)) ? 'remove' : undefined
       const k = this.k
       const seq = await this.redis.kgTransition(
         k.task(id), k.taskEvents(id), k.events,
         k.index(current.caller, current.status), k.index(current.caller, next.status),
-        k.index('*', current.status), k.index('*', next.status), k.open, k.stored,
+        k.index('*', current.status), k.index('*', next.status), k.open, k.stored, k.copying,
         pack({
           expected: String(current.sequence),
           from: current.status,
@@ -295,7 +299,8 @@ export class TaskStore {
           terminal: isTerminal(next.status),
           now: String(now),
           guard: opts.requireEmpty ?? '',
-          stored
+          stored,
+          copying
         }))
       if (seq > 0) return { applied: true, task: next, event }
       if (seq === -1) return { applied: false, reason: 'missing', task: null }
@@ -362,6 +367,39 @@ export class TaskStore {
   /** Tasks whose videos were stored before `before` (ms): retention's work list. */
   async storedBefore (before: number, limit: number): Promise<string[]> {
     return await this.redis.zrangebyscore(this.k.stored, '-inf', before, 'LIMIT', 0, limit)
+  }
+
+  /**
+   * Succeeded tasks whose result is neither stored nor given up and that were last queued for their copy before
+   * `before` (ms), oldest first; each one taken is marked queued `now`, so a sweep after the next gets it again and
+   * a long backlog is worked through in turns.
+   */
+  async copyBacklog (before: number, limit: number): Promise<string[]> {
+    const ids = await this.redis.zrangebyscore(this.k.copying, '-inf', before, 'LIMIT', 0, limit)
+    if (ids.length > 0) await this.redis.zadd(this.k.copying, 'XX', ...ids.flatMap(id => [String(this.clock()), id]))
+    return ids
+  }
+
+  /**
+   * Tasks that succeeded before the copying set existed are not in it: walks the succeeded index, `limit` at a time
+   * (a rank kept in Redis, so the walk resumes across sweeps and replicas), and adds those not stored nor given up.
+   * Returns how many it added; once at the end it does nothing (the scripts keep the set from then on).
+   */
+  async backfillCopying (limit: number): Promise<number> {
+    const k = this.k
+    const at = await this.redis.get(k.copyingBackfill)
+    if (at === 'done') return 0
+    const from = Number(at ?? 0)
+    const ids = await this.redis.zrange(k.index('*', 'succeeded'), String(from), String(from + limit - 1))
+    let added = 0
+    for (const id of ids) {
+      const task = await this.get(id)
+      if (task === null || task.status !== 'succeeded' || task.storedAt !== null || copyFailed(task)) continue
+      // NX: a task the scripts already track keeps its score. 0 = due at once.
+      added += await this.redis.zadd(k.copying, 'NX', 0, id)
+    }
+    await this.redis.set(k.copyingBackfill, ids.length < limit ? 'done' : String(from + ids.length))
+    return added
   }
 
   /** How many tasks are in each status (for metrics). */
