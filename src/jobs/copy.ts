@@ -10,8 +10,8 @@
  *   MIRROR_RETRY_BASE_MS, doubling, at most MIRROR_RETRY_MAX_MS apart (≤ 15 minutes, so one attempt falls inside
  *   the last 15 minutes of the URL);
  * - a sweep (every MIRROR_SWEEP_INTERVAL_MS, one replica) queues again every succeeded task not stored yet, from the
- *   `copying` set the transition script keeps with the status, so a copy job lost with Redis, or left failed by an
- *   older version, is not the end of the result;
+ *   `copying` set the transition script keeps with the status (and a slow walk of the succeeded index for tasks the
+ *   set lacks), so a copy job lost with Redis, or left failed by an older version, is not the end of the result;
  * - once the URL has expired (it answers 403/404/410 within 15 minutes of `upstream_expires_at` or after it, or any
  *   attempt fails after it) the copy gives up: the video gets a `copy_error` (UPSTREAM_URL_EXPIRED), the task a
  *   `video.copy_failed` event (its last), and its content answers 410.
@@ -114,7 +114,7 @@ export class CopyJobs extends QueueJobs<{ taskId: string }> {
   async sweep (): Promise<number> {
     const { store, clock, config } = this.deps
     const found = await store.backfillCopying(SWEEP_BATCH)
-    if (found > 0) this.log.info({ count: found }, 'found succeeded tasks from before the copy sweep')
+    if (found > 0) this.log.info({ count: found }, 'found succeeded tasks not stored that the copying set lacked')
     const ids = await store.copyBacklog(clock() - config.copy.sweepIntervalMs, SWEEP_BATCH)
     for (const id of ids) {
       const jobId = `copy-${id}`
@@ -139,6 +139,8 @@ export class CopyJobs extends QueueJobs<{ taskId: string }> {
     const { store, blobs, clock } = this.deps
     const task = await store.get(job.data.taskId)
     if (task === null || task.status !== 'succeeded' || task.storedAt !== null || copyFailed(task)) {
+      // The walk of the succeeded index may have added it just as it was stored: the sweep must not come back.
+      await store.leaveCopying(job.data.taskId)
       return 'nothing to do'
     }
     const videos = task.result?.videos ?? []

@@ -18,7 +18,7 @@ export function keys (prefix: string) {
     stored: `${p}stored`,
     /** Succeeded tasks whose result is neither stored nor given up, scored by when last queued (the copy sweep). */
     copying: `${p}copying`,
-    /** How far the one-time walk of the succeeded index has filled `copying` for tasks older than it (a rank). */
+    /** How far the walk of the succeeded index for tasks `copying` lacks has got (a rank; it starts over). */
     copyingBackfill: `${p}copying:backfill`,
     /** Tasks newest first, per caller (`*` for all) and status (`*` for any). */
     index: (caller: string, status: string) => `${p}idx:${caller}:${status}`,

@@ -381,25 +381,33 @@ export class TaskStore {
   }
 
   /**
-   * Tasks that succeeded before the copying set existed are not in it: walks the succeeded index, `limit` at a time
-   * (a rank kept in Redis, so the walk resumes across sweeps and replicas), and adds those not stored nor given up.
-   * Returns how many it added; once at the end it does nothing (the scripts keep the set from then on).
+   * The scripts keep the copying set, but a task can be missing from it: it succeeded before the set existed, on a
+   * replica of an older version during a rolling upgrade, or in a restored Redis. So the succeeded index is walked,
+   * `limit` tasks a call (a rank kept in Redis, so the walk resumes across sweeps and replicas, and starts over at
+   * the end), and those neither stored nor given up are added. Returns how many it added.
    */
   async backfillCopying (limit: number): Promise<number> {
     const k = this.k
-    const at = await this.redis.get(k.copyingBackfill)
-    if (at === 'done') return 0
-    const from = Number(at ?? 0)
+    const from = Number(await this.redis.get(k.copyingBackfill) ?? 0)
     const ids = await this.redis.zrange(k.index('*', 'succeeded'), String(from), String(from + limit - 1))
+    const rows = ids.length === 0
+      ? []
+      : await this.redis.pipeline(ids.map(id => ['hmget', k.task(id), 'status', 'stored_at', 'result'])).exec() ?? []
     let added = 0
-    for (const id of ids) {
-      const task = await this.get(id)
-      if (task === null || task.status !== 'succeeded' || task.storedAt !== null || copyFailed(task)) continue
+    for (const [i, [err, row]] of rows.entries()) {
+      if (err !== null) throw err
+      const [status, storedAt, result] = row as Array<string | null>
+      if (status !== 'succeeded' || (storedAt ?? '') !== '' || copyFailed({ result: parse(result ?? '') })) continue
       // NX: a task the scripts already track keeps its score. 0 = due at once.
-      added += await this.redis.zadd(k.copying, 'NX', 0, id)
+      added += await this.redis.zadd(k.copying, 'NX', 0, ids[i])
     }
-    await this.redis.set(k.copyingBackfill, ids.length < limit ? 'done' : String(from + ids.length))
+    await this.redis.set(k.copyingBackfill, ids.length < limit ? '0' : String(from + ids.length))
     return added
+  }
+
+  /** Takes a task off the copying set outside a transition: it is gone, or stored or given up after all. */
+  async leaveCopying (id: string): Promise<void> {
+    await this.redis.zrem(this.k.copying, id)
   }
 
   /** How many tasks are in each status (for metrics). */
