@@ -26,6 +26,9 @@ const ListSchema = Type.Object({ data: Type.Array(TaskRef), next_cursor: Type.Un
 const CREATE_DESCRIPTION = 'Validates the body as strictly as Kling would (every invalid field listed at once, ' +
   'Base64 images checked by format, size and aspect ratio), stores the task durably and queues it for exactly one ' +
   'upstream create. Any API key may call it; the task belongs to that key\'s caller.\n\n' +
+  '**Models:** `model_name` must be in ALLOWED_MODELS, and the model capability table (MODEL_CAPABILITIES) must say ' +
+  'the model makes this kind in that `mode` and `duration`, with the optional fields sent (`cfg_scale`, the masks, ' +
+  '`camera_control`, `image_tail`); by default multi-image2video is kling-v1-6 only and takes no masks.\n\n' +
   '**Retries:** send an `Idempotency-Key` whenever you may retry. The same key and body within 24 h answer 202 ' +
   'with the task the first request made (header `idempotent-replayed: true`); the same key with another body ' +
   'is 422. A 503 (Redis unavailable, not durable in time, too many large bodies, too many parked images) is ' +
