@@ -6,6 +6,7 @@
  *   --processing-after-ms <n>  automatic progress: submitted → processing after n ms (default 200)
  *   --finish-after-ms <n>      … → terminal after n ms (default 600)
  *   --fail-ratio <0..1>        share of tasks that end `failed` (default 0)
+ *   --video-url-ttl-ms <n>     URLs that expire: result URLs carry x-expires (last update + n) and answer 403 past it
  *   --no-auto                  no automatic progress
  *   --callbacks <json>         initial callback policy, e.g. '{"duplicate":2,"reorder":true,"dropRatio":0.2}'
  *   --quiet                    no request log
@@ -21,6 +22,7 @@ const { values, positionals } = parseArgs({
     'processing-after-ms': { type: 'string' },
     'finish-after-ms': { type: 'string' },
     'fail-ratio': { type: 'string' },
+    'video-url-ttl-ms': { type: 'string' },
     'no-auto': { type: 'boolean', default: false },
     callbacks: { type: 'string' },
     quiet: { type: 'boolean', default: false }
@@ -43,7 +45,8 @@ const sim = new Simulator({
   ...(values['api-key'] !== undefined && { apiKey: values['api-key'] }),
   processingAfterMs: num('processing-after-ms', values['processing-after-ms']),
   finishAfterMs: num('finish-after-ms', values['finish-after-ms']),
-  failRatio: num('fail-ratio', values['fail-ratio'])
+  failRatio: num('fail-ratio', values['fail-ratio']),
+  videoUrlTtlMs: num('video-url-ttl-ms', values['video-url-ttl-ms'])
 })
 if (values.callbacks !== undefined) {
   Object.assign(sim.callbackPolicy, JSON.parse(values.callbacks) as Partial<CallbackPolicy>)

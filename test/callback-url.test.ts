@@ -36,11 +36,11 @@ describe('PUBLIC_BASE_URL with a real upstream', () => {
 
   it.each([
     ['http', 'http://gateway.example.com', /must be https/],
-    ['loopback', 'https://127.0.0.1:3000', /loopback, private or link-local/],
-    ['IPv6 loopback', 'https://[::1]:3000', /loopback, private or link-local/],
-    ['private 10/8', 'https://10.1.2.3', /loopback, private or link-local/],
-    ['private 192.168/16', 'https://192.168.0.10/kg', /loopback, private or link-local/],
-    ['link-local (cloud metadata)', 'https://169.254.169.254', /loopback, private or link-local/],
+    ['loopback', 'https://127.0.0.1:3000', /loopback, private, link-local or reserved/],
+    ['IPv6 loopback', 'https://[::1]:3000', /loopback, private, link-local or reserved/],
+    ['private 10/8', 'https://10.1.2.3', /loopback, private, link-local or reserved/],
+    ['private 192.168/16', 'https://192.168.0.10/kg', /loopback, private, link-local or reserved/],
+    ['link-local (cloud metadata)', 'https://169.254.169.254', /loopback, private, link-local or reserved/],
     ['localhost', 'https://localhost:3000', /internal name/],
     ['a *.internal name', 'https://gateway.svc.internal', /internal name/],
     ['a *.local name', 'https://gateway.local', /internal name/],

@@ -254,10 +254,10 @@ function callbackBaseProblems (value: Env, upstream: UpstreamName): string[] {
   if (url.protocol !== 'https:') return [`PUBLIC_BASE_URL: must be https with UPSTREAM=${upstream}${lift}`]
   if (url.username !== '' || url.password !== '') return ['PUBLIC_BASE_URL: must not carry credentials']
   if (isIP(host) !== 0 && isForbiddenAddress(host)) {
-    return [`PUBLIC_BASE_URL: is a loopback, private or link-local address, which upstream cannot reach${lift}`]
+    return [`PUBLIC_BASE_URL: is a loopback, private, link-local or reserved address, unreachable from upstream${lift}`]
   }
   if (isIP(host) === 0 && isInternalName(host)) {
-    return [`PUBLIC_BASE_URL: is an internal name (localhost, *.local, *.internal), which upstream cannot reach${lift}`]
+    return [`PUBLIC_BASE_URL: is an internal name (localhost, *.local, *.internal), unreachable from upstream${lift}`]
   }
   return []
 }
