@@ -45,7 +45,8 @@ function loopbackAlias (): string | undefined {
 }
 
 function lookupOnce (hostname: string, all: boolean, allowPrivate: boolean) {
-  return new Promise<{ err: NodeJS.ErrnoException | null, address: string | LookupAddress[], family?: number }>(resolve => {
+  type Result = { err: NodeJS.ErrnoException | null, address: string | LookupAddress[], family?: number }
+  return new Promise<Result>(resolve => {
     guardedLookup({ allowPrivate })(hostname, { all }, (err, address, family) => resolve({ err, address, family }))
   })
 }
@@ -165,7 +166,8 @@ describe('guardedLookup', () => {
     }
   })
 
-  it.runIf(loopbackAlias() !== undefined)('fails a lookup of a loopback alias that is not named localhost', async () => {
+  it.runIf(loopbackAlias() !== undefined)('fails a lookup of a loopback alias ' +
+    'that is not named localhost', async () => {
     const { err } = await lookupOnce(loopbackAlias() as string, true, false)
     expect(err).toBeInstanceOf(UnsafeTarget)
   })
