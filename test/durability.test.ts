@@ -195,7 +195,7 @@ describe('durable before 202 and before paying: REDIS_MIN_REPLICAS_ACKED', () =>
     for (let i = 0; i < 200 && !(await side.info('replication')).includes('state=online'); i++) await sleep(50)
     side.disconnect()
     h = await startHarness({
-      env: { REDIS_URL: master.url, REDIS_MIN_REPLICAS_ACKED: '1', REDIS_ACK_TIMEOUT_MS: '300' }, sim: { auto: false }
+      env: { REDIS_URL: master.url, REDIS_MIN_REPLICAS_ACKED: '1', REDIS_ACK_TIMEOUT_MS: '1000' }, sim: { auto: false }
     })
   })
   afterAll(async () => { await h?.close() })
