@@ -79,7 +79,8 @@ export function renderText (header: Header, findings: Finding[], scrubber: Scrub
   ]
   for (const f of all) {
     const s = spec(f.check)
-    lines.push('', `#### ${f.check}`, '', `${MARK[f.verdict]}: ${s.assumption}.`,
+    // Only the summary lines start with a verdict mark, so a reader (or a script) finds them by it.
+    lines.push('', `#### ${f.check}`, '', `Assumption: ${s.assumption}.`, `Verdict: ${MARK[f.verdict]}.`,
       `Relied on by: ${s.reliesOn.join('; ')}.`, `Evidence: ${oneLine(f.summary)}`)
     for (const e of f.evidence) lines.push('', ...evidenceText(e))
   }
