@@ -111,9 +111,10 @@ function shapeOf (json: unknown): string {
 }
 
 /** Every callback finding, from what the receiver saw of the probe task. */
-export function judgeCallbacks (ctx: Ctx, receiver: CallbackReceiver, t: ProbeTask, selfTest: string | null): void {
-  if (selfTest !== null) {
-    const why = `not run: the receiver URL did not reach the receiver (${selfTest})`
+export function judgeCallbacks (ctx: Ctx, receiver: CallbackReceiver, t: ProbeTask | null, selfTest: string | null):
+void {
+  if (selfTest !== null || t === null) {
+    const why = `not run: the receiver URL did not reach the receiver (${selfTest ?? '?'})`
     for (const id of CALLBACK_CHECKS) record(ctx, id, 'inconclusive', why)
     return
   }
@@ -128,7 +129,8 @@ export function judgeCallbacks (ctx: Ctx, receiver: CallbackReceiver, t: ProbeTa
     lines: [`POST ${h.path} at ${secs(h.at)} after the create, answered ${h.answer}`,
       ...Object.entries(h.headers).map(([k, v]) => `${k}: ${v}`), '', showBody(h.body)]
   }))
-  const waited = `${Math.round(ctx.opts.callbackWaitMs / 1000)} s`
+  const waitMs = ctx.opts.callbackWaitMs
+  const waited = `${(waitMs / 1000).toFixed(waitMs < 10_000 ? 1 : 0)} s`
   if (hits.length === 0) {
     const verdict = t.terminal === null ? 'inconclusive' : 'contradicted'
     const why = t.terminal === null

@@ -65,6 +65,15 @@ export function showUrl (raw: string): string {
   return `${url.protocol}//${url.host}${cut(url.pathname, 120)}${query}`
 }
 
+/** The values of a URL's signature and token parameters: secrets wherever the URL turns up. */
+export function secretParamValues (raw: string): string[] {
+  try {
+    return [...new URL(raw).searchParams].filter(([k]) => SECRET_PARAMS.test(k)).map(([, v]) => v)
+  } catch {
+    return []
+  }
+}
+
 /** The query parameters of a URL that say when it expires (OSS, S3, GCS, CloudFront, Azure). */
 export function expiryParams (raw: string): Record<string, string> {
   const out: Record<string, string> = {}

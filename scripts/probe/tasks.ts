@@ -12,7 +12,7 @@ import {
 import type { Exchange } from './http.ts'
 import { pictureBase64, maskBase64, IMAGE_SIZE } from './images.ts'
 import { describeReading, type Reading } from './replay.ts'
-import { cut, expiryParams } from './scrub.ts'
+import { cut, secretParamValues } from './scrub.ts'
 
 export interface Seen { status: string, raw: unknown, atMs: number, exchange: Exchange }
 
@@ -97,11 +97,7 @@ function note (t: ProbeTask, up: UpstreamTask, ex: Exchange): void {
 
 /** Secret parts of result URLs (signatures) are scrubbed wherever the URL is printed, not only where it is shown. */
 function guardUrls (ctx: Ctx, up: UpstreamTask): void {
-  for (const v of up.videos) {
-    try {
-      for (const [k, value] of new URL(v.url).searchParams) if (!(k in expiryParams(v.url))) ctx.scrubber.add(value)
-    } catch {}
-  }
+  for (const v of up.videos) for (const value of secretParamValues(v.url)) ctx.scrubber.add(value)
 }
 
 /** One query of a task by its id. */
@@ -196,7 +192,10 @@ export function judgePoll (ctx: Ctx, t: ProbeTask): void {
   if (t.problems.length > 0) return record(ctx, 'poll', 'contradicted', summary, evidence)
   if (t.terminal === null) {
     const bound = `not terminal within --poll-timeout ${secs(ctx.opts.pollTimeoutMs)}`
-    const verdict = t.seen.length <= 1 && t.misses.length > 0 ? 'contradicted' : 'inconclusive'
+    // Never seen again and refused for good (or "no such task" for its own id): the query is wrong, not slow.
+    const refused = t.misses.some(m => m.reading.kind === 'not-found' ||
+      (m.reading.kind === 'error' && !m.reading.retryable))
+    const verdict = t.seen.every(s => s.exchange === t.create) && refused ? 'contradicted' : 'inconclusive'
     return record(ctx, 'poll', verdict, `${bound}: ${summary}`, evidence)
   }
   record(ctx, 'poll', 'confirmed', summary, evidence)
@@ -214,7 +213,8 @@ function unit (v: unknown, near: number): { unit: string, offMs: number | null }
 /** The `timestamps` finding, from the create's answer and the first answer of each status. */
 export function judgeTimestamps (ctx: Ctx, t: ProbeTask): void {
   const answers = [{ where: 'create', ex: t.create, at: t.sentAt },
-    ...t.seen.slice(1).map(s => ({ where: s.status, ex: s.exchange, at: t.sentAt + s.atMs }))]
+    ...t.seen.filter(s => s.exchange !== t.create)
+      .map(s => ({ where: s.status, ex: s.exchange, at: t.sentAt + s.atMs }))]
   const facts: string[] = []
   const units = new Set<string>()
   let far = false
@@ -341,7 +341,8 @@ export function judgeAsked (ctx: Ctx, t: ProbeTask): void {
     : `${end.task.status} after ${secs(end.atMs)}` +
       (end.task.statusMsg === null ? '' : ` ("${cut(end.task.statusMsg, 100)}")`)
   if (!masks) {
-    return record(ctx, t.check, 'contradicted', `accepted as task ${r.task.taskId} (billed), then ${ended}`, evidence)
+    const then = end === null ? 'not followed further' : `then ${ended}`
+    return record(ctx, t.check, 'contradicted', `accepted as task ${r.task.taskId} (billed), ${then}`, evidence)
   }
   if (end === null) return record(ctx, t.check, 'inconclusive', `accepted as task ${r.task.taskId}, ${ended}`, evidence)
   const verdict = end.task.status === 'succeed' ? 'confirmed' : 'contradicted'
