@@ -11,6 +11,8 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import { request } from 'undici'
 import { Simulator, type SimFault } from '../simulator/app.ts'
 import { CHECKS } from '../scripts/probe/catalog.ts'
+import { expiresAt } from '../scripts/probe/results.ts'
+import { Scrubber, showUrl } from '../scripts/probe/scrub.ts'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const KEY = `sk-probetest${randomBytes(16).toString('hex')}`
@@ -161,6 +163,24 @@ describe('npm run probe', () => {
       expect(check.reliesOn.length, check.id).toBeGreaterThan(0)
       for (const where of check.reliesOn) expect(where, check.id).toMatch(/^(src|simulator)\/[\w/.-]+\.ts( |$)/)
     }
+  })
+
+  it('reads when a signed result URL expires, and shows it without its signature', () => {
+    const oss = 'https://cdn.example.com/v/1.mp4?Expires=1800000000&OSSAccessKeyId=LTAI5tExample&Signature=ab%2Bcd'
+    expect(expiresAt(oss)).toEqual({ at: 1800000000_000, from: 'Expires=1800000000 (Unix seconds)' })
+    expect(showUrl(oss)).toBe('https://cdn.example.com/v/1.mp4?Expires=1800000000&OSSAccessKeyId=[redacted]' +
+      '&Signature=[redacted]')
+    const s3 = 'https://b.s3.amazonaws.com/1.mp4?X-Amz-Date=20261201T000000Z&X-Amz-Expires=604800&X-Amz-Signature=f00'
+    expect(expiresAt(s3)?.at).toBe(Date.UTC(2026, 11, 1) + 604800_000)
+    expect(expiresAt('https://cdn.example.com/v/1.mp4')).toBeNull()
+  })
+
+  it('scrubs a secret as given, URL-encoded, as a bearer value and as a key-looking string', () => {
+    const scrubber = new Scrubber()
+    scrubber.add('s3cr+t/value')
+    const text = 'a s3cr+t/value b s3cr%2Bt%2Fvalue c Bearer abcdefghijkl d sk-abcdefghijklmnop e ?token=t0k.abcdefgh'
+    expect(scrubber.scrub(text)).toBe('a [redacted] b [redacted] c Bearer [redacted] d sk-[redacted] e ' +
+      '?token=[redacted]')
   })
 
   it('refuses a check it does not know, before sending anything', async () => {
