@@ -21,9 +21,9 @@ import { renderJson, renderText } from './probe/report.ts'
 import { Replay } from './probe/replay.ts'
 import { checkResult } from './probe/results.ts'
 import { Scrubber } from './probe/scrub.ts'
+import { duplicate, judgeAsked, masksBody } from './probe/asked.ts'
 import {
-  baseBody, createTask, duplicate, ExternalLookup, judgeAsked, judgeCreate, judgePoll, judgeTimestamps, masksBody,
-  pollAll, type ProbeTask
+  baseBody, createTask, ExternalLookup, judgeCreate, judgePoll, judgeTimestamps, pollAll, type ProbeTask
 } from './probe/tasks.ts'
 
 class UsageError extends Error {}

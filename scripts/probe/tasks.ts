@@ -1,7 +1,7 @@
 /**
- * The checks that make tasks: the probe task (create, poll, timestamps, look-up by external id, a duplicate), and
- * the two creates that ask what the route takes (masks and cfg_scale, another model). Every create takes one from
- * the budget first; a check whose create the budget refuses is reported as not run.
+ * The probe task: its create, its polling, its timestamps and its look-up by external id (the other creates are in
+ * asked.ts). Every create takes one from the budget first; a check whose create the budget refuses is reported as
+ * not run.
  */
 import { randomUUID } from 'node:crypto'
 import type { UpstreamTask } from '../../src/upstream/client.ts'
@@ -10,7 +10,7 @@ import {
   answered, auth, CREATE_PATH, errorShape, isObj, message, queryPath, record, sleep, wants, type Ctx, type Evidence
 } from './context.ts'
 import type { Exchange } from './http.ts'
-import { pictureBase64, maskBase64, IMAGE_SIZE } from './images.ts'
+import { pictureBase64 } from './images.ts'
 import { describeReading, type Reading } from './replay.ts'
 import { cut, secretParamValues } from './scrub.ts'
 
@@ -136,7 +136,7 @@ export async function pollAll (ctx: Ctx, tasks: ProbeTask[], between: () => Prom
   }
 }
 
-const secs = (ms: number): string => `${(ms / 1000).toFixed(ms < 10_000 ? 1 : 0)} s`
+export const secs = (ms: number): string => `${(ms / 1000).toFixed(ms < 10_000 ? 1 : 0)} s`
 
 /** The `create` finding: every fact of the answer, and whether the adapter took it. */
 export function judgeCreate (ctx: Ctx, t: ProbeTask): void {
@@ -281,73 +281,4 @@ export class ExternalLookup {
       (late ? '; later than SUBMIT_UNCONFIRMED_GRACE_MS\'s default (30 s)' : '')
     record(this.ctx, 'lookup-external', late ? 'contradicted' : 'confirmed', summary, evidence)
   }
-}
-
-/** The same body again, external id included, right after the probe task was accepted. */
-export async function duplicate (ctx: Ctx, t: ProbeTask): Promise<void> {
-  if (!wants(ctx, 'duplicate-external')) return
-  const again = await createTask(ctx, 'duplicate-external', t.body)
-  if (again === null) return
-  const r = again.reading
-  const evidence: Evidence[] = [{ title: 'the second create', exchange: again.create, reading: r }]
-  const how = `${answered(again.create)}, ${errorShape(again.create.json)}, ` +
-    `${JSON.stringify(cut(message(again.create.json) ?? '', 100))}; ${describeReading(r)}`
-  if (r.kind === 'no-answer') return record(ctx, 'duplicate-external', 'inconclusive', how, evidence)
-  if (r.kind === 'error') {
-    const note = r.retryable
-      ? '; a resend would be retried until the attempts run out'
-      : '; a resend by SubmitJobs.process would fail our task while the first upstream task runs on'
-    return record(ctx, 'duplicate-external', 'confirmed', `refused: ${how}${note}`, evidence)
-  }
-  if (r.kind === 'task' && r.task.taskId === t.taskId) {
-    return record(ctx, 'duplicate-external', 'confirmed', `answered with the same task (idempotent): ${how}`, evidence)
-  }
-  record(ctx, 'duplicate-external', 'contradicted', `a second task was made (billed): ${how}`, evidence)
-}
-
-/** The masks-and-cfg_scale body: the probe's, with both masks matching the pictures' size. */
-export function masksBody (): Record<string, unknown> {
-  const mask = maskBase64()
-  const q = IMAGE_SIZE / 4
-  return {
-    ...baseBody(null),
-    cfg_scale: 0.5,
-    static_mask: mask,
-    dynamic_masks: [{ mask, trajectories: [{ x: q, y: q }, { x: 3 * q, y: 3 * q }] }]
-  }
-}
-
-/** The finding of a create asking what the route takes: refused at once, or accepted and then how it ended. */
-export function judgeAsked (ctx: Ctx, t: ProbeTask): void {
-  const r = t.reading
-  const evidence: Evidence[] = [{ title: 'create', exchange: t.create, reading: r }]
-  const how = `${answered(t.create)}, ${errorShape(t.create.json)}, ` +
-    `${JSON.stringify(cut(message(t.create.json) ?? '', 120))}; ${describeReading(r)}`
-  const masks = t.check === 'masks-cfg'
-  if (r.kind === 'no-answer') return record(ctx, t.check, 'inconclusive', how, evidence)
-  if (r.kind === 'error') {
-    if (masks) {
-      const fix = '; the gateway should refuse these fields itself (400) rather than fail the task at submit'
-      return record(ctx, t.check, 'contradicted', `refused at create: ${how}${fix}`, evidence)
-    }
-    const retried = r.retryable ? '; retryable, so the submit job would send it again and again' : ''
-    return record(ctx, t.check, r.retryable ? 'contradicted' : 'confirmed', `refused: ${how}${retried}`, evidence)
-  }
-  if (r.kind !== 'task') return record(ctx, t.check, 'inconclusive', how, evidence)
-  const end = t.terminal
-  if (end !== null) evidence.push({ title: `the task ${end.task.status}`, exchange: end.exchange })
-  const ended = end === null
-    ? `not terminal within --poll-timeout ${secs(ctx.opts.pollTimeoutMs)}`
-    : `${end.task.status} after ${secs(end.atMs)}` +
-      (end.task.statusMsg === null ? '' : ` ("${cut(end.task.statusMsg, 100)}")`)
-  if (!masks) {
-    const then = end === null ? 'not followed further' : `then ${ended}`
-    return record(ctx, t.check, 'contradicted', `accepted as task ${r.task.taskId} (billed), ${then}`, evidence)
-  }
-  if (end === null) return record(ctx, t.check, 'inconclusive', `accepted as task ${r.task.taskId}, ${ended}`, evidence)
-  const verdict = end.task.status === 'succeed' ? 'confirmed' : 'contradicted'
-  const note = verdict === 'confirmed'
-    ? ': the fields are taken or ignored (a video does not say which)'
-    : ': paid for, and failed'
-  record(ctx, t.check, verdict, `accepted as task ${r.task.taskId}, ${ended}${note}`, evidence)
 }
