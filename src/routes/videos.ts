@@ -137,7 +137,7 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
     if (schemaErrors.length > 0 || !checked.ok) throw new InvalidRequest([...schemaErrors, ...domainErrors])
     if (body.webhook_url !== undefined) {
       // Registration-time SSRF check (the delivery agent checks again at connect time).
-      await checkWebhookTarget(body.webhook_url, { allowPrivate: config.webhooks.allowPrivate }).catch((err: Error) => {
+      await checkWebhookTarget(body.webhook_url, config.webhooks).catch((err: Error) => {
         throw err instanceof UnsafeTarget
           ? new InvalidRequest([{ pointer: '/webhook_url', detail: err.message, location: 'body' }])
           : err
