@@ -115,7 +115,8 @@ function isForbiddenV4 (ip: string): boolean {
  * ULA, multicast, broadcast, reserved, documentation and benchmarking ranges. IPv6 forms that embed an IPv4 address
  * (mapped ::ffff:a.b.c.d in dotted or hex form, 6to4 2002::/16, Teredo 2001::/32) are judged by the embedded
  * address; NAT64 (64:ff9b::/96) is refused whatever it embeds. Anything that is not a plain IP address by
- * `net.isIP` (e.g. '0x7f.1', '2130706433', '127.1') is refused too: callers pass `new URL().hostname` (which normalises those forms) or resolver output.
+ * `net.isIP` (e.g. '0x7f.1', '2130706433', '127.1') is refused too: callers pass `new URL().hostname` (which
+ * normalises those forms) or resolver output.
  */
 export function isForbiddenAddress (ip: string): boolean {
   let s = stripBrackets(ip.trim())
