@@ -68,7 +68,7 @@ describe('isForbiddenAddress', () => {
   it.each([
     '8.8.8.8', '1.1.1.1', '172.32.0.1', '172.15.255.255', '100.128.0.1', '100.63.255.255', '169.255.0.1',
     '192.169.0.1', '198.20.0.1', '223.255.255.255', '11.0.0.1',
-    '2606:4700:4700::1111', '2001:4860:4860::8888', '::ffff:8.8.8.8', '::ffff:808:808', '64:ff9b::8.8.8.8',
+    '2606:4700:4700::1111', '2001:4860:4860::8888', '::ffff:8.8.8.8', '::ffff:808:808',
     '2002:808:808::1', '[2606:4700:4700::1111]'
   ])('%s is allowed', ip => {
     expect(isForbiddenAddress(ip)).toBe(false)
@@ -147,7 +147,7 @@ describe('checkWebhookTarget', () => {
     expect(() => checkWebhookUrl(url, STRICT)).not.toThrow()
     await expect(checkWebhookTarget(url, STRICT)).rejects.toMatchObject({
       code: 'UNSAFE_WEBHOOK_TARGET',
-      message: expect.stringMatching(/resolves to/)
+      message: expect.stringMatching(/cannot be used/)
     })
     expect((await checkWebhookTarget(`http://${alias}/hook`, LOOSE)).hostname).toBe(alias)
   })
