@@ -5,7 +5,7 @@ import type { Logger } from 'pino'
 import { randomUUID } from 'node:crypto'
 import type { Config } from './config/index.ts'
 import { duplicate, replicasToAck, type RedisClient } from './infra/redis.ts'
-import errors from './plugins/errors.ts'
+import errors, { clientErrorHandler, frameworkErrors, MAX_PARAM_LENGTH } from './plugins/errors.ts'
 import docs from './plugins/swagger.ts'
 import routes from './routes/index.ts'
 import auth from './plugins/auth.ts'
@@ -129,7 +129,10 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids' | 'lifecycl
     return503OnClosing: false,
     genReqId: () => deps.ids(),
     // `/v1/videos` and `/v1/videos/` are one route (the document lists the first; callers send either).
-    routerOptions: { ignoreTrailingSlash: true },
+    routerOptions: { ignoreTrailingSlash: true, maxParamLength: MAX_PARAM_LENGTH },
+    // Router and HTTP-parser refusals answer problem+json too (src/plugins/errors.ts).
+    frameworkErrors,
+    clientErrorHandler,
     schemaController
   }).withTypeProvider<TypeBoxTypeProvider>()
 

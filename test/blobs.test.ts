@@ -96,11 +96,16 @@ class CutOff {
 }
 
 /** A simulator on loopback with gates and a log of every create body it received. */
-async function gatedSimulator (opts: SimOptions, ...gates: Array<Gate | CutOff>): Promise<{ sim: Simulator, creates: Body[] }> {
+async function gatedSimulator (
+  opts: SimOptions,
+  ...gates: Array<Gate | CutOff>
+): Promise<{ sim: Simulator, creates: Body[] }> {
   const sim = new Simulator({ apiKey: KEYS.comet, ...opts })
   const creates: Body[] = []
   sim.app.addHook('preHandler', async (request, reply) => {
-    if (request.method === 'POST' && request.url.startsWith('/kling/')) creates.push(structuredClone(request.body) as Body)
+    if (request.method === 'POST' && request.url.startsWith('/kling/')) {
+      creates.push(structuredClone(request.body) as Body)
+    }
     for (const gate of gates) {
       if (gate instanceof CutOff) gate.pass(request, reply)
       else await gate.pass(request)
@@ -125,7 +130,10 @@ const drivers: Array<{ name: string, start: () => Promise<Driver> }> = [
       const blobs = new DirectoryBlobStore(root)
       return {
         blobs,
-        objects: async () => (await readdir(root, { recursive: true, withFileTypes: true })).filter(e => e.isFile()).map(e => join(e.parentPath, e.name).slice(root.length + 1)).sort(),
+        objects: async () => (await readdir(root, { recursive: true, withFileTypes: true }))
+          .filter(e => e.isFile())
+          .map(e => join(e.parentPath, e.name).slice(root.length + 1))
+          .sort(),
         stop: async () => { await blobs.close(); await rm(root, { recursive: true, force: true }) }
       }
     }
@@ -134,16 +142,22 @@ const drivers: Array<{ name: string, start: () => Promise<Driver> }> = [
     name: 's3',
     start: async () => {
       const directory = await mkdtemp(join(tmpdir(), 'kg-s3rver-'))
-      const server = new S3rver({ port: 0, address: '127.0.0.1', silent: true, directory, configureBuckets: [{ name: 'kg-test' }] })
+      const server = new S3rver({
+        port: 0, address: '127.0.0.1', silent: true, directory, configureBuckets: [{ name: 'kg-test' }]
+      })
       const { port } = await server.run()
       const endpoint = `http://127.0.0.1:${port}`
       const creds = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' }
-      const blobs = new S3BlobStore({ bucket: 'kg-test', endpoint, region: 'us-east-1', ...creds, forcePathStyle: true, prefix: '' })
+      const blobs = new S3BlobStore({
+        bucket: 'kg-test', endpoint, region: 'us-east-1', ...creds, forcePathStyle: true, prefix: ''
+      })
       // A second client, only to list the bucket.
       const lister = new S3Client({ region: 'us-east-1', endpoint, forcePathStyle: true, credentials: creds })
       return {
         blobs,
-        objects: async () => ((await lister.send(new ListObjectsV2Command({ Bucket: 'kg-test' }))).Contents ?? []).map(o => o.Key ?? '').sort(),
+        objects: async () => ((await lister.send(new ListObjectsV2Command({ Bucket: 'kg-test' }))).Contents ?? [])
+          .map(o => o.Key ?? '')
+          .sort(),
         stop: async () => {
           await blobs.close()
           lister.destroy()
@@ -168,16 +182,20 @@ describe.each(drivers)('$name blob store', ({ start }) => {
       const data = randomBytes(10_000)
       const k = key('0.mp4')
       expect(await d.blobs.stat(k)).toBeNull()
-      expect(await d.blobs.put(k, Readable.from([data.subarray(0, 4000), data.subarray(4000)]), { contentType: 'video/mp4', size: data.length })).toEqual({ size: 10_000, contentType: 'video/mp4' })
+      const chunks = Readable.from([data.subarray(0, 4000), data.subarray(4000)])
+      expect(await d.blobs.put(k, chunks, { contentType: 'video/mp4', size: data.length }))
+        .toEqual({ size: 10_000, contentType: 'video/mp4' })
       expect(await d.blobs.stat(k)).toEqual({ size: 10_000, contentType: 'video/mp4' })
       expect((await bytesOf(await d.blobs.read(k))).equals(data)).toBe(true)
-      expect((await bytesOf(await d.blobs.read(k, { start: 100, end: 199 }))).equals(data.subarray(100, 200))).toBe(true)
+      expect((await bytesOf(await d.blobs.read(k, { start: 100, end: 199 }))).equals(data.subarray(100, 200)))
+        .toBe(true)
       // (Not `0-0`: s3rver 3 reads an end of 0 as "to the end"; S3 itself does not.)
       expect((await bytesOf(await d.blobs.read(k, { start: 0, end: 1 }))).equals(data.subarray(0, 2))).toBe(true)
       expect((await bytesOf(await d.blobs.read(k, { start: 9990, end: 9999 }))).equals(data.subarray(9990))).toBe(true)
       // Without a size the put takes what arrives.
       const other = key('1.bin')
-      expect(await d.blobs.put(other, Readable.from([Buffer.from('abc')]), { contentType: 'application/octet-stream' })).toEqual({ size: 3, contentType: 'application/octet-stream' })
+      expect(await d.blobs.put(other, Readable.from([Buffer.from('abc')]), { contentType: 'application/octet-stream' }))
+        .toEqual({ size: 3, contentType: 'application/octet-stream' })
       expect((await bytesOf(await d.blobs.read(other))).toString()).toBe('abc')
       await d.blobs.delete(k)
       await d.blobs.delete(other)
@@ -185,15 +203,18 @@ describe.each(drivers)('$name blob store', ({ start }) => {
       expect(await d.blobs.stat(other)).toBeNull()
       // Deleting what is not there is fine.
       await d.blobs.delete(k)
-      expect((await d.objects()).filter(o => o.includes(k.split('/')[1]) || o.includes(other.split('/')[1]))).toEqual([])
+      expect((await d.objects()).filter(o => o.includes(k.split('/')[1]) || o.includes(other.split('/')[1])))
+        .toEqual([])
     })
 
-    it('rejects a put whose size is wrong, leaving nothing readable, and leaves an existing blob as it was', async () => {
+    it('rejects a put whose size is wrong, leaving nothing readable, ' +
+      'and leaves an existing blob as it was', async () => {
       const before = await d.objects()
       const k = key('0.mp4')
       const data = randomBytes(5000)
       for (const size of [data.length + 1, data.length - 1]) {
-        await expect(d.blobs.put(k, Readable.from([data]), { contentType: 'video/mp4', size })).rejects.toBeInstanceOf(BlobSizeMismatch)
+        await expect(d.blobs.put(k, Readable.from([data]), { contentType: 'video/mp4', size }))
+          .rejects.toBeInstanceOf(BlobSizeMismatch)
         expect(await d.blobs.stat(k)).toBeNull()
       }
       expect(await d.objects()).toEqual(before)
@@ -201,7 +222,8 @@ describe.each(drivers)('$name blob store', ({ start }) => {
       const old = randomBytes(300)
       await d.blobs.put(k, Readable.from([old]), { contentType: 'video/mp4', size: old.length })
       const stored = await d.objects()
-      await expect(d.blobs.put(k, Readable.from([data]), { contentType: 'video/webm', size: 1 })).rejects.toBeInstanceOf(BlobSizeMismatch)
+      await expect(d.blobs.put(k, Readable.from([data]), { contentType: 'video/webm', size: 1 }))
+        .rejects.toBeInstanceOf(BlobSizeMismatch)
       expect(await d.blobs.stat(k)).toEqual({ size: 300, contentType: 'video/mp4' })
       expect((await bytesOf(await d.blobs.read(k))).equals(old)).toBe(true)
       expect(await d.objects()).toEqual(stored)
@@ -212,8 +234,10 @@ describe.each(drivers)('$name blob store', ({ start }) => {
     it('stores nothing when the source stream fails', async () => {
       const before = await d.objects()
       const k = key('0.mp4')
-      await expect(d.blobs.put(k, failingSource(randomBytes(2048)), { contentType: 'video/mp4' })).rejects.toThrow('connection reset by peer')
-      await expect(d.blobs.put(k, failingSource(randomBytes(2048)), { contentType: 'video/mp4', size: 4096 })).rejects.toThrow('connection reset by peer')
+      await expect(d.blobs.put(k, failingSource(randomBytes(2048)), { contentType: 'video/mp4' }))
+        .rejects.toThrow('connection reset by peer')
+      await expect(d.blobs.put(k, failingSource(randomBytes(2048)), { contentType: 'video/mp4', size: 4096 }))
+        .rejects.toThrow('connection reset by peer')
       // Failing before a single byte arrives, too.
       const early = new Readable({ read () { this.destroy(new Error('refused')) } })
       await expect(d.blobs.put(k, early, { contentType: 'video/mp4' })).rejects.toThrow('refused')
@@ -238,7 +262,12 @@ describe.each(drivers)('$name blob store', ({ start }) => {
       await sim?.close()
     })
 
-    const content = async (id: string, who: 'alice' | 'bob' | 'ops' = 'alice', headers: Record<string, string> = {}, query = '') =>
+    const content = async (
+      id: string,
+      who: 'alice' | 'bob' | 'ops' = 'alice',
+      headers: Record<string, string> = {},
+      query = ''
+    ) =>
       await h.app.inject({ url: `/v1/videos/${id}/content${query}`, headers: { ...auth(who), ...headers } })
 
     it('copies a succeeded task\'s video, announces video.stored, and serves it whole and by range', async () => {
@@ -261,7 +290,8 @@ describe.each(drivers)('$name blob store', ({ start }) => {
       expect((await h.app.deps.store.events(task.id)).map(e => e.type)).not.toContain('video.stored')
       download.open()
 
-      expect(await until(async () => (await h.app.deps.store.events(task.id)).some(e => e.type === 'video.stored'))).toBe(true)
+      const isStored = async () => (await h.app.deps.store.events(task.id)).some(e => e.type === 'video.stored')
+      expect(await until(isStored)).toBe(true)
       const events = await h.app.deps.store.events(task.id)
       const types = events.map(e => e.type)
       expect(types.indexOf('video.stored')).toBeGreaterThan(types.indexOf('video.succeeded'))
@@ -343,7 +373,8 @@ describe.each(drivers)('$name blob store', ({ start }) => {
       expect(await d.blobs.stat(`videos/${task.id}/0.mp4`)).toBeNull()
       expect((await content(task.id)).statusCode).toBe(409)
       // The mirror job retries (after ~2 s) and gets it whole.
-      expect(await until(async () => (await h.app.deps.store.events(task.id)).some(e => e.type === 'video.stored'), 10_000)).toBe(true)
+      const isStored = async () => (await h.app.deps.store.events(task.id)).some(e => e.type === 'video.stored')
+      expect(await until(isStored, 10_000)).toBe(true)
       const whole = await content(task.id)
       expect(whole.statusCode).toBe(200)
       expect(whole.rawPayload.equals(Simulator.videoBytes(done.upstream?.task_id as string))).toBe(true)
@@ -391,7 +422,9 @@ describe('parked images', () => {
     const h = await harness({ simulator: sim })
     const { store } = h.app.deps
     accept.shut()
-    const res = await create(h, validBody({ image_list: [{ image: b64(png) }, { image: `data:image/png;base64,${b64(png2)}` }] }))
+    const res = await create(h, validBody({
+      image_list: [{ image: b64(png) }, { image: `data:image/png;base64,${b64(png2)}` }]
+    }))
     expect(res.statusCode, res.body.slice(0, 300)).toBe(202)
     const id = res.json().id as string
 
@@ -416,7 +449,8 @@ describe('parked images', () => {
   it.each([
     { job: 'survived', lost: false },
     { job: 'was lost', lost: true }
-  ])('survives a restart between create and submit (the submit job $job): the next replica sends the parked images and drops them', async ({ lost }) => {
+  ])('survives a restart between create and submit (the submit job $job): ' +
+    'the next replica sends the parked images and drops them', async ({ lost }) => {
     const { sim, creates } = await gatedSimulator({ auto: false })
     open.push(sim)
     const env = { REDIS_PREFIX: `t${randomBytes(6).toString('hex')}`, RECONCILE_INTERVAL_MS: '60000' }
@@ -485,7 +519,8 @@ describe('parked images', () => {
     expect(fits.statusCode, fits.body.slice(0, 300)).toBe(202)
     expect(await store.parkedBytes()).toBe(2 * png.length)
     // Canceling a queued task gives its bytes back.
-    expect((await h.app.inject({ method: 'POST', url: `/v1/videos/${first.json().id as string}/cancel`, headers: auth('alice') })).statusCode).toBe(200)
+    const cancelUrl = `/v1/videos/${first.json().id as string}/cancel`
+    expect((await h.app.inject({ method: 'POST', url: cancelUrl, headers: auth('alice') })).statusCode).toBe(200)
     expect(await store.parkedBytes()).toBe(png.length)
     expect(await parkedKeys(h)).toHaveLength(1)
     // So does a create refused for its reference.
@@ -514,15 +549,25 @@ describe('large-body limiter', () => {
   })
 
   it('turns away a second large create while one is in flight, and takes one again once it is done', async () => {
-    h = await startHarness({ listen: true, workers: false, env: { CREATE_MAX_LARGE_BODIES: '1', LARGE_BODY_BYTES: '1024' } })
+    h = await startHarness({
+      listen: true, workers: false, env: { CREATE_MAX_LARGE_BODIES: '1', LARGE_BODY_BYTES: '1024' }
+    })
     const base = h.config.publicBaseUrl as string
     const large = JSON.stringify(validBody({ image_list: [{ image: b64(png) }, { image: 'https://img.example.com/b.png' }] }))
     expect(large.length).toBeGreaterThan(1024)
-    const post = async (body: string) => await fetch(`${base}/v1/videos`, { method: 'POST', headers: { ...auth('alice'), 'content-type': 'application/json' }, body })
+    const post = async (body: string) => await fetch(`${base}/v1/videos`, {
+      method: 'POST', headers: { ...auth('alice'), 'content-type': 'application/json' }, body
+    })
 
     // The first large create sends its headers and half its body, then stalls.
     const url = new URL(`${base}/v1/videos`)
-    const req = httpRequest({ host: url.hostname, port: url.port, path: url.pathname, method: 'POST', headers: { ...auth('alice'), 'content-type': 'application/json', 'content-length': Buffer.byteLength(large) } })
+    const req = httpRequest({
+      host: url.hostname,
+      port: url.port,
+      path: url.pathname,
+      method: 'POST',
+      headers: { ...auth('alice'), 'content-type': 'application/json', 'content-length': Buffer.byteLength(large) }
+    })
     slow = req
     const answered = new Promise<{ status: number, body: string }>((resolve, reject) => {
       req.on('response', (res: IncomingMessage) => {
@@ -537,7 +582,8 @@ describe('large-body limiter', () => {
     const half = Math.floor(large.length / 2)
     req.write(large.slice(0, half))
     // The gateway has begun handling it once it logs the request; its onRequest hooks follow straight after.
-    expect(await until(() => h?.logs.lines.some(l => l.includes('incoming request') && l.includes('"POST"')) === true)).toBe(true)
+    const logged = () => h?.logs.lines.some(l => l.includes('incoming request') && l.includes('"POST"')) === true
+    expect(await until(logged)).toBe(true)
     await sleep(100)
 
     const second = await post(large)
@@ -560,7 +606,13 @@ describe('large-body limiter', () => {
     expect(await h.app.deps.store.parkedBytes()).toBe(2 * png.length)
 
     // A large create its client abandons halfway gives its place back too.
-    const gone = httpRequest({ host: url.hostname, port: url.port, path: url.pathname, method: 'POST', headers: { ...auth('alice'), 'content-type': 'application/json', 'content-length': Buffer.byteLength(large) } })
+    const gone = httpRequest({
+      host: url.hostname,
+      port: url.port,
+      path: url.pathname,
+      method: 'POST',
+      headers: { ...auth('alice'), 'content-type': 'application/json', 'content-length': Buffer.byteLength(large) }
+    })
     slow = gone
     gone.on('error', () => {})
     gone.write(large.slice(0, half))

@@ -12,7 +12,9 @@ import { KEYS, startHarness, type Harness } from './helpers/harness.ts'
 import { callbackPath, validBody } from './helpers/tasks.ts'
 import { fromKling, isTerminal, type TaskStatus } from '../src/domain/task.ts'
 
-const RANK: Record<TaskStatus, number> = { queued: 0, submitted: 1, processing: 2, succeeded: 3, failed: 3, canceled: 3 }
+const RANK: Record<TaskStatus, number> = {
+  queued: 0, submitted: 1, processing: 2, succeeded: 3, failed: 3, canceled: 3
+}
 
 describe('callback storms against two replicas', () => {
   let sim: Simulator
@@ -40,7 +42,10 @@ describe('callback storms against two replicas', () => {
       fc.constantFrom<SimStatus>('succeed', 'failed'),
       fc.subarray<SimStatus>(['submitted', 'processing', 'succeed', 'failed'], { minLength: 0 }),
       fc.array(fc.integer({ min: 1, max: 5 }), { minLength: 4, maxLength: 4 }),
-      fc.array(fc.constantFrom<'submitted' | 'processing' | 'final'>('submitted', 'processing', 'final'), { maxLength: 4 }),
+      fc.array(
+        fc.constantFrom<'submitted' | 'processing' | 'final'>('submitted', 'processing', 'final'),
+        { maxLength: 4 }
+      ),
       fc.infiniteStream(fc.boolean()),
       fc.func(fc.integer()),
       async (final, delivered, copies, pollAnswers, replica, order) => {
@@ -49,15 +54,28 @@ describe('callback storms against two replicas', () => {
         const id = `model-${n}-${randomBytes(3).toString('hex')}`
         const ext = `ext-${id}`
         const store = a.app.deps.store
-        const created = await store.create({ id, caller: 'alice', createdAt: Date.now(), reference: null, metadata: null, request: validBody(), externalTaskId: ext, webhookUrl: null })
+        const created = await store.create({
+          id,
+          caller: 'alice',
+          createdAt: Date.now(),
+          reference: null,
+          metadata: null,
+          request: validBody(),
+          externalTaskId: ext,
+          webhookUrl: null
+        })
         expect(created.outcome).toBe('created')
         const up = sim.create({ ...validBody(), external_task_id: ext })
-        await store.transition(id, t => t.status === 'queued' ? { to: 'submitted', upstream: { task_id: up.task_id, status: 'submitted', status_msg: null } } : null)
+        await store.transition(id, t => t.status === 'queued'
+          ? { to: 'submitted', upstream: { task_id: up.task_id, status: 'submitted', status_msg: null } }
+          : null)
 
         // Upstream really ends at `final`. Its query answers meanwhile are random but never contradict it: they may
         // lag (an earlier state), as an eventually consistent upstream would. Callbacks may claim anything.
         up.status = final
-        sim.faults = pollAnswers.map(s => ({ on: 'query' as const, kind: 'status' as const, taskStatus: s === 'final' ? final : s, times: 1 }))
+        sim.faults = pollAnswers.map(s => ({
+          on: 'query' as const, kind: 'status' as const, taskStatus: s === 'final' ? final : s, times: 1
+        }))
         const bodies = delivered.flatMap((s, i) => Array.from({ length: copies[i] }, () => sim.taskView(up, s)))
         const keyed = bodies.map((body, i) => ({ body, key: order(i) }))
         keyed.sort((x, y) => x.key - y.key)

@@ -20,11 +20,15 @@ async function submitted (h: Harness) {
   return { id: task.id, upstreamId, sim: h.sim.tasks.get(upstreamId)! }
 }
 
-const body = (taskId: string, status: string, extra: Record<string, unknown> = {}) => ({ task_id: taskId, task_status: status, task_status_msg: '', created_at: Date.now(), updated_at: Date.now(), ...extra })
+const body = (taskId: string, status: string, extra: Record<string, unknown> = {}) => ({
+  task_id: taskId, task_status: status, task_status_msg: '', created_at: Date.now(), updated_at: Date.now(), ...extra
+})
 
 describe('POST /callbacks/kling', () => {
   it('drives a task to succeeded end to end over real HTTP, the terminal state confirmed by a query', async () => {
-    const h = await harness({ listen: true, sim: { processingAfterMs: 50, finishAfterMs: 150 }, env: { RECONCILE_INTERVAL_MS: '60000' } })
+    const h = await harness({
+      listen: true, sim: { processingAfterMs: 50, finishAfterMs: 150 }, env: { RECONCILE_INTERVAL_MS: '60000' }
+    })
     const task = await createTask(h)
     const done = await waitFor(h, task.id, t => t.status === 'succeeded')
     expect(done.status).toBe('succeeded')
@@ -35,7 +39,8 @@ describe('POST /callbacks/kling', () => {
     expect(h.sim.counts.queries).toBeGreaterThanOrEqual(1)
     const events = await h.app.deps.store.events(task.id)
     // The result mirror may already have added `video.stored` (sequence 5) after the state changes.
-    expect(events.map(e => [e.sequence, e.type]).slice(0, 4)).toEqual([[1, 'video.queued'], [2, 'video.submitted'], [3, 'video.processing'], [4, 'video.succeeded']])
+    expect(events.map(e => [e.sequence, e.type]).slice(0, 4))
+      .toEqual([[1, 'video.queued'], [2, 'video.submitted'], [3, 'video.processing'], [4, 'video.succeeded']])
     expect(events.slice(4).map(e => e.type).every(t => t === 'video.stored')).toBe(true)
     // Tokens reach the request log only redacted.
     expect(h.logs.text).toContain('/callbacks/kling?token=[REDACTED]')
@@ -45,7 +50,11 @@ describe('POST /callbacks/kling', () => {
     const h = await harness({ sim: { auto: false } })
     const { id, upstreamId } = await submitted(h)
     const good = callbackPath(h, id)
-    for (const url of ['/callbacks/kling', '/callbacks/kling?token=', `/callbacks/kling?token=${id}.AAAA`, good.slice(0, -3), good.replace(id, id.replace(/.$/, c => c === 'a' ? 'b' : 'a'))]) {
+    const wrongOwner = good.replace(id, id.replace(/.$/, c => c === 'a' ? 'b' : 'a'))
+    const urls = [
+      '/callbacks/kling', '/callbacks/kling?token=', `/callbacks/kling?token=${id}.AAAA`, good.slice(0, -3), wrongOwner
+    ]
+    for (const url of urls) {
       const res = await h.app.inject({ method: 'POST', url, payload: body(upstreamId, 'processing') })
       expect(res.statusCode, url).toBe(404)
       expect(res.json().detail).toBe('callback target not found')
@@ -63,10 +72,14 @@ describe('POST /callbacks/kling', () => {
     const otherId = await h.app.inject({ method: 'POST', url, payload: body('999999999999999999', 'processing') })
     expect(otherId.statusCode).toBe(400)
     expect(otherId.json().errors[0].pointer).toBe('/task_id')
-    const otherExt = await h.app.inject({ method: 'POST', url, payload: body(upstreamId, 'processing', { task_info: { external_task_id: 'not-ours' } }) })
+    const otherExt = await h.app.inject({
+      method: 'POST', url, payload: body(upstreamId, 'processing', { task_info: { external_task_id: 'not-ours' } })
+    })
     expect(otherExt.statusCode).toBe(400)
     expect(otherExt.json().errors[0].pointer).toBe('/task_info/external_task_id')
-    const big = await h.app.inject({ method: 'POST', url, payload: { ...body(upstreamId, 'processing'), pad: 'x'.repeat(70_000) } })
+    const big = await h.app.inject({
+      method: 'POST', url, payload: { ...body(upstreamId, 'processing'), pad: 'x'.repeat(70_000) }
+    })
     expect(big.statusCode).toBe(413)
     expect((await getTask(h, id)).sequence).toBe(2)
   })
@@ -97,7 +110,9 @@ describe('POST /callbacks/kling', () => {
     })
     expect(res.statusCode).toBe(202)
     expect(res.json().outcome).toBe('confirming')
-    for (let i = 0; i < 200 && h.sim.counts.queries === queries; i++) await new Promise(resolve => setTimeout(resolve, 10))
+    for (let i = 0; i < 200 && h.sim.counts.queries === queries; i++) {
+      await new Promise(resolve => setTimeout(resolve, 10))
+    }
     const task = await waitFor(h, id, t => t.status === 'processing')
     expect(task.status).toBe('processing')
     expect(task.result).toBeNull()
@@ -111,7 +126,11 @@ describe('POST /callbacks/kling', () => {
 
 describe('reconciliation', () => {
   it('finishes a task whose callbacks all vanish', async () => {
-    const h = await harness({ listen: true, sim: { processingAfterMs: 30, finishAfterMs: 80 }, env: { RECONCILE_INTERVAL_MS: '100', RECONCILE_AFTER_MS: '50' } })
+    const h = await harness({
+      listen: true,
+      sim: { processingAfterMs: 30, finishAfterMs: 80 },
+      env: { RECONCILE_INTERVAL_MS: '100', RECONCILE_AFTER_MS: '50' }
+    })
     h.sim.callbackPolicy.drop = true
     const task = await createTask(h)
     const done = await waitFor(h, task.id, t => t.status === 'succeeded', 8000)
@@ -120,7 +139,9 @@ describe('reconciliation', () => {
   })
 
   it('treats a poll timeout and "not found" as unknown, never failed', async () => {
-    const h = await harness({ sim: { auto: false }, env: { UPSTREAM_TIMEOUT_MS: '200', RECONCILE_INTERVAL_MS: '60000' } })
+    const h = await harness({
+      sim: { auto: false }, env: { UPSTREAM_TIMEOUT_MS: '200', RECONCILE_INTERVAL_MS: '60000' }
+    })
     const { id } = await submitted(h)
     h.sim.inject({ on: 'query', kind: 'hang' })
     expect(await h.app.deps.reconcile.checkTask(id)).toBe('unknown')
@@ -130,7 +151,9 @@ describe('reconciliation', () => {
   })
 
   it('fails a task past TASK_DEADLINE_MS with UPSTREAM_DEADLINE', async () => {
-    const h = await harness({ sim: { auto: false }, env: { TASK_DEADLINE_MS: '1000', RECONCILE_INTERVAL_MS: '100', RECONCILE_AFTER_MS: '0' } })
+    const h = await harness({
+      sim: { auto: false }, env: { TASK_DEADLINE_MS: '1000', RECONCILE_INTERVAL_MS: '100', RECONCILE_AFTER_MS: '0' }
+    })
     const { id } = await submitted(h)
     const task = await waitFor(h, id, t => t.status === 'failed', 8000)
     expect(task.error).toEqual({ code: 'UPSTREAM_DEADLINE', message: 'not finished within 1000 ms' })
@@ -141,7 +164,16 @@ describe('reconciliation', () => {
     const task = await createTask(h)
     await waitFor(h, task.id, t => t.status === 'submitted')
     // Simulate a crash between storing a task and queueing its job: a queued task with no job.
-    const lost = await h.app.deps.store.create({ id: 'lost-task-0001', caller: 'alice', createdAt: Date.now(), reference: null, metadata: null, request: (await getTask(h, task.id)).request, externalTaskId: 'ext-lost-0001', webhookUrl: null })
+    const lost = await h.app.deps.store.create({
+      id: 'lost-task-0001',
+      caller: 'alice',
+      createdAt: Date.now(),
+      reference: null,
+      metadata: null,
+      request: (await getTask(h, task.id)).request,
+      externalTaskId: 'ext-lost-0001',
+      webhookUrl: null
+    })
     expect(lost.outcome).toBe('created')
     expect(await h.app.deps.reconcile.checkTask('lost-task-0001')).toBe('requeued')
     const done = await waitFor(h, 'lost-task-0001', t => t.status === 'submitted')
@@ -150,7 +182,11 @@ describe('reconciliation', () => {
   })
 
   it('spreads a sweep of many quiet tasks instead of querying them at once', async () => {
-    const h = await harness({ sim: { auto: false }, workers: false, env: { RECONCILE_INTERVAL_MS: '60000', RECONCILE_AFTER_MS: '0', RECONCILE_BATCH: '50' } })
+    const h = await harness({
+      sim: { auto: false },
+      workers: false,
+      env: { RECONCILE_INTERVAL_MS: '60000', RECONCILE_AFTER_MS: '0', RECONCILE_BATCH: '50' }
+    })
     for (let i = 0; i < 60; i++) await h.redis.zadd(keys(h.prefix).open, 1, `quiet-${i}`)
     expect(await h.app.deps.reconcile.sweep()).toBe(50)
     const { Queue } = await import('bullmq')

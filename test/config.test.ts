@@ -19,7 +19,8 @@ describe('loadConfig', () => {
     })
     expect(c.allowedModels).toEqual(['kling-v1-6'])
     expect(c.reconcile).toEqual({ intervalMs: 30_000, afterMs: 60_000, deadlineMs: 3_600_000, batch: 1000, qps: 20 })
-    expect(c.webhooks.retryScheduleMs).toEqual([0, 5000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 36_000_000])
+    expect(c.webhooks.retryScheduleMs)
+      .toEqual([0, 5000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 36_000_000])
     expect(c.webhooks.allowPrivate).toBe(false)
     expect(c.apiKeys).toEqual([])
   })
@@ -28,11 +29,21 @@ describe('loadConfig', () => {
     const secretish = 'not-a-url-but-secret-looking'
     let err: unknown
     try {
-      loadConfig({ PORT: 'eighty', REDIS_URL: secretish, UPSTREAM_CONCURRENCY: '0', WEBHOOK_RETRY_SCHEDULE: '5x', LOG_LEVEL: 'loud', COMETAPI_KEY: 'sk-1' })
+      loadConfig({
+        PORT: 'eighty',
+        REDIS_URL: secretish,
+        UPSTREAM_CONCURRENCY: '0',
+        WEBHOOK_RETRY_SCHEDULE: '5x',
+        LOG_LEVEL: 'loud',
+        COMETAPI_KEY: 'sk-1'
+      })
     } catch (e) { err = e }
     expect(err).toBeInstanceOf(ConfigError)
     const problems = (err as ConfigError).problems.join('\n')
-    for (const name of ['PORT', 'REDIS_URL', 'UPSTREAM_CONCURRENCY', 'WEBHOOK_RETRY_SCHEDULE', 'LOG_LEVEL', 'CALLBACK_SECRET']) {
+    const named = [
+      'PORT', 'REDIS_URL', 'UPSTREAM_CONCURRENCY', 'WEBHOOK_RETRY_SCHEDULE', 'LOG_LEVEL', 'CALLBACK_SECRET'
+    ]
+    for (const name of named) {
       expect(problems).toContain(name)
     }
     expect((err as Error).message).not.toContain(secretish)
@@ -40,7 +51,9 @@ describe('loadConfig', () => {
   })
 
   it('treats empty variables as unset and converts types', () => {
-    const c = loadConfig({ PORT: '', WEBHOOK_ALLOW_PRIVATE: 'true', UPSTREAM_CONCURRENCY: '3', ALLOWED_MODELS: 'kling-v1-6,kling-v2' })
+    const c = loadConfig({
+      PORT: '', WEBHOOK_ALLOW_PRIVATE: 'true', UPSTREAM_CONCURRENCY: '3', ALLOWED_MODELS: 'kling-v1-6,kling-v2'
+    })
     expect(c.port).toBe(3000)
     expect(c.webhooks.allowPrivate).toBe(true)
     expect(c.upstream.concurrency).toBe(3)
@@ -48,7 +61,9 @@ describe('loadConfig', () => {
   })
 
   it('parses API keys, plain or as sha256, and refuses short ones by position only', () => {
-    const c = loadConfig({ API_KEYS: `a:0123456789abcdef0123,b:sha256:${'ab'.repeat(32)}`, ADMIN_API_KEYS: 'ops:zzzzzzzzzzzzzzzzzzzz' })
+    const c = loadConfig({
+      API_KEYS: `a:0123456789abcdef0123,b:sha256:${'ab'.repeat(32)}`, ADMIN_API_KEYS: 'ops:zzzzzzzzzzzzzzzzzzzz'
+    })
     expect(c.apiKeys.map(k => [k.caller, k.admin])).toEqual([['a', false], ['b', false], ['ops', true]])
     expect(c.apiKeys[1].sha256.toString('hex')).toBe('ab'.repeat(32))
     expect(() => loadConfig({ API_KEYS: 'a:short' })).toThrow(/API_KEYS: entry 1/)
@@ -58,7 +73,8 @@ describe('loadConfig', () => {
   it('accepts one Redis topology at a time and requires the sentinel name', () => {
     expect(() => loadConfig({ REDIS_URL: 'redis://x:1', REDIS_CLUSTER_NODES: 'a:1' })).toThrow(/only one/)
     expect(() => loadConfig({ REDIS_SENTINELS: 'a:1,b:2' })).toThrow(/REDIS_SENTINEL_NAME/)
-    expect(loadConfig({ REDIS_CLUSTER_NODES: 'a:1,b:2' }).redis.clusterNodes).toEqual([{ host: 'a', port: 1 }, { host: 'b', port: 2 }])
+    expect(loadConfig({ REDIS_CLUSTER_NODES: 'a:1,b:2' }).redis.clusterNodes)
+      .toEqual([{ host: 'a', port: 1 }, { host: 'b', port: 2 }])
   })
 
   it('sets the durability rule: auto with Sentinel, 0 otherwise, a number or auto when given; auth and TLS', () => {

@@ -60,7 +60,8 @@ describe('a create whose script runs after the client gave up', () => {
   })
   afterAll(async () => { await h?.close() })
 
-  it('answers 503; the retry with the same key returns that task at once: one task, one paid upstream create', async () => {
+  it('answers 503; the retry with the same key returns that task at once: ' +
+    'one task, one paid upstream create', async () => {
     const body = validBody({ prompt: 'late create, retried' })
     await pauseWrites(redis.url, 2500)
     const first = await create(h, body, 'late-1')
@@ -72,7 +73,8 @@ describe('a create whose script runs after the client gave up', () => {
     const retry = await create(h, body, 'late-1')
     expect(retry.statusCode, retry.body).toBe(202)
     expect(retry.headers['idempotent-replayed']).toBe('true')
-    const mine = (await h.app.inject({ url: '/v1/videos', headers: auth('alice') })).json().data as Array<{ id: string, request: { prompt: string } }>
+    const mine = (await h.app.inject({ url: '/v1/videos', headers: auth('alice') }))
+      .json().data as Array<{ id: string, request: { prompt: string } }>
     const tasks = mine.filter(t => t.request.prompt === body.prompt)
     expect(tasks.map(t => t.id)).toEqual([retry.json().id])
 
@@ -87,7 +89,8 @@ describe('a create whose script runs after the client gave up', () => {
     await pauseWrites(redis.url, 2500)
     const first = await create(h, body)
     expect(first.statusCode, first.body).toBe(503)
-    const all = (await h.app.inject({ url: '/v1/videos', headers: auth('alice') })).json().data as Array<{ id: string, status: string, error: { code: string } | null, request: { prompt: string } }>
+    const all = (await h.app.inject({ url: '/v1/videos', headers: auth('alice') }))
+      .json().data as Array<{ id: string, status: string, error: { code: string } | null, request: { prompt: string } }>
     const late = all.filter(t => t.request.prompt === body.prompt)
     expect(late).toHaveLength(1)
     expect(late[0].status).toBe('canceled')
@@ -110,7 +113,16 @@ describe('the create script on its own', () => {
   })
   afterAll(async () => { client?.disconnect() })
   const store = () => new TaskStore(client, prefix, () => now)
-  const task = (id: string) => ({ id, caller: 'alice', createdAt: now, reference: null, metadata: null, request: {}, externalTaskId: `ext-${id}`, webhookUrl: null })
+  const task = (id: string) => ({
+    id,
+    caller: 'alice',
+    createdAt: now,
+    reference: null,
+    metadata: null,
+    request: {},
+    externalTaskId: `ext-${id}`,
+    webhookUrl: null
+  })
 
   it('a late create that runs after its retry finds the retry\'s task and frees its own parked images', async () => {
     const s = store()
@@ -127,7 +139,8 @@ describe('the create script on its own', () => {
     expect(await s.parkedBytes()).toBe(image.length)
     // The same key with another body: 'mismatch', nothing stored, its images freed as well.
     expect(await s.park('other-c', new Map([['/image_list/0/image', image]]))).toBe(true)
-    expect(await s.create(task('other-c'), { key: 'k-1', fingerprint: 'f-2' })).toEqual({ outcome: 'mismatch', taskId: 'retry-b' })
+    expect(await s.create(task('other-c'), { key: 'k-1', fingerprint: 'f-2' }))
+      .toEqual({ outcome: 'mismatch', taskId: 'retry-b' })
     expect(await s.parkedBytes()).toBe(image.length)
     // A re-sent script (ioredis resends after a reconnect) finds its own task.
     expect((await s.create(task('retry-b'), key)).outcome).toBe('created')
@@ -181,11 +194,14 @@ describe('durable before 202 and before paying: REDIS_MIN_REPLICAS_ACKED', () =>
     const side = new Redis(master.url)
     for (let i = 0; i < 200 && !(await side.info('replication')).includes('state=online'); i++) await sleep(50)
     side.disconnect()
-    h = await startHarness({ env: { REDIS_URL: master.url, REDIS_MIN_REPLICAS_ACKED: '1', REDIS_ACK_TIMEOUT_MS: '300' }, sim: { auto: false } })
+    h = await startHarness({
+      env: { REDIS_URL: master.url, REDIS_MIN_REPLICAS_ACKED: '1', REDIS_ACK_TIMEOUT_MS: '1000' }, sim: { auto: false }
+    })
   })
   afterAll(async () => { await h?.close() })
 
-  it('answers 202 once a replica holds the task, 503 while none does, and the retry returns the same task', async () => {
+  it('answers 202 once a replica holds the task, 503 while none does, ' +
+    'and the retry returns the same task', async () => {
     const ok = await create(h, validBody({ prompt: 'replicated' }), 'rep-1')
     expect(ok.statusCode, ok.body).toBe(202)
     await waitFor(h, ok.json().id, t => t.status === 'submitted', 5000)
@@ -221,14 +237,17 @@ describe('failover and cluster errors are 503, never 500', () => {
       'MOVED 3999 127.0.0.1:6381', 'ASK 3999 127.0.0.1:6381', 'READONLY You can\'t write against a read only replica.',
       'LOADING Redis is loading the dataset in memory', 'UNBLOCKED force unblock from blocking operation',
       'MASTERDOWN Link with MASTER is down', 'NOREPLICAS Not enough good replicas to write.',
-      'Too many Cluster redirections. Last error: MOVED 1 127.0.0.1:1', 'Cluster isn\'t ready and enableOfflineQueue options is false',
-      'Command timed out', 'Command aborted due to connection close', 'Connection is closed.', 'Failed to refresh slots cache.'
+      'Too many Cluster redirections. Last error: MOVED 1 127.0.0.1:1',
+      'Cluster isn\'t ready and enableOfflineQueue options is false',
+      'Command timed out', 'Command aborted due to connection close', 'Connection is closed.',
+      'Failed to refresh slots cache.'
     ]
     for (const message of unavailable) expect(isRedisUnavailable(new Error(message)), message).toBe(true)
     const all = new Error('Failed to refresh slots cache.')
     all.name = 'ClusterAllFailedError'
     expect(isRedisUnavailable(all)).toBe(true)
     expect(isRedisUnavailable(new Error('ERR wrong number of arguments'))).toBe(false)
-    expect(isRedisUnavailable(new Error('WRONGTYPE Operation against a key holding the wrong kind of value'))).toBe(false)
+    expect(isRedisUnavailable(new Error('WRONGTYPE Operation against a key holding the wrong kind of value')))
+      .toBe(false)
   })
 })

@@ -62,7 +62,8 @@ async function expectNothingLost (h: Harness, result: LoadResult) {
   const listed = new Map<string, number>()
   let cursor: string | null = null
   for (let page = 0; page < 50; page++) {
-    const res = await h.app.inject({ url: `/v1/videos?limit=100${cursor === null ? '' : `&cursor=${encodeURIComponent(cursor)}`}`, headers: auth('alice') })
+    const cursorParam = cursor === null ? '' : `&cursor=${encodeURIComponent(cursor)}`
+    const res = await h.app.inject({ url: `/v1/videos?limit=100${cursorParam}`, headers: auth('alice') })
     const body = res.json() as { data: Array<{ request: { prompt: string } }>, next_cursor: string | null }
     for (const t of body.data) listed.set(t.request.prompt, (listed.get(t.request.prompt) ?? 0) + 1)
     cursor = body.next_cursor
@@ -108,7 +109,9 @@ describe('Sentinel', () => {
     const result = await run.stop()
     await expectNothingLost(h, result)
     // The gateway writes to the new master: a new create lands there.
-    const after = await h.app.inject({ method: 'POST', url: '/v1/videos', headers: auth('alice'), payload: validBody() })
+    const after = await h.app.inject({
+      method: 'POST', url: '/v1/videos', headers: auth('alice'), payload: validBody()
+    })
     expect(after.statusCode, after.body).toBe(202)
     expect(await fresh.command('EXISTS', `{${h.prefix}}:task:${after.json().id as string}`)).toBe(1)
     const submitted = await waitFor(h, after.json().id, t => t.status === 'submitted', 10_000)

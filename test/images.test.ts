@@ -83,7 +83,8 @@ describe('inspectBase64Image', () => {
   it('accepts a JPEG and describes it', () => {
     const jpg = makeJpeg(1280, 720)
     const r = inspectBase64Image(b64(jpg))
-    expect(descriptorOf(r)).toEqual({ sha256: sha256(jpg), bytes: jpg.length, width: 1280, height: 720, format: 'jpeg' })
+    expect(descriptorOf(r))
+      .toEqual({ sha256: sha256(jpg), bytes: jpg.length, width: 1280, height: 720, format: 'jpeg' })
     expect(r.ok && r.data.equals(jpg)).toBe(true)
   })
 
@@ -95,7 +96,8 @@ describe('inspectBase64Image', () => {
   })
 
   it('refuses a data: URL that is not base64', () => {
-    expect(problemsOf(inspectBase64Image('data:image/png,abcd'))).toEqual(['must be plain Base64 or a data: URL ending in ;base64,'])
+    expect(problemsOf(inspectBase64Image('data:image/png,abcd')))
+      .toEqual(['must be plain Base64 or a data: URL ending in ;base64,'])
   })
 
   it('accepts the url-safe Base64 alphabet and unpadded Base64', () => {
@@ -108,7 +110,9 @@ describe('inspectBase64Image', () => {
   })
 
   it('refuses GIF magic bytes as not JPG or PNG', () => {
-    const gif = Buffer.concat([Buffer.from('GIF89a', 'latin1'), Buffer.from([0x2c, 0x01, 0x2c, 0x01, 0x80, 0, 0]), Buffer.alloc(64)])
+    const gif = Buffer.concat([
+      Buffer.from('GIF89a', 'latin1'), Buffer.from([0x2c, 0x01, 0x2c, 0x01, 0x80, 0, 0]), Buffer.alloc(64)
+    ])
     expect(imageSize(gif)).toMatchObject({ width: 300, height: 300, type: 'gif' }) // image-size itself would accept it
     expect(problemsOf(inspectBase64Image(b64(gif)))).toEqual(['must be a JPG or PNG image'])
   })
@@ -121,16 +125,19 @@ describe('inspectBase64Image', () => {
 
   it('reports unreadable dimensions for a file with the right magic bytes but a broken header', () => {
     const brokenJpeg = Buffer.concat([Buffer.from([0xff, 0xd8, 0xff, 0xe0]), randomBytes(100).fill(0x00)])
-    expect(problemsOf(inspectBase64Image(b64(brokenJpeg)))).toEqual([expect.stringContaining('could not read the JPG image dimensions')])
+    expect(problemsOf(inspectBase64Image(b64(brokenJpeg))))
+      .toEqual([expect.stringContaining('could not read the JPG image dimensions')])
     const truncatedPng = makePng(300, 300).subarray(0, 10)
-    expect(problemsOf(inspectBase64Image(b64(truncatedPng)))).toEqual([expect.stringContaining('could not read the PNG image dimensions')])
+    expect(problemsOf(inspectBase64Image(b64(truncatedPng))))
+      .toEqual([expect.stringContaining('could not read the PNG image dimensions')])
   })
 
   it('does not take dimensions from memory beyond a truncated header', () => {
     // image-size reads through DataViews on the whole underlying ArrayBuffer; small decoded
     // Buffers sit in Node's shared pool, so a truncated IHDR would otherwise read a neighbour's bytes.
     const truncatedIhdr = makePng(300, 300).subarray(0, 18)
-    expect(problemsOf(inspectBase64Image(b64(truncatedIhdr)))).toEqual([expect.stringContaining('could not read the PNG image dimensions')])
+    expect(problemsOf(inspectBase64Image(b64(truncatedIhdr))))
+      .toEqual([expect.stringContaining('could not read the PNG image dimensions')])
   })
 
   it('refuses a side of 299 px', () => {
@@ -191,7 +198,8 @@ describe('inspectBase64Image', () => {
 
   it('refuses invalid Base64 without echoing it', () => {
     const secret = 'U0VDUkVUU0VDUkVU'
-    for (const bad of [`${secret}$$`, `${secret.slice(0, 8)} ${secret.slice(8)}`, `${secret}\n`, 'äöü', '   ', '\t\n']) {
+    const bads = [`${secret}$$`, `${secret.slice(0, 8)} ${secret.slice(8)}`, `${secret}\n`, 'äöü', '   ', '\t\n']
+    for (const bad of bads) {
       const problems = problemsOf(inspectBase64Image(bad))
       expect(problems).toHaveLength(1)
       expect(problems[0]).toMatch(/must be valid Base64/)
@@ -256,20 +264,23 @@ describe('JPEG header walk', () => {
     const extra = Buffer.concat(Array.from({ length: 16 }, () => appSegment(65_000))) // ~1 MB of APP1
     const jpg = jpegWithPrefixSegments(800, 600, extra)
     expect(jpegHeaderBytes(jpg).length).toBeGreaterThan(JPEG_TOLERANT_SCAN_BYTES)
-    expect(descriptorOf(inspectBase64Image(b64(jpg)))).toMatchObject({ width: 800, height: 600, format: 'jpeg', bytes: jpg.length })
+    expect(descriptorOf(inspectBase64Image(b64(jpg))))
+      .toMatchObject({ width: 800, height: 600, format: 'jpeg', bytes: jpg.length })
   })
 
   it('reports a JPEG truncated inside its frame header as unreadable', () => {
     const jpg = makeJpeg(640, 480)
     const truncated = jpg.subarray(0, jpg.indexOf(Buffer.from([0xff, 0xc0])) + 6)
-    expect(problemsOf(inspectBase64Image(b64(truncated)))).toEqual([expect.stringContaining('could not read the JPG image dimensions')])
+    expect(problemsOf(inspectBase64Image(b64(truncated))))
+      .toEqual([expect.stringContaining('could not read the JPG image dimensions')])
   })
 
   it('bounds the scan of megabytes of junk behind a JPEG signature', () => {
     const junk = Buffer.alloc(MAX_IMAGE_BYTES - 16)
     junk.set([0xff, 0xd8, 0xff, 0xe0, 0x00, 0x02])
     expect(jpegHeaderBytes(junk).length).toBe(JPEG_TOLERANT_SCAN_BYTES)
-    expect(problemsOf(inspectBase64Image(b64(junk)))).toEqual([expect.stringContaining('could not read the JPG image dimensions')])
+    expect(problemsOf(inspectBase64Image(b64(junk))))
+      .toEqual([expect.stringContaining('could not read the JPG image dimensions')])
   })
 })
 

@@ -21,8 +21,11 @@ function unbounded (schema: Json, path: string, out: string[]) {
   const closed = schema.enum !== undefined || schema.const !== undefined || schema.format !== undefined
   if (schema.type === 'string' && !bounded && !closed) out.push(path)
   if (schema.type === 'array' && schema.maxItems === undefined) out.push(path)
-  if (schema.type === 'object' && schema.properties !== undefined && schema.additionalProperties !== false && schema.maxProperties === undefined) out.push(path)
-  for (const [k, v] of Object.entries(schema)) if (typeof v === 'object' && v !== null) unbounded(v as Json, `${path}/${k}`, out)
+  const openEnded = schema.additionalProperties !== false && schema.maxProperties === undefined
+  if (schema.type === 'object' && schema.properties !== undefined && openEnded) out.push(path)
+  for (const [k, v] of Object.entries(schema)) {
+    if (typeof v === 'object' && v !== null) unbounded(v as Json, `${path}/${k}`, out)
+  }
 }
 
 describe('OpenAPI', () => {
@@ -38,7 +41,9 @@ describe('OpenAPI', () => {
       for (const [method, op] of Object.entries(ops as Record<string, Json>)) {
         const body = (op.requestBody as Json | undefined)?.content as Record<string, { schema: Json }> | undefined
         for (const media of Object.values(body ?? {})) unbounded(media.schema, `${method} ${route}`, out)
-        for (const p of (op.parameters as Json[] | undefined) ?? []) unbounded(p.schema as Json, `${method} ${route} ${String(p.name)}`, out)
+        for (const p of (op.parameters as Json[] | undefined) ?? []) {
+          unbounded(p.schema as Json, `${method} ${route} ${String(p.name)}`, out)
+        }
       }
     }
     expect(out).toEqual([])

@@ -9,10 +9,16 @@ describe('problem+json', () => {
     // Routes added by the test before ready() exercise the one error handler with every kind of error.
     await h.app.close()
     const { buildApp } = await import('../src/app.ts')
-    const app = await buildApp({ config: h.config, redis: h.redis, upstream: h.upstream, blobs: h.blobs, logger: h.app.log as never })
+    const app = await buildApp({
+      config: h.config, redis: h.redis, upstream: h.upstream, blobs: h.blobs, logger: h.app.log as never
+    })
     app.post('/t/validate', {
       schema: {
-        body: Type.Object({ a: Type.String({ maxLength: 3 }), b: Type.Array(Type.Integer(), { maxItems: 2 }), c: Type.Object({ d: Type.Boolean() }) }, { additionalProperties: false }),
+        body: Type.Object({
+          a: Type.String({ maxLength: 3 }),
+          b: Type.Array(Type.Integer(), { maxItems: 2 }),
+          c: Type.Object({ d: Type.Boolean() })
+        }, { additionalProperties: false }),
         querystring: Type.Object({ n: Type.Optional(Type.Integer({ maximum: 5 })) })
       }
     }, async () => ({ ok: true }))
@@ -23,21 +29,29 @@ describe('problem+json', () => {
     const notFound = await app.inject('/nope?token=abc')
     expect(notFound.statusCode).toBe(404)
     expect(notFound.headers['content-type']).toMatch(/^application\/problem\+json/)
-    expect(notFound.json()).toMatchObject({ status: 404, code: 'NOT_FOUND', title: 'Not Found', detail: 'no route GET /nope' })
+    expect(notFound.json())
+      .toMatchObject({ status: 404, code: 'NOT_FOUND', title: 'Not Found', detail: 'no route GET /nope' })
 
-    const bad = await app.inject({ method: 'POST', url: '/t/validate', payload: { a: 'toolong', b: [1, 'x', 3], c: {}, zz: 1 } })
+    const bad = await app.inject({
+      method: 'POST', url: '/t/validate', payload: { a: 'toolong', b: [1, 'x', 3], c: {}, zz: 1 }
+    })
     expect(bad.statusCode).toBe(400)
     const body = bad.json()
-    expect(body).toMatchObject({ status: 400, code: 'INVALID_REQUEST', type: 'urn:kling-gateway:problem:invalid_request' })
+    expect(body)
+      .toMatchObject({ status: 400, code: 'INVALID_REQUEST', type: 'urn:kling-gateway:problem:invalid_request' })
     const pointers = body.errors.map((e: { pointer: string }) => e.pointer).sort()
     expect(pointers).toEqual(['/a', '/b', '/b/1', '/c/d', '/zz'])
     expect(body.errors.find((e: { pointer: string }) => e.pointer === '/zz').detail).toBe('is not an accepted field')
     expect(body.errors.every((e: { location: string }) => e.location === 'body')).toBe(true)
 
-    const badQuery = await app.inject({ method: 'POST', url: '/t/validate?n=9', payload: { a: 'x', b: [], c: { d: true } } })
+    const badQuery = await app.inject({
+      method: 'POST', url: '/t/validate?n=9', payload: { a: 'x', b: [], c: { d: true } }
+    })
     expect(badQuery.json().errors).toEqual([{ pointer: '/n', detail: 'must be <= 5', location: 'query' }])
 
-    const badJson = await app.inject({ method: 'POST', url: '/t/validate', headers: { 'content-type': 'application/json' }, payload: '{"a":' })
+    const badJson = await app.inject({
+      method: 'POST', url: '/t/validate', headers: { 'content-type': 'application/json' }, payload: '{"a":'
+    })
     expect(badJson.statusCode).toBe(400)
     expect(badJson.headers['content-type']).toMatch(/problem\+json/)
 

@@ -12,7 +12,9 @@ describe('GET /v1/videos/:id/events (SSE)', () => {
   beforeAll(async () => {
     sim = new Simulator({ apiKey: KEYS.comet, auto: false })
     await sim.listen()
-    const env = { REDIS_PREFIX: `sse${randomBytes(4).toString('hex')}`, SSE_HEARTBEAT_MS: '200', RECONCILE_INTERVAL_MS: '600000' }
+    const env = {
+      REDIS_PREFIX: `sse${randomBytes(4).toString('hex')}`, SSE_HEARTBEAT_MS: '200', RECONCILE_INTERVAL_MS: '600000'
+    }
     a = await startHarness({ simulator: sim, env, listen: true })
     b = await startHarness({ simulator: sim, env, workers: false })
   })
@@ -34,21 +36,31 @@ describe('GET /v1/videos/:id/events (SSE)', () => {
     // `id:` is the event's own id (also its webhook-id), never the bare sequence.
     for (const f of first.frames) expect(f.id).toBe((JSON.parse(f.data) as { id: string }).id)
     expect(first.frames[0].id).toMatch(/^evt_[A-Za-z0-9_-]{22}$/)
-    expect(JSON.parse(first.frames[1].data)).toMatchObject({ type: 'video.submitted', task_id: task.id, sequence: 2, data: { status: 'submitted' } })
+    expect(JSON.parse(first.frames[1].data))
+      .toMatchObject({ type: 'video.submitted', task_id: task.id, sequence: 2, data: { status: 'submitted' } })
 
     // While the client is away, replica B takes a callback.
-    const cb = await b.app.inject({ method: 'POST', url: callbackPath(b, task.id), payload: { task_id: upstreamId, task_status: 'processing' } })
+    const cb = await b.app.inject({
+      method: 'POST', url: callbackPath(b, task.id), payload: { task_id: upstreamId, task_status: 'processing' }
+    })
     expect(cb.json().outcome).toBe('applied')
 
     // Reconnect to replica A; B finishes the task while the stream is open.
-    const resumed = readSse(url, { ...auth('alice'), 'last-event-id': first.frames[1].id as string }, { timeoutMs: 8000 })
+    const resumed = readSse(
+      url,
+      { ...auth('alice'), 'last-event-id': first.frames[1].id as string },
+      { timeoutMs: 8000 }
+    )
     await new Promise(resolve => setTimeout(resolve, 300))
     sim.setStatus(upstreamId, 'succeed')
-    await b.app.inject({ method: 'POST', url: callbackPath(b, task.id), payload: { task_id: upstreamId, task_status: 'succeed' } })
+    await b.app.inject({
+      method: 'POST', url: callbackPath(b, task.id), payload: { task_id: upstreamId, task_status: 'succeed' }
+    })
     await b.app.deps.reconcile.checkTask(task.id)
     const second = await resumed
     // The stream does not end at the terminal state: the copy's `video.stored` is the last event it will have.
-    expect(second.frames.map(f => [seqOf(f), f.event])).toEqual([[3, 'video.processing'], [4, 'video.succeeded'], [5, 'video.stored']])
+    expect(second.frames.map(f => [seqOf(f), f.event]))
+      .toEqual([[3, 'video.processing'], [4, 'video.succeeded'], [5, 'video.stored']])
     expect(second.ended).toBe(true)
     // A reconnect after the last event: 204, which tells an EventSource to stop reconnecting.
     const after = await readSse(url, { ...auth('alice'), 'last-event-id': second.frames[2].id as string })
@@ -82,7 +94,9 @@ describe('GET /v1/videos/:id/events (SSE)', () => {
   })
 
   it('sends heartbeats on an idle stream and ends open streams on shutdown', async () => {
-    const h = await startHarness({ listen: true, sim: { auto: false }, env: { SSE_HEARTBEAT_MS: '100' }, workers: false })
+    const h = await startHarness({
+      listen: true, sim: { auto: false }, env: { SSE_HEARTBEAT_MS: '100' }, workers: false
+    })
     const task = await createTask(h)
     const res = await fetch(`${h.config.publicBaseUrl}/v1/videos/${task.id}/events`, { headers: auth('alice') })
     const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader()

@@ -14,7 +14,9 @@ import { makePng } from './helpers/images.ts'
 
 const PUBLIC_BASE_URL = 'https://gateway.example.test'
 /** Short deadlines so timeouts and graces pass in a few hundred milliseconds. */
-const FAST = { UPSTREAM_TIMEOUT_MS: '300', UPSTREAM_RETRY_BASE_MS: '20', SUBMIT_UNCONFIRMED_GRACE_MS: '200', PUBLIC_BASE_URL }
+const FAST = {
+  UPSTREAM_TIMEOUT_MS: '300', UPSTREAM_RETRY_BASE_MS: '20', SUBMIT_UNCONFIRMED_GRACE_MS: '200', PUBLIC_BASE_URL
+}
 /** A real Base64 PNG, so the parked-image path is part of every submit. */
 const IMAGE = makePng(320, 320).toString('base64')
 
@@ -127,7 +129,12 @@ describe('submit queue: success and retries', () => {
     const callback = new URL(up.callback_url ?? '')
     expect(`${callback.origin}${callback.pathname}`).toBe(`${PUBLIC_BASE_URL}/callbacks/kling`)
     expect(verifyCallbackToken(KEYS.callbackSecret, callback.searchParams.get('token') ?? '')).toBe(id)
-    expect(up.body).toMatchObject({ prompt: 'two cats walk toward the camera', model_name: 'kling-v1-6', external_task_id: up.external_task_id, callback_url: up.callback_url })
+    expect(up.body).toMatchObject({
+      prompt: 'two cats walk toward the camera',
+      model_name: 'kling-v1-6',
+      external_task_id: up.external_task_id,
+      callback_url: up.callback_url
+    })
     expect(up.body).not.toHaveProperty('webhook_url')
   })
 
@@ -177,7 +184,8 @@ describe('submit queue: success and retries', () => {
 })
 
 describe('submit queue: a create upstream took but whose answer was lost', () => {
-  it.each(['accept-then-hang', 'accept-then-reset'] as const)('%s: adopts the task found by external_task_id, sends no second create', async (kind) => {
+  it.each(['accept-then-hang', 'accept-then-reset'] as const)('%s: adopts the task found by external_task_id, ' +
+    'sends no second create', async (kind) => {
     const h = await harness()
     h.sim.inject({ on: 'create', kind })
     const id = await createTask(h)
@@ -201,7 +209,8 @@ describe('submit queue: a create upstream took but whose answer was lost', () =>
     expect(h.sim.counts.queries).toBeGreaterThanOrEqual(3)
   })
 
-  it.each(['reset', 'hang'] as const)('a query that fails (%s) after an accepted create does not license a second create', async (kind) => {
+  it.each(['reset', 'hang'] as const)('a query that fails (%s) after an accepted create ' +
+    'does not license a second create', async (kind) => {
     const h = await harness()
     h.sim.inject({ on: 'create', kind: 'accept-then-reset' })
     h.sim.inject({ on: 'query', kind })
@@ -216,7 +225,13 @@ describe('submit queue: a create upstream took but whose answer was lost', () =>
 describe('submit queue: failures', () => {
   it('fails on Kling 1301 (content safety) without retrying, with upstream\'s message', async () => {
     const h = await harness()
-    h.sim.inject({ on: 'create', kind: 'kling-error', status: 400, code: 1301, message: 'content security policy: the input was flagged' })
+    h.sim.inject({
+      on: 'create',
+      kind: 'kling-error',
+      status: 400,
+      code: 1301,
+      message: 'content security policy: the input was flagged'
+    })
     const id = await createTask(h)
     const task = await settled(h, id)
     await expectFailed(h, id, task, 'KLING_1301', 'content security policy: the input was flagged')
@@ -232,9 +247,12 @@ describe('submit queue: failures', () => {
     expect(h.sim.counts.creates).toBe(1)
   })
 
-  it('fails with UPSTREAM_UNAVAILABLE when 503s outlast UPSTREAM_SUBMIT_ATTEMPTS, and nothing is upstream', async () => {
+  it('fails with UPSTREAM_UNAVAILABLE when 503s outlast UPSTREAM_SUBMIT_ATTEMPTS, ' +
+    'and nothing is upstream', async () => {
     const h = await harness({ UPSTREAM_SUBMIT_ATTEMPTS: '3' })
-    h.sim.inject({ on: 'create', kind: 'http-error', status: 503, message: 'no available channel for group default', times: 10 })
+    h.sim.inject({
+      on: 'create', kind: 'http-error', status: 503, message: 'no available channel for group default', times: 10
+    })
     const id = await createTask(h)
     const task = await settled(h, id)
     await expectFailed(h, id, task, 'UPSTREAM_UNAVAILABLE', 'no available channel for group default')

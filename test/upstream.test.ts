@@ -52,7 +52,9 @@ class Scripted {
       const chunks: Buffer[] = []
       req.on('data', (c: Buffer) => chunks.push(c))
       req.on('end', () => {
-        this.requests.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers, body: Buffer.concat(chunks).toString() })
+        this.requests.push({
+          method: req.method ?? '', url: req.url ?? '', headers: req.headers, body: Buffer.concat(chunks).toString()
+        })
         this.handler(req, res)
       })
     })
@@ -65,7 +67,10 @@ class Scripted {
   }
 
   json (status: number, body: unknown, headers: Record<string, string> = {}): void {
-    this.handler = (_req, res) => { res.writeHead(status, { 'content-type': 'application/json', ...headers }).end(typeof body === 'string' ? body : JSON.stringify(body)) }
+    this.handler = (_req, res) => {
+      res.writeHead(status, { 'content-type': 'application/json', ...headers })
+        .end(typeof body === 'string' ? body : JSON.stringify(body))
+    }
   }
 
   async close (): Promise<void> {
@@ -134,7 +139,8 @@ describe('CometApiAdapter against the simulator', () => {
     it('carries the failure reason of a failed task', async () => {
       const created = await client.create(MI, createBody())
       sim.setStatus(created.taskId, 'failed', 'content risk control')
-      expect(await client.query(MI, created.taskId)).toMatchObject({ status: 'failed', statusMsg: 'content risk control' })
+      expect(await client.query(MI, created.taskId))
+        .toMatchObject({ status: 'failed', statusMsg: 'content risk control' })
     })
 
     it('a query miss is null, for an unknown id and for a not-found answer', async () => {
@@ -146,11 +152,23 @@ describe('CometApiAdapter against the simulator', () => {
     })
 
     it('sends the bearer key and JSON', async () => {
-      scripted.json(200, { code: 0, message: 'SUCCEED', data: { task_id: '861309198188019719', task_status: 'submitted', task_info: {}, created_at: 1773380633979, updated_at: 1773380633979 } })
+      scripted.json(200, {
+        code: 0,
+        message: 'SUCCEED',
+        data: {
+          task_id: '861309198188019719',
+          task_status: 'submitted',
+          task_info: {},
+          created_at: 1773380633979,
+          updated_at: 1773380633979
+        }
+      })
       const before = scripted.requests.length
       const body = createBody('ext-1')
       const task = await viaScript.create(MI, body)
-      expect(task).toMatchObject({ taskId: '861309198188019719', status: 'submitted', externalTaskId: 'ext-1', createdAt: 1773380633979 })
+      expect(task).toMatchObject({
+        taskId: '861309198188019719', status: 'submitted', externalTaskId: 'ext-1', createdAt: 1773380633979
+      })
       const req = scripted.requests[before]
       expect(req.method).toBe('POST')
       expect(req.url).toBe('/kling/v1/videos/multi-image2video')
@@ -160,7 +178,8 @@ describe('CometApiAdapter against the simulator', () => {
     })
 
     it('keeps a numeric 19-digit task id exact', async () => {
-      scripted.json(200, '{"code":0,"message":"SUCCEED","data":{"task_id":8613091981880197191,"task_status":"submitted"}}')
+      scripted.json(200, '{"code":0,"message":"SUCCEED",' +
+        '"data":{"task_id":8613091981880197191,"task_status":"submitted"}}')
       expect((await viaScript.create(MI, createBody())).taskId).toBe('8613091981880197191')
     })
 
@@ -189,18 +208,23 @@ describe('CometApiAdapter against the simulator', () => {
 
     it('http-error 503 on query: retryable, never "may have created"', async () => {
       sim.inject({ on: 'query', kind: 'http-error', status: 503 })
-      expect(await failure(client.query(MI, '1'))).toMatchObject({ code: 'UPSTREAM_HTTP_503', retryable: true, maybeCreated: false })
+      expect(await failure(client.query(MI, '1')))
+        .toMatchObject({ code: 'UPSTREAM_HTTP_503', retryable: true, maybeCreated: false })
     })
 
     it('http-error 401: not retryable, not created', async () => {
       sim.inject({ on: 'create', kind: 'http-error', status: 401, message: 'invalid token' })
-      expect(await failure(client.create(MI, createBody()))).toMatchObject({ code: 'UPSTREAM_HTTP_401', retryable: false, maybeCreated: false, httpStatus: 401 })
+      expect(await failure(client.create(MI, createBody())))
+        .toMatchObject({ code: 'UPSTREAM_HTTP_401', retryable: false, maybeCreated: false, httpStatus: 401 })
     })
 
     it('a wrong key is a 401 that is not retryable', async () => {
-      const wrong = new CometApiAdapter({ baseUrl: sim.baseUrl, apiKey: 'sk-wrong-' + randomBytes(8).toString('hex'), timeoutMs: 2000 })
+      const wrong = new CometApiAdapter({
+        baseUrl: sim.baseUrl, apiKey: 'sk-wrong-' + randomBytes(8).toString('hex'), timeoutMs: 2000
+      })
       try {
-        expect(await failure(wrong.create(MI, createBody()))).toMatchObject({ httpStatus: 401, retryable: false, maybeCreated: false })
+        expect(await failure(wrong.create(MI, createBody())))
+          .toMatchObject({ httpStatus: 401, retryable: false, maybeCreated: false })
       } finally {
         await wrong.close()
       }
@@ -208,18 +232,36 @@ describe('CometApiAdapter against the simulator', () => {
 
     it('comet 500 invalid_request is not retryable; 403 insufficient_user_quota is named', async () => {
       sim.inject({ on: 'create', kind: 'http-error', status: 500, code: 'invalid_request', message: 'bad field' })
-      expect(await failure(client.create(MI, createBody()))).toMatchObject({ code: 'COMET_invalid_request', retryable: false, maybeCreated: false, httpStatus: 500 })
-      sim.inject({ on: 'create', kind: 'http-error', status: 403, code: 'insufficient_user_quota', message: 'user quota is not enough' })
-      expect(await failure(client.create(MI, createBody()))).toMatchObject({ code: 'COMET_insufficient_user_quota', retryable: false, maybeCreated: false, message: expect.stringContaining('user quota is not enough') })
-      sim.inject({ on: 'create', kind: 'http-error', status: 503, code: 'model_not_found', message: 'no available channel' })
-      expect(await failure(client.create(MI, createBody()))).toMatchObject({ code: 'COMET_model_not_found', retryable: true, maybeCreated: true })
+      expect(await failure(client.create(MI, createBody())))
+        .toMatchObject({ code: 'COMET_invalid_request', retryable: false, maybeCreated: false, httpStatus: 500 })
+      sim.inject({
+        on: 'create',
+        kind: 'http-error',
+        status: 403,
+        code: 'insufficient_user_quota',
+        message: 'user quota is not enough'
+      })
+      expect(await failure(client.create(MI, createBody())))
+        .toMatchObject({
+          code: 'COMET_insufficient_user_quota',
+          retryable: false,
+          maybeCreated: false,
+          message: expect.stringContaining('user quota is not enough')
+        })
+      sim.inject({
+        on: 'create', kind: 'http-error', status: 503, code: 'model_not_found', message: 'no available channel'
+      })
+      expect(await failure(client.create(MI, createBody())))
+        .toMatchObject({ code: 'COMET_model_not_found', retryable: true, maybeCreated: true })
     })
 
     it('rate-limit: retryable after Retry-After, certainly not created', async () => {
       const ext = randomUUID()
       sim.inject({ on: 'create', kind: 'rate-limit', retryAfter: 2 })
       const err = await failure(client.create(MI, createBody(ext)))
-      expect(err).toMatchObject({ code: 'UPSTREAM_RATE_LIMITED', retryable: true, maybeCreated: false, httpStatus: 429, retryAfterMs: 2000 })
+      expect(err).toMatchObject({
+        code: 'UPSTREAM_RATE_LIMITED', retryable: true, maybeCreated: false, httpStatus: 429, retryAfterMs: 2000
+      })
       expect(sim.acceptedFor(ext)).toBe(0)
     })
 
@@ -232,24 +274,31 @@ describe('CometApiAdapter against the simulator', () => {
 
     it('kling-error 1301 with HTTP 200 is still an error', async () => {
       sim.inject({ on: 'create', kind: 'kling-error', code: 1301, status: 200, message: 'risk' })
-      expect(await failure(client.create(MI, createBody()))).toMatchObject({ code: 'KLING_1301', retryable: false, maybeCreated: false, httpStatus: 200 })
+      expect(await failure(client.create(MI, createBody())))
+        .toMatchObject({ code: 'KLING_1301', retryable: false, maybeCreated: false, httpStatus: 200 })
     })
 
     it('kling-error 1303 with HTTP 429: retryable, not created', async () => {
-      sim.inject({ on: 'create', kind: 'kling-error', code: 1303, status: 429, message: 'parallel task over resource pack limit' })
-      expect(await failure(client.create(MI, createBody()))).toMatchObject({ code: 'KLING_1303', retryable: true, maybeCreated: false, httpStatus: 429 })
+      sim.inject({
+        on: 'create', kind: 'kling-error', code: 1303, status: 429, message: 'parallel task over resource pack limit'
+      })
+      expect(await failure(client.create(MI, createBody())))
+        .toMatchObject({ code: 'KLING_1303', retryable: true, maybeCreated: false, httpStatus: 429 })
     })
 
     it('kling-error 5001 with HTTP 503: retryable, may have created', async () => {
       sim.inject({ on: 'create', kind: 'kling-error', code: 5001, status: 503, message: 'maintenance' })
-      expect(await failure(client.create(MI, createBody()))).toMatchObject({ code: 'KLING_5001', retryable: true, maybeCreated: true })
+      expect(await failure(client.create(MI, createBody())))
+        .toMatchObject({ code: 'KLING_5001', retryable: true, maybeCreated: true })
     })
 
     it('reset: retryable; may have created on create only', async () => {
       sim.inject({ on: 'create', kind: 'reset' })
-      expect(await failure(client.create(MI, createBody()))).toMatchObject({ code: 'UPSTREAM_RESET', retryable: true, maybeCreated: true, httpStatus: null })
+      expect(await failure(client.create(MI, createBody())))
+        .toMatchObject({ code: 'UPSTREAM_RESET', retryable: true, maybeCreated: true, httpStatus: null })
       sim.inject({ on: 'query', kind: 'reset' })
-      expect(await failure(client.query(MI, '1'))).toMatchObject({ code: 'UPSTREAM_RESET', retryable: true, maybeCreated: false })
+      expect(await failure(client.query(MI, '1')))
+        .toMatchObject({ code: 'UPSTREAM_RESET', retryable: true, maybeCreated: false })
     })
 
     it('hang: rejects with UPSTREAM_TIMEOUT well inside 2 s', async () => {
@@ -264,7 +313,8 @@ describe('CometApiAdapter against the simulator', () => {
 
     it('hang on query: timeout, not "created"', async () => {
       sim.inject({ on: 'query', kind: 'hang' })
-      expect(await failure(fast.query(MI, '1'))).toMatchObject({ code: 'UPSTREAM_TIMEOUT', retryable: true, maybeCreated: false })
+      expect(await failure(fast.query(MI, '1')))
+        .toMatchObject({ code: 'UPSTREAM_TIMEOUT', retryable: true, maybeCreated: false })
     })
 
     it('accept-then-hang: timeout, may have created, and the task exists once', async () => {
@@ -280,20 +330,25 @@ describe('CometApiAdapter against the simulator', () => {
     it('accept-then-reset: reset, may have created, and the task exists once', async () => {
       const ext = randomUUID()
       sim.inject({ on: 'create', kind: 'accept-then-reset' })
-      expect(await failure(client.create(MI, createBody(ext)))).toMatchObject({ code: 'UPSTREAM_RESET', retryable: true, maybeCreated: true })
+      expect(await failure(client.create(MI, createBody(ext))))
+        .toMatchObject({ code: 'UPSTREAM_RESET', retryable: true, maybeCreated: true })
       expect(sim.acceptedFor(ext)).toBe(1)
     })
 
     it('an HTML 200 is UPSTREAM_NOT_JSON, not retryable', async () => {
       sim.inject({ on: 'create', kind: 'html' })
-      expect(await failure(client.create(MI, createBody()))).toMatchObject({ code: 'UPSTREAM_NOT_JSON', retryable: false, httpStatus: 200 })
+      expect(await failure(client.create(MI, createBody())))
+        .toMatchObject({ code: 'UPSTREAM_NOT_JSON', retryable: false, httpStatus: 200 })
       sim.inject({ on: 'query', kind: 'html', status: 404 })
-      expect(await failure(client.query(MI, '1'))).toMatchObject({ code: 'UPSTREAM_NOT_JSON', retryable: false, maybeCreated: false, httpStatus: 404 })
+      expect(await failure(client.query(MI, '1')))
+        .toMatchObject({ code: 'UPSTREAM_NOT_JSON', retryable: false, maybeCreated: false, httpStatus: 404 })
     })
 
     it('the client still works after every fault (sockets were freed)', async () => {
       const ext = randomUUID()
-      const results = await Promise.all(Array.from({ length: 20 }, async () => await client.query(MI, 'missing-' + randomUUID())))
+      const results = await Promise.all(
+        Array.from({ length: 20 }, async () => await client.query(MI, 'missing-' + randomUUID()))
+      )
       expect(results.every(r => r === null)).toBe(true)
       expect((await client.create(MI, createBody(ext))).externalTaskId).toBe(ext)
     })
@@ -302,28 +357,38 @@ describe('CometApiAdapter against the simulator', () => {
   describe('answers only the scripted server gives', () => {
     it('a redirect is an error and is not followed', async () => {
       const creates = sim.counts.creates
-      scripted.handler = (_req, res) => { res.writeHead(301, { location: `${sim.baseUrl}/kling/v1/videos/multi-image2video` }).end('moved') }
-      expect(await failure(viaScript.create(MI, createBody()))).toMatchObject({ code: 'UPSTREAM_REDIRECT', retryable: false, maybeCreated: false, httpStatus: 301 })
-      scripted.handler = (_req, res) => { res.writeHead(307, { location: `${sim.baseUrl}/kling/v1/videos/multi-image2video/1` }).end() }
+      scripted.handler = (_req, res) => {
+        res.writeHead(301, { location: `${sim.baseUrl}/kling/v1/videos/multi-image2video` }).end('moved')
+      }
+      expect(await failure(viaScript.create(MI, createBody())))
+        .toMatchObject({ code: 'UPSTREAM_REDIRECT', retryable: false, maybeCreated: false, httpStatus: 301 })
+      scripted.handler = (_req, res) => {
+        res.writeHead(307, { location: `${sim.baseUrl}/kling/v1/videos/multi-image2video/1` }).end()
+      }
       expect(await failure(viaScript.query(MI, '1'))).toMatchObject({ code: 'UPSTREAM_REDIRECT', retryable: false })
       expect(sim.counts.creates).toBe(creates)
     })
 
     it('code 0 without a task id: retryable, may have created', async () => {
       scripted.json(200, { code: 0, message: 'SUCCEED', data: {} })
-      expect(await failure(viaScript.create(MI, createBody()))).toMatchObject({ code: 'UPSTREAM_NO_TASK_ID', retryable: true, maybeCreated: true })
+      expect(await failure(viaScript.create(MI, createBody())))
+        .toMatchObject({ code: 'UPSTREAM_NO_TASK_ID', retryable: true, maybeCreated: true })
       scripted.json(200, { code: 0, message: 'SUCCEED', data: { task_id: '' } })
       expect(await failure(viaScript.create(MI, createBody()))).toMatchObject({ code: 'UPSTREAM_NO_TASK_ID' })
     })
 
     it('a 2xx that is neither envelope is not a success', async () => {
       scripted.json(200, { id: 'x', object: 'video', status: 'queued' })
-      expect(await failure(viaScript.create(MI, createBody()))).toMatchObject({ code: 'UPSTREAM_BAD_RESPONSE', retryable: false, maybeCreated: true })
+      expect(await failure(viaScript.create(MI, createBody())))
+        .toMatchObject({ code: 'UPSTREAM_BAD_RESPONSE', retryable: false, maybeCreated: true })
     })
 
     it('an HTML 502 from a proxy is a retryable 5xx, not a config error', async () => {
-      scripted.handler = (_req, res) => { res.writeHead(502, { 'content-type': 'text/html' }).end('<html>Bad gateway</html>') }
-      expect(await failure(viaScript.create(MI, createBody()))).toMatchObject({ code: 'UPSTREAM_HTTP_502', retryable: true, maybeCreated: true })
+      scripted.handler = (_req, res) => {
+        res.writeHead(502, { 'content-type': 'text/html' }).end('<html>Bad gateway</html>')
+      }
+      expect(await failure(viaScript.create(MI, createBody())))
+        .toMatchObject({ code: 'UPSTREAM_HTTP_502', retryable: true, maybeCreated: true })
     })
 
     it('Retry-After as an HTTP-date', async () => {
@@ -340,12 +405,14 @@ describe('CometApiAdapter against the simulator', () => {
         res.writeHead(200, { 'content-type': 'application/json' })
         res.end('{"code":0,"data":{"task_id":"1","pad":"' + 'x'.repeat(2 * 1024 * 1024) + '"}}')
       }
-      expect(await failure(viaScript.create(MI, createBody()))).toMatchObject({ code: 'UPSTREAM_BODY_TOO_LARGE', retryable: false, maybeCreated: true })
+      expect(await failure(viaScript.create(MI, createBody())))
+        .toMatchObject({ code: 'UPSTREAM_BODY_TOO_LARGE', retryable: false, maybeCreated: true })
       scripted.handler = (_req, res) => {
         res.writeHead(200, { 'content-type': 'application/json', 'content-length': String(5 * 1024 * 1024) })
         res.write('{')
       }
-      expect(await failure(viaScript.query(MI, '1'))).toMatchObject({ code: 'UPSTREAM_BODY_TOO_LARGE', maybeCreated: false })
+      expect(await failure(viaScript.query(MI, '1')))
+        .toMatchObject({ code: 'UPSTREAM_BODY_TOO_LARGE', maybeCreated: false })
     })
 
     it('headers then a stalled body: timeout inside the deadline', async () => {
@@ -354,7 +421,8 @@ describe('CometApiAdapter against the simulator', () => {
         res.write('{"code":0,')
       }
       const started = Date.now()
-      expect(await failure(viaScript.create(MI, createBody()))).toMatchObject({ code: 'UPSTREAM_TIMEOUT', retryable: true, maybeCreated: true })
+      expect(await failure(viaScript.create(MI, createBody())))
+        .toMatchObject({ code: 'UPSTREAM_TIMEOUT', retryable: true, maybeCreated: true })
       expect(Date.now() - started).toBeLessThan(1800)
     })
 
@@ -376,14 +444,17 @@ describe('CometApiAdapter against the simulator', () => {
       await new Promise<void>(resolve => probe.close(() => resolve()))
       const dead = new CometApiAdapter({ baseUrl: `http://127.0.0.1:${port}`, apiKey: KEY, timeoutMs: 2000 })
       try {
-        expect(await failure(dead.create(MI, createBody()))).toMatchObject({ code: 'UPSTREAM_UNREACHABLE', retryable: true, maybeCreated: false, httpStatus: null })
+        expect(await failure(dead.create(MI, createBody())))
+          .toMatchObject({ code: 'UPSTREAM_UNREACHABLE', retryable: true, maybeCreated: false, httpStatus: null })
       } finally {
         await dead.close()
       }
     })
 
     it('an upstream message that echoes the key is redacted', async () => {
-      scripted.json(401, { error: { message: `invalid token ${KEY} (request id: abc123)`, type: 'comet_api_error', code: '' } })
+      scripted.json(401, {
+        error: { message: `invalid token ${KEY} (request id: abc123)`, type: 'comet_api_error', code: '' }
+      })
       const err = await failure(viaScript.create(MI, createBody()))
       expect(err.message).toBe('invalid token [redacted] (request id: abc123)')
       expect(err.requestId).toBe('abc123')
@@ -436,27 +507,55 @@ describe('parseTask', () => {
       code: 0,
       message: 'SUCCEED',
       request_id: '9ab376fc',
-      data: { task_id: '878106242831892487', task_status: 'succeed', task_status_msg: '', task_info: { external_task_id: 'ext-1' }, task_result: { videos: [video] }, created_at: 1722769557708, updated_at: 1722769557709 }
-    })).toEqual({ taskId: '878106242831892487', status: 'succeed', statusMsg: null, externalTaskId: 'ext-1', videos: [video], createdAt: 1722769557708, updatedAt: 1722769557709 })
+      data: {
+        task_id: '878106242831892487',
+        task_status: 'succeed',
+        task_status_msg: '',
+        task_info: { external_task_id: 'ext-1' },
+        task_result: { videos: [video] },
+        created_at: 1722769557708,
+        updated_at: 1722769557709
+      }
+    })).toEqual({
+      taskId: '878106242831892487',
+      status: 'succeed',
+      statusMsg: null,
+      externalTaskId: 'ext-1',
+      videos: [video],
+      createdAt: 1722769557708,
+      updatedAt: 1722769557709
+    })
   })
 
   it('reads a processing task with empty task_info and task_result', () => {
-    expect(parseTask({ code: 0, message: 'SUCCEED', data: { task_id: '1', task_info: {}, task_result: {}, task_status: 'processing' } }))
+    expect(parseTask({
+      code: 0, message: 'SUCCEED', data: { task_id: '1', task_info: {}, task_result: {}, task_status: 'processing' }
+    }))
       .toMatchObject({ taskId: '1', status: 'processing', externalTaskId: null, videos: [], createdAt: null })
   })
 
   it('reads the nested new-api shape, preferring Kling\'s task_status', () => {
-    expect(parseTask({ code: 'success', data: { task_id: 'task_x', status: 'SUCCESS', progress: '100%', data: { task_id: '861', task_status: 'succeed', task_result: { videos: [video] } } } }))
+    expect(parseTask({
+      code: 'success',
+      data: {
+        task_id: 'task_x',
+        status: 'SUCCESS',
+        progress: '100%',
+        data: { task_id: '861', task_status: 'succeed', task_result: { videos: [video] } }
+      }
+    }))
       .toMatchObject({ taskId: '861', status: 'succeed', videos: [video] })
   })
 
   it('falls back to the wrapper\'s status, mapping SUCCESS/FAILURE/IN_PROGRESS', () => {
     expect(parseTask({ data: { task_id: 't', status: 'IN_PROGRESS', progress: '50%' } })?.status).toBe('processing')
     expect(parseTask({ data: { task_id: 't', status: 'SUCCESS' } })?.status).toBe('succeed')
-    expect(parseTask({ data: { task_id: 't', status: 'FAILURE', fail_reason: 'risk control' } })).toMatchObject({ status: 'failed', statusMsg: 'risk control' })
+    expect(parseTask({ data: { task_id: 't', status: 'FAILURE', fail_reason: 'risk control' } }))
+      .toMatchObject({ status: 'failed', statusMsg: 'risk control' })
     expect(parseTask({ data: { task_id: 't', status: 'queued' } })?.status).toBe('submitted')
     expect(parseTask({ data: { task_id: 't', status: 'NOT_START' } })?.status).toBe('submitted')
-    expect(parseTask({ data: { task_id: 't', status: 'UNKNOWN', data: { task_status: 'processing' } } })?.status).toBe('processing')
+    expect(parseTask({ data: { task_id: 't', status: 'UNKNOWN', data: { task_status: 'processing' } } })?.status)
+      .toBe('processing')
   })
 
   it('reads a legacy callback body (flat, no envelope)', () => {
@@ -470,13 +569,15 @@ describe('parseTask', () => {
       task_info: { external_task_id: 'job-1' },
       task_result: { videos: [{ id: 'v', url: 'https://cdn.example/v.mp4', duration: '5' }] }
     })).toEqual({ taskId: '861309198188019719', status: 'succeed', statusMsg: null, externalTaskId: 'job-1', videos: [{ id: 'v', url: 'https://cdn.example/v.mp4', duration: '5' }], createdAt: 1722769557708, updatedAt: 1722769557708 })
-    expect(parseTask({ task_id: '1', task_status: 'failed', task_status_msg: 'content risk control' })).toMatchObject({ status: 'failed', statusMsg: 'content risk control' })
+    expect(parseTask({ task_id: '1', task_status: 'failed', task_status_msg: 'content risk control' }))
+      .toMatchObject({ status: 'failed', statusMsg: 'content risk control' })
   })
 
   it('reads a new-standard callback body {id, status: succeeded}', () => {
     expect(parseTask({ id: 'abc', status: 'succeeded', message: '', external_id: 'job-2', create_time: 1722769557, update_time: 1722769560, outputs: [{ url: 'https://cdn.example/o.mp4', duration: 5 }] }))
       .toEqual({ taskId: 'abc', status: 'succeed', statusMsg: null, externalTaskId: 'job-2', videos: [{ id: 'abc-0', url: 'https://cdn.example/o.mp4', duration: '5' }], createdAt: 1722769557000, updatedAt: 1722769560000 })
-    expect(parseTask({ id: 'abc', status: 'failed', message: 'policy' })).toMatchObject({ status: 'failed', statusMsg: 'policy' })
+    expect(parseTask({ id: 'abc', status: 'failed', message: 'policy' }))
+      .toMatchObject({ status: 'failed', statusMsg: 'policy' })
   })
 
   it('turns numeric ids into strings and skips videos without a url', () => {
@@ -485,9 +586,14 @@ describe('parseTask', () => {
   })
 
   it('is null for garbage', () => {
-    for (const bad of [null, undefined, 'x', 42, [], {}, { task_id: '1' }, { task_status: 'succeed' }, { task_id: '1', task_status: 'weird' },
-      { task_id: '', task_status: 'succeed' }, { task_id: {}, task_status: 'succeed' }, { code: 1201, message: 'not found', data: null },
-      { error: { message: 'x' } }, { data: [{ task_id: '1', task_status: 'succeed' }] }, { task_id: '1', task_status: 5 }]) {
+    const garbage = [
+      null, undefined, 'x', 42, [], {}, { task_id: '1' }, { task_status: 'succeed' },
+      { task_id: '1', task_status: 'weird' }, { task_id: '', task_status: 'succeed' },
+      { task_id: {}, task_status: 'succeed' }, { code: 1201, message: 'not found', data: null },
+      { error: { message: 'x' } }, { data: [{ task_id: '1', task_status: 'succeed' }] },
+      { task_id: '1', task_status: 5 }
+    ]
+    for (const bad of garbage) {
       expect(parseTask(bad)).toBeNull()
     }
   })

@@ -26,7 +26,9 @@ function validBody (over: Body = {}): Body {
 
 /** Request helpers bound to one harness. */
 function client (get: () => Harness) {
-  const inject = async (opts: { method?: 'GET' | 'POST', url: string, who?: Who | null, headers?: Record<string, string>, payload?: unknown }) =>
+  const inject = async (opts: {
+    method?: 'GET' | 'POST', url: string, who?: Who | null, headers?: Record<string, string>, payload?: unknown
+  }) =>
     await get().app.inject({
       method: opts.method ?? 'GET',
       url: opts.url,
@@ -35,16 +37,19 @@ function client (get: () => Harness) {
     })
   return {
     inject,
-    create: async (body: Body, who: Who = 'alice', headers: Record<string, string> = {}) => await inject({ method: 'POST', url: '/v1/videos', who, headers, payload: body }),
+    create: async (body: Body, who: Who = 'alice', headers: Record<string, string> = {}) =>
+      await inject({ method: 'POST', url: '/v1/videos', who, headers, payload: body }),
     get: async (id: string, who: Who = 'alice') => await inject({ url: `/v1/videos/${id}`, who }),
-    cancel: async (id: string, who: Who = 'alice') => await inject({ method: 'POST', url: `/v1/videos/${id}/cancel`, who }),
+    cancel: async (id: string, who: Who = 'alice') =>
+      await inject({ method: 'POST', url: `/v1/videos/${id}/cancel`, who }),
     list: async (query: string, who: Who = 'alice') => await inject({ url: `/v1/videos?${query}`, who }),
     /** Every task the caller can list, following cursors. */
     all: async (who: Who = 'alice'): Promise<Task[]> => {
       const out: Task[] = []
       let cursor: string | null = null
       do {
-        const res = await inject({ url: `/v1/videos?limit=100${cursor === null ? '' : `&cursor=${encodeURIComponent(cursor)}`}`, who })
+        const cursorParam = cursor === null ? '' : `&cursor=${encodeURIComponent(cursor)}`
+        const res = await inject({ url: `/v1/videos?limit=100${cursorParam}`, who })
         expect(res.statusCode).toBe(200)
         const page = res.json<Page>()
         out.push(...page.data)
@@ -58,7 +63,9 @@ function client (get: () => Harness) {
 function expectProblem (res: LightMyRequestResponse, status: number, code?: string) {
   expect(res.statusCode, res.body.slice(0, 400)).toBe(status)
   expect(res.headers['content-type']).toMatch(/^application\/problem\+json/)
-  const p = res.json<{ status: number, code: string, detail: string, errors?: Array<{ pointer: string, detail: string, location?: string }> }>()
+  const p = res.json<{
+    status: number, code: string, detail: string, errors?: Array<{ pointer: string, detail: string, location?: string }>
+  }>()
   expect(p.status).toBe(status)
   if (code !== undefined) expect(p.code).toBe(code)
   return p
@@ -75,7 +82,9 @@ async function until<T> (what: string, fn: () => Promise<T | undefined | null | 
 }
 
 /** Every value of every key under the harness prefix, read with the command its TYPE needs. */
-async function redisValues (h: Harness): Promise<{ types: Map<string, string>, values: Array<{ key: string, value: Buffer }> }> {
+async function redisValues (
+  h: Harness
+): Promise<{ types: Map<string, string>, values: Array<{ key: string, value: Buffer }> }> {
   const r = h.redis
   const types = new Map<string, string>()
   const values: Array<{ key: string, value: Buffer }> = []
@@ -128,7 +137,9 @@ describe('Base64 images', () => {
     beforeAll(async () => {
       sim = new Simulator({ apiKey: KEYS.comet, auto: false })
       sim.app.addHook('preHandler', async (request) => {
-        if (request.method === 'POST' && request.url.startsWith('/kling/')) received.push(structuredClone(request.body) as Body)
+        if (request.method === 'POST' && request.url.startsWith('/kling/')) {
+          received.push(structuredClone(request.body) as Body)
+        }
       })
       h = await startHarness({ simulator: sim, env: { LOG_LEVEL: 'trace' } })
     })
@@ -137,7 +148,8 @@ describe('Base64 images', () => {
       await sim?.close()
     })
 
-    it('stores a descriptor, sends the simulator the bare Base64, and keeps the Base64 out of Redis, the logs and every response', async () => {
+    it('stores a descriptor, sends the simulator the bare Base64, ' +
+      'and keeps the Base64 out of Redis, the logs and every response', async () => {
       const first = await c.create(validBody({
         image_list: [{ image: `data:image/png;base64,${b64(png)}` }, { image: b64(jpeg) }]
       }))
@@ -176,10 +188,16 @@ describe('Base64 images', () => {
         const s = await redisValues(h)
         return holding(s.values, needles).length === 0 ? s : undefined
       }, 3000)
-      expect([...new Set(scan.types.values())].sort()).toEqual(expect.arrayContaining(['hash', 'list', 'stream', 'string', 'zset']))
+      expect([...new Set(scan.types.values())].sort())
+        .toEqual(expect.arrayContaining(['hash', 'list', 'stream', 'string', 'zset']))
       expect([...scan.types.keys()].some(k => k.includes(':submit:'))).toBe(true) // BullMQ's keys were read too
 
-      for (const res of [await c.list('limit=10'), await c.list('limit=10', 'ops'), ...await Promise.all(ids.map(async id => await c.get(id, 'ops')))]) {
+      const responses = [
+        await c.list('limit=10'),
+        await c.list('limit=10', 'ops'),
+        ...await Promise.all(ids.map(async id => await c.get(id, 'ops')))
+      ]
+      for (const res of responses) {
         expect(res.statusCode).toBe(200)
         bodies.push(res.body)
       }
@@ -206,7 +224,9 @@ describe('Base64 images', () => {
     afterAll(async () => { await h?.close() })
 
     it('parks only the decoded bytes: no key, BullMQ job hash included, holds the Base64', async () => {
-      const res = await c.create(validBody({ image_list: [{ image: `data:image/png;base64,${b64(png)}` }, { image: b64(jpeg) }] }))
+      const res = await c.create(validBody({
+        image_list: [{ image: `data:image/png;base64,${b64(png)}` }, { image: b64(jpeg) }]
+      }))
       expect(res.statusCode).toBe(202)
       const id = res.json().id as string
       const { types, values } = await redisValues(h)
@@ -269,7 +289,8 @@ describe('auth and isolation', () => {
     expect(await c.all('ops')).toEqual([]) // the refused create stored nothing
   })
 
-  it('keeps each caller to its own tasks (another\'s is 404, as if missing) and shows the admin all of them', async () => {
+  it('keeps each caller to its own tasks (another\'s is 404, as if missing) ' +
+    'and shows the admin all of them', async () => {
     const a = (await c.create(validBody({ reference: 'shared-ref' }), 'alice')).json<Task>()
     const b = (await c.create(validBody(), 'bob')).json<Task>()
 
@@ -298,9 +319,12 @@ describe('Idempotency-Key', () => {
   beforeAll(async () => { h = await startHarness({ workers: false }) })
   afterAll(async () => { await h?.close() })
 
-  it('replays the first response for the same key and body, and refuses the same key with a different body (422)', async () => {
+  it('replays the first response for the same key and body, ' +
+    'and refuses the same key with a different body (422)', async () => {
     const key = { 'idempotency-key': 'order-42-attempt' }
-    const body = validBody({ image_list: [{ image: b64(makePng(400, 300)) }, { image: b64(makeJpeg(300, 300)) }], metadata: { order: 42 } })
+    const body = validBody({
+      image_list: [{ image: b64(makePng(400, 300)) }, { image: b64(makeJpeg(300, 300)) }], metadata: { order: 42 }
+    })
     const first = await c.create(body, 'alice', key)
     expect(first.statusCode).toBe(202)
     expect(first.headers['idempotent-replayed']).toBeUndefined()
@@ -315,7 +339,14 @@ describe('Idempotency-Key', () => {
     const reordered = Object.fromEntries(Object.entries(body).reverse())
     expect((await c.create(reordered, 'alice', key)).json().id).toBe(first.json().id)
 
-    for (const changed of [{ ...body, prompt: 'something else' }, { ...body, metadata: { order: 43 } }, validBody({ image_list: [{ image: b64(makePng(400, 301)) }, { image: b64(makeJpeg(300, 300)) }], metadata: { order: 42 } })]) {
+    const changedBodies = [
+      { ...body, prompt: 'something else' },
+      { ...body, metadata: { order: 43 } },
+      validBody({
+        image_list: [{ image: b64(makePng(400, 301)) }, { image: b64(makeJpeg(300, 300)) }], metadata: { order: 42 }
+      })
+    ]
+    for (const changed of changedBodies) {
       expectProblem(await c.create(changed, 'alice', key), 422, 'IDEMPOTENCY_KEY_REUSED')
     }
     expect((await c.all('alice')).map(t => t.id)).toEqual([first.json().id])
@@ -347,14 +378,17 @@ describe('Idempotency-Key', () => {
   })
 
   it('refuses a key longer than 255 characters (400) and accepts one of 255', async () => {
-    const p = expectProblem(await c.create(validBody(), 'alice', { 'idempotency-key': 'k'.repeat(256) }), 400, 'INVALID_REQUEST')
+    const res = await c.create(validBody(), 'alice', { 'idempotency-key': 'k'.repeat(256) })
+    const p = expectProblem(res, 400, 'INVALID_REQUEST')
     expect(p.errors).toEqual([expect.objectContaining({ pointer: '/idempotency-key', location: 'headers' })])
     expect((await c.create(validBody(), 'alice', { 'idempotency-key': 'k'.repeat(255) })).statusCode).toBe(202)
   })
 
   it('lists a bad key beside the bad body fields', async () => {
-    const p = expectProblem(await c.create({ ...validBody(), mode: 'hd' }, 'alice', { 'idempotency-key': 'k'.repeat(256) }), 400, 'INVALID_REQUEST')
-    expect(p.errors?.map(e => `${e.location ?? ''}:${e.pointer}`).sort()).toEqual(['body:/mode', 'headers:/idempotency-key'])
+    const res = await c.create({ ...validBody(), mode: 'hd' }, 'alice', { 'idempotency-key': 'k'.repeat(256) })
+    const p = expectProblem(res, 400, 'INVALID_REQUEST')
+    expect(p.errors?.map(e => `${e.location ?? ''}:${e.pointer}`).sort())
+      .toEqual(['body:/mode', 'headers:/idempotency-key'])
   })
 })
 
@@ -364,7 +398,8 @@ describe('reference', () => {
   beforeAll(async () => { h = await startHarness({ workers: false }) })
   afterAll(async () => { await h?.close() })
 
-  it('is unique per caller: a second create is 409 naming the first task; another caller may use it; ?reference= finds it', async () => {
+  it('is unique per caller: a second create is 409 naming the first task; ' +
+    'another caller may use it; ?reference= finds it', async () => {
     const first = await c.create(validBody({ reference: 'invoice-7' }))
     expect(first.statusCode).toBe(202)
     const firstId = first.json().id as string
@@ -374,7 +409,8 @@ describe('reference', () => {
     const dup = expectProblem(await c.create(validBody({ reference: 'invoice-7', prompt: 'another', image_list: [{ image: b64(makePng(300, 300)) }, { image: 'https://images.example.com/b.jpg' }] })), 409, 'REFERENCE_TAKEN')
     expect(dup.detail).toContain(firstId)
     expect((await c.all('alice')).map(t => t.id)).toEqual([firstId])
-    expect((await h.redis.keys(`{${h.prefix}}:*:parked`)).length).toBe(parkedBefore) // the refused one's images are not left behind
+    expect((await h.redis.keys(`{${h.prefix}}:*:parked`)).length)
+      .toBe(parkedBefore) // the refused one's images are not left behind
 
     const bobs = await c.create(validBody({ reference: 'invoice-7' }), 'bob')
     expect(bobs.statusCode).toBe(202)
@@ -382,7 +418,8 @@ describe('reference', () => {
 
     const found = await c.list('reference=invoice-7')
     expect(found.statusCode).toBe(200)
-    expect(found.json()).toEqual({ data: [expect.objectContaining({ id: firstId, reference: 'invoice-7' })], next_cursor: null })
+    expect(found.json())
+      .toEqual({ data: [expect.objectContaining({ id: firstId, reference: 'invoice-7' })], next_cursor: null })
     expect((await c.list('reference=invoice-7', 'bob')).json().data.map((t: Task) => t.id)).toEqual([bobs.json().id])
     expect((await c.list('reference=invoice-8')).json()).toEqual({ data: [], next_cursor: null })
     expect((await c.list('reference=invoice-7&status=canceled')).json().data).toEqual([])
@@ -443,7 +480,10 @@ describe('listing', () => {
   })
 
   it('pages tasks created in the same millisecond without duplicates or gaps', async () => {
-    const ids = (await Promise.all(Array.from({ length: 12 }, async (_, i) => await c.create(validBody({ prompt: `burst ${i}` }), 'bob')))).map(r => r.json().id as string)
+    const created = await Promise.all(
+      Array.from({ length: 12 }, async (_, i) => await c.create(validBody({ prompt: `burst ${i}` }), 'bob'))
+    )
+    const ids = created.map(r => r.json().id as string)
     const listed = (await pages('limit=3', 'bob')).flatMap(p => p.data)
     expect(listed.map(t => t.id).sort()).toEqual([...ids].sort())
     expect(new Set(listed.map(t => t.id)).size).toBe(listed.length)
@@ -452,7 +492,11 @@ describe('listing', () => {
   })
 
   it('refuses limit 0, 101 and a malformed cursor or status (400, query pointers)', async () => {
-    for (const [query, pointer] of [['limit=0', '/limit'], ['limit=101', '/limit'], ['limit=abc', '/limit'], ['cursor=zzz', '/cursor'], ['status=done', '/status']]) {
+    const cases = [
+      ['limit=0', '/limit'], ['limit=101', '/limit'], ['limit=abc', '/limit'],
+      ['cursor=zzz', '/cursor'], ['status=done', '/status']
+    ]
+    for (const [query, pointer] of cases) {
       const p = expectProblem(await c.list(query), 400, 'INVALID_REQUEST')
       expect(p.errors?.map(e => e.pointer)).toEqual([pointer])
       expect(p.errors?.[0].location).toBe('query')
@@ -482,10 +526,20 @@ describe('body limits', () => {
   it('keeps the 1 MB limit on other routes: a 2 MB cancel body is 413, a 500 KB one is not', async () => {
     const id = (await c.create(validBody())).json().id as string
     const pad = (n: number) => JSON.stringify({ pad: 'x'.repeat(n) })
-    const tooBig = await c.inject({ method: 'POST', url: `/v1/videos/${id}/cancel`, headers: { 'content-type': 'application/json' }, payload: pad(2 * 1024 * 1024) })
+    const tooBig = await c.inject({
+      method: 'POST',
+      url: `/v1/videos/${id}/cancel`,
+      headers: { 'content-type': 'application/json' },
+      payload: pad(2 * 1024 * 1024)
+    })
     expectProblem(tooBig, 413)
     expect((await c.get(id)).json().status).toBe('queued')
-    const fine = await c.inject({ method: 'POST', url: `/v1/videos/${id}/cancel`, headers: { 'content-type': 'application/json' }, payload: pad(500 * 1024) })
+    const fine = await c.inject({
+      method: 'POST',
+      url: `/v1/videos/${id}/cancel`,
+      headers: { 'content-type': 'application/json' },
+      payload: pad(500 * 1024)
+    })
     expect(fine.statusCode).toBe(200)
     expect(fine.json().status).toBe('canceled')
   })

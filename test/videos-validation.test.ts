@@ -10,7 +10,9 @@ import { auth, startHarness, type Harness } from './helpers/harness.ts'
 import { makeJpeg, makePng } from './helpers/images.ts'
 
 type Body = Record<string, unknown>
-interface Problem { status: number, code: string, detail: string, errors?: Array<{ pointer: string, detail: string, location?: string }> }
+interface Problem {
+  status: number, code: string, detail: string, errors?: Array<{ pointer: string, detail: string, location?: string }>
+}
 
 const URL_A = 'https://images.example.com/a.png'
 const URL_B = 'https://images.example.com/b.jpg'
@@ -51,7 +53,9 @@ describe('POST /v1/videos field rules', () => {
     expect(res.statusCode, res.body.slice(0, 500)).toBe(400)
     expect(res.headers['content-type']).toMatch(/^application\/problem\+json/)
     const p = res.json<Problem>()
-    expect(p).toMatchObject({ status: 400, code: 'INVALID_REQUEST', title: 'Bad Request', type: 'urn:kling-gateway:problem:invalid_request' })
+    expect(p).toMatchObject({
+      status: 400, code: 'INVALID_REQUEST', title: 'Bad Request', type: 'urn:kling-gateway:problem:invalid_request'
+    })
     return p
   }
   const pointersOf = (p: Problem) => [...new Set((p.errors ?? []).map(e => e.pointer))].sort()
@@ -59,17 +63,33 @@ describe('POST /v1/videos field rules', () => {
   it('accepts the valid builder as it is (so each refusal below is the one broken field)', async () => {
     const res = await create(validBody())
     expect(res.statusCode).toBe(202)
-    expect(res.json()).toMatchObject({ status: 'queued', request: { model_name: 'kling-v1-6', mode: 'std', duration: '5' } })
+    expect(res.json())
+      .toMatchObject({ status: 'queued', request: { model_name: 'kling-v1-6', mode: 'std', duration: '5' } })
   })
 
   const refused: Array<[string, (b: Body) => void, string, RegExp?]> = [
     ['image_list with 1 item', b => { b.image_list = [{ image: URL_A }] }, '/image_list', /fewer than 2/],
-    ['image_list with 5 items', b => { b.image_list = Array.from({ length: 5 }, () => ({ image: URL_A })) }, '/image_list', /more than 4/],
+    [
+      'image_list with 5 items', b => { b.image_list = Array.from({ length: 5 }, () => ({ image: URL_A })) },
+      '/image_list', /more than 4/
+    ],
     ['an http:// image URL', imageAt(1, 'http://images.example.com/b.jpg'), '/image_list/1/image', /https/],
     ['non-Base64 garbage as an image', imageAt(0, 'this is *not* base64 at all!'), '/image_list/0/image', /Base64/],
-    ['GIF bytes as an image', imageAt(0, b64(Buffer.concat([Buffer.from('GIF89a'), Buffer.from([0x2c, 0x01, 0x2c, 0x01, 0, 0, 0]), Buffer.alloc(64)]))), '/image_list/0/image', /JPG or PNG/],
-    ['a 299 px wide image', imageAt(0, b64(makePng(299, 400))), '/image_list/0/image', /at least 300 px wide \(got 299\)/],
-    ['a 299 px tall JPEG', imageAt(1, b64(makeJpeg(400, 299))), '/image_list/1/image', /at least 300 px tall \(got 299\)/],
+    [
+      'GIF bytes as an image',
+      imageAt(0, b64(Buffer.concat([
+        Buffer.from('GIF89a'), Buffer.from([0x2c, 0x01, 0x2c, 0x01, 0, 0, 0]), Buffer.alloc(64)
+      ]))),
+      '/image_list/0/image', /JPG or PNG/
+    ],
+    [
+      'a 299 px wide image', imageAt(0, b64(makePng(299, 400))), '/image_list/0/image',
+      /at least 300 px wide \(got 299\)/
+    ],
+    [
+      'a 299 px tall JPEG', imageAt(1, b64(makeJpeg(400, 299))), '/image_list/1/image',
+      /at least 300 px tall \(got 299\)/
+    ],
     ['an image of aspect 3:1', imageAt(0, b64(makePng(900, 300))), '/image_list/0/image', /aspect ratio/],
     ['an image of aspect 1:3', imageAt(1, b64(makePng(300, 900))), '/image_list/1/image', /aspect ratio/],
     ['a missing prompt', drop('prompt'), '/prompt', /is required/],
@@ -83,10 +103,22 @@ describe('POST /v1/videos field rules', () => {
     ['aspect_ratio "4:3"', set('aspect_ratio', '4:3'), '/aspect_ratio', /"16:9", "9:16", "1:1"/],
     ['cfg_scale 1.5', set('cfg_scale', 1.5), '/cfg_scale', /<= 1/],
     ['cfg_scale -0.1', set('cfg_scale', -0.1), '/cfg_scale', />= 0/],
-    ['7 dynamic_masks groups', set('dynamic_masks', Array.from({ length: 7 }, () => group(points(2)))), '/dynamic_masks', /more than 6/],
-    ['a trajectory of 1 point', set('dynamic_masks', [group(points(1))]), '/dynamic_masks/0/trajectories', /fewer than 2/],
-    ['a trajectory of 78 points', set('dynamic_masks', [group(points(2)), group(points(78))]), '/dynamic_masks/1/trajectories', /more than 77/],
-    ['a non-integer trajectory point', set('dynamic_masks', [group([{ x: 1, y: 2 }, { x: 3.5, y: 4 }])]), '/dynamic_masks/0/trajectories/1/x', /integer/],
+    [
+      '7 dynamic_masks groups', set('dynamic_masks', Array.from({ length: 7 }, () => group(points(2)))),
+      '/dynamic_masks', /more than 6/
+    ],
+    [
+      'a trajectory of 1 point', set('dynamic_masks', [group(points(1))]),
+      '/dynamic_masks/0/trajectories', /fewer than 2/
+    ],
+    [
+      'a trajectory of 78 points', set('dynamic_masks', [group(points(2)), group(points(78))]),
+      '/dynamic_masks/1/trajectories', /more than 77/
+    ],
+    [
+      'a non-integer trajectory point', set('dynamic_masks', [group([{ x: 1, y: 2 }, { x: 3.5, y: 4 }])]),
+      '/dynamic_masks/0/trajectories/1/x', /integer/
+    ],
     ['a reference of 129 characters', set('reference', 'r'.repeat(129)), '/reference', /128/],
     ['a webhook_url that is not a URL', set('webhook_url', 'not a url'), '/webhook_url'],
     ['metadata over 4 KB of JSON', set('metadata', { note: 'm'.repeat(4100) }), '/metadata', /4096 bytes/],
@@ -132,7 +164,8 @@ describe('POST /v1/videos field rules', () => {
     expect((await create(body)).statusCode).toBe(202)
   })
 
-  it('accepts the boundaries: aspect 2.5:1 and 1:2.5, a 500-character prompt, 200-character negative_prompt, cfg_scale 0 and 1, 77 points, 6 groups, 128-character reference', async () => {
+  it('accepts the boundaries: aspect 2.5:1 and 1:2.5, a 500-character prompt, 200-character negative_prompt, ' +
+    'cfg_scale 0 and 1, 77 points, 6 groups, 128-character reference', async () => {
     const accepted: Array<(b: Body) => void> = [
       imageAt(0, b64(makePng(750, 300))),
       imageAt(1, b64(makeJpeg(300, 750))),
@@ -155,7 +188,10 @@ describe('POST /v1/videos field rules', () => {
   it('strips a data: prefix instead of refusing it, and stores the image by its descriptor', async () => {
     const png = makePng(640, 360, 0x41)
     const jpeg = makeJpeg(400, 400)
-    const body = { ...validBody(), image_list: [{ image: `data:image/png;base64,${b64(png)}` }, { image: `data:image/jpeg;base64,${b64(jpeg)}` }] }
+    const body = {
+      ...validBody(),
+      image_list: [{ image: `data:image/png;base64,${b64(png)}` }, { image: `data:image/jpeg;base64,${b64(jpeg)}` }]
+    }
     const res = await create(body)
     expect(res.statusCode, res.body).toBe(202)
     expect(res.json().request.image_list).toEqual([
@@ -188,7 +224,8 @@ describe('POST /v1/videos field rules', () => {
     }
     const p = problemOf(await create(body))
     expect(pointersOf(p)).toEqual([
-      '/cfg_scale', '/duration', '/dynamic_masks/0/trajectories', '/external_task_id', '/image_list/1/image', '/image_list/2/image',
+      '/cfg_scale', '/duration', '/dynamic_masks/0/trajectories', '/external_task_id',
+      '/image_list/1/image', '/image_list/2/image',
       '/mode', '/negative_prompt', '/prompt', '/surprise'
     ])
     expect(p.detail).toMatch(/^\d+ invalid fields$/)
@@ -199,7 +236,9 @@ describe('POST /v1/videos field rules', () => {
 
   it('refuses a body that is not a JSON object, and malformed JSON, as problem+json', async () => {
     for (const payload of ['[]', '"text"', '{"prompt":']) {
-      const res = await h.app.inject({ method: 'POST', url: '/v1/videos', headers: { ...auth('alice'), 'content-type': 'application/json' }, payload })
+      const res = await h.app.inject({
+        method: 'POST', url: '/v1/videos', headers: { ...auth('alice'), 'content-type': 'application/json' }, payload
+      })
       expect(res.statusCode).toBe(400)
       expect(res.headers['content-type']).toMatch(/^application\/problem\+json/)
     }

@@ -19,9 +19,28 @@ const ENV = {
   RECONCILE_INTERVAL_MS: '600000'
 }
 
-interface EndpointView { id: string, url: string, event_types: string[] | null, description: string | null, enabled: boolean, disabled_reason: string | null, created_at: string, secret?: string }
+interface EndpointView {
+  id: string
+  url: string
+  event_types: string[] | null
+  description: string | null
+  enabled: boolean
+  disabled_reason: string | null
+  created_at: string
+  secret?: string
+}
 interface AttemptView { at: string, status_code: number | null, error: string | null, duration_ms: number }
-interface DeliveryView { id: string, webhook_id: string, endpoint_id: string | null, url: string, task_id: string, type: string, sequence: number, status: 'pending' | 'succeeded' | 'failed', attempts: AttemptView[] }
+interface DeliveryView {
+  id: string
+  webhook_id: string
+  endpoint_id: string | null
+  url: string
+  task_id: string
+  type: string
+  sequence: number
+  status: 'pending' | 'succeeded' | 'failed'
+  attempts: AttemptView[]
+}
 
 let harnesses: Harness[] = []
 let receivers: Receiver[] = []
@@ -59,7 +78,11 @@ async function until<T> (get: () => Promise<T>, ok: (v: T) => boolean, tries = 2
   return v
 }
 
-async function addEndpoint (h: Harness, body: Record<string, unknown>, who: 'alice' | 'bob' = 'alice'): Promise<EndpointView & { secret: string }> {
+async function addEndpoint (
+  h: Harness,
+  body: Record<string, unknown>,
+  who: 'alice' | 'bob' = 'alice'
+): Promise<EndpointView & { secret: string }> {
   const res = await h.app.inject({ method: 'POST', url: '/v1/webhook-endpoints', headers: auth(who), payload: body })
   expect(res.statusCode, res.body).toBe(201)
   return res.json()
@@ -71,14 +94,23 @@ async function listEndpoints (h: Harness, who: 'alice' | 'bob' = 'alice'): Promi
   return res.json().data
 }
 
-async function listDeliveries (h: Harness, query = '', who: 'alice' | 'bob' | 'ops' = 'alice'): Promise<DeliveryView[]> {
+async function listDeliveries (
+  h: Harness,
+  query = '',
+  who: 'alice' | 'bob' | 'ops' = 'alice'
+): Promise<DeliveryView[]> {
   const res = await h.app.inject({ url: `/v1/deliveries${query}`, headers: auth(who) })
   expect(res.statusCode, res.body).toBe(200)
   return res.json().data
 }
 
 /** Polls the deliveries list until the one with this webhook-id satisfies `ok`. */
-async function waitDelivery (h: Harness, webhookId: string, ok: (d: DeliveryView) => boolean, tries = 200): Promise<DeliveryView | undefined> {
+async function waitDelivery (
+  h: Harness,
+  webhookId: string,
+  ok: (d: DeliveryView) => boolean,
+  tries = 200
+): Promise<DeliveryView | undefined> {
   const find = async () => (await listDeliveries(h)).find(d => d.webhook_id === webhookId)
   return await until(find, d => d !== undefined && ok(d), tries)
 }
@@ -122,7 +154,8 @@ function expectSignedBy (r: Received, secret: string) {
 }
 
 describe('webhook endpoints (CRUD)', () => {
-  it('creates with a whsec_ secret shown once, lists without it, deletes; another caller gets 404; event_types are checked', async () => {
+  it('creates with a whsec_ secret shown once, lists without it, deletes; ' +
+    'another caller gets 404; event_types are checked', async () => {
     const h = await harness({ workers: false })
     const noAuth = await h.app.inject({ method: 'POST', url: '/v1/webhook-endpoints', payload: { url: 'http://127.0.0.1:9/hook' } })
     expect(noAuth.statusCode).toBe(401)
@@ -148,7 +181,11 @@ describe('webhook endpoints (CRUD)', () => {
     for (const req of [
       { method: 'DELETE' as const, url: `/v1/webhook-endpoints/${ep.id}` },
       { method: 'POST' as const, url: `/v1/webhook-endpoints/${ep.id}/rotate-secret` },
-      { method: 'POST' as const, url: `/v1/webhook-endpoints/${ep.id}/recover`, payload: { since: new Date(0).toISOString() } }
+      {
+        method: 'POST' as const,
+        url: `/v1/webhook-endpoints/${ep.id}/recover`,
+        payload: { since: new Date(0).toISOString() }
+      }
     ]) {
       const res = await h.app.inject({ ...req, headers: auth('bob') })
       expect(res.statusCode, `${req.method} ${req.url}`).toBe(404)
@@ -161,14 +198,22 @@ describe('webhook endpoints (CRUD)', () => {
     expect(del.statusCode).toBe(204)
     expect(del.body).toBe('')
     expect((await listEndpoints(h)).map(e => e.id)).toEqual([all.id])
-    expect((await h.app.inject({ method: 'DELETE', url: `/v1/webhook-endpoints/${ep.id}`, headers: auth('alice') })).statusCode).toBe(404)
-    expect((await h.app.inject({ method: 'POST', url: `/v1/webhook-endpoints/${ep.id}/rotate-secret`, headers: auth('alice') })).statusCode).toBe(404)
+    expect((await h.app.inject({
+      method: 'DELETE', url: `/v1/webhook-endpoints/${ep.id}`, headers: auth('alice')
+    })).statusCode).toBe(404)
+    expect((await h.app.inject({
+      method: 'POST', url: `/v1/webhook-endpoints/${ep.id}/rotate-secret`, headers: auth('alice')
+    })).statusCode).toBe(404)
 
-    for (const eventTypes of [['video.exploded'], ['video.succeeded', 'video.nope'], [], 'video.succeeded', ['video.failed', 'video.failed']]) {
+    const badEventTypes = [
+      ['video.exploded'], ['video.succeeded', 'video.nope'], [], 'video.succeeded', ['video.failed', 'video.failed']
+    ]
+    for (const eventTypes of badEventTypes) {
       const res = await h.app.inject({ method: 'POST', url: '/v1/webhook-endpoints', headers: auth('alice'), payload: { url: 'http://127.0.0.1:9/x', event_types: eventTypes } })
       expect(res.statusCode, JSON.stringify(eventTypes)).toBe(400)
       expect(res.headers['content-type']).toContain('application/problem+json')
-      expect(res.json().errors.map((e: { pointer: string }) => e.pointer).join(' '), JSON.stringify(eventTypes)).toMatch(/^\/event_types/)
+      expect(res.json().errors.map((e: { pointer: string }) => e.pointer).join(' '), JSON.stringify(eventTypes))
+        .toMatch(/^\/event_types/)
     }
     const unknownField = await h.app.inject({ method: 'POST', url: '/v1/webhook-endpoints', headers: auth('alice'), payload: { url: 'http://127.0.0.1:9/x', secret: 'whsec_mine' } })
     expect(unknownField.statusCode).toBe(400)
@@ -177,7 +222,8 @@ describe('webhook endpoints (CRUD)', () => {
 })
 
 describe('webhook deliveries', () => {
-  it('delivers every event once with {type, timestamp, data: task}, signed per Standard Webhooks; event_types filter', async () => {
+  it('delivers every event once with {type, timestamp, data: task}, signed per Standard Webhooks; ' +
+    'event_types filter', async () => {
     const h = await harness()
     const r = await receiver()
     const ep = await addEndpoint(h, { url: r.url('/hook') })
@@ -191,7 +237,9 @@ describe('webhook deliveries', () => {
     for (const x of got) {
       expect(x.method).toBe('POST')
       expect(x.headers['content-type']).toBe('application/json')
-      const body = JSON.parse(x.body) as { type: string, timestamp: string, data: { id: string, sequence: number, status: string } }
+      const body = JSON.parse(x.body) as {
+        type: string, timestamp: string, data: { id: string, sequence: number, status: string }
+      }
       expect(Object.keys(body).sort()).toEqual(['data', 'timestamp', 'type'])
       const event = events.find(e => e.type === body.type)!
       expect(body.timestamp).toBe(event.timestamp)
@@ -206,7 +254,8 @@ describe('webhook deliveries', () => {
       expectSignedBy(x, ep.secret)
       expect(() => new Webhook(onlySubmitted.secret).verify(x.body, swHeaders(x))).toThrow()
       // A tampered body does not verify.
-      expect(() => new Webhook(ep.secret).verify(x.body.replace(id, id.replace(/.$/, c => c === 'a' ? 'b' : 'a')), swHeaders(x))).toThrow()
+      const tampered = x.body.replace(id, id.replace(/.$/, c => c === 'a' ? 'b' : 'a'))
+      expect(() => new Webhook(ep.secret).verify(tampered, swHeaders(x))).toThrow()
     }
     expect(new Set(got.map(x => header(x, 'webhook-id'))).size).toBe(2)
 
@@ -217,7 +266,10 @@ describe('webhook deliveries', () => {
     expect(got.map(x => header(x, 'webhook-id'))).not.toContain(header(sub[0], 'webhook-id'))
 
     // The deliveries API agrees: three deliveries, each succeeded on its first attempt, with the same webhook-ids.
-    const list = await until(async () => await listDeliveries(h), l => l.length === 3 && l.every(d => d.status === 'succeeded'))
+    const list = await until(
+      async () => await listDeliveries(h),
+      l => l.length === 3 && l.every(d => d.status === 'succeeded')
+    )
     expect(list.map(d => d.status)).toEqual(['succeeded', 'succeeded', 'succeeded'])
     expect(list.map(d => d.webhook_id).sort()).toEqual([...got, ...sub].map(x => header(x, 'webhook-id')).sort())
     for (const d of list) {
@@ -241,10 +293,12 @@ describe('webhook deliveries', () => {
     expect(new Webhook(secret).sign(msgId, new Date(timestamp * 1000), body)).toBe(expected)
     expect(hmacSignature(secret, msgId, timestamp, body)).toBe(expected)
     // The library's verify accepts it too (its clock check aside, which this old timestamp would fail).
-    expect(() => new Webhook(secret).verify(body, { 'webhook-id': msgId, 'webhook-timestamp': String(timestamp), 'webhook-signature': expected })).toThrow(/timestamp/i)
+    const headers = { 'webhook-id': msgId, 'webhook-timestamp': String(timestamp), 'webhook-signature': expected }
+    expect(() => new Webhook(secret).verify(body, headers)).toThrow(/timestamp/i)
   })
 
-  it('retries 500, a hang, 429 + Retry-After, a 301 (not followed) until a 200: same webhook-id, attempts recorded', async () => {
+  it('retries 500, a hang, 429 + Retry-After, a 301 (not followed) until a 200: ' +
+    'same webhook-id, attempts recorded', async () => {
     const h = await harness()
     const r = await receiver()
     r.script(
@@ -289,7 +343,8 @@ describe('webhook deliveries', () => {
     expect(r.on('/moved')).toEqual([])
   })
 
-  it('makes exactly as many attempts as the schedule, then fails; retry and recover replay with the same webhook-id', async () => {
+  it('makes exactly as many attempts as the schedule, then fails; ' +
+    'retry and recover replay with the same webhook-id', async () => {
     const h = await harness({ env: { WEBHOOK_RETRY_SCHEDULE: '0,20ms,20ms' } })
     const r = await receiver()
     r.answerAlways({ status: 500 })
@@ -309,8 +364,12 @@ describe('webhook deliveries', () => {
 
     // A manual retry, once the receiver is fixed: one more attempt, same webhook-id, delivered.
     r.answerAlways({ status: 200 })
-    expect((await h.app.inject({ method: 'POST', url: `/v1/deliveries/${first.id}/retry`, headers: auth('bob') })).statusCode).toBe(404)
-    const retry = await h.app.inject({ method: 'POST', url: `/v1/deliveries/${first.id}/retry`, headers: auth('alice') })
+    expect((await h.app.inject({
+      method: 'POST', url: `/v1/deliveries/${first.id}/retry`, headers: auth('bob')
+    })).statusCode).toBe(404)
+    const retry = await h.app.inject({
+      method: 'POST', url: `/v1/deliveries/${first.id}/retry`, headers: auth('alice')
+    })
     expect(retry.statusCode, retry.body).toBe(202)
     expect(retry.json()).toMatchObject({ id: first.id, webhook_id: first.webhook_id })
     const retried = await r.waitFor(4)
@@ -320,7 +379,9 @@ describe('webhook deliveries', () => {
     const done = await waitDelivery(h, first.webhook_id, d => d.status === 'succeeded')
     expect(done?.attempts.map(a => a.status_code)).toEqual([500, 500, 500, 200])
     expect(await listDeliveries(h, '?status=failed')).toEqual([])
-    const again = await h.app.inject({ method: 'POST', url: `/v1/deliveries/${first.id}/retry`, headers: auth('alice') })
+    const again = await h.app.inject({
+      method: 'POST', url: `/v1/deliveries/${first.id}/retry`, headers: auth('alice')
+    })
     expect(again.statusCode).toBe(202)
     await r.waitFor(5)
     await waitDelivery(h, first.webhook_id, d => d.status === 'succeeded' && d.attempts.length === 5)
@@ -339,15 +400,23 @@ describe('webhook deliveries', () => {
     const replayIds = newer.filter(d => d.id !== old[0].id).map(d => d.webhook_id).sort()
     const before = r.requests.length
     r.answerAlways({ status: 200 })
-    expect((await h.app.inject({ method: 'POST', url: `/v1/webhook-endpoints/${ep.id}/recover`, headers: auth('bob'), payload: { since } })).statusCode).toBe(404)
-    const rec = await h.app.inject({ method: 'POST', url: `/v1/webhook-endpoints/${ep.id}/recover`, headers: auth('alice'), payload: { since } })
+    expect((await h.app.inject({
+      method: 'POST', url: `/v1/webhook-endpoints/${ep.id}/recover`, headers: auth('bob'), payload: { since }
+    })).statusCode).toBe(404)
+    const rec = await h.app.inject({
+      method: 'POST', url: `/v1/webhook-endpoints/${ep.id}/recover`, headers: auth('alice'), payload: { since }
+    })
     expect(rec.statusCode, rec.body).toBe(202)
     expect(rec.json()).toEqual({ recovered: 2 })
     const replayed = (await r.waitFor(before + 2)).slice(before)
     expect(replayed.map(x => header(x, 'webhook-id')).sort()).toEqual(replayIds)
     for (const x of replayed) expectSignedBy(x, ep.secret)
-    const after = await until(async () => await listDeliveries(h), l => l.filter(d => d.status === 'succeeded').length === 3)
-    expect(after.filter(d => d.status === 'succeeded').map(d => d.webhook_id).sort()).toEqual([first.webhook_id, ...replayIds].sort())
+    const after = await until(
+      async () => await listDeliveries(h),
+      l => l.filter(d => d.status === 'succeeded').length === 3
+    )
+    expect(after.filter(d => d.status === 'succeeded').map(d => d.webhook_id).sort())
+      .toEqual([first.webhook_id, ...replayIds].sort())
     expect((await listDeliveries(h, '?status=failed')).map(d => d.id)).toEqual([old[0].id])
     await sleep(100)
     expect(r.requests.length).toBe(before + 2)
@@ -362,7 +431,10 @@ describe('webhook deliveries', () => {
     await addEndpoint(h, { url: ok.url('/hook'), event_types: ['video.queued', 'video.succeeded'] })
     const task = await submittedTask(h)
     expect((await gone.waitFor(1)).length).toBe(1)
-    const disabled = await until(async () => (await listEndpoints(h)).find(e => e.id === ep.id), e => e?.enabled === false)
+    const disabled = await until(
+      async () => (await listEndpoints(h)).find(e => e.id === ep.id),
+      e => e?.enabled === false
+    )
     expect(disabled?.enabled).toBe(false)
     expect(disabled?.disabled_reason).toMatch(/410/)
     const d = await waitDelivery(h, header(gone.requests[0], 'webhook-id'), x => x.status === 'failed')
@@ -386,7 +458,9 @@ describe('webhook deliveries', () => {
     expect(header(before, 'webhook-signature').split(' ').length).toBe(1)
     expectSignedBy(before, ep.secret)
 
-    const rot = await h.app.inject({ method: 'POST', url: `/v1/webhook-endpoints/${ep.id}/rotate-secret`, headers: auth('alice') })
+    const rot = await h.app.inject({
+      method: 'POST', url: `/v1/webhook-endpoints/${ep.id}/rotate-secret`, headers: auth('alice')
+    })
     expect(rot.statusCode, rot.body).toBe(200)
     const rotated = rot.json() as EndpointView & { secret: string }
     expect(rotated.id).toBe(ep.id)
@@ -406,11 +480,15 @@ describe('webhook deliveries', () => {
     expectSignedBy(after, rotated.secret)
     const id = header(after, 'webhook-id')
     const ts = header(after, 'webhook-timestamp')
-    expect(new Set(signatures)).toEqual(new Set([hmacSignature(ep.secret, id, ts, after.body), hmacSignature(rotated.secret, id, ts, after.body)]))
-    expect(() => new Webhook(`whsec_${randomBytes(32).toString('base64')}`).verify(after.body, swHeaders(after))).toThrow()
+    expect(new Set(signatures)).toEqual(new Set([
+      hmacSignature(ep.secret, id, ts, after.body), hmacSignature(rotated.secret, id, ts, after.body)
+    ]))
+    expect(() => new Webhook(`whsec_${randomBytes(32).toString('base64')}`).verify(after.body, swHeaders(after)))
+      .toThrow()
   })
 
-  it('delivers a task\'s events to its own webhook_url, signed with the caller\'s secret, beside the endpoints', async () => {
+  it('delivers a task\'s events to its own webhook_url, signed with the caller\'s secret, ' +
+    'beside the endpoints', async () => {
     const h = await harness()
     const r = await receiver()
     const ep = await addEndpoint(h, { url: r.url('/hook') })
@@ -437,7 +515,10 @@ describe('webhook deliveries', () => {
     expect(viaEndpoint.length).toBe(2)
     for (const x of viaEndpoint) expectSignedBy(x, ep.secret)
     expect(new Set([...got, ...viaEndpoint].map(x => header(x, 'webhook-id'))).size).toBe(4)
-    const list = await until(async () => await listDeliveries(h), l => l.length === 4 && l.every(d => d.status === 'succeeded'))
+    const list = await until(
+      async () => await listDeliveries(h),
+      l => l.length === 4 && l.every(d => d.status === 'succeeded')
+    )
     expect(list.filter(d => d.endpoint_id === null).map(d => d.url)).toEqual([r.url('/task?x=1'), r.url('/task?x=1')])
     // Same secret on a second look: it is one per caller, made once.
     expect((await h.app.inject({ url: '/v1/webhook-secret', headers: auth('alice') })).json().secret).toBe(secret)
@@ -460,8 +541,13 @@ describe('webhook deliveries', () => {
     // Started with workers: it submits the tasks (two more events) and delivers all four, the backlog included.
     const worker = await harness({ simulator: sim, env })
     const got = await r.waitFor(4, { timeoutMs: 8000 })
-    const seen = got.map(x => JSON.parse(x.body) as { type: string, data: { id: string } }).map(b => `${b.data.id} ${b.type}`).sort()
-    expect(seen).toEqual([`${t1.id} video.queued`, `${t1.id} video.submitted`, `${t2.id} video.queued`, `${t2.id} video.submitted`].sort())
+    const seen = got
+      .map(x => JSON.parse(x.body) as { type: string, data: { id: string } })
+      .map(b => `${b.data.id} ${b.type}`)
+      .sort()
+    expect(seen).toEqual([
+      `${t1.id} video.queued`, `${t1.id} video.submitted`, `${t2.id} video.queued`, `${t2.id} video.submitted`
+    ].sort())
     for (const x of got) expectSignedBy(x, ep.secret)
     await until(async () => await listDeliveries(worker), l => l.length === 4 && l.every(d => d.status === 'succeeded'))
     await sleep(150)
@@ -486,7 +572,9 @@ describe('SSRF guard at registration (default config)', () => {
       'https://[::ffff:127.0.0.1]/',
       'http://example.com/'
     ]) {
-      const res = await h.app.inject({ method: 'POST', url: '/v1/webhook-endpoints', headers: auth('alice'), payload: { url } })
+      const res = await h.app.inject({
+        method: 'POST', url: '/v1/webhook-endpoints', headers: auth('alice'), payload: { url }
+      })
       expect(res.statusCode, url).toBe(400)
       expect(res.headers['content-type']).toContain('application/problem+json')
       expect(res.json().errors.map((e: { pointer: string }) => e.pointer), url).toEqual(['/url'])

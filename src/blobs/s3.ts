@@ -1,18 +1,12 @@
+import type { Config } from '../config/index.ts'
 import {
   S3Client, PutObjectCommand, HeadObjectCommand, GetObjectCommand, DeleteObjectCommand, NotFound
 } from '@aws-sdk/client-s3'
 import type { Readable } from 'node:stream'
 import { BlobSizeMismatch, type BlobInfo, type BlobStore } from './index.ts'
 
-export interface S3Options {
-  bucket: string
-  endpoint?: string
-  region: string
-  accessKeyId?: string
-  secretAccessKey?: string
-  forcePathStyle: boolean
-  prefix: string
-}
+/** BLOB_DRIVER=s3's settings, as config/ parses them. */
+export type S3Options = Omit<Extract<Config['blobs'], { driver: 's3' }>, 'driver'>
 
 /** Blobs as objects in one bucket. A PUT is atomic: readers see the whole object or none. */
 export class S3BlobStore implements BlobStore {

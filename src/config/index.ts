@@ -58,6 +58,7 @@ export const EnvSchema = Type.Object({
   }),
   WEBHOOK_TIMEOUT_MS: Type.Integer({ minimum: 10, maximum: 600_000, default: 15_000 }),
   WEBHOOK_ALLOW_PRIVATE: Type.Boolean({ default: false }),
+  WEBHOOK_ALLOWED_PORTS: Type.String({ pattern: '^\\s*\\d{1,5}(\\s*,\\s*\\d{1,5})*\\s*$', default: '443,8443' }),
   LOG_LEVEL: Type.Union(
     ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map(l => Type.Literal(l)),
     { default: 'info' }
@@ -137,7 +138,7 @@ export interface Config {
   /** MODEL_CAPABILITIES over the defaults: the models of each kind, their modes, durations and features. */
   models: ModelTable
   reconcile: { intervalMs: number, afterMs: number, deadlineMs: number, batch: number, qps: number }
-  webhooks: { retryScheduleMs: number[], timeoutMs: number, allowPrivate: boolean }
+  webhooks: { retryScheduleMs: number[], timeoutMs: number, allowPrivate: boolean, allowedPorts: number[] }
   logLevel: Env['LOG_LEVEL']
   dataDir: string
   createBodyLimit: number
@@ -352,7 +353,8 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
     webhooks: {
       retryScheduleMs: parseDurations(value.WEBHOOK_RETRY_SCHEDULE),
       timeoutMs: value.WEBHOOK_TIMEOUT_MS,
-      allowPrivate: value.WEBHOOK_ALLOW_PRIVATE
+      allowPrivate: value.WEBHOOK_ALLOW_PRIVATE,
+      allowedPorts: value.WEBHOOK_ALLOWED_PORTS.split(',').map(Number)
     },
     logLevel: value.LOG_LEVEL,
     dataDir: value.DATA_DIR,

@@ -9,6 +9,8 @@ export const ERROR_CODES = [
   'INVALID_REQUEST', 'BAD_REQUEST', 'UNAUTHORIZED', 'NOT_FOUND', 'REFERENCE_TAKEN', 'NOT_CANCELABLE',
   'NOT_SUCCEEDED', 'CONTENT_NOT_READY', 'DELIVERY_PENDING', 'CONTENT_EXPIRED', 'RANGE_NOT_SATISFIABLE',
   'IDEMPOTENCY_KEY_REUSED', 'TOO_MANY_CALLBACKS', 'INTERNAL', 'UNAVAILABLE',
+  // What Fastify or Node's HTTP parser refuse before a route runs (src/plugins/errors.ts maps their codes to these).
+  'INVALID_JSON', 'UNSUPPORTED_MEDIA_TYPE', 'BODY_TOO_LARGE', 'URI_TOO_LONG', 'HEADERS_TOO_LARGE', 'REQUEST_TIMEOUT',
   // Content of a video whose upstream URL expired before it could be copied; also that video's `copy_error.code`.
   'UPSTREAM_URL_EXPIRED',
   // A task's `error.code` when the gateway, not upstream, ended it.

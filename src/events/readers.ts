@@ -15,6 +15,7 @@ import type { EventStream, StreamEntry } from '../store/event-stream.ts'
 export const CLAIM_IDLE_MS = 30_000
 const BLOCK_MS = 500
 const RETRY_MS = 500
+const STOP_WAIT_MS = 2000
 
 export type EventHandler = (event: TaskEvent) => Promise<void> | void
 
@@ -34,11 +35,18 @@ abstract class Loop {
     this.done = this.loop()
   }
 
-  /** Ends the loop; a blocking read is cut short by disconnecting the reader (it is this reader's own). */
+  /**
+   * Ends the loop; a blocking read is cut short by disconnecting the reader (it is this reader's own). Bounded: a
+   * read queued while the connection was reconnecting is not always settled by disconnect() (ioredis leaves the
+   * offline queue alone in that state), and shutdown must never wait on it.
+   */
   async stop (): Promise<void> {
     this.running = false
     this.reader.disconnect()
-    await this.done
+    let timer: NodeJS.Timeout | undefined
+    const bound = new Promise<void>(resolve => { timer = setTimeout(resolve, STOP_WAIT_MS) })
+    await Promise.race([this.done, bound])
+    clearTimeout(timer)
   }
 
   protected abstract step (): Promise<void>

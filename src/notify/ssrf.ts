@@ -31,9 +31,21 @@ export class UnsafeTarget extends Error {
 }
 
 export interface SsrfOptions {
-  /** Allow http, loopback/private addresses and internal names. Tests and local development only. */
+  /** Allow http, loopback/private addresses, internal names and any port. Tests and local development only. */
   allowPrivate: boolean
+  /** The ports a webhook URL may name (WEBHOOK_ALLOWED_PORTS); DEFAULT_WEBHOOK_PORTS when not given. */
+  allowedPorts?: readonly number[]
 }
+
+/** HTTPS and its common alternative: any other port would let a caller probe internal services' ports. */
+export const DEFAULT_WEBHOOK_PORTS: readonly number[] = [443, 8443]
+
+/**
+ * The one message for a host or port that is refused, whatever the reason (private address, internal name, no DNS
+ * answer, port): telling them apart would tell a caller which internal names exist and which resolve.
+ */
+export const CANNOT_USE = 'webhook URL cannot be used: its host must resolve to public addresses only and its port ' +
+  'be one of WEBHOOK_ALLOWED_PORTS (default 443, 8443); WEBHOOK_ALLOW_PRIVATE=true allows any (local development)'
 
 const v4Forbidden = new net.BlockList()
 for (const [prefix, bits] of [
@@ -45,6 +57,7 @@ for (const [prefix, bits] of [
   ['172.16.0.0', 12], // private
   ['192.0.0.0', 24], // IETF protocol assignments
   ['192.0.2.0', 24], // TEST-NET-1 (documentation, never routed)
+  ['192.88.99.0', 24], // deprecated 6to4 relay anycast (RFC 7526)
   ['192.168.0.0', 16], // private
   ['198.18.0.0', 15], // benchmarking
   ['198.51.100.0', 24], // TEST-NET-2
@@ -57,8 +70,10 @@ const v6Forbidden = new net.BlockList()
 for (const [prefix, bits] of [
   ['::', 96], // ::, ::1 and the deprecated IPv4-compatible ::a.b.c.d, all refused whatever the embedded v4
   ['::ffff:0:0:0', 96], // IPv4-translated (SIIT)
+  ['64:ff9b::', 96], // well-known NAT64: a webhook names its IPv4 host itself, never through a translator
   ['64:ff9b:1::', 48], // local-use NAT64 (RFC 8215)
   ['100::', 64], // discard-only
+  ['2001:2::', 48], // benchmarking
   ['2001:db8::', 32], // documentation
   ['fc00::', 7], // unique local, includes fd00:ec2::254 (AWS metadata over IPv6)
   ['fe80::', 10], // link-local
@@ -98,9 +113,10 @@ function isForbiddenV4 (ip: string): boolean {
 /**
  * True for addresses a webhook must never reach: loopback, unspecified, private, link-local (cloud metadata), CGNAT,
  * ULA, multicast, broadcast, reserved, documentation and benchmarking ranges. IPv6 forms that embed an IPv4 address
- * (mapped ::ffff:a.b.c.d in dotted or hex form, NAT64 64:ff9b::/96, 6to4 2002::/16, Teredo 2001::/32) are judged by
- * the embedded address. Anything that is not a plain IP address by `net.isIP` (e.g. '0x7f.1', '2130706433', '127.1')
- * is refused too: callers pass `new URL().hostname` (which normalises those forms) or resolver output.
+ * (mapped ::ffff:a.b.c.d in dotted or hex form, 6to4 2002::/16, Teredo 2001::/32) are judged by the embedded
+ * address; NAT64 (64:ff9b::/96) is refused whatever it embeds. Anything that is not a plain IP address by
+ * `net.isIP` (e.g. '0x7f.1', '2130706433', '127.1') is refused too: callers pass `new URL().hostname` (which
+ * normalises those forms) or resolver output.
  */
 export function isForbiddenAddress (ip: string): boolean {
   let s = stripBrackets(ip.trim())
@@ -138,7 +154,8 @@ export function isInternalName (hostname: string): boolean {
 /**
  * Checks a URL's shape without any I/O: https only (http too when allowPrivate), no userinfo, a hostname; IP-literal
  * hosts must not be forbidden and internal names (localhost, *.localhost, *.local, *.internal) are refused, unless
- * allowPrivate. Any port is allowed. Throws UnsafeTarget; returns the parsed URL.
+ * allowPrivate; the port (443 when none is given) must be one of `allowedPorts`, unless allowPrivate. Throws
+ * UnsafeTarget; returns the parsed URL.
  */
 export function checkWebhookUrl (raw: string, opts: SsrfOptions): URL {
   let url: URL
@@ -156,11 +173,9 @@ export function checkWebhookUrl (raw: string, opts: SsrfOptions): URL {
   const host = stripBrackets(url.hostname)
   if (host === '') throw new UnsafeTarget('webhook URL must have a host')
   if (opts.allowPrivate) return url
-  if (net.isIP(host) !== 0) {
-    if (isForbiddenAddress(host)) throw new UnsafeTarget('webhook host is a private, loopback or reserved address')
-  } else if (isInternalName(host)) {
-    throw new UnsafeTarget('webhook host is an internal name')
-  }
+  const port = url.port === '' ? 443 : Number(url.port)
+  if (!(opts.allowedPorts ?? DEFAULT_WEBHOOK_PORTS).includes(port)) throw new UnsafeTarget(CANNOT_USE)
+  if (net.isIP(host) !== 0 ? isForbiddenAddress(host) : isInternalName(host)) throw new UnsafeTarget(CANNOT_USE)
   return url
 }
 
@@ -178,19 +193,18 @@ export async function checkWebhookTarget (raw: string, opts: SsrfOptions): Promi
     addresses = await Promise.race([
       dns.promises.lookup(host, { all: true }),
       new Promise<never>((_resolve, reject) => {
-        timer = setTimeout(() => reject(new UnsafeTarget('webhook host could not be resolved in time')), DNS_TIMEOUT_MS)
+        timer = setTimeout(() => reject(new UnsafeTarget(CANNOT_USE)), DNS_TIMEOUT_MS)
         timer.unref()
       })
     ])
   } catch (err) {
     if (err instanceof UnsafeTarget) throw err
-    throw new UnsafeTarget('webhook host could not be resolved')
+    throw new UnsafeTarget(CANNOT_USE)
   } finally {
     clearTimeout(timer)
   }
-  if (addresses.length === 0) throw new UnsafeTarget('webhook host could not be resolved')
-  if (addresses.some(a => isForbiddenAddress(a.address))) {
-    throw new UnsafeTarget('webhook host resolves to a private, loopback or reserved address')
+  if (addresses.length === 0 || addresses.some(a => isForbiddenAddress(a.address))) {
+    throw new UnsafeTarget(CANNOT_USE)
   }
   return url
 }
@@ -213,7 +227,7 @@ export function guardedLookup (opts: SsrfOptions): LookupFunction {
         return
       }
       if (!opts.allowPrivate && addresses.some(a => isForbiddenAddress(a.address))) {
-        callback(new UnsafeTarget('webhook host resolves to a private, loopback or reserved address'), '')
+        callback(new UnsafeTarget(CANNOT_USE), '')
         return
       }
       if (options.all === true) callback(null, addresses)
@@ -244,7 +258,7 @@ export function createGuardedAgent (opts: SsrfOptions & { timeoutMs: number }): 
     connect: (options, callback) => {
       const host = stripBrackets(options.hostname)
       if (!ssrf.allowPrivate && net.isIP(host) !== 0 && isForbiddenAddress(host)) {
-        callback(new UnsafeTarget('webhook host is a private, loopback or reserved address'), null)
+        callback(new UnsafeTarget(CANNOT_USE), null)
         return
       }
       connector(options, callback)

@@ -136,13 +136,13 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
     if (validateHeaders !== undefined && !validateHeaders(request.headers)) {
       schemaErrors.push(...fieldErrorsOf((validateHeaders.errors ?? []) as never, 'headers'))
     }
-    const domainErrors = checked.ok
-      ? []
-      : checked.errors.filter(d => !schemaErrors.some(e => e.pointer === d.pointer && e.location === d.location))
+    // A field the schema already named is not named again; one set lookup each (thousands of errors are possible).
+    const named = new Set(schemaErrors.map(e => `${e.location ?? ''} ${e.pointer}`))
+    const domainErrors = checked.ok ? [] : checked.errors.filter(d => !named.has(`${d.location ?? ''} ${d.pointer}`))
     if (schemaErrors.length > 0 || !checked.ok) throw new InvalidRequest([...schemaErrors, ...domainErrors])
     if (body.webhook_url !== undefined) {
       // Registration-time SSRF check (the delivery agent checks again at connect time).
-      await checkWebhookTarget(body.webhook_url, { allowPrivate: config.webhooks.allowPrivate }).catch((err: Error) => {
+      await checkWebhookTarget(body.webhook_url, config.webhooks).catch((err: Error) => {
         throw err instanceof UnsafeTarget
           ? new InvalidRequest([{ pointer: '/webhook_url', detail: err.message, location: 'body' }])
           : err

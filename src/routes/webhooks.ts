@@ -2,7 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import { GatewayError, InvalidRequest, NotFound } from '../domain/errors.ts'
 import { EVENT_TYPES } from '../domain/task.ts'
-import { checkWebhookTarget, UnsafeTarget } from '../notify/ssrf.ts'
+import { CANNOT_USE, checkWebhookTarget, UnsafeTarget } from '../notify/ssrf.ts'
 import { canSee, type Caller } from '../plugins/auth.ts'
 import { bodyProblems, internal, invalidField, json, problem, unauthorized, unavailable } from '../schemas/common.ts'
 import { DELIVERY_EXAMPLE, ENDPOINT_EXAMPLE, SECRET_EXAMPLE } from '../schemas/examples.ts'
@@ -109,8 +109,7 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
       response: {
         201: json('the endpoint, with its secret', Type.Ref('WebhookEndpoint'), withSecret),
         ...bodyProblems('1 MiB'),
-        400: invalidField('invalid body, or a URL the gateway refuses to call', '/url', 'resolves to a private address',
-          'body'),
+        400: invalidField('invalid body, or a URL the gateway refuses to call', '/url', CANNOT_USE, 'body'),
         401: unauthorized(),
         500: internal(),
         503: unavailable()
@@ -119,7 +118,7 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
   }, async (request, reply) => {
     const caller = request.caller as Caller
     try {
-      await checkWebhookTarget(request.body.url, { allowPrivate: config.webhooks.allowPrivate })
+      await checkWebhookTarget(request.body.url, config.webhooks)
     } catch (err) {
       if (err instanceof UnsafeTarget) {
         throw new InvalidRequest([{ pointer: '/url', detail: err.message, location: 'body' }])

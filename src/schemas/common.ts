@@ -1,6 +1,5 @@
 import { STATUS_CODES } from 'node:http'
 import { Type, type TSchema } from 'typebox'
-import { errorCodes } from 'fastify'
 import type { FieldError } from '../domain/errors.ts'
 
 /** RFC 9457 problem details, as every error of ours is answered (src/plugins/errors.ts shapes them all). */
@@ -16,7 +15,13 @@ export const ProblemSchema = Type.Object({
     location: Type.Optional(Type.Union([
       Type.Literal('body'), Type.Literal('query'), Type.Literal('params'), Type.Literal('headers')
     ]))
-  }), { description: 'one entry per invalid field (400 only); every invalid field is listed, not only the first' }))
+  }), {
+    description: 'one entry per invalid field (400 only); every invalid field is listed, not only the first, ' +
+      'up to 50'
+  })),
+  errors_omitted: Type.Optional(Type.Integer({
+    minimum: 1, description: 'how many more invalid fields there are than `errors` lists (only past 50)'
+  }))
 }, { $id: 'Problem', description: 'application/problem+json (RFC 9457)' })
 
 /**
@@ -56,8 +61,6 @@ export function json (description: string, schema: TSchema, example: unknown, he
   return { description, ...headerBlock(headers), content: { 'application/json': { schema, example } } }
 }
 
-const fastifyProblem = (err: { code: string, message: string }) => ({ code: err.code, detail: err.message })
-
 /**
  * The example problem of each status, as src/plugins/errors.ts would answer it; routes override code and detail
  * (and must give a code for a status without a default here, such as 409: each route's conflict is its own).
@@ -77,9 +80,12 @@ const PROBLEMS: Partial<Record<number, { code: string, detail: string, errors?: 
   },
   401: { code: 'UNAUTHORIZED', detail: 'a valid bearer API key is required' },
   404: { code: 'NOT_FOUND', detail: 'task not found' },
-  // Fastify answers these itself, with its own codes (src/plugins/errors.ts passes them on): taken from Fastify.
-  413: fastifyProblem(new errorCodes.FST_ERR_CTP_BODY_TOO_LARGE()),
-  415: fastifyProblem(new errorCodes.FST_ERR_CTP_INVALID_MEDIA_TYPE()),
+  // Fastify refuses these itself; src/plugins/errors.ts maps them to our codes and details.
+  413: { code: 'BODY_TOO_LARGE', detail: 'the body is larger than this route\'s limit of 1048576 bytes' },
+  415: {
+    code: 'UNSUPPORTED_MEDIA_TYPE',
+    detail: 'the body has no Content-Type: send Content-Type: application/json (or text/plain)'
+  },
   416: { code: 'RANGE_NOT_SATISFIABLE', detail: 'the video has 1048576 bytes' },
   422: { code: 'IDEMPOTENCY_KEY_REUSED', detail: 'this Idempotency-Key was used with a different request body' },
   429: { code: 'TOO_MANY_CALLBACKS', detail: 'too many callbacks for this task' },

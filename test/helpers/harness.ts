@@ -26,7 +26,11 @@ watchContract()
 /** Collects pino's JSON lines in memory. */
 export class LogCapture extends Writable {
   lines: string[] = []
-  override _write (chunk: Buffer, _enc: string, done: () => void) { this.lines.push(...chunk.toString().split('\n').filter(Boolean)); done() }
+  override _write (chunk: Buffer, _enc: string, done: () => void) {
+    this.lines.push(...chunk.toString().split('\n').filter(Boolean))
+    done()
+  }
+
   get text () { return this.lines.join('\n') }
 }
 

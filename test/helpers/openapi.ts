@@ -9,7 +9,13 @@ import { DirectoryBlobStore } from '../../src/blobs/dir.ts'
 export async function renderOpenApi (): Promise<string> {
   const redis = new Redis({ lazyConnect: true })
   const upstream = new CometApiAdapter({ baseUrl: 'http://127.0.0.1:9', apiKey: 'inert', timeoutMs: 1000 })
-  const app = await buildApp({ config: loadConfig({}), redis, upstream, blobs: new DirectoryBlobStore('/nonexistent'), logger: pino({ level: 'silent' }) })
+  const app = await buildApp({
+    config: loadConfig({}),
+    redis,
+    upstream,
+    blobs: new DirectoryBlobStore('/nonexistent'),
+    logger: pino({ level: 'silent' })
+  })
   await app.ready()
   const doc = JSON.stringify(app.swagger(), null, 2) + '\n'
   await app.close()

@@ -51,7 +51,14 @@ export class Receiver {
       const chunks: Buffer[] = []
       req.on('data', (c: Buffer) => chunks.push(c))
       req.on('end', () => {
-        r.requests.push({ method: req.method ?? '', path: req.url ?? '', headers: req.headers, body: Buffer.concat(chunks).toString('utf8'), at, answer })
+        r.requests.push({
+          method: req.method ?? '',
+          path: req.url ?? '',
+          headers: req.headers,
+          body: Buffer.concat(chunks).toString('utf8'),
+          at,
+          answer
+        })
         if (answer.hang === true) {
           r.hung.add(res)
           res.on('close', () => r.hung.delete(res))

@@ -1,7 +1,14 @@
-/** A small SSE client over fetch, for tests: collects `{id, event, data}` frames until told to stop or the stream ends. */
+/**
+ * A small SSE client over fetch, for tests: collects `{id, event, data}` frames until told to stop or the stream
+ * ends.
+ */
 export interface SseFrame { id: string | undefined, event: string | undefined, data: string }
 
-export async function readSse (url: string, headers: Record<string, string>, opts: { until?: (frames: SseFrame[]) => boolean, timeoutMs?: number } = {}): Promise<{ frames: SseFrame[], ended: boolean, status: number }> {
+export async function readSse (
+  url: string,
+  headers: Record<string, string>,
+  opts: { until?: (frames: SseFrame[]) => boolean, timeoutMs?: number } = {}
+): Promise<{ frames: SseFrame[], ended: boolean, status: number }> {
   const controller = new AbortController()
   const timer = setTimeout(() => controller.abort(), opts.timeoutMs ?? 5000)
   const frames: SseFrame[] = []
@@ -24,7 +31,10 @@ export async function readSse (url: string, headers: Record<string, string>, opt
         const frame: SseFrame = { id: undefined, event: undefined, data: '' }
         let isEvent = false
         for (const line of block.split('\n')) {
-          if (line.startsWith('id: ')) { frame.id = line.slice(4); isEvent = true } else if (line.startsWith('event: ')) frame.event = line.slice(7)
+          if (line.startsWith('id: ')) {
+            frame.id = line.slice(4)
+            isEvent = true
+          } else if (line.startsWith('event: ')) frame.event = line.slice(7)
           else if (line.startsWith('data: ')) frame.data += line.slice(6)
         }
         if (isEvent) frames.push(frame)

@@ -9,7 +9,11 @@ export function validBody (over: Record<string, unknown> = {}): Record<string, u
   return { image_list: [{ image: 'https://img.example.com/a.png' }, { image: 'https://img.example.com/b.png' }], prompt: 'two friends wave', ...over }
 }
 
-export async function createTask (h: Harness, over: Record<string, unknown> = {}, who: 'alice' | 'bob' = 'alice'): Promise<TaskView> {
+export async function createTask (
+  h: Harness,
+  over: Record<string, unknown> = {},
+  who: 'alice' | 'bob' = 'alice'
+): Promise<TaskView> {
   const res = await h.app.inject({ method: 'POST', url: '/v1/videos', headers: auth(who), payload: validBody(over) })
   expect(res.statusCode, res.body).toBe(202)
   return res.json()
