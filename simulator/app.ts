@@ -47,6 +47,7 @@ export interface SimFault {
   | 'hang' // headers never come
   | 'accept-then-hang' // create: the task is made, then the response never comes
   | 'accept-then-reset' // create: the task is made, then the socket is destroyed
+  | 'accept-then-html' // create: the task is made, then the answer is an HTML 200 (an unreadable success)
   | 'not-found' // query: 400 / 1201 even if the task exists
   | 'status' // query: answer with `taskStatus` whatever the task's real state
   | 'html' // `status` (default 200) with an HTML page instead of JSON, as a wrong base URL gives
@@ -625,6 +626,9 @@ export class Simulator {
       record.taskId = task.task_id
       if (fault?.kind === 'accept-then-hang') return this.hold(reply)
       if (fault?.kind === 'accept-then-reset') { reply.raw.socket?.destroy(); return reply }
+      if (fault?.kind === 'accept-then-html') {
+        return reply.code(200).type('text/html; charset=utf-8').send('<!doctype html><html><body>OK</body></html>')
+      }
       return this.send(reply, 200, this.createAnswer(task))
     }
 
