@@ -14,7 +14,7 @@ import type { VideoKind } from '../src/domain/kinds.ts'
 import type { TaskView } from '../src/domain/task.ts'
 import { UpstreamError } from '../src/upstream/client.ts'
 import { KlingAdapter } from '../src/upstream/kling.ts'
-import { auth, KEYS, KLING_ENV, startHarness, type Harness } from './helpers/harness.ts'
+import { auth, KLING_ENV, startHarness, type Harness } from './helpers/harness.ts'
 import { createTask, waitFor } from './helpers/tasks.ts'
 
 const AK = 'ak-kling-unit-' + randomBytes(6).toString('hex')

@@ -1,12 +1,12 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
-import { errorCodes } from 'fastify'
 import { verifyCallbackToken } from '../domain/callback-token.ts'
 import { GatewayError, InvalidRequest, NotFound } from '../domain/errors.ts'
 import { changeFromUpstream } from '../domain/upstream-state.ts'
 import { bodyProblems, internal, json, problem, unavailable } from '../schemas/common.ts'
 import { parseTask } from '../upstream/client.ts'
 import { parseJsonKeepingIds } from '../upstream/schemas.ts'
+import { parseJsonBody } from '../plugins/bounds.ts'
 
 export const CALLBACK_BODY_LIMIT = 64 * 1024
 /** More callbacks than this for one task in one minute is not CometAPI behaving normally. */
@@ -29,14 +29,14 @@ const callbacks: FastifyPluginAsyncTypebox = async (app) => {
   const { store, reconcile, config, clock, orphans } = app.deps
 
   // Kling's ids are 18-19 digits, past what a JSON number holds exactly: an upstream that sends them bare
-  // (`"task_id": 861…`) must not have them rounded into another task's id. Only this plugin's routes parse so.
+  // (`"task_id": 861…`) must not have them rounded into another task's id. Only this plugin's routes parse so;
+  // the bounds on every body (src/plugins/bounds.ts) still apply.
+  app.removeContentTypeParser('application/json')
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (_request, body, done) => {
-    const text = body as string
-    if (text.trim() === '') { done(new errorCodes.FST_ERR_CTP_EMPTY_JSON_BODY(), undefined); return }
     try {
-      done(null, parseJsonKeepingIds(text))
-    } catch {
-      done(new errorCodes.FST_ERR_CTP_INVALID_JSON_BODY(), undefined)
+      done(null, parseJsonBody(body as string, parseJsonKeepingIds))
+    } catch (err) {
+      done(err as Error, undefined)
     }
   })
 
