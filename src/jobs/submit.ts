@@ -170,9 +170,10 @@ export class SubmitJobs extends QueueJobs<SubmitData> {
     let sentAt: number | null = null
     try {
       // Guarded by `withdrawn`: a create that answered 503 without a key marks its task, and then it never goes.
+      // A task held meanwhile (reconciliation's deadline) is not sent either.
       const claimed = await store.transition(
         task.id,
-        t => t.status === 'queued' ? { to: 'queued', submitSentAt: clock() } : null,
+        t => t.status === 'queued' && t.attention === null ? { to: 'queued', submitSentAt: clock() } : null,
         { event: false, requireEmpty: 'withdrawn' }
       )
       if (!claimed.applied) return 'not-queued'
@@ -193,8 +194,12 @@ export class SubmitJobs extends QueueJobs<SubmitData> {
       })
       sentAt = clock()
       const created = await upstream.create(task.kind, body)
+      const adopted = await this.adopt(task, created)
+      // The account works: a pause that began before this create was sent is over. Best effort: the next success or
+      // check ends it otherwise.
       await pause.resume(gate === 'trial' ? 'a trial create was accepted' : 'a create was accepted', sentAt)
-      return await this.adopt(task, created)
+        .catch((err: Error) => { this.log.warn({ err: err.message }, 'could not end the account pause') })
+      return adopted
     } catch (err) {
       if (!(err instanceof UpstreamError) || sentAt === null) throw err
       return await this.createFailed(job, token, task, err, { attempt, lastAttempt, resending, sentAt, gate })
