@@ -141,8 +141,9 @@ export class ReconcileJobs extends QueueJobs<CheckData> {
       }
     } catch (err) {
       if (!(err instanceof UpstreamError)) throw err
-      await this.deps.pause.trip(err)
-      this.log.info({ taskId, code: err.code }, 'reconcile query failed: state unknown')
+      // An account problem is logged once, by the pause, not once per task.
+      if (err.account !== null) await this.deps.pause.trip(err)
+      else this.log.info({ taskId, code: err.code }, 'reconcile query failed: state unknown')
       return await this.unknown(task, pastDeadline, unconfirmed, `the look-up failed: ${err.code}: ${err.message}`)
     }
     if (up === null) {

@@ -213,8 +213,9 @@ export class SubmitJobs extends QueueJobs<SubmitData> {
       return found === null ? { kind: 'missing' } : { kind: 'found', task: found }
     } catch (err) {
       if (!(err instanceof UpstreamError)) throw err
-      await this.deps.pause.trip(err)
-      this.log.info({ taskId: task.id, code: err.code }, 'looking up an earlier create failed')
+      // An account problem is logged once, by the pause, not once per task.
+      if (err.account !== null) await this.deps.pause.trip(err)
+      else this.log.info({ taskId: task.id, code: err.code }, 'looking up an earlier create failed')
       return { kind: 'failed', error: err }
     }
   }
