@@ -7,6 +7,11 @@
  * ids, ms timestamps, query by task id or external id (a miss is HTTP 400 code 1201), flat callback bodies POSTed to
  * `callback_url` on every status change, and both error shapes. Tests script it through `/_sim/*` (or the same methods
  * on the object) and count what it did.
+ *
+ * Beside Kling's own wire it speaks the other shapes gateways of the new-api family answer in (`SimShapes`, per run
+ * or through `POST /_sim/shapes`): OpenAI-video-style create answers, a gateway's own alias ids, bare-number ids,
+ * timestamps in seconds, new-api's flat `{code: "<word>"}` errors, no look-up by external id; and account states
+ * (`POST /_sim/account`): balance exhausted, key revoked.
  */
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
 import { randomInt, randomUUID, createHash, createHmac, timingSafeEqual } from 'node:crypto'
@@ -16,6 +21,8 @@ export type SimStatus = 'submitted' | 'processing' | 'succeed' | 'failed'
 
 export interface SimTask {
   task_id: string
+  /** A gateway's own id for the task (new-api's `task_…`): what the create answers with under `aliasIds`. */
+  alias: string
   /** The endpoint that made it (a query on another kind's path does not find it) and the path style it came in on. */
   kind: SimKind
   api: SimApi
@@ -40,9 +47,11 @@ export interface SimFault {
   | 'hang' // headers never come
   | 'accept-then-hang' // create: the task is made, then the response never comes
   | 'accept-then-reset' // create: the task is made, then the socket is destroyed
+  | 'accept-then-html' // create: the task is made, then the answer is an HTML 200 (an unreadable success)
   | 'not-found' // query: 400 / 1201 even if the task exists
   | 'status' // query: answer with `taskStatus` whatever the task's real state
   | 'html' // `status` (default 200) with an HTML page instead of JSON, as a wrong base URL gives
+  | 'new-api-error' // `status` (default 400) with new-api's flat `{code: "<word>", message, data: null}`
   times?: number
   status?: number
   code?: number | string
@@ -63,6 +72,38 @@ export interface CallbackPolicy {
   dropRatio?: number
 }
 
+/** The wire shapes the simulator answers in, beside Kling's own (the defaults). */
+export interface SimShapes {
+  /**
+   * `kling`: Kling's envelope `{code: 0, data: {task_id, …}}`; `openai`: an OpenAI-video-style task with no `code`,
+   * `{id, task_id, object: "video", status: "queued", progress, created_at}`.
+   */
+  create: 'kling' | 'openai'
+  /**
+   * The create answers with the gateway's own alias (`task_…`), not Kling's id: queries by either find the task,
+   * and query answers and callbacks carry Kling's id (so a callback's id differs from the create's).
+   */
+  aliasIds: boolean
+  /** Task ids as bare JSON numbers (`"task_id": 861…`), in create and query answers and callbacks. */
+  numericIds: boolean
+  /** `ms` (Kling's) or `s`: Unix seconds in `created_at`/`updated_at`. */
+  timestamps: 'ms' | 's'
+  /**
+   * `comet`: CometAPI's `{error: {…}}` and Kling's `{code: <n>}`; `new-api`: the flat `{code: "<word>", message,
+   * data: null}` (a query miss is 400 `task_not_exist`, an empty wallet 402 `insufficient_user_quota`).
+   */
+  errors: 'comet' | 'new-api'
+  /** false: a query by an external id answers 404 (the look-up is unsupported), a task id still works. */
+  externalLookup: boolean
+}
+
+export const DEFAULT_SHAPES: SimShapes = {
+  create: 'kling', aliasIds: false, numericIds: false, timestamps: 'ms', errors: 'comet', externalLookup: true
+}
+
+/** The account's state: `balance` refuses every create (queries work), `key` refuses every request. */
+export type SimAccount = 'ok' | 'balance' | 'key'
+
 export interface SimOptions {
   /** Bearer key the simulator requires; any non-empty key when undefined. */
   apiKey?: string
@@ -82,6 +123,8 @@ export interface SimOptions {
    */
   videoUrlTtlMs?: number
   logger?: boolean
+  shapes?: Partial<SimShapes>
+  account?: SimAccount
 }
 
 /** One create request as it arrived, and what became of it. */
@@ -103,8 +146,9 @@ export type SimKind = typeof SIM_KINDS[number]
 export type SimApi = 'cometapi' | 'kling'
 export interface SimRoute { api: SimApi, kind: SimKind }
 /** The options in force: the defaults filled in; the keys stay optional (none = any Bearer value). */
-type SimSettings = Required<Omit<SimOptions, 'apiKey' | 'logger' | 'klingAccessKey' | 'klingSecretKey' |
-'videoUrlTtlMs'>> & Pick<SimOptions, 'apiKey' | 'klingAccessKey' | 'klingSecretKey' | 'videoUrlTtlMs'>
+type SimSettings = Required<Omit<SimOptions,
+'apiKey' | 'logger' | 'klingAccessKey' | 'klingSecretKey' | 'shapes' | 'account' | 'videoUrlTtlMs'>> &
+Pick<SimOptions, 'apiKey' | 'klingAccessKey' | 'klingSecretKey' | 'videoUrlTtlMs'>
 
 /** The path style and kind a request path names; null for any other path. */
 export function routeOf (url: string): SimRoute | null {
@@ -144,6 +188,9 @@ export class Simulator {
   readonly app: FastifyInstance
   readonly tasks = new Map<string, SimTask>()
   readonly byExternal = new Map<string, string>()
+  readonly byAlias = new Map<string, string>()
+  shapes: SimShapes
+  account: SimAccount
   faults: SimFault[] = []
   callbackPolicy: CallbackPolicy = { drop: false, duplicate: 1, delayMs: 0, reorder: false }
   counts = { creates: 0, accepted: 0, queries: 0, callbacks: 0, callbackFailures: 0 }
@@ -164,9 +211,16 @@ export class Simulator {
   private nextId = BigInt(860_000_000_000_000_000n) + BigInt(randomInt(1, 1_000_000_000))
   /** Signs expiring result URLs, so a URL with its expiry moved is refused like an expired one. */
   private readonly urlKey = randomUUID()
+  /** What reset() goes back to: the shapes and account the run was started with. */
+  private readonly initial: { shapes: SimShapes, account: SimAccount }
 
   constructor (opts: SimOptions = {}) {
-    this.opts = { auto: true, processingAfterMs: 200, finishAfterMs: 600, outcome: 'succeed', failRatio: 0, ...opts }
+    // An option given as undefined (an unset CLI flag) keeps its default.
+    const given = Object.fromEntries(Object.entries(opts).filter(([, v]) => v !== undefined)) as SimOptions
+    this.opts = { auto: true, processingAfterMs: 200, finishAfterMs: 600, outcome: 'succeed', failRatio: 0, ...given }
+    this.initial = { shapes: { ...DEFAULT_SHAPES, ...opts.shapes }, account: opts.account ?? 'ok' }
+    this.shapes = { ...this.initial.shapes }
+    this.account = this.initial.account
     this.app = Fastify({ logger: opts.logger ?? false, bodyLimit: 64 * 1024 * 1024, forceCloseConnections: true })
     this.routes()
   }
@@ -189,6 +243,9 @@ export class Simulator {
   reset (): void {
     this.tasks.clear()
     this.byExternal.clear()
+    this.byAlias.clear()
+    this.shapes = { ...this.initial.shapes }
+    this.account = this.initial.account
     this.faults = []
     this.callbackPolicy = { drop: false, duplicate: 1, delayMs: 0, reorder: false }
     this.counts = { creates: 0, accepted: 0, queries: 0, callbacks: 0, callbackFailures: 0 }
@@ -232,8 +289,8 @@ export class Simulator {
             }]
           }
         : {},
-      created_at: task.created_at,
-      updated_at: task.updated_at
+      created_at: this.time(task.created_at),
+      updated_at: this.time(task.updated_at)
     }
   }
 
@@ -246,6 +303,33 @@ export class Simulator {
 
   private urlSignature (taskId: string, expires: string): string {
     return createHmac('sha256', this.urlKey).update(`${taskId}:${expires}`).digest('hex').slice(0, 32)
+  }
+
+  /** A time as the run's `timestamps` shape writes it. */
+  time (ms: number): number {
+    return this.shapes.timestamps === 's' ? Math.floor(ms / 1000) : ms
+  }
+
+  /** JSON as the run writes it: with `numericIds`, digit-only `task_id`/`id` values as bare numbers, digits kept. */
+  json (value: unknown): string {
+    const text = JSON.stringify(value)
+    return this.shapes.numericIds ? text.replace(/"(task_id|id)":"(\d+)"/g, '"$1":$2') : text
+  }
+
+  private send (reply: FastifyReply, status: number, value: unknown): FastifyReply {
+    return reply.code(status).type('application/json').send(this.json(value))
+  }
+
+  /** The task a query names: by Kling's id, the alias, or (unless the look-up is off) the external id. */
+  private find (id: string): SimTask | undefined {
+    const byAlias = this.byAlias.get(id)
+    return this.tasks.get(id) ?? (byAlias === undefined ? undefined : this.tasks.get(byAlias)) ??
+      (this.shapes.externalLookup ? this.tasks.get(this.byExternal.get(id) ?? '') : undefined)
+  }
+
+  /** Whether `id` is one only an external-id look-up could find (one of ours, or shaped like a UUID). */
+  private looksExternal (id: string): boolean {
+    return this.byExternal.has(id) || /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(id)
   }
 
   /** The fake video: deterministic bytes per task, so a mirror can be checked byte for byte. */
@@ -308,6 +392,11 @@ export class Simulator {
       case 'hang':
         this.hold(reply)
         return true
+      case 'new-api-error':
+        reply.code(fault.status ?? 400).send({
+          code: fault.code ?? 'invalid_request', message: fault.message ?? 'invalid request', data: null
+        })
+        return true
       case 'html':
         reply.code(fault.status ?? 200).type('text/html; charset=utf-8')
           .send('<!doctype html><html><head><title>Welcome</title></head><body><h1>Welcome</h1></body></html>')
@@ -315,6 +404,37 @@ export class Simulator {
       default:
         return false
     }
+  }
+
+  /**
+   * The account's refusal of a request, in the run's error shape, or false: a revoked key refuses everything, an
+   * empty wallet every create (queries are free).
+   */
+  private refusedByAccount (request: FastifyRequest, reply: FastifyReply, op: 'create' | 'query'): boolean {
+    if (this.account === 'ok' || (this.account === 'balance' && op === 'query')) return false
+    const kling = routeOf(request.url)?.api === 'kling'
+    if (this.account === 'key') {
+      const message = `invalid token (request id: ${randomUUID()})`
+      reply.code(401).send(kling
+        ? { code: 1002, message: 'Authorization is invalid', request_id: randomUUID() }
+        : { error: { message, type: 'comet_api_error', param: '', code: '' } })
+      return true
+    }
+    if (kling) {
+      reply.code(429).send({ code: 1102, message: 'resource pack exhausted', request_id: randomUUID() })
+    } else if (this.shapes.errors === 'new-api') {
+      reply.code(402).send({ code: 'insufficient_user_quota', message: 'user quota is not enough', data: null })
+    } else {
+      reply.code(403).send({
+        error: {
+          message: `user quota is not enough (request id: ${randomUUID()})`,
+          type: 'comet_api_error',
+          param: '',
+          code: 'insufficient_user_quota'
+        }
+      })
+    }
+    return true
   }
 
   private authorized (request: FastifyRequest, reply: FastifyReply): boolean {
@@ -364,6 +484,7 @@ export class Simulator {
     const external = typeof body.external_task_id === 'string' ? body.external_task_id : null
     const task: SimTask = {
       task_id: this.nextId.toString(),
+      alias: `task_${randomUUID().replace(/-/g, '')}`,
       kind: route.kind,
       api: route.api,
       external_task_id: external,
@@ -377,6 +498,7 @@ export class Simulator {
     }
     this.tasks.set(task.task_id, task)
     if (external !== null) this.byExternal.set(external, task.task_id)
+    this.byAlias.set(task.alias, task.task_id)
     this.counts.accepted++
     if (this.opts.auto) {
       this.later(this.opts.processingAfterMs, () => {
@@ -428,11 +550,48 @@ export class Simulator {
     return undefined
   }
 
+  /** What an accepted create answers, in the run's create shape. */
+  private createAnswer (task: SimTask): Record<string, unknown> {
+    const id = this.shapes.aliasIds ? task.alias : task.task_id
+    if (this.shapes.create === 'openai') {
+      return {
+        id,
+        task_id: id,
+        object: 'video',
+        model: task.body.model_name ?? null,
+        status: 'queued',
+        progress: 0,
+        created_at: this.time(task.created_at)
+      }
+    }
+    return {
+      code: 0,
+      message: 'SUCCEED',
+      data: {
+        task_id: id,
+        task_status: task.status,
+        task_info: task.external_task_id === null ? {} : { external_task_id: task.external_task_id },
+        created_at: this.time(task.created_at),
+        updated_at: this.time(task.updated_at)
+      }
+    }
+  }
+
+  /** A look-up by external id where there is none: the route answers 404, not "no such task". */
+  private unsupportedLookup (request: FastifyRequest, reply: FastifyReply): FastifyReply {
+    if (routeOf(request.url)?.api === 'kling') {
+      return reply.code(404).send({ code: 1202, message: 'the requested method is invalid', request_id: randomUUID() })
+    }
+    return reply.code(404).send({
+      error: { message: `Invalid URL (GET ${request.url})`, type: 'invalid_request_error', param: '', code: '' }
+    })
+  }
+
   private sendCallback (task: SimTask): void {
     if (task.callback_url === null) return
     const policy = this.callbackPolicy
     if (policy.drop || (policy.dropRatio !== undefined && Math.random() < policy.dropRatio)) return
-    const body = JSON.stringify(this.taskView(task))
+    const body = this.json(this.taskView(task))
     const url = task.callback_url
     const send = () => {
       for (let i = 0; i < policy.duplicate; i++) {
@@ -479,6 +638,7 @@ export class Simulator {
       this.maxInFlight = Math.max(this.maxInFlight, this.inFlight)
       reply.raw.once('close', () => { this.inFlight-- })
       if (!this.authorized(request, reply)) return reply
+      if (this.refusedByAccount(request, reply, 'create')) return reply
       const fault = this.takeFault('create')
       if (this.applyCommonFault(fault, reply)) return reply
       const body = this.arrived(request)
@@ -488,29 +648,29 @@ export class Simulator {
       record.taskId = task.task_id
       if (fault?.kind === 'accept-then-hang') return this.hold(reply)
       if (fault?.kind === 'accept-then-reset') { reply.raw.socket?.destroy(); return reply }
-      return {
-        code: 0,
-        message: 'SUCCEED',
-        data: {
-          task_id: task.task_id,
-          task_status: task.status,
-          task_info: task.external_task_id === null ? {} : { external_task_id: task.external_task_id },
-          created_at: task.created_at,
-          updated_at: task.updated_at
-        }
+      if (fault?.kind === 'accept-then-html') {
+        return reply.code(200).type('text/html; charset=utf-8').send('<!doctype html><html><body>OK</body></html>')
       }
+      return this.send(reply, 200, this.createAnswer(task))
     }
 
     type QueryRequest = FastifyRequest<{ Params: { kind: string, id: string } }>
     const queryTask = async (request: QueryRequest, reply: FastifyReply) => {
       this.counts.queries++
       if (!this.authorized(request, reply)) return reply
+      if (this.refusedByAccount(request, reply, 'query')) return reply
       const fault = this.takeFault('query')
       if (this.applyCommonFault(fault, reply)) return reply
       const id = request.params.id
-      const task = this.tasks.get(id) ?? this.tasks.get(this.byExternal.get(id) ?? '')
+      if (!this.shapes.externalLookup && this.looksExternal(id) && fault?.kind !== 'not-found') {
+        return this.unsupportedLookup(request, reply)
+      }
+      const task = this.find(id)
       // Kling keeps each endpoint's tasks apart: a task asked for on another kind's path is not found there.
       if (task === undefined || task.kind !== request.params.kind || fault?.kind === 'not-found') {
+        if (this.shapes.errors === 'new-api' && routeOf(request.url)?.api === 'cometapi') {
+          return this.send(reply, 400, { code: 'task_not_exist', message: 'task_not_exist', data: null })
+        }
         return reply.code(400).send({
           code: 1201,
           message: `Task not found by id/external id: ${id}`,
@@ -518,7 +678,8 @@ export class Simulator {
         })
       }
       const status = fault?.kind === 'status' ? (fault.taskStatus ?? task.status) : task.status
-      return { code: 0, message: 'SUCCEED', request_id: randomUUID(), data: this.taskView(task, status) }
+      const answer = { code: 0, message: 'SUCCEED', request_id: randomUUID(), data: this.taskView(task, status) }
+      return this.send(reply, 200, answer)
     }
 
     // CometAPI's paths are Kling's own under /kling: every kind answers on both, so either adapter can be tested.
@@ -550,7 +711,13 @@ export class Simulator {
     })
 
     // Control API, for tests in other processes and for poking the demo by hand.
-    app.get('/_sim/state', async () => ({ counts: this.counts, faults: this.faults, tasks: [...this.tasks.values()] }))
+    app.get('/_sim/state', async () => ({
+      counts: this.counts,
+      faults: this.faults,
+      shapes: this.shapes,
+      account: this.account,
+      tasks: [...this.tasks.values()]
+    }))
     // Compact views for fault suites in other processes: every paid task and every create attempt, without
     // callback URLs (they carry tokens) or bodies.
     app.get('/_sim/tasks', async () => ({
@@ -575,6 +742,20 @@ export class Simulator {
     })
     app.post('/_sim/options', async (request) => { Object.assign(this.opts, request.body); return this.opts })
     app.post('/_sim/reset', async () => { this.reset(); return { ok: true } })
+    // The wire shapes of this run, changed in place (a partial object; the rest stays).
+    app.post('/_sim/shapes', async (request) => {
+      Object.assign(this.shapes, request.body)
+      return this.shapes
+    })
+    // The account: `ok`, `balance` (every create refused for an empty wallet) or `key` (every request refused).
+    app.post<{ Body: { state: SimAccount } }>('/_sim/account', async (request, reply) => {
+      const state = request.body?.state
+      if (state !== 'ok' && state !== 'balance' && state !== 'key') {
+        return await reply.code(400).send({ error: 'state must be ok, balance or key' })
+      }
+      this.account = state
+      return { account: this.account }
+    })
     type StatusRequest = { Params: { id: string }, Body: { status: SimStatus, message?: string } }
     app.post<StatusRequest>('/_sim/tasks/:id/status', async (request, reply) => {
       if (!this.tasks.has(request.params.id)) return reply.code(404).send({ error: 'no such task' })

@@ -25,6 +25,8 @@ import type { UpstreamAdapter } from './upstream/adapter.ts'
 import { newLifecycle, type Lifecycle } from './lifecycle.ts'
 import { ReplicaRegistry } from './store/replicas.ts'
 import { OrphanStore } from './store/orphans.ts'
+import { PauseStore } from './store/pause.ts'
+import { UpstreamPause } from './jobs/pause.ts'
 
 /** Everything the app needs from outside; whoever creates a client closes it (docs/DESIGN.md, "Rules of the house"). */
 export interface AppDeps {
@@ -57,6 +59,8 @@ export interface AppContext extends AppDeps {
   events: EventPipeline
   replicas: ReplicaRegistry
   orphans: OrphanStore
+  /** The submit queue's pause for account problems (key, balance), shared by every replica. */
+  pause: UpstreamPause
 }
 
 declare module 'fastify' {
@@ -88,8 +92,15 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids' | 'lifecycl
     )
   }
   const jobDeps = { config: base.config, logger: base.logger, clock: base.clock, connection: base.queueConnection }
-  const jobs = new SubmitJobs({ ...jobDeps, store, upstream: base.upstream })
-  const reconcile = new ReconcileJobs({ ...jobDeps, store, upstream: base.upstream, submit: jobs })
+  const pause = new UpstreamPause({
+    store: new PauseStore(base.redis, keys(base.config.prefix)),
+    upstream: base.upstream,
+    config: base.config,
+    logger: base.logger,
+    clock: base.clock
+  })
+  const jobs = new SubmitJobs({ ...jobDeps, store, upstream: base.upstream, pause })
+  const reconcile = new ReconcileJobs({ ...jobDeps, store, upstream: base.upstream, submit: jobs, pause })
   const hub = new EventHub()
   const webhooks = new WebhookStore(base.redis, keys(base.config.prefix), base.clock)
   const copies = new CopyJobs({ ...jobDeps, store, blobs: base.blobs })
@@ -120,7 +131,7 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids' | 'lifecycl
     clock: base.clock
   })
   const deps: AppContext = {
-    ...base, store, jobs, reconcile, hub, webhooks, deliveries, copies, events, replicas, orphans
+    ...base, store, jobs, reconcile, hub, webhooks, deliveries, copies, events, replicas, orphans, pause
   }
   const app = Fastify({
     loggerInstance: deps.logger as FastifyBaseLogger,

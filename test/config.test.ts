@@ -15,7 +15,8 @@ describe('loadConfig', () => {
       timeoutMs: 30_000,
       retryBaseMs: 1000,
       submitAttempts: 12,
-      unconfirmedGraceMs: 30_000
+      unconfirmedGraceMs: 30_000,
+      pauseCheckMs: 60_000
     })
     expect(c.allowedModels).toEqual(['kling-v1-6'])
     expect(c.reconcile).toEqual({ intervalMs: 30_000, afterMs: 60_000, deadlineMs: 3_600_000, batch: 1000, qps: 20 })

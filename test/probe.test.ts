@@ -129,9 +129,10 @@ describe('npm run probe', () => {
   })
 
   it('reports an answer that contradicts an assumption, as JSON, with the key scrubbed from the body', async () => {
-    // new-api's "no such task" ({code: "task_not_exist"} at the top level), echoing the key back.
+    // new-api's flat shape ({code: "<word>"} at the top level) with a code that is not "no such task", echoing the
+    // key back. (Its `task_not_exist` is read as "no such task" now.)
     const message = `no task for ${KEY}`
-    await inject({ on: 'query', kind: 'kling-error', status: 400, code: 'task_not_exist', message })
+    await inject({ on: 'query', kind: 'kling-error', status: 400, code: 'bad_request_body', message })
     const run = await probe([...FAST, '--only', 'not-found-id', '--json'])
     expect(run.code, run.stderr).toBe(1)
     const doc = JSON.parse(run.stdout) as { probe: { version: string }, results: Array<Record<string, unknown>> }
@@ -139,10 +140,10 @@ describe('npm run probe', () => {
     expect(doc.results[0]).toMatchObject({
       check: 'not-found-id',
       verdict: 'contradicted',
-      evidence: expect.stringContaining('new-api task error {code: "task_not_exist"}'),
+      evidence: expect.stringContaining('new-api task error {code: "bad_request_body"}'),
       reliesOn: expect.arrayContaining(['src/upstream/cometapi.ts CometApiAdapter.isNotFound'])
     })
-    expect(String(doc.results[0].evidence)).toMatch(/the adapter reads UPSTREAM_HTTP_400 \(final\)/)
+    expect(String(doc.results[0].evidence)).toMatch(/the adapter reads COMET_bad_request_body \(final\)/)
     expect(run.stdout).toContain('no task for [redacted]')
     expectNoSecrets(run, [KEY])
   })

@@ -238,15 +238,6 @@ describe('submit queue: failures', () => {
     expect(h.sim.counts.creates).toBe(1)
   })
 
-  it('fails on a 401 from CometAPI without retrying', async () => {
-    const h = await harness()
-    h.sim.inject({ on: 'create', kind: 'http-error', status: 401, message: 'invalid api key' })
-    const id = await createTask(h)
-    const task = await settled(h, id)
-    await expectFailed(h, id, task, 'UPSTREAM_HTTP_401', 'invalid api key')
-    expect(h.sim.counts.creates).toBe(1)
-  })
-
   it('fails with UPSTREAM_UNAVAILABLE when 503s outlast UPSTREAM_SUBMIT_ATTEMPTS, ' +
     'and nothing is upstream', async () => {
     const h = await harness({ UPSTREAM_SUBMIT_ATTEMPTS: '3' })

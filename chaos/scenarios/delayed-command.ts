@@ -4,7 +4,7 @@
  * the same Idempotency-Key. Two rows:
  * - `create-script`: the create Lua script (13 keys). The late run stores a task the caller was told failed; the
  *   retry must find it through the key's record (written by the same script), not make a second one.
- * - `transition-script`: a transition (10 keys): a late compare-and-set must change nothing a second time.
+ * - `transition-script`: a transition (12 keys): a late compare-and-set must change nothing a second time.
  * - `idem-read`: the read of the key's record on a retry (`HMGET`): a late read must not let a retry through twice.
  * (Before the create script wrote the key's record, a `SET … NX` reservation came first; holding it left the key
  * pending for 2 minutes. There is no such reservation any more.)
@@ -20,7 +20,7 @@ const HOLD_MS = 3000
 
 const variants = [
   { id: 'create-script', match: taskScript(13), short: true },
-  { id: 'transition-script', match: taskScript(10), short: false },
+  { id: 'transition-script', match: taskScript(12), short: false },
   { id: 'idem-read', match: idempotencyRead, short: false }
 ]
 

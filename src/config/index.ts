@@ -47,6 +47,8 @@ export const EnvSchema = Type.Object({
   UPSTREAM_RETRY_BASE_MS: Type.Integer({ minimum: 1, maximum: 600_000, default: 1000 }),
   UPSTREAM_SUBMIT_ATTEMPTS: Type.Integer({ minimum: 1, maximum: 100, default: 12 }),
   SUBMIT_UNCONFIRMED_GRACE_MS: Type.Integer({ minimum: 0, default: 30_000 }),
+  // While the submit queue is paused for an account problem, how often one replica checks whether it is over.
+  UPSTREAM_PAUSE_CHECK_MS: Type.Integer({ minimum: 10, maximum: 3_600_000, default: 60_000 }),
   RECONCILE_INTERVAL_MS: Type.Integer({ minimum: 10, default: 30_000 }),
   RECONCILE_AFTER_MS: Type.Integer({ minimum: 0, default: 60_000 }),
   TASK_DEADLINE_MS: Type.Integer({ minimum: 1000, default: 3_600_000 }),
@@ -128,6 +130,8 @@ export interface Config {
     retryBaseMs: number
     submitAttempts: number
     unconfirmedGraceMs: number
+    /** UPSTREAM_PAUSE_CHECK_MS (src/jobs/pause.ts). */
+    pauseCheckMs: number
   }
   publicBaseUrl?: string
   /** CALLBACK_ALLOW_INSECURE: PUBLIC_BASE_URL may be http or private with a real upstream (on-prem, tests). */
@@ -335,7 +339,8 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
       timeoutMs: value.UPSTREAM_TIMEOUT_MS,
       retryBaseMs: value.UPSTREAM_RETRY_BASE_MS,
       submitAttempts: value.UPSTREAM_SUBMIT_ATTEMPTS,
-      unconfirmedGraceMs: value.SUBMIT_UNCONFIRMED_GRACE_MS
+      unconfirmedGraceMs: value.SUBMIT_UNCONFIRMED_GRACE_MS,
+      pauseCheckMs: value.UPSTREAM_PAUSE_CHECK_MS
     },
     publicBaseUrl: value.PUBLIC_BASE_URL?.replace(/\/+$/, ''),
     callbackAllowInsecure: value.CALLBACK_ALLOW_INSECURE,

@@ -8,13 +8,15 @@ export const ERROR_CODES = [
   // Problem documents (the `code` of an error response).
   'INVALID_REQUEST', 'BAD_REQUEST', 'UNAUTHORIZED', 'NOT_FOUND', 'REFERENCE_TAKEN', 'NOT_CANCELABLE',
   'NOT_SUCCEEDED', 'CONTENT_NOT_READY', 'DELIVERY_PENDING', 'CONTENT_EXPIRED', 'RANGE_NOT_SATISFIABLE',
-  'IDEMPOTENCY_KEY_REUSED', 'TOO_MANY_CALLBACKS', 'INTERNAL', 'UNAVAILABLE',
+  'IDEMPOTENCY_KEY_REUSED', 'TOO_MANY_CALLBACKS', 'INTERNAL', 'UNAVAILABLE', 'NOT_HELD', 'UPSTREAM_TASK_UNKNOWN',
   // What Fastify or Node's HTTP parser refuse before a route runs (src/plugins/errors.ts maps their codes to these).
   'INVALID_JSON', 'UNSUPPORTED_MEDIA_TYPE', 'BODY_TOO_LARGE', 'URI_TOO_LONG', 'HEADERS_TOO_LARGE', 'REQUEST_TIMEOUT',
   // Content of a video whose upstream URL expired before it could be copied; also that video's `copy_error.code`.
   'UPSTREAM_URL_EXPIRED',
   // A task's `error.code` when the gateway, not upstream, ended it.
-  'NOT_ACCEPTED', 'UPSTREAM_FAILED', 'UPSTREAM_DEADLINE', 'UPSTREAM_UNAVAILABLE'
+  'NOT_ACCEPTED', 'UPSTREAM_FAILED', 'UPSTREAM_DEADLINE', 'UPSTREAM_UNAVAILABLE', 'FAILED_BY_OPERATOR',
+  // A held task's `attention.code` (src/jobs/hold.ts).
+  'CREATE_UNCONFIRMED', 'DEADLINE_UNCONFIRMED'
 ] as const
 export type ErrorCode = typeof ERROR_CODES[number]
 

@@ -10,7 +10,10 @@ const RANK: Record<TaskStatus, number> = {
 
 export const isTerminal = (s: TaskStatus): boolean => RANK[s] === 3
 
-/** Forward only; `canceled` only from `queued`; nothing leaves a terminal state. */
+/**
+ * Forward only; `canceled` only from `queued`; nothing leaves a terminal state. The one exception is upstream's
+ * own success after a deadline failure (`lateSuccess`, src/domain/upstream-state.ts): the result is paid for.
+ */
 export function canMove (from: TaskStatus, to: TaskStatus): boolean {
   if (to === 'canceled') return from === 'queued'
   return RANK[to] > RANK[from]
@@ -36,6 +39,12 @@ export interface ResultVideo {
   copy_error?: TaskError | null
 }
 export interface TaskError { code: string, message: string }
+
+/**
+ * Why a task is held for an operator: a create may have made a paid upstream task that the gateway cannot confirm,
+ * so it neither fails the task nor sends it again (docs/API.md, "The task object"). `since` in Unix ms.
+ */
+export interface TaskAttention { code: string, message: string, since: number }
 
 /** A task as stored: the public view plus what only the gateway needs. */
 export interface TaskRecord {
@@ -63,6 +72,8 @@ export interface TaskRecord {
   storedExpired: boolean
   /** Its create answered 503 to a caller without an Idempotency-Key: it must never go upstream. */
   withdrawn: boolean
+  /** Held for an operator, or null; any status change clears it. */
+  attention: TaskAttention | null
 }
 
 /** The task as callers see it (docs/API.md, "The task object"). */
@@ -78,6 +89,7 @@ export interface TaskView {
   upstream: UpstreamView | null
   result: { videos: ResultVideo[] } | null
   error: TaskError | null
+  attention: { code: string, message: string, since: string } | null
   sequence: number
 }
 
@@ -94,6 +106,7 @@ export function toView (t: TaskRecord): TaskView {
     upstream: t.upstream,
     result: t.result,
     error: t.error,
+    attention: t.attention === null ? null : { ...t.attention, since: new Date(t.attention.since).toISOString() },
     sequence: t.sequence
   }
 }

@@ -41,8 +41,19 @@ export function contentUrl (base: string, taskId: string, index: number): string
 }
 
 /**
- * The change that brings `task` to what upstream says, or null when that would not move it forward.
- * `base` is the gateway's public base URL, for result URLs.
+ * The one exception to "nothing leaves a terminal state": a task the gateway failed for its deadline
+ * (UPSTREAM_DEADLINE) that upstream then reports done. Upstream has made, and been paid for, the video: the task
+ * becomes `succeeded` with its result (its error cleared), and the result is copied as for any success. Only
+ * upstream's word moves it; a failure reported after the deadline changes nothing.
+ */
+export function lateSuccess (task: Pick<TaskRecord, 'status' | 'error'>, up: Pick<UpstreamSnapshot, 'status'>):
+boolean {
+  return task.status === 'failed' && task.error?.code === 'UPSTREAM_DEADLINE' && up.status === 'succeed'
+}
+
+/**
+ * The change that brings `task` to what upstream says, or null when that would not move it forward (or, after a
+ * deadline failure, to a success: `lateSuccess`). `base` is the gateway's public base URL, for result URLs.
  */
 export function changeFromUpstream (
   task: TaskRecord,
@@ -51,8 +62,10 @@ export function changeFromUpstream (
   base = ''
 ): StateChange | null {
   const to = fromKling(up.status)
-  if (!canMove(task.status, to)) return null
+  const late = lateSuccess(task, up)
+  if (!canMove(task.status, to) && !late) return null
   const change: StateChange = { to, upstream: { task_id: up.taskId, status: up.status, status_msg: up.statusMsg } }
+  if (late) change.error = null
   if (to === 'succeeded') {
     const retained = (up.updatedAt ?? now) + UPSTREAM_RETENTION_MS
     const videos: ResultVideo[] = up.videos.map((v, i) => ({

@@ -6,7 +6,14 @@
  *   queues a `check` for each, spread over the interval with random delays, under a queue-wide rate limit of
  *   RECONCILE_QPS: 10,000 open tasks become a steady trickle of queries, not a burst.
  * - A `check` asks CometAPI and applies what it says through the one forward-only transition. "Not found" and
- *   timeouts are "unknown", never "failed". A task past TASK_DEADLINE_MS fails with UPSTREAM_DEADLINE.
+ *   timeouts are "unknown", never "failed". A task past TASK_DEADLINE_MS fails with UPSTREAM_DEADLINE, with two
+ *   exceptions: a task whose create may be upstream but is unconfirmed (`submit_sent_at` set, no upstream id) is
+ *   held instead (src/jobs/hold.ts), and a queued task never sent waits while the account is paused.
+ * - A task failed for its deadline that upstream knows stays watched for another TASK_DEADLINE_MS: if upstream
+ *   then reports success, the task becomes `succeeded` and its result is kept (the one exception to forward-only,
+ *   `lateSuccess` in src/domain/upstream-state.ts).
+ * - Held tasks are looked up on every sweep, and adopted once upstream finds them.
+ * - The `pause-check` scheduler runs the account pause's periodic check (src/jobs/pause.ts).
  * - A terminal callback is only a hint: the callback route queues a `confirm` check, and the query's answer is
  *   what gets applied.
  * - A queued task whose submit job was lost (a crash between storing it and queueing it) is queued again.
@@ -21,11 +28,17 @@ import type { TaskStore } from '../store/tasks.ts'
 import { UpstreamError, type UpstreamTask } from '../upstream/client.ts'
 import type { UpstreamAdapter } from '../upstream/adapter.ts'
 import { applyUpstream } from './apply.ts'
+import { holdTask } from './hold.ts'
+import type { UpstreamPause } from './pause.ts'
 import type { SubmitJobs } from './submit.ts'
 
 export const RECONCILE_QUEUE = 'reconcile'
 
-interface CheckData { taskId?: string }
+interface CheckData {
+  taskId?: string
+  /** The upstream id a callback named, for a task whose own create never told us one (a look-up by it). */
+  upstreamTaskId?: string
+}
 
 export interface ReconcileDeps {
   config: Config
@@ -35,9 +48,11 @@ export interface ReconcileDeps {
   logger: Logger
   clock: () => number
   connection?: RedisClient
+  pause: UpstreamPause
 }
 
-export type CheckOutcome = 'gone' | 'terminal' | 'requeued' | 'applied' | 'unchanged' | 'unknown' | 'deadline'
+export type CheckOutcome =
+  | 'gone' | 'terminal' | 'requeued' | 'applied' | 'unchanged' | 'unknown' | 'deadline' | 'held' | 'paused'
 
 export class ReconcileJobs extends QueueJobs<CheckData> {
   constructor (private readonly deps: ReconcileDeps) {
@@ -48,15 +63,21 @@ export class ReconcileJobs extends QueueJobs<CheckData> {
     const { config } = this.deps
     await this.queue.upsertJobScheduler('sweep', { every: config.reconcile.intervalMs },
       { name: 'sweep', opts: { removeOnComplete: true, removeOnFail: 100 } })
+    await this.queue.upsertJobScheduler('pause-check', { every: config.upstream.pauseCheckMs },
+      { name: 'pause-check', opts: { removeOnComplete: true, removeOnFail: 100 } })
     this.startWorker(async job => await this.process(job), {
       concurrency: 4,
       limiter: { max: config.reconcile.qps, duration: 1000 }
     })
   }
 
-  /** Queues a check of one task; `confirm` ones (from callbacks) run at once, beside any scheduled check. */
-  async check (taskId: string, opts: { delayMs?: number, confirm?: boolean } = {}): Promise<void> {
-    await this.queue.add('check', { taskId }, {
+  /**
+   * Queues a check of one task; `confirm` ones (from callbacks) run at once, beside any scheduled check, and may
+   * carry the upstream id the callback named.
+   */
+  async check (taskId: string, opts: { delayMs?: number, confirm?: boolean, upstreamTaskId?: string } = {}):
+  Promise<void> {
+    await this.queue.add('check', { taskId, upstreamTaskId: opts.upstreamTaskId }, {
       jobId: `${opts.confirm === true ? 'confirm' : 'check'}-${taskId}`,
       delay: opts.delayMs ?? 0,
       attempts: 3,
@@ -68,7 +89,8 @@ export class ReconcileJobs extends QueueJobs<CheckData> {
 
   private async process (job: Job<CheckData>): Promise<string> {
     if (job.name === 'sweep') return `swept ${await this.sweep()}`
-    return await this.checkTask(job.data.taskId ?? '')
+    if (job.name === 'pause-check') return await this.deps.pause.check()
+    return await this.checkTask(job.data.taskId ?? '', job.data.upstreamTaskId)
   }
 
   /** Queues checks for the tasks that have been quiet too long; returns how many. */
@@ -84,47 +106,112 @@ export class ReconcileJobs extends QueueJobs<CheckData> {
     return ids.length
   }
 
-  /** Brings one task up to date with upstream. */
-  async checkTask (taskId: string): Promise<CheckOutcome> {
+  /**
+   * Brings one task up to date with upstream. `named`: the upstream id a callback gave for a task we know no
+   * upstream id of (its create's answer was lost, or its look-up by external id does not work): it is asked for by
+   * that id, and adopted only if upstream's answer does not name another external_task_id.
+   */
+  async checkTask (taskId: string, named?: string): Promise<CheckOutcome> {
     const { store, config, clock, submit } = this.deps
     const task = await store.get(taskId)
     if (task === null) return 'gone'
-    if (isTerminal(task.status)) return 'terminal'
     const now = clock()
+    if (isTerminal(task.status)) return await this.watchLate(task, now)
     const pastDeadline = now - task.createdAt > config.reconcile.deadlineMs
+    // A create may be on the wire or upstream, and nothing confirms it yet: a deadline must not fail it.
+    const unconfirmed = task.status === 'queued' && task.submitSentAt !== null && task.upstream === null
 
     if (task.status === 'queued' && task.submitSentAt === null) {
-      if (pastDeadline) return await this.deadline(task)
-      await submit.submit(task.id)
-      return 'requeued'
+      if (!pastDeadline) {
+        await submit.submit(task.id)
+        return 'requeued'
+      }
+      // Never sent, and not sendable while the account is paused: it waits for the account, not the clock.
+      if (await this.deps.pause.state() !== null) return 'paused'
+      return await this.deadline(task)
     }
 
     let up: UpstreamTask | null
     try {
       // Before our create answer arrived we only know the external id; both ids reach the same task upstream.
-      up = await this.deps.upstream.query(task.kind, task.upstream?.task_id ?? task.externalTaskId)
+      up = await this.deps.upstream.query(task.kind, task.upstream?.task_id ?? named ?? task.externalTaskId)
+      if (up !== null && up.externalTaskId !== null && up.externalTaskId !== task.externalTaskId) {
+        this.log.warn({ taskId, upstreamTaskId: up.taskId }, 'upstream task named for this one is another\'s')
+        up = null
+      }
     } catch (err) {
       if (!(err instanceof UpstreamError)) throw err
-      this.log.info({ taskId, code: err.code }, 'reconcile query failed: state unknown')
-      return pastDeadline ? await this.deadline(task) : 'unknown'
+      // An account problem is logged once, by the pause, not once per task.
+      if (err.account !== null) await this.deps.pause.trip(err)
+      else this.log.info({ taskId, code: err.code }, 'reconcile query failed: state unknown')
+      return await this.unknown(task, pastDeadline, unconfirmed, `the look-up failed: ${err.code}: ${err.message}`)
     }
     if (up === null) {
-      // Right after a create CometAPI may not know the task yet: "not found" is not "failed".
-      if (task.status === 'queued' && !pastDeadline) await submit.submit(task.id)
-      return pastDeadline ? await this.deadline(task) : 'unknown'
+      // Right after a create CometAPI may not know the task yet: "not found" is not "failed". A held task is not
+      // handed back to the submit job: only finding it, or an operator, ends a hold.
+      if (task.status === 'queued' && task.attention === null && !pastDeadline) await submit.submit(task.id)
+      return await this.unknown(task, pastDeadline, unconfirmed, 'upstream does not find it by its external_task_id')
     }
     const outcome = await applyUpstream(store, task.id, up, now, config.publicBaseUrl ?? '')
-    if (outcome.applied) return 'applied'
-    return pastDeadline ? await this.deadline(task) : 'unchanged'
+    if (outcome.applied) {
+      if (task.attention !== null) this.log.warn({ taskId, upstreamTaskId: up.taskId }, 'held task found upstream')
+      return 'applied'
+    }
+    return pastDeadline && !unconfirmed ? await this.deadline(task) : 'unchanged'
+  }
+
+  /** Nothing new from upstream: past the deadline a task fails, unless a create may be upstream (then held). */
+  private async unknown (task: TaskRecord, pastDeadline: boolean, unconfirmed: boolean, why: string):
+  Promise<CheckOutcome> {
+    if (task.attention !== null) return 'held'
+    if (!pastDeadline) return 'unknown'
+    if (!unconfirmed) return await this.deadline(task)
+    const { config, store, clock } = this.deps
+    return await holdTask(store, this.log, task.id, 'DEADLINE_UNCONFIRMED',
+      `not finished within ${config.reconcile.deadlineMs} ms while a create may be upstream; ${why}`, clock())
+  }
+
+  /**
+   * A task failed for its deadline stays watched (in the open set) while upstream may still finish it: a success is
+   * recorded with its result (`lateSuccess`); upstream's failure, or another TASK_DEADLINE_MS, ends the watch.
+   */
+  private async watchLate (task: TaskRecord, now: number): Promise<CheckOutcome> {
+    const { store, config, upstream } = this.deps
+    if (task.status !== 'failed' || task.error?.code !== 'UPSTREAM_DEADLINE' || task.upstream === null) {
+      return 'terminal'
+    }
+    let up: UpstreamTask | null = null
+    try {
+      up = await upstream.query(task.kind, task.upstream.task_id)
+    } catch (err) {
+      if (!(err instanceof UpstreamError)) throw err
+      await this.deps.pause.trip(err)
+    }
+    if (up?.status === 'succeed') {
+      const outcome = await applyUpstream(store, task.id, up, now, config.publicBaseUrl ?? '')
+      if (outcome.applied) {
+        this.log.warn({ taskId: task.id, upstreamTaskId: up.taskId },
+          'upstream finished a task after its deadline: it is succeeded, and its result is kept')
+        return 'applied'
+      }
+    }
+    if (up?.status === 'failed' || now - task.updatedAt > config.reconcile.deadlineMs) {
+      // Off the work list: the transition without `watch` takes a terminal task out of the open set.
+      await store.transition(task.id, t => t.status === 'failed' ? { to: 'failed' } : null, { event: false })
+    }
+    return 'terminal'
   }
 
   private async deadline (task: TaskRecord): Promise<CheckOutcome> {
     const { store, config } = this.deps
-    const outcome = await store.transition(task.id, t => isTerminal(t.status)
+    const outcome = await store.transition(task.id, t => isTerminal(t.status) ||
+      (t.status === 'queued' && t.submitSentAt !== null && t.upstream === null)
       ? null
       : {
           to: 'failed',
-          error: { code: 'UPSTREAM_DEADLINE', message: `not finished within ${config.reconcile.deadlineMs} ms` }
+          error: { code: 'UPSTREAM_DEADLINE', message: `not finished within ${config.reconcile.deadlineMs} ms` },
+          // Upstream has it: keep asking, so a late success is still recorded.
+          watch: t.upstream !== null
         })
     if (outcome.applied) {
       await store.dropParked(task.id)

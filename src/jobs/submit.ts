@@ -10,19 +10,28 @@
  *   *ended* (a create that timed out re-stamps `submit_sent_at`), and even then the same external_task_id makes a
  *   second paid task impossible upstream (Kling refuses a duplicate). Asking again within the grace costs no attempt.
  * - Only the create's own failure may clear `submit_sent_at`: a failed query says nothing about an earlier create.
- * - Out of attempts while upstream may hold the task, the job looks once more after the grace: it adopts the task
- *   or fails ours with UPSTREAM_UNAVAILABLE. It never leaves a task `queued` with no job behind it.
+ * - A create whose outcome is unknown is never failed on the spot, even when upstream's answer is final (an
+ *   unreadable 2xx): it is looked up first. When the look-up cannot answer (unsupported, or failing to the last
+ *   attempt) past the grace, or upstream refuses a second create as a duplicate of one it cannot find, the task is
+ *   *held* (src/jobs/hold.ts): neither failed nor sent again, for reconciliation and an operator.
+ * - Out of attempts while upstream may hold the task, the job looks once more after the grace: it adopts the task,
+ *   fails ours with UPSTREAM_UNAVAILABLE when upstream says it has none, or holds it. It never leaves a task
+ *   `queued` with no job and no hold behind it.
+ * - A refusal about the whole account (key, balance) fails nothing: the queue pauses (src/jobs/pause.ts) and the
+ *   job waits with it, without spending an attempt.
  * - The mark is made durable (the deployment's rule: WAIT for replicas, or the node's fsync) before the create is
  *   sent, so no failover or host crash can roll it back behind a paid upstream task.
  * - Base64 images never enter job data: the job carries the task id; images are read from the parked blobs.
  */
-import { DelayedError, type Job } from 'bullmq'
+import { DelayedError, Worker, type Job } from 'bullmq'
 import type { Logger } from 'pino'
 import { QueueJobs } from './base.ts'
 import { callbackBaseUrl, type Config } from '../config/index.ts'
 import { callbackToken } from '../domain/callback-token.ts'
 import { upstreamBody } from '../domain/create.ts'
 import { applyUpstream } from './apply.ts'
+import { holdTask } from './hold.ts'
+import type { UpstreamPause } from './pause.ts'
 import { cancelWithdrawn } from '../services/create.ts'
 import type { TaskRecord } from '../domain/task.ts'
 import type { RedisClient } from '../infra/redis.ts'
@@ -32,11 +41,28 @@ import type { UpstreamAdapter } from '../upstream/adapter.ts'
 
 export const SUBMIT_QUEUE = 'submit'
 
+/** Kling's (and a relay's) refusal of a create whose external_task_id it already has. */
+const DUPLICATE_EXTERNAL_ID = /external[_ ]?task[_ ]?id.{0,40}\b(already|exists?|duplicat|used)/i
+
+const reasonOf = (why: { code?: string, reason?: string, message?: string }): string =>
+  why.reason ?? `${why.code ?? ''}: ${why.message ?? ''}`
+
 interface SubmitData {
   taskId: string
   /** Set when the last attempt failed while upstream may hold the task: the next run only looks, then decides. */
   finalLook?: { reason: string }
+  /**
+   * Set when upstream answered a create in a way that is final but may have made the task (an unreadable 2xx):
+   * the next runs look it up, and fail the task with this only once upstream says it has none.
+   */
+  unconfirmed?: { code: string, message: string }
 }
+
+/** What asking upstream for an earlier create by its external_task_id gave. */
+type LookUp =
+  | { kind: 'found', task: UpstreamTask }
+  | { kind: 'missing' }
+  | { kind: 'failed', error: UpstreamError }
 
 export interface SubmitDeps {
   config: Config
@@ -46,6 +72,7 @@ export interface SubmitDeps {
   clock: () => number
   /** A connection BullMQ may block on (maxRetriesPerRequest: null); none = no queue (OpenAPI generation). */
   connection?: RedisClient
+  pause: UpstreamPause
 }
 
 /** Exponential backoff with full jitter between half and all of the step, or what upstream asked for. */
@@ -70,6 +97,9 @@ export class SubmitJobs extends QueueJobs<SubmitData> {
     await this.queue.setGlobalConcurrency(config.upstream.concurrency)
     this.startWorker(async (job, token) => await this.process(job, token), {
       concurrency: config.upstream.concurrency,
+      // Never reached: a limiter is what makes BullMQ honour the queue-wide rate limit set by rateLimit(), which
+      // holds every replica's worker for a 429's Retry-After and while the account is paused.
+      limiter: { max: 1_000_000, duration: 1000 },
       settings: {
         backoffStrategy: (attemptsMade, _type, err) => backoffDelay(attemptsMade, config.upstream.retryBaseMs, err)
       }
@@ -88,41 +118,62 @@ export class SubmitJobs extends QueueJobs<SubmitData> {
   }
 
   private async process (job: Job<SubmitData>, token?: string): Promise<string> {
-    const { store, upstream, config, clock } = this.deps
+    const { store, upstream, config, clock, pause } = this.deps
     const task = await store.get(job.data.taskId)
     if (task === null || task.status !== 'queued') return 'not-queued'
     if (task.withdrawn && task.submitSentAt === null) {
       return await cancelWithdrawn(store, task.id) ? 'withdrawn' : 'not-queued'
     }
+    // Held for an operator: reconciliation keeps looking it up, and sending it again could pay twice.
+    if (task.attention !== null) return 'held'
     const attempt = job.attemptsMade + 1
     const lastAttempt = attempt >= (job.opts.attempts ?? 1)
-    let sending = false
 
-    try {
-      if (task.submitSentAt !== null) {
-        // An earlier attempt may have created it: ask before sending anything.
-        const found = await upstream.query(task.kind, task.externalTaskId)
-        if (found !== null) return await this.adopt(task, found)
-        const graceLeft = task.submitSentAt + config.upstream.unconfirmedGraceMs - clock()
-        if (graceLeft > 0) {
-          // Right after a create upstream may not know the task yet: ask again soon, without spending an attempt.
-          const wait = Math.min(graceLeft, backoffDelay(attempt, config.upstream.retryBaseMs))
-          return await this.askAgain(job, token, wait)
-        }
-        if (job.data.finalLook !== undefined) {
-          return await this.fail(
-            task,
-            'UPSTREAM_UNAVAILABLE',
-            `gave up after ${attempt} attempts; upstream has no task for this request: ${job.data.finalLook.reason}`
-          )
-        }
-        this.log.info({ taskId: task.id }, 'upstream still has no task for this external id: sending again')
+    let resending = false
+    if (task.submitSentAt !== null) {
+      // An earlier attempt may have created it: ask before sending anything.
+      const looked = await this.lookUp(task)
+      if (looked.kind === 'found') return await this.adopt(task, looked.task)
+      if (looked.kind === 'failed' && looked.error.account !== null) return await this.keepOut()
+      const graceLeft = task.submitSentAt + config.upstream.unconfirmedGraceMs - clock()
+      if (graceLeft > 0) {
+        // Right after a create upstream may not know the task yet: ask again soon, without spending an attempt.
+        const wait = Math.min(graceLeft, backoffDelay(attempt, config.upstream.retryBaseMs))
+        return await this.askAgain(job, token, wait)
       }
+      if (looked.kind === 'failed') {
+        const { error } = looked
+        // A look-up that failed for a passing reason is tried again with backoff, to the last attempt.
+        if (error.retryable && !lastAttempt) throw error
+        const earlier = job.data.unconfirmed ?? job.data.finalLook
+        return await holdTask(store, this.log, task.id, 'CREATE_UNCONFIRMED',
+          `a create may have reached upstream${earlier === undefined ? '' : ` (${reasonOf(earlier)})`}, and the ` +
+          `look-up by external_task_id could not confirm it: ${error.code}: ${error.message}`, clock())
+      }
+      // Upstream has no task for this external id well after the create ended: the create never made one.
+      if (job.data.unconfirmed !== undefined) {
+        return await this.fail(task, job.data.unconfirmed.code, job.data.unconfirmed.message)
+      }
+      if (job.data.finalLook !== undefined) {
+        return await this.fail(
+          task,
+          'UPSTREAM_UNAVAILABLE',
+          `gave up after ${attempt} attempts; upstream has no task for this request: ${job.data.finalLook.reason}`
+        )
+      }
+      this.log.info({ taskId: task.id }, 'upstream still has no task for this external id: sending again')
+      resending = true
+    }
 
+    const gate = await pause.gate()
+    if (gate === 'closed') return await this.keepOut()
+    let sentAt: number | null = null
+    try {
       // Guarded by `withdrawn`: a create that answered 503 without a key marks its task, and then it never goes.
+      // A task held meanwhile (reconciliation's deadline) is not sent either.
       const claimed = await store.transition(
         task.id,
-        t => t.status === 'queued' ? { to: 'queued', submitSentAt: clock() } : null,
+        t => t.status === 'queued' && t.attention === null ? { to: 'queued', submitSentAt: clock() } : null,
         { event: false, requireEmpty: 'withdrawn' }
       )
       if (!claimed.applied) return 'not-queued'
@@ -141,51 +192,99 @@ export class SubmitJobs extends QueueJobs<SubmitData> {
         callback_url: this.callbackUrl(task.id),
         external_task_id: task.externalTaskId
       })
-      sending = true
+      sentAt = clock()
       const created = await upstream.create(task.kind, body)
-      return await this.adopt(task, created)
+      const adopted = await this.adopt(task, created)
+      // The account works: a pause that began before this create was sent is over. Best effort: the next success or
+      // check ends it otherwise.
+      await pause.resume(gate === 'trial' ? 'a trial create was accepted' : 'a create was accepted', sentAt)
+        .catch((err: Error) => { this.log.warn({ err: err.message }, 'could not end the account pause') })
+      return adopted
+    } catch (err) {
+      if (!(err instanceof UpstreamError) || sentAt === null) throw err
+      return await this.createFailed(job, token, task, err, { attempt, lastAttempt, resending, sentAt, gate })
+    }
+  }
+
+  /** Asks upstream for an earlier create of `task` by its external_task_id; a failure is returned, not thrown. */
+  private async lookUp (task: TaskRecord): Promise<LookUp> {
+    try {
+      const found = await this.deps.upstream.query(task.kind, task.externalTaskId)
+      return found === null ? { kind: 'missing' } : { kind: 'found', task: found }
     } catch (err) {
       if (!(err instanceof UpstreamError)) throw err
-      // Whether upstream may hold the task is for the create to say; a failed query leaves it as it was.
-      const maybeUpstream = sending ? err.maybeCreated : task.submitSentAt !== null
-      if (sending) {
-        // Certainly nothing upstream: the next attempt may send without asking first. Maybe something: the grace
-        // runs from now, when the call ended, not from when it was sent (a timeout can outlast the whole grace).
-        await store.transition(
-          task.id,
-          t => t.status === 'queued' && t.submitSentAt !== null
-            ? { to: 'queued', submitSentAt: err.maybeCreated ? clock() : null }
-            : null,
-          { event: false }
-        )
-      }
-      if (!err.retryable) return await this.fail(task, err.code, err.message)
-      if (lastAttempt && !maybeUpstream) {
-        return await this.fail(task, 'UPSTREAM_UNAVAILABLE', `gave up after ${attempt} attempts: ${err.message}`)
-      }
-      if (lastAttempt) {
-        // Out of attempts, but upstream may have the task: look again (after the grace), then adopt it or fail ours.
-        const reason = sending ? err.message : (job.data.finalLook?.reason ?? err.message)
-        await job.updateData({ ...job.data, finalLook: { reason } })
-        this.log.warn(
-          { taskId: task.id, code: err.code, attempt },
-          'last submit attempt failed; asking upstream once more'
-        )
-        return await this.askAgain(job, token, backoffDelay(attempt, config.upstream.retryBaseMs, err))
-      }
-      this.log.warn(
-        { taskId: task.id, code: err.code, attempt, retryAfterMs: err.retryAfterMs },
-        'submit attempt failed; will retry'
-      )
-      if (err.httpStatus === 429 || err.code === 'KLING_1302' || err.code === 'KLING_1303') {
-        // The whole account is limited: hold the queue for every replica, and put this job back for exactly as
-        // long as upstream asked, without burning one of its attempts.
-        const wait = err.retryAfterMs ?? backoffDelay(attempt, config.upstream.retryBaseMs)
-        await this.worker?.rateLimit(wait)
-        return await this.askAgain(job, token, wait)
-      }
-      throw err
+      // An account problem is logged once, by the pause, not once per task.
+      if (err.account !== null) await this.deps.pause.trip(err)
+      else this.log.info({ taskId: task.id, code: err.code }, 'looking up an earlier create failed')
+      return { kind: 'failed', error: err }
     }
+  }
+
+  /** What a create that upstream did not accept leads to: a retry, a look-up, a pause, a hold or a failure. */
+  private async createFailed (job: Job<SubmitData>, token: string | undefined, task: TaskRecord, err: UpstreamError,
+    at: { attempt: number, lastAttempt: boolean, resending: boolean, sentAt: number, gate: string }):
+    Promise<string> {
+    const { store, config, clock, pause } = this.deps
+    const { attempt, lastAttempt } = at
+    // Upstream refusing a second create for its external_task_id has the first one, though it cannot find it.
+    const duplicate = at.resending && DUPLICATE_EXTERNAL_ID.test(err.message)
+    // Certainly nothing upstream: the next attempt may send without asking first. Maybe something: the grace runs
+    // from now, when the call ended, not from when it was sent (a timeout can outlast the whole grace).
+    await store.transition(
+      task.id,
+      t => t.status === 'queued' && t.submitSentAt !== null
+        ? { to: 'queued', submitSentAt: err.maybeCreated || duplicate ? clock() : null }
+        : null,
+      { event: false }
+    )
+    if (duplicate) {
+      return await holdTask(store, this.log, task.id, 'CREATE_UNCONFIRMED', 'upstream refused a second create ' +
+        `because its external_task_id exists, but does not find the task by it: ${err.code}: ${err.message}`, clock())
+    }
+    if (err.account !== null) {
+      // About every task, not this one: pause the queue for all replicas; this task waits with the others.
+      await pause.trip(err)
+      return await this.keepOut()
+    }
+    // A trial that upstream judged on the task's own merits got past the account: the pause is over.
+    if (at.gate === 'trial' && !err.retryable) await pause.resume('a trial create was answered', at.sentAt)
+    if (!err.retryable && err.maybeCreated) {
+      // Final, yet upstream may have made it: sending it again would not tell, looking it up will.
+      await job.updateData({ ...job.data, unconfirmed: { code: err.code, message: err.message } })
+      this.log.warn({ taskId: task.id, code: err.code }, 'create outcome unknown; looking it up before anything else')
+      return await this.askAgain(job, token, backoffDelay(attempt, config.upstream.retryBaseMs))
+    }
+    if (!err.retryable) return await this.fail(task, err.code, err.message)
+    if (lastAttempt && !err.maybeCreated) {
+      return await this.fail(task, 'UPSTREAM_UNAVAILABLE', `gave up after ${attempt} attempts: ${err.message}`)
+    }
+    if (lastAttempt) {
+      // Out of attempts, but upstream may have the task: look again (after the grace), then adopt it or fail ours.
+      await job.updateData({ ...job.data, finalLook: { reason: err.message } })
+      this.log.warn(
+        { taskId: task.id, code: err.code, attempt },
+        'last submit attempt failed; asking upstream once more'
+      )
+      return await this.askAgain(job, token, backoffDelay(attempt, config.upstream.retryBaseMs, err))
+    }
+    this.log.warn(
+      { taskId: task.id, code: err.code, attempt, retryAfterMs: err.retryAfterMs },
+      'submit attempt failed; will retry'
+    )
+    if (err.httpStatus === 429 || err.code === 'KLING_1302' || err.code === 'KLING_1303') {
+      // The whole account is limited: hold the queue for every replica, and put this job back for exactly as
+      // long as upstream asked, without burning one of its attempts.
+      const wait = err.retryAfterMs ?? backoffDelay(attempt, config.upstream.retryBaseMs)
+      await this.queue.rateLimit(wait)
+      return await this.askAgain(job, token, wait)
+    }
+    throw err
+  }
+
+  /** Puts the job back while the account is paused: the whole queue waits, and no attempt is spent. */
+  private async keepOut (): Promise<never> {
+    await this.queue.rateLimit(this.deps.pause.waitMs)
+    throw Worker.RateLimitError()
   }
 
   /** Runs the job again in `ms` without counting an attempt. */

@@ -2,7 +2,7 @@ import fp from 'fastify-plugin'
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import type { FastifyInstance } from 'fastify'
 import { TASK_STATUSES } from '../domain/task.ts'
-import type { KlingStatus } from '../upstream/client.ts'
+import { ACCOUNT_PROBLEMS, type KlingStatus } from '../upstream/client.ts'
 import { internal, unavailable } from '../schemas/common.ts'
 
 const KLING_STATUSES: KlingStatus[] = ['submitted', 'processing', 'succeed', 'failed']
@@ -25,7 +25,7 @@ declare module 'fastify' {
 export default fp(async function metrics (app: FastifyInstance) {
   const registry = new Registry()
   collectDefaultMetrics({ register: registry })
-  const { store, hub, queueConnection } = app.deps
+  const { store, hub, queueConnection, pause } = app.deps
 
   const requests = new Counter({
     name: 'kg_http_requests_total',
@@ -78,6 +78,22 @@ export default fp(async function metrics (app: FastifyInstance) {
     async collect () { this.set(await store.parkedBytes()) }
   })
   new Gauge({ // eslint-disable-line no-new
+    name: 'kg_tasks_needing_attention',
+    help: 'Tasks held for an operator: a create may have made a paid upstream task that cannot be confirmed',
+    registers: [registry],
+    async collect () { this.set(await store.countNeedingAttention()) }
+  })
+  new Gauge({ // eslint-disable-line no-new
+    name: 'kg_upstream_paused',
+    help: 'Whether the submit queue is paused for an upstream account problem, by reason (1 for the current one)',
+    labelNames: ['reason'],
+    registers: [registry],
+    async collect () {
+      const state = await pause.state()
+      for (const reason of ACCOUNT_PROBLEMS) this.set({ reason }, state?.reason === reason ? 1 : 0)
+    }
+  })
+  new Gauge({ // eslint-disable-line no-new
     name: 'kg_sse_streams',
     help: 'Open SSE streams on this replica',
     registers: [registry],
@@ -101,8 +117,9 @@ export default fp(async function metrics (app: FastifyInstance) {
       tags: ['health'],
       operationId: 'metrics',
       summary: 'Prometheus metrics',
-      description: 'Request counts and latencies, tasks by status, parked bytes, queue depths, SSE streams and ' +
-        'orphaned callbacks, in the Prometheus text format. No API key: expose it to the scraper only.',
+      description: 'Request counts and latencies, tasks by status, tasks held for an operator, parked bytes, ' +
+        'queue depths, the account pause, SSE streams and orphaned callbacks, in the Prometheus text format. No API ' +
+        'key: expose it to the scraper only.',
       response: {
         200: {
           description: 'Prometheus text format',

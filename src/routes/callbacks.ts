@@ -5,6 +5,8 @@ import { GatewayError, InvalidRequest, NotFound } from '../domain/errors.ts'
 import { changeFromUpstream } from '../domain/upstream-state.ts'
 import { bodyProblems, internal, json, problem, unavailable } from '../schemas/common.ts'
 import { parseTask } from '../upstream/client.ts'
+import { parseJsonKeepingIds } from '../upstream/schemas.ts'
+import { parseJsonBody } from '../plugins/bounds.ts'
 
 export const CALLBACK_BODY_LIMIT = 64 * 1024
 /** More callbacks than this for one task in one minute is not CometAPI behaving normally. */
@@ -25,6 +27,18 @@ const CallbackAnswerSchema = Type.Object({
  */
 const callbacks: FastifyPluginAsyncTypebox = async (app) => {
   const { store, reconcile, config, clock, orphans } = app.deps
+
+  // Kling's ids are 18-19 digits, past what a JSON number holds exactly: an upstream that sends them bare
+  // (`"task_id": 861…`) must not have them rounded into another task's id. Only this plugin's routes parse so;
+  // the bounds on every body (src/plugins/bounds.ts) still apply.
+  app.removeContentTypeParser('application/json')
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_request, body, done) => {
+    try {
+      done(null, parseJsonBody(body as string, parseJsonKeepingIds))
+    } catch (err) {
+      done(err as Error, undefined)
+    }
+  })
 
   const limitRate = async (taskId: string) => {
     if (await store.countCallback(taskId) > MAX_CALLBACKS_PER_MINUTE) {
@@ -98,20 +112,25 @@ const callbacks: FastifyPluginAsyncTypebox = async (app) => {
         'callback for a task that no longer exists: recorded as an orphan (GET /v1/orphans)')
       return await reply.code(202).send({ outcome: 'orphaned', status: up.status })
     }
-    const mismatch = (task.upstream !== null && up.taskId !== task.upstream.task_id) ||
-      (up.externalTaskId !== null && up.externalTaskId !== task.externalTaskId)
-    if (mismatch) {
-      const pointer = up.externalTaskId !== null && up.externalTaskId !== task.externalTaskId
-        ? '/task_info/external_task_id'
-        : '/task_id'
-      throw new InvalidRequest([{ pointer, detail: 'does not belong to this task', location: 'body' }])
+    if (up.externalTaskId !== null && up.externalTaskId !== task.externalTaskId) {
+      throw new InvalidRequest([{
+        pointer: '/task_info/external_task_id', detail: 'does not belong to this task', location: 'body'
+      }])
+    }
+    // Another upstream id than the create answered with: a relay that answers creates with its own id (new-api's
+    // `task_…`) passes Kling's callbacks on with Kling's. Our external_task_id in it says it is this task's; without
+    // it, it is not taken.
+    const otherId = task.upstream !== null && up.taskId !== task.upstream.task_id
+    if (otherId && up.externalTaskId === null) {
+      throw new InvalidRequest([{ pointer: '/task_id', detail: 'does not belong to this task', location: 'body' }])
     }
 
     await limitRate(task.id)
 
-    // Terminal states, and any state before we know the upstream id, are confirmed with CometAPI first.
-    if (up.status === 'succeed' || up.status === 'failed' || task.upstream === null) {
-      await reconcile.check(task.id, { confirm: true })
+    // Terminal states, any state before we know the upstream id, and any under another id are confirmed with
+    // CometAPI first, by the id we know (or, knowing none, the one the callback names).
+    if (up.status === 'succeed' || up.status === 'failed' || task.upstream === null || otherId) {
+      await reconcile.check(task.id, { confirm: true, upstreamTaskId: task.upstream === null ? up.taskId : undefined })
       return await reply.code(202).send({ outcome: 'confirming', status: task.status })
     }
     const outcome = await store.transition(task.id, t => changeFromUpstream(t, { ...up }, clock()), { current: task })

@@ -103,7 +103,8 @@ const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, o
       if (done || e.sequence <= last) return
       raw.write(`id: ${e.id}\nevent: ${e.type}\ndata: ${JSON.stringify(e)}\n\n`)
       last = e.sequence
-      if (isLastEvent(e)) finish()
+      // A "last" event the log has gone past (a deadline failure that upstream's success followed) is not the end.
+      if (isLastEvent(e) && e.sequence >= task.sequence) finish()
     }
     // Reads what was missed from the task's event list; every write goes through one chain, in order.
     const catchUp = () => {

@@ -1,13 +1,25 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import { internal, json } from '../schemas/common.ts'
+import { ACCOUNT_PROBLEMS } from '../upstream/client.ts'
 
 const HealthSchema = Type.Object({
   status: Type.Union([
     Type.Literal('ok'), Type.Literal('unavailable'), Type.Literal('draining'), Type.Literal('misconfigured')
   ]),
   redis: Type.Optional(Type.String()),
-  reason: Type.Optional(Type.String({ description: 'why a running replica must not take traffic (misconfigured)' }))
+  reason: Type.Optional(Type.String({ description: 'why a running replica must not take traffic (misconfigured)' })),
+  upstream: Type.Optional(Type.Object({
+    status: Type.Literal('paused'),
+    reason: Type.Union(ACCOUNT_PROBLEMS.map(r => Type.Literal(r)), {
+      description: '`key` (refused or revoked), `balance` (no money or quota), `account` (Kling 1100-1102)'
+    }),
+    code: Type.String({ description: 'upstream\'s error code that paused it, e.g. `COMET_insufficient_user_quota`' }),
+    since: Type.String({ format: 'date-time' })
+  }, {
+    description: 'present while the submit queue is paused for an upstream account problem (on every replica): ' +
+      'reads, creates and callbacks are still served, queued tasks wait; it resumes by itself'
+  }))
 })
 
 /**
@@ -35,7 +47,8 @@ const health: FastifyPluginAsyncTypebox = async (app) => {
       summary: 'Readiness',
       description: 'Whether this replica should take traffic: 200 once Redis answers a PING within 1.5 s. 503 (a ' +
         'health body, not a problem: probes read `status`) while draining after SIGTERM, while misconfigured ' +
-        'against its peers, or while Redis is unreachable. No API key.',
+        'against its peers, or while Redis is unreachable. While upstream refuses the account (a revoked key, no ' +
+        'balance) it stays 200, since everything but sending is served, and says why in `upstream`. No API key.',
       response: {
         200: json('ready', HealthSchema, { status: 'ok', redis: 'ok' }),
         503: {
@@ -57,8 +70,14 @@ const health: FastifyPluginAsyncTypebox = async (app) => {
       timer = setTimeout(() => reject(new Error('timeout')), 1500)
     })
     try {
-      await Promise.race([app.deps.redis.ping(), deadline])
-      return { status: 'ok' as const, redis: 'ok' }
+      const [, paused] = await Promise.race([Promise.all([app.deps.redis.ping(), app.deps.pause.state()]), deadline])
+      if (paused === null) return { status: 'ok' as const, redis: 'ok' }
+      const { reason, code, since } = paused
+      return {
+        status: 'ok' as const,
+        redis: 'ok',
+        upstream: { status: 'paused' as const, reason, code, since: new Date(since).toISOString() }
+      }
     } catch {
       return await reply.code(503).header('retry-after', '1')
         .send({ status: 'unavailable', redis: 'unreachable' })

@@ -15,6 +15,7 @@ import {
 import { canSee, type Caller } from '../plugins/auth.ts'
 import { checkWebhookTarget, UnsafeTarget } from '../notify/ssrf.ts'
 import { fieldErrorsOf, LOCATIONS } from '../plugins/errors.ts'
+import resolve from './resolve.ts'
 
 const TaskRef = Type.Ref('Task')
 const invalid = (what: string) => invalidField(`invalid ${what}, or a body that is not JSON: every bad field is listed`,
@@ -63,6 +64,7 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
   }
   app.addSchema(TaskSchema)
   app.addHook('onRequest', app.authenticate)
+  await app.register(resolve)
 
   // Bodies past LARGE_BODY_BYTES in flight at once on this replica: each can cost ~2× its size in memory while
   // parsed and decoded, so their number is capped before a byte of them is read.
@@ -193,7 +195,8 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
       summary: 'List tasks, newest first',
       description: 'The caller\'s tasks (an admin key: every caller\'s), newest first, `limit` a page; pass ' +
         '`next_cursor` as `cursor` for the next page (null at the end). `reference` looks up the one task with that ' +
-        'reference (for an admin key: none, as references are per caller).',
+        'reference (for an admin key: none, as references are per caller). `attention=true` lists only tasks held ' +
+        'for an operator (an admin key: every caller\'s).',
       security: [{ bearer: [] }],
       querystring: ListQuerySchema,
       response: {
@@ -206,14 +209,18 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
     }
   }, async (request) => {
     const caller = request.caller as Caller
-    const { status, reference, limit, cursor } = request.query
+    const { status, reference, limit, cursor, attention } = request.query
+    if (attention === true && (status !== undefined || reference !== undefined)) {
+      const detail = 'cannot be combined with status or reference (held tasks are all queued)'
+      throw new InvalidRequest([{ pointer: '/attention', detail, location: 'query' }])
+    }
     if (reference !== undefined) {
       // A reference is unique per caller, so this is a lookup, not a scan.
       const task = caller.admin ? null : await store.byReference(caller.name, reference)
       const found = task !== null && (status === undefined || task.status === status) ? [toView(task)] : []
       return { data: found, next_cursor: null }
     }
-    const page = await store.list({ caller: caller.admin ? null : caller.name, status, limit, cursor })
+    const page = await store.list({ caller: caller.admin ? null : caller.name, status, attention, limit, cursor })
     return { data: page.tasks.map(toView), next_cursor: page.nextCursor }
   })
 

@@ -37,6 +37,7 @@ export const TASK_EXAMPLE: TaskView = {
   upstream: null,
   result: null,
   error: null,
+  attention: null,
   sequence: 1
 }
 

@@ -205,6 +205,14 @@ export const TaskSchema = Type.Object({
     }))
   }), Type.Null()]),
   error: Type.Union([Type.Object({ code: Type.String(), message: Type.String() }), Type.Null()]),
+  attention: Type.Union([Type.Object({
+    code: Type.String({ description: '`CREATE_UNCONFIRMED` or `DEADLINE_UNCONFIRMED`' }),
+    message: Type.String(),
+    since: Type.String({ format: 'date-time' })
+  }), Type.Null()], {
+    description: 'held for an operator: a create may have made a paid upstream task the gateway cannot confirm, so ' +
+      'it is neither failed nor sent again (`POST /v1/videos/{id}/resolve`); null otherwise'
+  }),
   sequence: Type.Integer({ description: 'number of the last event' })
 }, { $id: 'Task' })
 
@@ -214,6 +222,9 @@ export const TaskParamsSchema = Type.Object({
 
 export const ListQuerySchema = Type.Object({
   status: Type.Optional(Type.Union(TASK_STATUSES.map(s => Type.Literal(s)))),
+  attention: Type.Optional(Type.Boolean({
+    description: '`true`: only tasks held for an operator (`attention` set); not with `status` or `reference`'
+  })),
   reference: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
   limit: Type.Integer({ minimum: 1, maximum: 100, default: 20 }),
   cursor: Type.Optional(Type.String({ maxLength: 100, pattern: '^\\d+:[A-Za-z0-9-]+$' }))

@@ -51,6 +51,10 @@ export function keys (prefix: string) {
     deliveries: (scope: string, status: 'all' | 'failed' = 'all') => `${p}dlvidx:${scope}:${status}`,
     /** The secret that signs deliveries to a caller's tasks' own webhook_url. */
     callerSecret: (caller: string) => `${p}whsec:${caller}`,
+    /** Why the submit queue is paused for the whole upstream account (hash), absent while it runs. */
+    pause: `${p}upstream:pause`,
+    /** While paused: a trial one submit job may take (the half-open check of a balance or account problem). */
+    pauseTrial: `${p}upstream:pause:trial`,
     /** BullMQ prefix: queues live under the same hash tag. */
     bullPrefix: `{${prefix}}`
   }

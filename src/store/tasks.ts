@@ -12,15 +12,17 @@ import { EventStream } from './event-stream.ts'
 
 type RedisClient = Redis | Cluster
 const STREAM_MAXLEN = '100000'
+/** The pseudo-status of the indexes of held tasks (`idx:<caller|*>:attention`), beside the real statuses'. */
+const ATTENTION = 'attention'
 export const IDEMPOTENCY_TTL_MS = 24 * 3600_000
 /** Parked images that no stored task took over within this long are freed by the sweep. */
 export const PARKED_UNCLAIMED_MS = 10 * 60_000
 // As BullMQ packs its script arguments: one MessagePack map, read in Lua with cmsgpack.unpack.
 const packr = new Packr({ useRecords: false, encodeUndefinedAsNil: true })
-const pack = (args: Record<string, unknown>): Buffer => packr.pack(args)
+export const pack = (args: Record<string, unknown>): Buffer => packr.pack(args)
 
 /** A script and the number of keys it takes, which its file name states (`create-13.lua` takes 13). */
-function script (name: string): { numberOfKeys: number, lua: string } {
+export function script (name: string): { numberOfKeys: number, lua: string } {
   const numberOfKeys = Number(/-(\d+)$/.exec(name)?.[1])
   return { numberOfKeys, lua: readFileSync(new URL(`./lua/${name}.lua`, import.meta.url), 'utf8') }
 }
@@ -31,6 +33,7 @@ declare module 'ioredis' {
     kgTransition: (...args: Array<string | Buffer>) => Result<number, Context>
     kgParked: (...args: Array<string | number>) => Result<number, Context>
     kgWithdraw: (key: string) => Result<number, Context>
+    kgPause: (pause: string, trial: string, args: Buffer) => Result<number, Context>
   }
 }
 
@@ -48,6 +51,13 @@ export interface Change {
   storedAt?: number | null
   /** The copies were deleted after their retention; also takes the task off the retention list. */
   storedExpired?: boolean
+  /**
+   * Hold the task for an operator (or null: release it), filing it under the attention indexes. Left out, a change
+   * of status releases a held task: upstream has told us where it is.
+   */
+  attention?: TaskRecord['attention']
+  /** A terminal task stays on reconciliation's work list (a deadline failure whose upstream task may still finish). */
+  watch?: boolean
 }
 
 export interface TransitionOptions {
@@ -102,7 +112,8 @@ function decode (h: Record<string, string>): TaskRecord | null {
     submitSentAt: optional(h.submit_sent_at) === null ? null : Number(h.submit_sent_at),
     storedAt: optional(h.stored_at) === null ? null : Number(h.stored_at),
     storedExpired: h.stored_expired === '1',
-    withdrawn: h.withdrawn === '1'
+    withdrawn: h.withdrawn === '1',
+    attention: parse(h.attention)
   }
 }
 
@@ -110,6 +121,8 @@ function decode (h: Record<string, string>): TaskRecord | null {
 function decodeEvent (raw: string): TaskEvent {
   const e = JSON.parse(raw) as TaskEvent
   e.id ??= `evt_${e.task_id}_${e.sequence}`
+  // Events stored before tasks could be held carry no `attention`: they were not held.
+  e.data.attention ??= null
   return e
 }
 
@@ -128,7 +141,7 @@ export function eventOf (task: TaskRecord, now: number, type: EventType = `video
 
 /**
  * Task state in Redis, and the one door to it: no other module reads or writes a task's keys. Every change is
- * one Lua script (create-13, transition-10, parked-4, withdraw-1), so the state check, the write, the event append, the
+ * one Lua script (create-13, transition-12, parked-4, withdraw-1), so the state check, the write, the event append, the
  * index moves and the live announcement happen together or not at all, and every script is safe to run late or
  * twice (a command that timed out on the client may still run). `durable()` is the deployment's durability
  * rule: what the 202 of a create and the mark before an upstream create wait for.
@@ -151,7 +164,7 @@ export class TaskStore {
       durability?.connection, this.k.fence, durability?.rule ?? { replicas: 0, timeoutMs: 0 }
     )
     redis.defineCommand('kgCreate', script('create-13'))
-    redis.defineCommand('kgTransition', script('transition-10'))
+    redis.defineCommand('kgTransition', script('transition-12'))
     redis.defineCommand('kgParked', script('parked-4'))
     redis.defineCommand('kgWithdraw', script('withdraw-1'))
   }
@@ -186,7 +199,8 @@ export class TaskStore {
       submitSentAt: null,
       storedAt: null,
       storedExpired: false,
-      withdrawn: false
+      withdrawn: false,
+      attention: null
     }
     const fields = {
       id: record.id,
@@ -251,6 +265,10 @@ export class TaskStore {
       if (change === null) return { applied: false, reason: 'not-allowed', task: current }
       const withEvent = opts.event ?? change.to !== current.status
       const now = this.clock()
+      // A held task whose status moves is no longer lost: upstream said where it is (or an operator did).
+      const attention = change.attention !== undefined
+        ? change.attention
+        : change.to !== current.status && current.attention !== null ? null : undefined
       const next: TaskRecord = {
         ...current,
         status: change.to,
@@ -261,7 +279,8 @@ export class TaskStore {
         ...(change.error !== undefined && { error: change.error }),
         ...(change.submitSentAt !== undefined && { submitSentAt: change.submitSentAt }),
         ...(change.storedAt !== undefined && { storedAt: change.storedAt }),
-        ...(change.storedExpired !== undefined && { storedExpired: change.storedExpired })
+        ...(change.storedExpired !== undefined && { storedExpired: change.storedExpired }),
+        ...(attention !== undefined && { attention })
       }
       const fields: Record<string, string> = {}
       if (withEvent) fields.updated_at = String(now)
@@ -273,6 +292,7 @@ export class TaskStore {
       }
       if (change.storedAt !== undefined) fields.stored_at = change.storedAt === null ? '' : String(change.storedAt)
       if (change.storedExpired !== undefined) fields.stored_expired = change.storedExpired ? '1' : ''
+      if (attention !== undefined) fields.attention = json(attention)
       const event = withEvent ? eventOf(next, now, opts.eventType) : null
       const stored = change.storedAt !== undefined && change.storedAt !== null
         ? String(change.storedAt)
@@ -286,6 +306,7 @@ export class TaskStore {
         k.task(id), k.taskEvents(id), k.events,
         k.index(current.caller, current.status), k.index(current.caller, next.status),
         k.index('*', current.status), k.index('*', next.status), k.open, k.stored, k.copying,
+        k.index(current.caller, ATTENTION), k.index('*', ATTENTION),
         pack({
           expected: String(current.sequence),
           from: current.status,
@@ -300,7 +321,9 @@ export class TaskStore {
           now: String(now),
           guard: opts.requireEmpty ?? '',
           stored,
-          copying
+          copying,
+          watch: change.watch === true,
+          attention: attention === undefined ? undefined : attention === null ? 'remove' : 'set'
         }))
       if (seq > 0) return { applied: true, task: next, event }
       if (seq === -1) return { applied: false, reason: 'missing', task: null }
@@ -320,9 +343,9 @@ export class TaskStore {
    * Newest first. Redis orders equal scores by member, descending, so (created_at, id) is a total order and
    * the cursor `created_at:id` of a page's last task says exactly where the next page starts.
    */
-  async list (q: { caller: string | null, status?: TaskStatus, limit: number, cursor?: string }):
+  async list (q: { caller: string | null, status?: TaskStatus, attention?: boolean, limit: number, cursor?: string }):
   Promise<{ tasks: TaskRecord[], nextCursor: string | null }> {
-    const key = this.k.index(q.caller ?? '*', q.status ?? '*')
+    const key = this.k.index(q.caller ?? '*', q.attention === true ? ATTENTION : q.status ?? '*')
     const [max, afterId] = q.cursor === undefined ? ['+inf', undefined] : q.cursor.split(':')
     // Over-fetch a little so tasks created in the same millisecond as the cursor can be skipped past it.
     const raw = await this.redis.zrevrangebyscore(key, max, '-inf', 'WITHSCORES', 'LIMIT', 0, q.limit + 101)
@@ -414,6 +437,11 @@ export class TaskStore {
   async countByStatus (): Promise<Record<TaskStatus, number>> {
     const counts = await Promise.all(TASK_STATUSES.map(async s => await this.redis.zcard(this.k.index('*', s))))
     return Object.fromEntries(TASK_STATUSES.map((s, i) => [s, counts[i]])) as Record<TaskStatus, number>
+  }
+
+  /** How many tasks are held for an operator (for metrics). */
+  async countNeedingAttention (): Promise<number> {
+    return await this.redis.zcard(this.k.index('*', ATTENTION))
   }
 
   /** Counts one callback for a task in the current minute; returns the count so far. */

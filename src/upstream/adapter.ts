@@ -56,16 +56,19 @@ export abstract class KlingWireAdapter implements UpstreamAdapter {
   protected abstract isNotFound (res: Received): boolean
 
   /**
-   * POST <path>. Success only when HTTP 2xx AND `code === 0` AND `data.task_id` is a non-empty string (or a number,
-   * turned into a string).
+   * POST <path>. Success only when HTTP 2xx AND either Kling's envelope with `code === 0` and a non-empty
+   * `data.task_id` (a string, or a number turned into one), or an OpenAI-video-style task with no `code` at all
+   * (`{id, task_id, object: "video", status, …}`, as new-api gateways answer: the id is `task_id`, else `id`).
    */
   async create (kind: VideoKind, body: Record<string, unknown>): Promise<UpstreamTask> {
     const res = await this.send('create', 'POST', this.path(kind), JSON.stringify(body))
     const json = res.json
-    const ok = isObject(json) && isSuccessCode(json.code) && !isObject(json.error)
-    if (!ok || res.status < 200 || res.status >= 300) throw this.classify('create', res)
-    const data = isObject(json.data) ? json.data : {}
-    const taskId = idString(data.task_id)
+    const is2xx = res.status >= 200 && res.status < 300
+    const bare = is2xx && isObject(json) && json.code === undefined && (json.error === undefined || json.error === null)
+    const ok = isObject(json) && (bare || (isSuccessCode(json.code) && !isObject(json.error)))
+    if (!ok || !is2xx) throw this.classify('create', res)
+    const data = bare ? json : isObject(json.data) ? json.data : {}
+    const taskId = bare ? idString(json.task_id) ?? idString(json.id) : idString(data.task_id)
     if (taskId === null) {
       throw this.http.error('create', {
         code: 'UPSTREAM_NO_TASK_ID',

@@ -19,11 +19,20 @@ export type {
 const DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 const MAX_MESSAGE_CHARS = 500
 
+/**
+ * A refusal about the whole upstream account, not the task: every other create would get it too, so the submit
+ * queue pauses instead of failing tasks (src/jobs/pause.ts). `key`: the key or token is refused (401, a 403 naming
+ * the key, Kling 1000-1002); `balance`: no money or quota left; `account`: Kling's account codes 1100-1102.
+ */
+export const ACCOUNT_PROBLEMS = ['key', 'balance', 'account'] as const
+export type AccountProblem = typeof ACCOUNT_PROBLEMS[number]
+
 export interface UpstreamErrorInit {
   code: string
   message: string
   retryable: boolean
   maybeCreated?: boolean
+  account?: AccountProblem | null
   httpStatus?: number | null
   retryAfterMs?: number | null
   requestId?: string | null
@@ -35,6 +44,8 @@ export class UpstreamError extends Error {
   readonly retryable: boolean
   /** For create: the request may have reached upstream and made a task. Always false for query. */
   readonly maybeCreated: boolean
+  /** Not about this task but the whole account (key, balance): pause, do not fail. Null for anything else. */
+  readonly account: AccountProblem | null
   /**
    * e.g. UPSTREAM_TIMEOUT, UPSTREAM_RESET, UPSTREAM_HTTP_503, UPSTREAM_RATE_LIMITED, KLING_1301,
    * COMET_insufficient_user_quota.
@@ -52,14 +63,15 @@ export class UpstreamError extends Error {
     this.code = init.code
     this.retryable = init.retryable
     this.maybeCreated = init.maybeCreated ?? false
+    this.account = init.account ?? null
     this.httpStatus = init.httpStatus ?? null
     this.retryAfterMs = init.retryAfterMs ?? null
     this.requestId = init.requestId ?? null
   }
 
   toJSON (): Record<string, unknown> {
-    const { name, code, message, retryable, maybeCreated, httpStatus, retryAfterMs, requestId } = this
-    return { name, code, message, retryable, maybeCreated, httpStatus, retryAfterMs, requestId }
+    const { name, code, message, retryable, maybeCreated, account, httpStatus, retryAfterMs, requestId } = this
+    return { name, code, message, retryable, maybeCreated, account, httpStatus, retryAfterMs, requestId }
   }
 }
 
@@ -277,6 +289,11 @@ export function statusError (http: UpstreamHttp, op: Op, res: Received): Upstrea
   const answered = `upstream answered HTTP ${status}`
   if (status >= 500) return e(`UPSTREAM_HTTP_${status}`, answered, true, true)
   if (status === 429) return e('UPSTREAM_RATE_LIMITED', 'upstream rate limit', true, false)
+  // A 401 in any JSON shape is the key: every other request would get it too.
+  if (status === 401) {
+    const code = `UPSTREAM_HTTP_${status}`
+    return http.error(op, { ...base, code, message: answered, retryable: false, account: 'key' })
+  }
   if (status >= 400) return e(`UPSTREAM_HTTP_${status}`, answered, status === 408, false)
   return e('UPSTREAM_BAD_RESPONSE', `${answered} with an unrecognised body`, false, true)
 }

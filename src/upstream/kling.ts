@@ -15,8 +15,8 @@ import { createHmac } from 'node:crypto'
 import type { VideoKind } from '../domain/kinds.ts'
 import { KlingWireAdapter } from './adapter.ts'
 import {
-  nonJsonError, parseRetryAfter, requestIdOf, statusError, type HttpOptions, type Op, type Received,
-  type UpstreamError, type UpstreamHttp
+  nonJsonError, parseRetryAfter, requestIdOf, statusError, type AccountProblem, type HttpOptions, type Op,
+  type Received, type UpstreamError, type UpstreamHttp
 } from './client.ts'
 import { isObject } from './schemas.ts'
 
@@ -28,7 +28,7 @@ export const RENEW_BEFORE_S = 5 * 60
 /** Kling's "Authorization is not yet valid" and "has expired": a fresh token fixes both. */
 const TOKEN_TIME_CODES = new Set([1003, 1004])
 
-export interface Retry { retryable: boolean, maybeCreated: boolean }
+export interface Retry { retryable: boolean, maybeCreated: boolean, account?: AccountProblem | null }
 
 /** What a Kling business code says about trying again (Kling's error codes; `status` for codes it does not list). */
 export function klingRetry (code: number, status: number): Retry {
@@ -36,7 +36,11 @@ export function klingRetry (code: number, status: number): Retry {
   if (code === 1302 || code === 1303) return { retryable: true, maybeCreated: false }
   // Internal error, maintenance, backlog timeout: it may have been taken before it failed.
   if (code >= 5000 && code <= 5002) return { retryable: true, maybeCreated: true }
-  // Auth, account, parameters, policy: sending it again changes nothing.
+  // Auth (1000-1004) and the account (1100 abnormal, 1101 arrears, 1102 resource pack exhausted): about every task,
+  // not this one, so the submit queue pauses on them instead of failing tasks.
+  if (code >= 1000 && code <= 1004) return { retryable: false, maybeCreated: false, account: 'key' }
+  if (code >= 1100 && code <= 1102) return { retryable: false, maybeCreated: false, account: 'account' }
+  // Parameters, policy: sending it again changes nothing.
   if (code >= 1000 && code <= 1304) return { retryable: false, maybeCreated: false }
   if (status >= 500) return { retryable: true, maybeCreated: true }
   return { retryable: status === 429 || status === 408, maybeCreated: false }
