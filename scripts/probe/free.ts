@@ -54,7 +54,8 @@ export async function notFound (ctx: Ctx, external: boolean): Promise<void> {
   const impact = external
     ? reading.retryable
       ? '; the look-up after an uncertain create would be retried instead of waiting out the grace'
-      : '; the look-up after an uncertain create would fail the task (SubmitJobs.process) instead of waiting'
+      : '; the look-up after an uncertain create would hold the task for an operator (SubmitJobs.process) ' +
+        'instead of waiting out the grace'
     : '; reconciliation counts it unknown either way, but query() throws instead of returning null'
   record(ctx, check, 'contradicted', summary + impact, evidence)
 }
