@@ -1,14 +1,6 @@
 import { randomFillSync } from 'node:crypto'
-import { crc32, deflateSync } from 'node:zlib'
-
-function chunk (type: string, data: Buffer): Buffer {
-  const typeAndData = Buffer.concat([Buffer.from(type, 'latin1'), data])
-  const head = Buffer.alloc(4)
-  head.writeUInt32BE(data.length)
-  const crc = Buffer.alloc(4)
-  crc.writeUInt32BE(crc32(typeAndData))
-  return Buffer.concat([head, typeAndData, crc])
-}
+import { deflateSync } from 'node:zlib'
+import { pngChunk as chunk } from '../../test/helpers/images.ts'
 
 /**
  * A valid 8-bit RGB PNG of side × side pixels of random (incompressible) data, stored with deflate level 0 so its

@@ -2,18 +2,10 @@
  * The probe's input images, made here so it needs no files and no third-party URLs: PNGs that pass the gateway's
  * own image checks and Kling's (≥ 300 px, aspect within 1:2.5–2.5:1), with enough in them to make a video of.
  */
-import { crc32, deflateSync } from 'node:zlib'
+import { deflateSync } from 'node:zlib'
+import { pngChunk as chunk } from '../../test/helpers/images.ts'
 
 export const IMAGE_SIZE = 512
-
-function chunk (type: string, data: Buffer): Buffer {
-  const body = Buffer.concat([Buffer.from(type, 'latin1'), data])
-  const length = Buffer.alloc(4)
-  length.writeUInt32BE(data.length)
-  const crc = Buffer.alloc(4)
-  crc.writeUInt32BE(crc32(body))
-  return Buffer.concat([length, body, crc])
-}
 
 /** A PNG of `channels` (1 grey, 3 RGB) whose pixel at (x, y) is `pixel(x, y)`. */
 function png (size: number, channels: 1 | 3, pixel: (x: number, y: number) => number[]): Buffer {

@@ -20,10 +20,10 @@ const CallbackAnswerSchema = Type.Object({
 })
 
 /**
- * CometAPI → gateway (docs/API.md, "The upstream callback"). The token in the query names the task and proves we issued
- * it. The body is a hint: a non-terminal state moves the task forward directly (forward only, atomically); a terminal
- * state is confirmed by querying CometAPI before it is applied. Answered fast: 2xx for accepted, duplicate or stale,
- * and for a task that no longer exists (recorded as an orphan, see src/store/orphans.ts).
+ * CometAPI → gateway (docs/API.md, "The upstream callback"). The token in the query names the task and proves we
+ * issued it. The body is a hint: a non-terminal state moves the task forward directly (forward only, atomically); a
+ * terminal state is confirmed by querying CometAPI before it is applied. Answered fast: 2xx for accepted, duplicate
+ * or stale, and for a task that no longer exists (recorded as an orphan, see src/store/orphans.ts).
  */
 const callbacks: FastifyPluginAsyncTypebox = async (app) => {
   const { store, reconcile, config, clock, orphans } = app.deps

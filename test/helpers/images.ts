@@ -5,7 +5,8 @@ import { crc32, deflateSync } from 'node:zlib'
  * Both are solid mid-grey, 8-bit, one channel.
  */
 
-function pngChunk (type: string, data: Buffer): Buffer {
+/** One PNG chunk: length, type, data, CRC-32 of type and data. Shared by the tests, the benchmarks and the probe. */
+export function pngChunk (type: string, data: Buffer): Buffer {
   const typeAndData = Buffer.concat([Buffer.from(type, 'latin1'), data])
   const length = Buffer.alloc(4)
   length.writeUInt32BE(data.length)
