@@ -1,15 +1,9 @@
-import { describe, it, expect, afterEach } from 'vitest'
+import { describe, it, expect } from 'vitest'
 import { keys } from '../src/store/keys.ts'
-import { startHarness, type Harness } from './helpers/harness.ts'
+import { type Harness, harnessPerTest } from './helpers/harness.ts'
 import { callbackPath, createTask, getTask, waitFor } from './helpers/tasks.ts'
 
-let open: Harness[] = []
-afterEach(async () => { for (const h of open) await h.close(); open = [] })
-async function harness (...args: Parameters<typeof startHarness>): Promise<Harness> {
-  const h = await startHarness(...args)
-  open.push(h)
-  return h
-}
+const harness = harnessPerTest()
 
 /** A submitted task whose upstream twin the test moves by hand. */
 async function submitted (h: Harness) {

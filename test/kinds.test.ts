@@ -4,10 +4,10 @@
  * the simulator on the kind's own path with the kind's body, then to succeeded by callback or by reconciliation.
  * The real app, the run's real redis-server, the simulator over loopback HTTP.
  */
-import { describe, it, expect, beforeAll, afterAll, afterEach } from 'vitest'
+import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import type { LightMyRequestResponse } from 'fastify'
 import type { TaskView } from '../src/domain/task.ts'
-import { auth, startHarness, type Harness } from './helpers/harness.ts'
+import { auth, startHarness, type Harness, harnessPerTest } from './helpers/harness.ts'
 import { makeJpeg, makePng } from './helpers/images.ts'
 import { waitFor } from './helpers/tasks.ts'
 
@@ -218,13 +218,7 @@ describe('field rules per kind', () => {
 })
 
 describe('each kind through submit, to the simulator and back', () => {
-  const open: Harness[] = []
-  afterEach(async () => { for (const h of open.splice(0)) await h.close() })
-  async function harness (...args: Parameters<typeof startHarness>): Promise<Harness> {
-    const h = await startHarness(...args)
-    open.push(h)
-    return h
-  }
+  const harness = harnessPerTest()
 
   it('image2video: its path and body upstream, then succeeded by the callback and a query on its path', async () => {
     const sim = { processingAfterMs: 50, finishAfterMs: 150 }

@@ -4,7 +4,7 @@
  * secrets kept out of every error. Then end to end through the real app and Redis with UPSTREAM=kling. No mocks: a
  * tiny node:http server stands in only where a request must be read as it was sent.
  */
-import { describe, it, expect, beforeAll, afterAll, afterEach, beforeEach } from 'vitest'
+import { describe, it, expect, beforeAll, afterAll, beforeEach } from 'vitest'
 import { createHmac, randomBytes, randomUUID } from 'node:crypto'
 import { createServer, type IncomingHttpHeaders, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
@@ -14,7 +14,7 @@ import type { VideoKind } from '../src/domain/kinds.ts'
 import type { TaskView } from '../src/domain/task.ts'
 import { UpstreamError } from '../src/upstream/client.ts'
 import { KlingAdapter } from '../src/upstream/kling.ts'
-import { auth, KLING_ENV, startHarness, type Harness } from './helpers/harness.ts'
+import { auth, KLING_ENV, harnessPerTest } from './helpers/harness.ts'
 import { createTask, waitFor } from './helpers/tasks.ts'
 
 const AK = 'ak-kling-unit-' + randomBytes(6).toString('hex')
@@ -254,13 +254,7 @@ describe('KlingAdapter against the simulator', () => {
 
 describe('UPSTREAM=kling end to end', () => {
   const FAST = { UPSTREAM_TIMEOUT_MS: '1000', UPSTREAM_RETRY_BASE_MS: '20', SUBMIT_UNCONFIRMED_GRACE_MS: '200' }
-  const open: Harness[] = []
-  afterEach(async () => { for (const h of open.splice(0)) await h.close() })
-  async function harness (...args: Parameters<typeof startHarness>): Promise<Harness> {
-    const h = await startHarness(...args)
-    open.push(h)
-    return h
-  }
+  const harness = harnessPerTest()
 
   it('multi-image and text2video: created, submitted, callback, query, succeeded on Kling\'s paths', async () => {
     const env = { ...KLING_ENV, ...FAST, RECONCILE_INTERVAL_MS: '60000' }

@@ -5,12 +5,12 @@
  * entry named at start), ALLOWED_MODELS still restricts. The real app, the run's redis-server, the simulator over
  * loopback HTTP (which refuses masks on multi-image2video, as Kling does).
  */
-import { describe, it, expect, beforeAll, afterAll, afterEach } from 'vitest'
+import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import type { LightMyRequestResponse } from 'fastify'
 import { ConfigError, loadConfig } from '../src/config/index.ts'
 import { DEFAULT_MODEL_TABLE } from '../src/domain/models.ts'
 import type { TaskView } from '../src/domain/task.ts'
-import { auth, startHarness, type Harness } from './helpers/harness.ts'
+import { auth, startHarness, type Harness, harnessPerTest } from './helpers/harness.ts'
 import { makePng } from './helpers/images.ts'
 import { waitFor } from './helpers/tasks.ts'
 
@@ -114,13 +114,7 @@ describe('the default table', () => {
 })
 
 describe('MODEL_CAPABILITIES', () => {
-  const open: Harness[] = []
-  afterEach(async () => { for (const h of open.splice(0)) await h.close() })
-  async function harness (...args: Parameters<typeof startHarness>): Promise<Harness> {
-    const h = await startHarness(...args)
-    open.push(h)
-    return h
-  }
+  const harness = harnessPerTest()
 
   it('replaces the entries of the kinds it names, and keeps the defaults of the others', async () => {
     const table = {

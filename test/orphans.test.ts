@@ -4,18 +4,12 @@
  * CometAPI stops retrying. Real app, real redis-server, real simulator.
  */
 import { keys } from '../src/store/keys.ts'
-import { describe, it, expect, afterEach } from 'vitest'
+import { describe, it, expect } from 'vitest'
 import { callbackToken } from '../src/domain/callback-token.ts'
-import { auth, startHarness, type Harness } from './helpers/harness.ts'
+import { auth, type Harness, harnessPerTest } from './helpers/harness.ts'
 import { callbackPath, createTask, getTask, waitFor } from './helpers/tasks.ts'
 
-let open: Harness[] = []
-afterEach(async () => { for (const h of open) await h.close(); open = [] })
-async function harness (...args: Parameters<typeof startHarness>): Promise<Harness> {
-  const h = await startHarness(...args)
-  open.push(h)
-  return h
-}
+const harness = harnessPerTest()
 
 const orphanCount = async (h: Harness, status: string): Promise<number> => {
   const text = (await h.app.inject('/metrics')).body

@@ -3,7 +3,7 @@
  * under its own key prefix. Everything it starts it stops, and on close it checks that no secret it handed
  * out reached a log line.
  */
-import { inject } from 'vitest'
+import { afterEach, inject } from 'vitest'
 import { Writable } from 'node:stream'
 import { randomBytes } from 'node:crypto'
 import { buildApp, type App } from '../../src/app.ts'
@@ -173,4 +173,18 @@ export function assertNoSecrets (text: string) {
   if (/eyJ[\w-]+\.eyJ[\w-]+\./.test(text)) throw new Error('a JWT reached a log line')
   const token = /token=(?!\[REDACTED\])[^&"\s]+/.exec(text)
   if (token !== null) throw new Error('a callback token reached a log line')
+}
+
+/**
+ * A `startHarness` for the block (or file) that calls this: every harness it starts is closed after each test,
+ * in the order started.
+ */
+export function harnessPerTest (): typeof startHarness {
+  const open: Harness[] = []
+  afterEach(async () => { for (const h of open.splice(0)) await h.close() })
+  return async (...args) => {
+    const h = await startHarness(...args)
+    open.push(h)
+    return h
+  }
 }
