@@ -1,8 +1,10 @@
 /**
  * The two ways to read the event stream, each a loop that runs until `stop()`:
  * - `GroupReader`: one consumer of a named consumer group. An entry is acknowledged only after its handler
- *   finished, so a crash re-delivers it; entries a dead replica held for CLAIM_IDLE_MS are claimed here. Handlers
- *   must be safe to run twice (deliveries and copy jobs have ids derived from the event).
+ *   finished, so a crash re-delivers it; entries a dead replica held for CLAIM_IDLE_MS are claimed here. After a
+ *   failed read or handler, the consumer first takes its own unacknowledged entries again (a read that timed out
+ *   on the client may still have handed entries to it on Redis), so a Redis hiccup costs a retry, not 30 s.
+ *   Handlers must be safe to run twice (deliveries and copy jobs have ids derived from the event).
  * - `TailReader`: every entry after the last one seen, on every replica, resuming from that entry after a
  *   reconnect, so a Redis blip skips nothing.
  */
@@ -67,6 +69,8 @@ abstract class Loop {
 export class GroupReader extends Loop {
   private readonly consumer = `c-${randomBytes(6).toString('hex')}`
   private lastClaim = 0
+  /** True until a pass over this consumer's own pending entries ('0') came back empty. */
+  private ownPending = true
 
   constructor (name: string, stream: EventStream, reader: RedisClient, logger: Logger,
     private readonly handle: EventHandler, private readonly clock: () => number = Date.now) {
@@ -83,7 +87,11 @@ export class GroupReader extends Loop {
       this.lastClaim = this.clock()
       await this.run(await this.stream.claim(this.name, this.consumer, CLAIM_IDLE_MS))
     }
-    await this.run(await this.stream.read(this.reader, this.name, this.consumer, BLOCK_MS))
+    const from = this.ownPending ? '0' : '>'
+    this.ownPending = true // stays set if the read or a handler throws
+    const entries = await this.stream.read(this.reader, this.name, this.consumer, BLOCK_MS, from)
+    await this.run(entries)
+    this.ownPending = from === '0' && entries.length > 0
   }
 
   private async run (entries: StreamEntry[]): Promise<void> {

@@ -34,11 +34,14 @@ export class EventStream {
     return decode(res[1])
   }
 
-  /** New entries for this consumer, waiting up to `blockMs` on `reader` (a connection that may block). */
-  async read (reader: RedisClient, group: string, consumer: string, blockMs: number, count = 100):
-  Promise<StreamEntry[]> {
+  /**
+   * New entries for this consumer (`from` '>'), waiting up to `blockMs` on `reader` (a connection that may block),
+   * or (`from` '0') the entries it was handed and has not acknowledged, at once.
+   */
+  async read (reader: RedisClient, group: string, consumer: string, blockMs: number, from: '>' | '0' = '>',
+    count = 100): Promise<StreamEntry[]> {
     const res = await reader.xreadgroup('GROUP', group, consumer, 'COUNT', count, 'BLOCK', blockMs,
-      'STREAMS', this.key, '>') as Array<[string, Raw]> | null
+      'STREAMS', this.key, from) as Array<[string, Raw]> | null
     return res === null ? [] : decode(res[0][1])
   }
 

@@ -1,0 +1,54 @@
+/**
+ * The group reader against a real Redis: an entry whose handler failed is handed out again by the same consumer
+ * on its next pass, at once, not after CLAIM_IDLE_MS (the chaos case delayed-command/create-script lost webhooks
+ * for 30 s this way: the fan-out's own Redis read timed out behind a held command, the entry stayed pending).
+ */
+import { randomBytes } from 'node:crypto'
+import { Redis } from 'ioredis'
+import pino from 'pino'
+import { afterEach, describe, expect, inject, it } from 'vitest'
+import type { TaskEvent } from '../src/domain/task.ts'
+import { CLAIM_IDLE_MS, GroupReader } from '../src/events/readers.ts'
+import { EventStream } from '../src/store/event-stream.ts'
+import { waitFor } from './helpers/group-process.ts'
+
+const clients: Redis[] = []
+const readers: GroupReader[] = []
+afterEach(async () => {
+  await Promise.all(readers.splice(0).map(async r => await r.stop()))
+  for (const c of clients.splice(0)) c.disconnect()
+})
+
+function connect (): Redis {
+  const c = new Redis(inject('redisUrl'), { lazyConnect: false, maxRetriesPerRequest: 1 })
+  clients.push(c)
+  return c
+}
+
+const event = (n: number) => ({ id: `evt_${n}`, type: 'task.updated', task_id: `t${n}` }) as unknown as TaskEvent
+
+describe('GroupReader', () => {
+  it('hands a failed entry to its own consumer again at once, then goes on with new ones, acking each', async () => {
+    const redis = connect()
+    const stream = new EventStream(redis, `t${randomBytes(6).toString('hex')}:events`)
+    const seen: string[] = []
+    let failures = 0
+    const reader = new GroupReader('webhooks', stream, connect(), pino({ level: 'silent' }), e => {
+      seen.push(e.id)
+      if (e.id === 'evt_1' && failures++ < 2) throw new Error('fan-out read timed out')
+    })
+    readers.push(reader)
+    await reader.ensureGroup()
+    reader.start()
+    for (const n of [1, 2]) await redis.xadd(stream.key, '*', 'data', JSON.stringify(event(n)))
+
+    const t0 = Date.now()
+    await waitFor('both events handled', () => seen.includes('evt_2') && seen.filter(id => id === 'evt_1').length === 3
+      ? true
+      : undefined, 10_000, 20)
+    expect(Date.now() - t0).toBeLessThan(CLAIM_IDLE_MS / 5)
+    expect(seen.filter(id => id === 'evt_1')).toHaveLength(3) // twice failed, once done
+    await waitFor('nothing pending', async () =>
+      ((await redis.xpending(stream.key, 'webhooks')) as [number])[0] === 0 ? true : undefined, 5000, 20)
+  })
+})
