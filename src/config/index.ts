@@ -4,6 +4,7 @@ import { createHash } from 'node:crypto'
 import { isIP } from 'node:net'
 import { isForbiddenAddress, isInternalName } from '../notify/ssrf.ts'
 import { parseModelTable, type ModelTable } from '../domain/models.ts'
+import { parseCallerLimits, parseUnits, type CallersConfig } from './callers.ts'
 
 /** Who makes the videos: an adapter each in src/upstream (UPSTREAM). */
 export const UPSTREAM_NAMES = ['cometapi', 'kling', 'simulator'] as const
@@ -89,7 +90,17 @@ export const EnvSchema = Type.Object({
   MIRROR_SWEEP_INTERVAL_MS: Type.Integer({ minimum: 10, maximum: 3_600_000, default: 60_000 }),
   PARKED_MAX_BYTES: Type.Integer({ minimum: 0, default: 512 * 1024 * 1024 }),
   CREATE_MAX_LARGE_BODIES: Type.Integer({ minimum: 1, maximum: 1000, default: 2 }),
-  LARGE_BODY_BYTES: Type.Integer({ minimum: 1024, default: 1024 * 1024 })
+  LARGE_BODY_BYTES: Type.Integer({ minimum: 1024, default: 1024 * 1024 }),
+  // Per-caller limits (src/config/callers.ts): global defaults, 0 = no limit; CALLER_LIMITS overrides per caller.
+  CALLER_CREATES_PER_MINUTE: Type.Integer({ minimum: 0, maximum: 1_000_000, default: 120 }),
+  CALLER_MAX_ACTIVE_TASKS: Type.Integer({ minimum: 0, maximum: 1_000_000, default: 500 }),
+  CALLER_MAX_LARGE_BODIES: Type.Integer({ minimum: 0, maximum: 1000, default: 2 }),
+  CALLER_MAX_SSE_STREAMS: Type.Integer({ minimum: 0, maximum: 1_000_000, default: 100 }),
+  CALLER_MAX_WEBHOOK_ENDPOINTS: Type.Integer({ minimum: 0, maximum: 10_000, default: 20 }),
+  CALLER_DAILY_UNITS: Type.Integer({ minimum: 0, maximum: 1_000_000_000, default: 0 }),
+  CALLER_LIMITS: Type.Optional(Type.String({ minLength: 2 })),
+  // JSON: upstream units per task by "mode:duration" (the daily budgets' currency), over the defaults.
+  UPSTREAM_UNITS: Type.Optional(Type.String({ minLength: 2 }))
 })
 type Env = Static<typeof EnvSchema>
 
@@ -174,6 +185,8 @@ export interface Config {
   }
   parkedMaxBytes: number
   create: { maxLargeBodies: number, largeBodyBytes: number }
+  /** Per-caller limits, weights and budgets, and the units table: read through limitsFor() and unitsOf(). */
+  callers: CallersConfig
 }
 
 /** Thrown by loadConfig; its message names every bad variable, and never a value. */
@@ -308,6 +321,8 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
     problems.push('S3_BUCKET: required when BLOB_DRIVER=s3')
   }
   const models = parseModelTable(value.MODEL_CAPABILITIES, problems)
+  const overrides = parseCallerLimits(value.CALLER_LIMITS, problems)
+  const units = parseUnits(value.UPSTREAM_UNITS, problems)
   if (problems.length > 0) throw new ConfigError(problems)
 
   return {
@@ -389,6 +404,19 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
       sweepIntervalMs: value.MIRROR_SWEEP_INTERVAL_MS
     },
     parkedMaxBytes: value.PARKED_MAX_BYTES,
-    create: { maxLargeBodies: value.CREATE_MAX_LARGE_BODIES, largeBodyBytes: value.LARGE_BODY_BYTES }
+    create: { maxLargeBodies: value.CREATE_MAX_LARGE_BODIES, largeBodyBytes: value.LARGE_BODY_BYTES },
+    callers: {
+      defaults: {
+        createsPerMinute: value.CALLER_CREATES_PER_MINUTE,
+        maxActiveTasks: value.CALLER_MAX_ACTIVE_TASKS,
+        maxLargeBodies: value.CALLER_MAX_LARGE_BODIES,
+        maxSseStreams: value.CALLER_MAX_SSE_STREAMS,
+        maxWebhookEndpoints: value.CALLER_MAX_WEBHOOK_ENDPOINTS,
+        dailyUnits: value.CALLER_DAILY_UNITS,
+        weight: 1
+      },
+      overrides,
+      units
+    }
   }
 }

@@ -9,6 +9,8 @@ export const ERROR_CODES = [
   'INVALID_REQUEST', 'BAD_REQUEST', 'UNAUTHORIZED', 'NOT_FOUND', 'REFERENCE_TAKEN', 'NOT_CANCELABLE',
   'NOT_SUCCEEDED', 'CONTENT_NOT_READY', 'DELIVERY_PENDING', 'CONTENT_EXPIRED', 'RANGE_NOT_SATISFIABLE',
   'IDEMPOTENCY_KEY_REUSED', 'TOO_MANY_CALLBACKS', 'INTERNAL', 'UNAVAILABLE', 'NOT_HELD', 'UPSTREAM_TASK_UNKNOWN',
+  // A per-caller limit (src/config/callers.ts): 429 with Retry-After, naming the limit and its value.
+  'CALLER_LIMIT',
   // What Fastify or Node's HTTP parser refuse before a route runs (src/plugins/errors.ts maps their codes to these).
   'INVALID_JSON', 'UNSUPPORTED_MEDIA_TYPE', 'BODY_TOO_LARGE', 'URI_TOO_LONG', 'HEADERS_TOO_LARGE', 'REQUEST_TIMEOUT',
   // Content of a video whose upstream URL expired before it could be copied; also that video's `copy_error.code`.
@@ -30,7 +32,9 @@ export class GatewayError extends Error {
     readonly statusCode: number,
     message: string,
     readonly errors?: FieldError[],
-    readonly headers?: Record<string, string>
+    readonly headers?: Record<string, string>,
+    /** Extra problem members (RFC 9457 extensions), e.g. `limit` and `limit_value` of CALLER_LIMIT. */
+    readonly extensions?: Record<string, string | number>
   ) {
     super(message)
     this.name = new.target.name
@@ -60,5 +64,17 @@ export class Conflict extends GatewayError {
 export class Unavailable extends GatewayError {
   constructor (message: string, retryAfterSeconds = 1) {
     super('UNAVAILABLE', 503, message, undefined, { 'retry-after': String(retryAfterSeconds) })
+  }
+}
+
+/**
+ * A per-caller limit reached (docs/API.md, "Per-caller limits"): 429, `Retry-After` in whole seconds (at least 1),
+ * and the limit's name (a CALLER_LIMITS field) and value in the problem, so a caller can tell which one it hit.
+ */
+export class CallerLimitExceeded extends GatewayError {
+  constructor (limit: string, value: number, retryAfterSeconds: number, detail?: string) {
+    super('CALLER_LIMIT', 429, detail ?? `caller limit ${limit} (${value}) reached; retry after Retry-After`,
+      undefined, { 'retry-after': String(Math.max(1, Math.ceil(retryAfterSeconds))) },
+      { limit, limit_value: value })
   }
 }

@@ -67,8 +67,10 @@ export function fieldErrorsOf (errors: AjvError[], location?: FieldError['locati
 }
 
 /** Sends a problem+json body; the only place error bodies are shaped. */
-export function sendProblem (reply: FastifyReply, status: number, code: string, detail: string, errors?: FieldError[]) {
-  return reply.code(status).type('application/problem+json').send(problemBody(status, code, detail, errors))
+export function sendProblem (reply: FastifyReply, status: number, code: string, detail: string, errors?: FieldError[],
+  extensions?: Record<string, string | number>) {
+  return reply.code(status).type('application/problem+json')
+    .send({ ...problemBody(status, code, detail, errors), ...extensions })
 }
 
 /** A problem document; at most MAX_LISTED_ERRORS field errors, the rest counted in `errors_omitted`. */
@@ -191,7 +193,7 @@ export default fp(async function errors (app: FastifyInstance) {
     if (err instanceof GatewayError) {
       if (err.headers !== undefined) reply.headers(err.headers)
       if (err.statusCode >= 500) request.log.warn({ code: err.code }, err.message)
-      return sendProblem(reply, err.statusCode, err.code, err.message, err.errors)
+      return sendProblem(reply, err.statusCode, err.code, err.message, err.errors, err.extensions)
     }
     if (isRedisUnavailable(err)) {
       request.log.warn({ err: err.message }, 'redis unavailable')

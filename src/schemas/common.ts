@@ -21,7 +21,11 @@ export const ProblemSchema = Type.Object({
   })),
   errors_omitted: Type.Optional(Type.Integer({
     minimum: 1, description: 'how many more invalid fields there are than `errors` lists (only past 50)'
-  }))
+  })),
+  limit: Type.Optional(Type.String({
+    description: 'CALLER_LIMIT only: which per-caller limit was reached (a `CALLER_LIMITS` field name)'
+  })),
+  limit_value: Type.Optional(Type.Number({ description: 'CALLER_LIMIT only: the value of that limit' }))
 }, { $id: 'Problem', description: 'application/problem+json (RFC 9457)' })
 
 /**
