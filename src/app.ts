@@ -27,6 +27,7 @@ import { ReplicaRegistry } from './store/replicas.ts'
 import { OrphanStore } from './store/orphans.ts'
 import { PauseStore } from './store/pause.ts'
 import { UpstreamPause } from './jobs/pause.ts'
+import { RetentionJobs } from './jobs/retention.ts'
 
 /** Everything the app needs from outside; whoever creates a client closes it (docs/DESIGN.md, "Rules of the house"). */
 export interface AppDeps {
@@ -61,6 +62,8 @@ export interface AppContext extends AppDeps {
   orphans: OrphanStore
   /** The submit queue's pause for account problems (key, balance), shared by every replica. */
   pause: UpstreamPause
+  /** Removes finished tasks after TASK_RETENTION_DAYS. */
+  retention: RetentionJobs
 }
 
 declare module 'fastify' {
@@ -105,6 +108,7 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids' | 'lifecycl
   const webhooks = new WebhookStore(base.redis, keys(base.config.prefix), base.clock)
   const copies = new CopyJobs({ ...jobDeps, store, blobs: base.blobs })
   const deliveries = new DeliveryJobs({ ...jobDeps, store, webhooks })
+  const retention = new RetentionJobs({ ...jobDeps, store, webhooks, blobs: base.blobs })
   // Every reader of the event stream, in one place; each gets a blocking connection of its own (made lazily, so
   // inert deps never connect) that it disconnects when it stops.
   const events = new EventPipeline({
@@ -131,7 +135,7 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids' | 'lifecycl
     clock: base.clock
   })
   const deps: AppContext = {
-    ...base, store, jobs, reconcile, hub, webhooks, deliveries, copies, events, replicas, orphans, pause
+    ...base, store, jobs, reconcile, hub, webhooks, deliveries, copies, events, replicas, orphans, pause, retention
   }
   const app = Fastify({
     loggerInstance: deps.logger as FastifyBaseLogger,
@@ -160,12 +164,14 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids' | 'lifecycl
     await reconcile.start()
     await deliveries.start()
     await copies.start()
+    await retention.start()
   }
   app.addHook('onClose', async () => {
     // Readers first: nothing new is queued while the workers finish.
     await events.stop()
     hub.close()
-    await Promise.all([jobs.close(), reconcile.close(), deliveries.close(), copies.close(), replicas.close()])
+    await Promise.all([jobs.close(), reconcile.close(), deliveries.close(), copies.close(), replicas.close(),
+      retention.close()])
     if (durableConnection !== undefined) await durableConnection.quit().catch(() => durableConnection.disconnect())
   })
   await app.register(errors)

@@ -81,6 +81,8 @@ export const EnvSchema = Type.Object({
   S3_FORCE_PATH_STYLE: Type.Optional(Type.Boolean()),
   S3_PREFIX: Type.String({ default: '' }),
   VIDEO_RETENTION_DAYS: Type.Integer({ minimum: 0, default: 0 }),
+  // Finished tasks (events, deliveries, attempts) are removed this long after they ended; 0 = kept for ever.
+  TASK_RETENTION_DAYS: Type.Integer({ minimum: 0, maximum: 36_500, default: 30 }),
   MIRROR_MAX_BYTES: Type.Integer({ minimum: 1, default: 256 * 1024 * 1024 }),
   MIRROR_TIMEOUT_MS: Type.Integer({ minimum: 100, default: 300_000 }),
   MIRROR_ALLOW_PRIVATE: Type.Boolean({ default: false }),
@@ -183,6 +185,8 @@ export interface Config {
     /** How often one replica re-queues succeeded tasks whose result is not stored yet. */
     sweepIntervalMs: number
   }
+  /** How long a finished task is kept after it ended (TASK_RETENTION_DAYS); 0 = for ever. */
+  taskRetentionMs: number
   parkedMaxBytes: number
   create: { maxLargeBodies: number, largeBodyBytes: number }
   /** Per-caller limits, weights and budgets, and the units table: read through limitsFor() and unitsOf(). */
@@ -403,6 +407,7 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
       retryMaxMs: value.MIRROR_RETRY_MAX_MS,
       sweepIntervalMs: value.MIRROR_SWEEP_INTERVAL_MS
     },
+    taskRetentionMs: value.TASK_RETENTION_DAYS * 24 * 3600_000,
     parkedMaxBytes: value.PARKED_MAX_BYTES,
     create: { maxLargeBodies: value.CREATE_MAX_LARGE_BODIES, largeBodyBytes: value.LARGE_BODY_BYTES },
     callers: {

@@ -14,6 +14,12 @@ export function keys (prefix: string) {
     parked: (id: string) => `${p}task:${id}:parked`,
     /** Callbacks seen for a task in the current minute (rate limit). */
     callbacksSeen: (id: string) => `${p}task:${id}:callbacks`,
+    /** The ids of a task's webhook deliveries (set), so retention can find them. */
+    taskDeliveries: (id: string) => `${p}task:${id}:deliveries`,
+    /** Terminal tasks scored by when they ended: task retention's work list. */
+    ended: `${p}ended`,
+    /** How far the walk of `idx:*:*` for terminal tasks `ended` lacks has got (a rank; it starts over). */
+    endedBackfill: `${p}ended:backfill`,
     /** Tasks whose result videos are stored, scored by when (retention). */
     stored: `${p}stored`,
     /** Succeeded tasks whose result is neither stored nor given up, scored by when last queued (the copy sweep). */
@@ -24,6 +30,9 @@ export function keys (prefix: string) {
     index: (caller: string, status: string) => `${p}idx:${caller}:${status}`,
     reference: (caller: string, reference: string) => `${p}ref:${caller}:${digest(reference)}`,
     idempotency: (caller: string, key: string) => `${p}idem:${caller}:${digest(key)}`,
+    /** The same record by the key's digest (what a task keeps, so retention can delete its record). */
+    idempotencyDigest: (caller: string, keyDigest: string) => `${p}idem:${caller}:${keyDigest}`,
+    digest,
     /** Non-terminal tasks scored by last activity, for reconciliation. */
     open: `${p}open`,
     /** The event stream: the outbox every reader (webhooks, copy, live/SSE, internal consumers) reads. */

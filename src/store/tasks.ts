@@ -33,6 +33,7 @@ declare module 'ioredis' {
     kgTransition: (...args: Array<string | Buffer>) => Result<number, Context>
     kgParked: (...args: Array<string | number>) => Result<number, Context>
     kgWithdraw: (key: string) => Result<number, Context>
+    kgForget: (...args: Array<string | Buffer>) => Result<number, Context>
     kgPause: (pause: string, trial: string, args: Buffer) => Result<number, Context>
   }
 }
@@ -141,7 +142,7 @@ export function eventOf (task: TaskRecord, now: number, type: EventType = `video
 
 /**
  * Task state in Redis, and the one door to it: no other module reads or writes a task's keys. Every change is
- * one Lua script (create-13, transition-12, parked-4, withdraw-1), so the state check, the write, the event append, the
+ * one Lua script (create-13, transition-13, parked-4, withdraw-1), so the state check, the write, the event append, the
  * index moves and the live announcement happen together or not at all, and every script is safe to run late or
  * twice (a command that timed out on the client may still run). `durable()` is the deployment's durability
  * rule: what the 202 of a create and the mark before an upstream create wait for.
@@ -164,9 +165,10 @@ export class TaskStore {
       durability?.connection, this.k.fence, durability?.rule ?? { replicas: 0, timeoutMs: 0 }
     )
     redis.defineCommand('kgCreate', script('create-13'))
-    redis.defineCommand('kgTransition', script('transition-12'))
+    redis.defineCommand('kgTransition', script('transition-13'))
     redis.defineCommand('kgParked', script('parked-4'))
     redis.defineCommand('kgWithdraw', script('withdraw-1'))
+    redis.defineCommand('kgForget', script('forget-19'))
   }
 
   /** The prefix BullMQ queues live under: the same hash tag as every task key, so it all runs on one Cluster slot. */
@@ -214,7 +216,9 @@ export class TaskStore {
       metadata: json(record.metadata),
       request: json(record.request),
       external_task_id: record.externalTaskId,
-      webhook_url: record.webhookUrl ?? ''
+      webhook_url: record.webhookUrl ?? '',
+      // So retention can delete the key's record with the task (a record outlives its TTL only in tests' time).
+      idempotency_digest: idempotency === undefined ? '' : this.k.digest(idempotency.key)
     }
     const k = this.k
     const event = eventOf(record, record.createdAt)
@@ -306,7 +310,7 @@ export class TaskStore {
         k.task(id), k.taskEvents(id), k.events,
         k.index(current.caller, current.status), k.index(current.caller, next.status),
         k.index('*', current.status), k.index('*', next.status), k.open, k.stored, k.copying,
-        k.index(current.caller, ATTENTION), k.index('*', ATTENTION),
+        k.index(current.caller, ATTENTION), k.index('*', ATTENTION), k.ended,
         pack({
           expected: String(current.sequence),
           from: current.status,
@@ -323,7 +327,9 @@ export class TaskStore {
           stored,
           copying,
           watch: change.watch === true,
-          attention: attention === undefined ? undefined : attention === null ? 'remove' : 'set'
+          attention: attention === undefined ? undefined : attention === null ? 'remove' : 'set',
+          // Retention counts from when the task ended; a late success (failed → succeeded) ends it again.
+          ended: isTerminal(next.status) && next.status !== current.status ? String(now) : undefined
         }))
       if (seq > 0) return { applied: true, task: next, event }
       if (seq === -1) return { applied: false, reason: 'missing', task: null }
@@ -425,6 +431,61 @@ export class TaskStore {
       added += await this.redis.zadd(k.copying, 'NX', 0, ids[i])
     }
     await this.redis.set(k.copyingBackfill, ids.length < limit ? '0' : String(from + ids.length))
+    return added
+  }
+
+  /** Terminal tasks that ended at or before `before` (ms), oldest first, from rank `offset`: retention's work list. */
+  async endedBefore (before: number, offset: number, limit: number): Promise<string[]> {
+    return await this.redis.zrangebyscore(this.k.ended, '-inf', before, 'LIMIT', offset, limit)
+  }
+
+  /**
+   * Removes a task that ended at or before `before` with everything that is its own (forget-19.lua, which judges
+   * whether it may go: see its header). `check` only asks. The task's deliveries must be gone first (`deliveries`).
+   */
+  async forget (task: TaskRecord, before: number, check = false):
+  Promise<'removed' | 'gone' | 'kept' | 'deliveries' | 'moved'> {
+    const k = this.k
+    const id = task.id
+    const digest = (await this.redis.hget(k.task(id), 'idempotency_digest')) ?? ''
+    const answer = await this.redis.kgForget(
+      k.task(id), k.taskEvents(id), k.parked(id), k.callbacksSeen(id), k.taskDeliveries(id),
+      k.index(task.caller, '*'), k.index(task.caller, task.status), k.index('*', '*'), k.index('*', task.status),
+      k.index(task.caller, ATTENTION), k.index('*', ATTENTION), k.open, k.stored, k.copying, k.ended,
+      task.reference === null ? k.task(id) : k.reference(task.caller, task.reference),
+      digest === '' ? k.task(id) : k.idempotencyDigest(task.caller, digest),
+      k.parkedBytes, k.parkedPending,
+      pack({ id, status: task.status, terminal: TASK_STATUSES.filter(isTerminal), before: String(before), check }))
+    const outcomes = { 1: 'removed', 0: 'gone', [-1]: 'kept', [-2]: 'deliveries', [-3]: 'moved' } as const
+    return outcomes[answer as keyof typeof outcomes] ?? 'kept'
+  }
+
+  /** Takes an id off the ended set outside the script: its task is gone already. */
+  async leaveEnded (id: string): Promise<void> {
+    await this.redis.zrem(this.k.ended, id)
+  }
+
+  /**
+   * Terminal tasks the transition script never filed in `ended` (they ended before it did, or on a replica of an
+   * older version) are found by a walk of `idx:*:*`, `limit` a call (its rank kept in Redis, starting over at the
+   * end), and filed by their last change. Returns how many it added.
+   */
+  async backfillEnded (limit: number): Promise<number> {
+    const k = this.k
+    const from = Number(await this.redis.get(k.endedBackfill) ?? 0)
+    const ids = await this.redis.zrange(k.index('*', '*'), String(from), String(from + limit - 1))
+    const rows = ids.length === 0
+      ? []
+      : await this.redis.pipeline(ids.map(id => ['hmget', k.task(id), 'status', 'updated_at'])).exec() ?? []
+    let added = 0
+    for (const [i, [err, row]] of rows.entries()) {
+      if (err !== null) throw err
+      const [status, updatedAt] = row as Array<string | null>
+      if (status === null || !isTerminal(status as TaskStatus)) continue
+      // NX: the script's own score (when it ended) is better than the last change's.
+      added += await this.redis.zadd(k.ended, 'NX', Number(updatedAt ?? 0), ids[i])
+    }
+    await this.redis.set(k.endedBackfill, ids.length < limit ? '0' : String(from + ids.length))
     return added
   }
 

@@ -216,6 +216,7 @@ export class WebhookStore {
         .zadd(this.dlvIndex(d.caller), now, d.id)
         .zadd(this.dlvIndex('*'), now, d.id)
         .zadd(this.dlvIndex(d.endpointId ?? 'task-url'), now, d.id)
+        .sadd(this.k.taskDeliveries(d.taskId), d.id)
         .exec()
     }
     return await this.getDelivery(d.id) as Delivery
@@ -261,6 +262,27 @@ export class WebhookStore {
 
   async attempts (id: string): Promise<Attempt[]> {
     return (await this.redis.lrange(this.dlvAttempts(id), 0, -1)).map(a => JSON.parse(a) as Attempt)
+  }
+
+  /**
+   * Deletes up to `limit` of a task's deliveries (retention), each with its attempts and index entries in one
+   * MULTI, so no index names a missing delivery; the task's set of them shrinks with them. Returns how many are left.
+   */
+  async forgetTaskDeliveries (taskId: string, limit = 100): Promise<number> {
+    const set = this.k.taskDeliveries(taskId)
+    const ids = await this.redis.srandmember(set, limit)
+    for (const id of ids) {
+      const [caller, endpointId] = await this.redis.hmget(this.dlvKey(id), 'caller', 'endpoint_id')
+      const multi = this.redis.multi().del(this.dlvKey(id), this.dlvAttempts(id)).srem(set, id)
+      // A delivery whose hash is gone already (a second sweep) is still taken off the task's set.
+      if (caller !== null) {
+        for (const scope of [caller, '*', endpointId === null || endpointId === '' ? 'task-url' : endpointId]) {
+          multi.zrem(this.dlvIndex(scope), id).zrem(this.dlvIndex(scope, 'failed'), id)
+        }
+      }
+      await multi.exec()
+    }
+    return await this.redis.scard(set)
   }
 
   /** Newest first from an index; `since` (ms) bounds it from below. */

@@ -1,16 +1,17 @@
---[[ transition-12: compare-and-set one task change and append its event, atomically.
+--[[ transition-13: compare-and-set one task change and append its event, atomically.
   The caller read the task at sequence `expected` in status `from` and computed the change; if either moved
   since, nothing is written (the caller re-reads and decides again). So a re-sent or late script is a no-op.
   KEYS[1] task hash   KEYS[2] task event list   KEYS[3] event stream
   KEYS[4] index caller:<from>   KEYS[5] index caller:<to>   KEYS[6] index *:<from>   KEYS[7] index *:<to>
   KEYS[8] open set   KEYS[9] stored set   KEYS[10] copying set (succeeded, result neither stored nor given up)
-  KEYS[11] index caller:attention   KEYS[12] index *:attention
+  KEYS[11] index caller:attention   KEYS[12] index *:attention   KEYS[13] ended set (terminal tasks by when)
   ARGV[1] MessagePack map: expected, from, to, fields {name = value}, event (JSON, '' = no event), event_type,
           event_id, created_at, maxlen, terminal (bool), now, guard (a field that must be empty, or ''),
           stored (a score to add the task to the stored set with, 'remove', or nil), copying (the same, for the
           copying set: the result copy's work list, kept with the status so the copy sweep can never miss a task),
           watch (bool: a terminal task that reconciliation still watches stays in the open set),
-          attention ('set' files the task under the attention indexes by created_at, 'remove' takes it off, or nil)
+          attention ('set' files the task under the attention indexes by created_at, 'remove' takes it off, or nil),
+          ended (when the task became terminal, with this change: its score in the ended set, retention's work list)
   Returns the new sequence, 0 when stale, -1 when the task does not exist, -2 when the guard field is set. ]]
 local a = cmsgpack.unpack(ARGV[1])
 local taskKey = KEYS[1]
@@ -61,4 +62,5 @@ if a.attention == 'remove' then
 elseif a.attention == 'set' then
   redis.call('ZADD', KEYS[11], a.created_at, current[3]); redis.call('ZADD', KEYS[12], a.created_at, current[3])
 end
+if a.ended then redis.call('ZADD', KEYS[13], a.ended, current[3]) end
 return seq
