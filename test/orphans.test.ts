@@ -83,7 +83,7 @@ describe('callbacks for a task that no longer exists', () => {
     expect(lines.map(l => [l.taskId, l.upstreamTaskId, l.upstreamStatus, l.count])).toEqual([
       [task.id, upstreamId, 'processing', 1], [task.id, upstreamId, 'succeed', 2]
     ])
-    const mac = callbackToken(h.config.callbackSecret as string, task.id).split('.')[1]
+    const mac = callbackToken(h.config.callbackSecret as string, task.id, Date.now() + 60_000).split('.').at(-1) ?? ''
     expect(h.logs.text).not.toContain(mac)
   })
 

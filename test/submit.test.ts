@@ -83,7 +83,7 @@ async function externalId (h: Harness, id: string): Promise<string> {
 
 /** The simulator's tasks whose callback_url names our task. */
 function simTasksOf (sim: Simulator, id: string): SimTask[] {
-  return [...sim.tasks.values()].filter(t => t.callback_url?.includes(`token=${id}.`) === true)
+  return [...sim.tasks.values()].filter(t => t.callback_url?.includes(`.${id}.`) === true)
 }
 
 /** Submitted, and backed by exactly one upstream task, the one whose id the task shows. */

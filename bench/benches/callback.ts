@@ -48,9 +48,10 @@ export async function callback (): Promise<Row[]> {
     stops.unshift(sim.stop)
     const gw = await startGateway({ redisUrl: redis.url, simUrl: sim.url, dataDir: join(dir.path, 'gateway') })
     const tasks = await makeSubmittedTasks(gw, TASKS)
+    const HOUR = 3600_000
     const requests: LoadRequest[] = tasks.map(t => ({
       method: 'POST',
-      path: `/callbacks/kling?token=${encodeURIComponent(callbackToken(gw.callbackSecret, t.id))}`,
+      path: `/callbacks/kling?token=${encodeURIComponent(callbackToken(gw.callbackSecret, t.id, Date.now() + HOUR))}`,
       body: callbackBody(t.upstreamId)
     }))
     const spec = {

@@ -36,6 +36,8 @@ export const EnvSchema = Type.Object({
   KLING_SECRET_KEY: Type.Optional(Type.String({ minLength: 1 })),
   PUBLIC_BASE_URL: Type.Optional(Type.String({ pattern: '^https?://[^/]+' })),
   CALLBACK_SECRET: Type.Optional(Type.String({ minLength: 32 })),
+  // Earlier CALLBACK_SECRETs, comma-separated: they still verify callback tokens (never sign) while tasks need them.
+  CALLBACK_SECRETS_PREVIOUS: Type.Optional(Type.String({ pattern: '^[^,]{32,}(,[^,]{32,})*$' })),
   // On-prem upstreams and tests only: lets a real upstream call back over http or to a private address.
   CALLBACK_ALLOW_INSECURE: Type.Boolean({ default: false }),
   API_KEYS: Type.Optional(Type.String({ minLength: 1 })),
@@ -150,6 +152,8 @@ export interface Config {
   /** CALLBACK_ALLOW_INSECURE: PUBLIC_BASE_URL may be http or private with a real upstream (on-prem, tests). */
   callbackAllowInsecure: boolean
   callbackSecret?: string
+  /** CALLBACK_SECRETS_PREVIOUS: verify-only callback secrets (src/domain/callback-token.ts). */
+  callbackSecretsPrevious: string[]
   apiKeys: ApiKey[]
   allowedModels: string[]
   /** MODEL_CAPABILITIES over the defaults: the models of each kind, their modes, durations and features. */
@@ -364,6 +368,7 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
     publicBaseUrl: value.PUBLIC_BASE_URL?.replace(/\/+$/, ''),
     callbackAllowInsecure: value.CALLBACK_ALLOW_INSECURE,
     callbackSecret: value.CALLBACK_SECRET,
+    callbackSecretsPrevious: value.CALLBACK_SECRETS_PREVIOUS?.split(',') ?? [],
     apiKeys,
     allowedModels: value.ALLOWED_MODELS.split(','),
     models,

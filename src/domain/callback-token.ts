@@ -1,21 +1,106 @@
 import { createHmac, timingSafeEqual } from 'node:crypto'
 
 /**
- * The token in our `callback_url`: `<task id>.<base64url HMAC-SHA256(task id)>` (256 bits). It names one task and
- * only the holder of CALLBACK_SECRET can make one. CometAPI's callbacks carry no signature we could check
- * (docs/DESIGN.md, "Upstream: CometAPI's Kling route"), so this token is what authenticates them.
+ * The token in our `callback_url` (docs/API.md, "The upstream callback"):
+ *
+ *   v2.<kid>.<exp>.<task id>.<mac>   mac = base64url, no padding, of HMAC-SHA256(secret, "v2.<kid>.<exp>.<task id>")
+ *
+ * `kid` names the secret that signed it (`callbackKeyId`), so CALLBACK_SECRET can be rotated with tasks in flight:
+ * the old secret, listed in CALLBACK_SECRETS_PREVIOUS, still verifies (never signs) until its tokens expire. `exp`
+ * (Unix seconds) ends the token: a leaked one stops working once its task cannot need it. CometAPI's callbacks
+ * carry no signature we could check (docs/DESIGN.md, "Upstream: CometAPI's Kling route"), so this token is what
+ * authenticates them. Tokens minted before key ids (`<task id>.<mac>`, "v1") still verify under any listed secret;
+ * none are minted any more.
  */
-export function callbackToken (secret: string, taskId: string): string {
-  return `${taskId}.${createHmac('sha256', secret).update(taskId).digest('base64url')}`
+export interface CallbackKeys {
+  /** CALLBACK_SECRET: signs and verifies. */
+  current: string
+  /** CALLBACK_SECRETS_PREVIOUS: verify only. */
+  previous: readonly string[]
 }
 
-/** The task id a token names, or null; compares fixed-length digests in constant time. */
-export function verifyCallbackToken (secret: string, token: string): string | null {
+const KID = /^[0-9a-f]{8}$/
+const EXP = /^[1-9][0-9]{0,11}$/
+const TASK_ID = /^[A-Za-z0-9_-]{1,100}$/
+/** 32 bytes in base64url without padding: 42 characters of 6 bits and a last one whose low 2 bits are 0. */
+const MAC = /^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$/
+
+const keysOf = (keys: CallbackKeys | string): CallbackKeys =>
+  typeof keys === 'string' ? { current: keys, previous: [] } : keys
+
+const mac = (secret: string, signed: string): string =>
+  createHmac('sha256', secret).update(signed).digest('base64url')
+
+/** A secret's id: 8 hex of HMAC-SHA256(secret, "kid"); says nothing usable about the secret. */
+export function callbackKeyId (secret: string): string {
+  return createHmac('sha256', secret).update('kid').digest('hex').slice(0, 8)
+}
+
+/** The token for `taskId`, signed with the current secret, good until `expiresAt` (ms; rounded up to seconds). */
+export function callbackToken (keys: CallbackKeys | string, taskId: string, expiresAt: number): string {
+  const secret = keysOf(keys).current
+  const signed = `v2.${callbackKeyId(secret)}.${Math.ceil(expiresAt / 1000)}.${taskId}`
+  return `${signed}.${mac(secret, signed)}`
+}
+
+export type TokenCheck =
+  | { ok: true, taskId: string }
+  | { ok: false, reason: 'malformed' | 'unknown-key' | 'wrong' | 'expired' }
+
+/**
+ * Whether `token` is one we minted, and for which task. Only the exact spelling we mint is accepted (no padding,
+ * no other alphabet, no extra characters); the MACs are compared as fixed-length strings in constant time. The
+ * caller answers every failure the same way; `reason` is for its logs.
+ */
+export function checkCallbackToken (keys: CallbackKeys | string, token: string, now: number): TokenCheck {
+  const { current, previous } = keysOf(keys)
+  if (token.length > 256) return { ok: false, reason: 'malformed' }
   const dot = token.lastIndexOf('.')
-  if (dot <= 0 || token.length > 200) return null
-  const taskId = token.slice(0, dot)
-  const expected = createHmac('sha256', secret).update(taskId).digest()
-  const given = Buffer.from(token.slice(dot + 1), 'base64url')
-  if (given.length !== expected.length) return null
-  return timingSafeEqual(given, expected) ? taskId : null
+  const signed = token.slice(0, dot)
+  const given = token.slice(dot + 1)
+  if (dot <= 0 || !MAC.test(given)) return { ok: false, reason: 'malformed' }
+  const parts = signed.split('.')
+  if (parts.length === 1) {
+    // v1: `<task id>.<mac>` under any secret we still hold (they have no key id to pick one by).
+    if (!TASK_ID.test(signed)) return { ok: false, reason: 'malformed' }
+    const match = [current, ...previous].some(s => equal(mac(s, signed), given))
+    return match ? { ok: true, taskId: signed } : { ok: false, reason: 'wrong' }
+  }
+  const [version, kid, exp, taskId] = parts
+  if (parts.length !== 4 || version !== 'v2' || !KID.test(kid) || !EXP.test(exp) || !TASK_ID.test(taskId)) {
+    return { ok: false, reason: 'malformed' }
+  }
+  const secret = [current, ...previous].find(s => callbackKeyId(s) === kid)
+  if (secret === undefined) return { ok: false, reason: 'unknown-key' }
+  if (!equal(mac(secret, signed), given)) return { ok: false, reason: 'wrong' }
+  // Checked after the MAC, so that "expired" is only ever said of a token we really minted.
+  if (Number(exp) * 1000 <= now) return { ok: false, reason: 'expired' }
+  return { ok: true, taskId }
+}
+
+/** The task id a token names, or null (see `checkCallbackToken`). */
+export function verifyCallbackToken (keys: CallbackKeys | string, token: string, now = Date.now()): string | null {
+  const check = checkCallbackToken(keys, token, now)
+  return check.ok ? check.taskId : null
+}
+
+/** Constant time on two 43-character ASCII strings (both checked against MAC, or minted by us). */
+function equal (expected: string, given: string): boolean {
+  const a = Buffer.from(expected, 'latin1')
+  const b = Buffer.from(given, 'latin1')
+  return a.length === b.length && timingSafeEqual(a, b)
+}
+
+/** The keys a configuration holds (CALLBACK_SECRET, CALLBACK_SECRETS_PREVIOUS). */
+export function callbackKeys (config: { callbackSecret?: string, callbackSecretsPrevious?: readonly string[] }):
+CallbackKeys {
+  return { current: config.callbackSecret ?? '', previous: config.callbackSecretsPrevious ?? [] }
+}
+
+/** A day past the longest a callback can matter: the deadline, then as long again watching for a late success. */
+export const CALLBACK_TOKEN_MARGIN_MS = 24 * 3600_000
+
+/** When a task's token expires: fixed by its creation, so every submit of the task sends the same callback_url. */
+export function callbackTokenExpiry (createdAt: number, deadlineMs: number): number {
+  return createdAt + 2 * deadlineMs + CALLBACK_TOKEN_MARGIN_MS
 }

@@ -81,3 +81,15 @@ export function changeFromUpstream (
   if (to === 'failed') change.error = { code: 'UPSTREAM_FAILED', message: up.statusMsg ?? 'the upstream task failed' }
   return change
 }
+
+/**
+ * A confirmed (queried) message for the state the task is already in: an unconfirmed callback may have moved the
+ * task without its text (src/routes/callbacks.ts), and the query that follows brings upstream's own. Bookkeeping,
+ * no event (the status did not change); null when there is nothing to update.
+ */
+export function confirmedMessage (task: TaskRecord, up: UpstreamSnapshot): StateChange | null {
+  const upstream = task.upstream
+  if (upstream === null || upstream.task_id !== up.taskId || upstream.status !== up.status) return null
+  if (fromKling(up.status) !== task.status || upstream.status_msg === up.statusMsg) return null
+  return { to: task.status, upstream: { ...upstream, status_msg: up.statusMsg } }
+}

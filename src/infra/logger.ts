@@ -1,8 +1,38 @@
 import { pino, type Logger, type DestinationStream } from 'pino'
 
-/** Drops query strings that may carry secrets (the callback `token`) from a logged URL. */
+const SECRET_FIELDS = new Set(['token', 'key', 'api_key', 'secret'])
+const SECRET_INSIDE = /(?:^|[?&;\s])(?:token|key|api_key|secret)\s*=/i
+
+/**
+ * Percent-decoded as the query parser decodes (`+` is a space), three times over for double encodings; a bad escape
+ * is left as it is rather than thrown on.
+ */
+function decoded (text: string): string {
+  let out = text.replace(/\+/g, ' ')
+  for (let round = 0; round < 3; round++) {
+    const next = out.replace(/%([0-9a-f]{2})/gi, (_, hex: string) => String.fromCharCode(parseInt(hex, 16)))
+    if (next === out) break
+    out = next
+  }
+  return out
+}
+
+/**
+ * Drops query fields that may carry secrets (the callback `token`) from a logged URL. Decided on the decoded query,
+ * as the route reads it: `?%74oken=…` is the route's `token` too. A field whose decoded text assigns a secret
+ * field (`?a=%26token%3D…`) goes whole.
+ */
 export function redactUrl (url: string): string {
-  return url.replace(/([?&](?:token|key|api_key|secret)=)[^&#]*/gi, '$1[REDACTED]')
+  const start = url.indexOf('?')
+  if (start < 0) return url
+  const end = url.includes('#', start) ? url.indexOf('#', start) : url.length
+  const fields = url.slice(start + 1, end).split('&').map(field => {
+    const eq = field.indexOf('=')
+    const name = eq < 0 ? field : field.slice(0, eq)
+    if (SECRET_FIELDS.has(decoded(name).trim().toLowerCase())) return `${name}=[REDACTED]`
+    return SECRET_INSIDE.test(decoded(field)) ? '[REDACTED]' : field
+  })
+  return `${url.slice(0, start + 1)}${fields.join('&')}${url.slice(end)}`
 }
 
 /**
@@ -16,7 +46,7 @@ export function createLogger (level: string, destination?: DestinationStream): L
       paths: [
         'req.headers.authorization', 'req.headers.cookie', 'headers.authorization',
         '*.apiKey', '*.key', '*.secret', '*.token',
-        'config.upstream.key', 'config.callbackSecret', 'config.blobs.secretAccessKey'
+        'config.upstream.key', 'config.callbackSecret', 'config.callbackSecretsPrevious', 'config.blobs.secretAccessKey'
       ],
       censor: '[REDACTED]'
     },

@@ -1,4 +1,4 @@
-import { changeFromUpstream } from '../domain/upstream-state.ts'
+import { changeFromUpstream, confirmedMessage } from '../domain/upstream-state.ts'
 import type { TaskStore, TransitionOutcome } from '../store/tasks.ts'
 import type { UpstreamTask } from '../upstream/client.ts'
 
@@ -18,6 +18,11 @@ export async function applyUpstream (
     taskId: up.taskId, status: up.status, statusMsg: up.statusMsg, videos: up.videos, updatedAt: up.updatedAt
   }
   const outcome = await store.transition(taskId, t => changeFromUpstream(t, snapshot, now, base))
+  // Only queried answers come here, so their message is upstream's own: it is taken even when the status is not
+  // new. Not reported as applied: callers decide on status moves (a deadline is not put off by a new message).
+  if (!outcome.applied && outcome.task !== null) {
+    await store.transition(taskId, t => confirmedMessage(t, snapshot), { current: outcome.task })
+  }
   await store.dropParked(taskId)
   return outcome
 }

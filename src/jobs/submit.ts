@@ -27,7 +27,7 @@ import { DelayedError, Worker, type Job } from 'bullmq'
 import type { Logger } from 'pino'
 import { QueueJobs } from './base.ts'
 import { callbackBaseUrl, type Config } from '../config/index.ts'
-import { callbackToken } from '../domain/callback-token.ts'
+import { callbackKeys, callbackToken, callbackTokenExpiry } from '../domain/callback-token.ts'
 import { upstreamBody } from '../domain/create.ts'
 import { applyUpstream } from './apply.ts'
 import { holdTask } from './hold.ts'
@@ -189,7 +189,7 @@ export class SubmitJobs extends QueueJobs<SubmitData> {
       })
       const images = await store.parked(task.id)
       const body = upstreamBody(task.request, images, {
-        callback_url: this.callbackUrl(task.id),
+        callback_url: this.callbackUrl(task),
         external_task_id: task.externalTaskId
       })
       sentAt = clock()
@@ -313,8 +313,9 @@ export class SubmitJobs extends QueueJobs<SubmitData> {
     return 'failed'
   }
 
-  private callbackUrl (taskId: string): string {
+  private callbackUrl (task: TaskRecord): string {
     const { config } = this.deps
-    return `${callbackBaseUrl(config)}/callbacks/kling?token=${callbackToken(config.callbackSecret ?? '', taskId)}`
+    const expires = callbackTokenExpiry(task.createdAt, config.reconcile.deadlineMs)
+    return `${callbackBaseUrl(config)}/callbacks/kling?token=${callbackToken(callbackKeys(config), task.id, expires)}`
   }
 }

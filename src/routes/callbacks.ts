@@ -1,6 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
-import { verifyCallbackToken } from '../domain/callback-token.ts'
+import { callbackKeys, checkCallbackToken } from '../domain/callback-token.ts'
 import { GatewayError, InvalidRequest, NotFound } from '../domain/errors.ts'
 import { changeFromUpstream } from '../domain/upstream-state.ts'
 import { bodyProblems, internal, json, problem, unavailable } from '../schemas/common.ts'
@@ -89,8 +89,12 @@ const callbacks: FastifyPluginAsyncTypebox = async (app) => {
     }
   }, async (request, reply) => {
     const token = request.query.token
-    const taskId = token === undefined ? null : verifyCallbackToken(config.callbackSecret ?? '', token)
-    if (taskId === null) throw new NotFound('callback target')
+    const check = token === undefined ? null : checkCallbackToken(callbackKeys(config), token, clock())
+    // Only a token we minted can be "expired", so this line cannot be had for free; it tells an operator that
+    // a callback came after its task's token ended (or that a secret left CALLBACK_SECRETS_PREVIOUS too early).
+    if (check?.ok === false && check.reason === 'expired') request.log.info('callback with an expired token')
+    if (check === null || !check.ok) throw new NotFound('callback target')
+    const taskId = check.taskId
     const task = await store.get(taskId)
 
     const up = parseTask(request.body)
@@ -133,8 +137,15 @@ const callbacks: FastifyPluginAsyncTypebox = async (app) => {
       await reconcile.check(task.id, { confirm: true, upstreamTaskId: task.upstream === null ? up.taskId : undefined })
       return await reply.code(202).send({ outcome: 'confirming', status: task.status })
     }
-    const outcome = await store.transition(task.id, t => changeFromUpstream(t, { ...up }, clock()), { current: task })
-    request.log.info({ taskId: task.id, upstreamStatus: up.status, applied: outcome.applied }, 'callback')
+    // Unconfirmed, so only its status is taken: its free text (task_status_msg) would reach events, SSE and signed
+    // webhooks in our name, and a leaked token is enough to send one. The message comes from the query that a
+    // callback with a new message queues (src/jobs/apply.ts takes a confirmed message even for the same status).
+    const hint = { ...up, statusMsg: null }
+    const outcome = await store.transition(task.id, t => changeFromUpstream(t, hint, clock()), { current: task })
+    const said = up.statusMsg !== null && up.statusMsg !== (outcome.task ?? task).upstream?.status_msg
+    if (said) await reconcile.check(task.id, { confirm: true })
+    request.log.info({ taskId: task.id, upstreamStatus: up.status, applied: outcome.applied, confirm: said },
+      'callback')
     return { outcome: outcome.applied ? 'applied' : 'duplicate', status: outcome.task?.status ?? task.status }
   })
 }

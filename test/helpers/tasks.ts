@@ -1,7 +1,7 @@
 import { expect } from 'vitest'
 import type { Harness } from './harness.ts'
 import { auth } from './harness.ts'
-import { callbackToken } from '../../src/domain/callback-token.ts'
+import { callbackKeys, callbackToken } from '../../src/domain/callback-token.ts'
 import type { TaskView } from '../../src/domain/task.ts'
 
 /** A valid create body with two URL images; tests override single fields. */
@@ -33,7 +33,8 @@ export async function waitFor (h: Harness, id: string, done: (t: TaskView) => bo
   return task
 }
 
-/** The callback URL the gateway would give CometAPI for this task. */
+/** The callback URL the gateway would give CometAPI for this task (its token good for a day). */
 export function callbackPath (h: Harness, taskId: string): string {
-  return `/callbacks/kling?token=${encodeURIComponent(callbackToken(h.config.callbackSecret ?? '', taskId))}`
+  const token = callbackToken(callbackKeys(h.config), taskId, Date.now() + 24 * 3600_000)
+  return `/callbacks/kling?token=${encodeURIComponent(token)}`
 }
