@@ -7,7 +7,7 @@
  */
 import type { FastifyBaseLogger } from 'fastify'
 import { GatewayError } from '../domain/errors.ts'
-import type { Caller } from './auth.ts'
+import { canSee, mayChange, type Caller } from './auth.ts'
 
 export type AuditAction =
   | 'task.create' | 'task.cancel' | 'task.resolve'
@@ -44,4 +44,14 @@ export async function audited <T> (
     audit(log, action, caller, err instanceof GatewayError ? err.code : 'error', all)
     throw err
   }
+}
+
+/**
+ * `mayChange`, noting the owner first when the caller may see it, so that a refusal's line (an admin without the
+ * operator scope) says whose resource it was asked to change; an unseen one is not described.
+ */
+export function changeable <T extends { caller: string }> (caller: Caller, owned: T | null, what: string,
+  note: (more: AuditFields) => void): T {
+  if (canSee(caller, owned)) note({ owner: owned.caller })
+  return mayChange(caller, owned, what)
 }

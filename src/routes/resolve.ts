@@ -6,8 +6,8 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import { GatewayError, InvalidRequest } from '../domain/errors.ts'
 import { toView } from '../domain/task.ts'
-import { mayChange, type Caller } from '../plugins/auth.ts'
-import { audited } from '../plugins/audit.ts'
+import type { Caller } from '../plugins/auth.ts'
+import { audited, changeable } from '../plugins/audit.ts'
 import {
   bodyProblems, internal, invalidField, json, operatorScopeRequired, problem, unauthorized, unavailable
 } from '../schemas/common.ts'
@@ -72,8 +72,8 @@ const resolve: FastifyPluginAsyncTypebox = async (app) => {
     const how = resolution(action ?? (upstreamTaskId === undefined ? undefined : 'adopt'), upstreamTaskId, message)
     const fields = { task_id: request.params.id, resolution: how.action }
     return await audited(request.log, 'task.resolve', caller, fields, async note => {
-      const task = mayChange(caller, await store.get(request.params.id), 'task')
-      note({ owner: task.caller, ...(how.action === 'adopt' && { upstream_task_id: how.upstreamTaskId }) })
+      if (how.action === 'adopt') note({ upstream_task_id: how.upstreamTaskId })
+      const task = changeable(caller, await store.get(request.params.id), 'task', note)
       return toView(await resolveHeld(deps, task, how, caller.name))
     })
   })

@@ -14,8 +14,8 @@ import { TASK_EXAMPLE, taskExample } from '../schemas/examples.ts'
 import {
   CREATE_SCHEMAS, CreateVideoSchema, IdempotencyHeadersSchema, ListQuerySchema, TaskParamsSchema, TaskSchema
 } from '../schemas/videos.ts'
-import { canSee, mayChange, type Caller } from '../plugins/auth.ts'
-import { audit, audited } from '../plugins/audit.ts'
+import { canSee, type Caller } from '../plugins/auth.ts'
+import { audit, audited, changeable } from '../plugins/audit.ts'
 import { checkWebhookTarget, UnsafeTarget } from '../notify/ssrf.ts'
 import { fieldErrorsOf, LOCATIONS } from '../plugins/errors.ts'
 import resolve from './resolve.ts'
@@ -266,8 +266,7 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
   }, async (request) => {
     const caller = request.caller as Caller
     return await audited(request.log, 'task.cancel', caller, { task_id: request.params.id }, async note => {
-      const existing = mayChange(caller, await store.get(request.params.id), 'task')
-      note({ owner: existing.caller })
+      const existing = changeable(caller, await store.get(request.params.id), 'task', note)
       return toView(await cancelTask(store, existing))
     })
   })

@@ -3,8 +3,8 @@ import { Type } from 'typebox'
 import { GatewayError, InvalidRequest, NotFound } from '../domain/errors.ts'
 import { EVENT_TYPES } from '../domain/task.ts'
 import { CANNOT_USE, checkWebhookTarget, UnsafeTarget } from '../notify/ssrf.ts'
-import { canSee, mayChange, type Caller } from '../plugins/auth.ts'
-import { audit, audited } from '../plugins/audit.ts'
+import { canSee, type Caller } from '../plugins/auth.ts'
+import { audit, audited, changeable, type AuditFields } from '../plugins/audit.ts'
 import {
   bodyProblems, internal, invalidField, json, operatorScopeRequired, problem, unauthorized, unavailable
 } from '../schemas/common.ts'
@@ -75,11 +75,8 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
     return ep
   }
   /** An endpoint to change: the caller's own, or any for an operator (403 for an admin without the scope). */
-  const changeableEndpoint = async (id: string, caller: Caller, note: (f: { owner: string }) => void) => {
-    const ep = mayChange(caller, await store.getEndpoint(id), 'webhook endpoint')
-    note({ owner: ep.caller })
-    return ep
-  }
+  const changeableEndpoint = async (id: string, caller: Caller, note: (more: AuditFields) => void) =>
+    changeable(caller, await store.getEndpoint(id), 'webhook endpoint', note)
   const deliveryView = async (d: Delivery) => ({
     id: d.id,
     webhook_id: d.msgId,
@@ -344,8 +341,8 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
     const caller = request.caller as Caller
     const fields = { delivery_id: request.params.id }
     const view = await audited(request.log, 'delivery.retry', caller, fields, async note => {
-      const d = mayChange(caller, await store.getDelivery(request.params.id), 'delivery')
-      note({ owner: d.caller, task_id: d.taskId, endpoint_id: d.endpointId })
+      const d = changeable(caller, await store.getDelivery(request.params.id), 'delivery', note)
+      note({ task_id: d.taskId, endpoint_id: d.endpointId })
       if (d.status === 'pending') {
         throw new GatewayError('DELIVERY_PENDING', 409, 'the delivery is still being attempted')
       }
