@@ -104,7 +104,10 @@ try {
   let devKey: string | undefined
   if (config.apiKeys.length === 0) {
     devKey = `dev_${randomBytes(18).toString('base64url')}`
-    config.apiKeys.push({ caller: 'dev', sha256: createHash('sha256').update(devKey).digest(), admin: true })
+    // The only key of a development gateway, so it may do everything: an operator.
+    config.apiKeys.push({
+      caller: 'dev', sha256: createHash('sha256').update(devKey).digest(), admin: true, operator: true
+    })
   }
 
   const redis = createRedis(config.redis, 'command')

@@ -33,7 +33,7 @@ const sleep = async (ms: number) => await new Promise(resolve => setTimeout(reso
 const externalId = async (h: Harness, id: string) =>
   await h.redis.hget(`{${h.prefix}}:task:${id}`, 'external_task_id') as string
 
-async function resolve (h: Harness, id: string, body: Record<string, unknown>, who: 'ops' | 'alice' = 'ops') {
+async function resolve (h: Harness, id: string, body: Record<string, unknown>, who: 'root' | 'alice' = 'root') {
   return await h.app.inject({ method: 'POST', url: `/v1/videos/${id}/resolve`, headers: auth(who), payload: body })
 }
 

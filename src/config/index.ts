@@ -42,6 +42,8 @@ export const EnvSchema = Type.Object({
   CALLBACK_ALLOW_INSECURE: Type.Boolean({ default: false }),
   API_KEYS: Type.Optional(Type.String({ minLength: 1 })),
   ADMIN_API_KEYS: Type.Optional(Type.String({ minLength: 1 })),
+  // Admin keys that may also change other callers' resources (cancel, resolve, endpoints, delivery retries).
+  OPERATOR_API_KEYS: Type.Optional(Type.String({ minLength: 1 })),
   ALLOWED_MODELS: Type.String({ pattern: '^[A-Za-z0-9._-]+(,[A-Za-z0-9._-]+)*$', default: 'kling-v1-6' }),
   // JSON: what each model does on each kind (src/domain/models.ts); each kind given replaces its default entry.
   MODEL_CAPABILITIES: Type.Optional(Type.String({ minLength: 1 })),
@@ -108,8 +110,19 @@ export const EnvSchema = Type.Object({
 })
 type Env = Static<typeof EnvSchema>
 
-/** A caller's API key, kept only as its SHA-256 so the plain key never sits in memory longer than parsing. */
-export interface ApiKey { caller: string, sha256: Buffer, admin: boolean }
+/**
+ * A caller's API key, kept only as its SHA-256 so the plain key never sits in memory longer than parsing. An admin
+ * reads every caller's resources; an operator is an admin that may also change them (docs/API.md, "Auth and roles").
+ */
+export interface ApiKey { caller: string, sha256: Buffer, admin: boolean, operator: boolean }
+
+type Role = 'caller' | 'admin' | 'operator'
+
+/**
+ * Caller names the gateway keeps for itself, or that read as one of its ids in a log line or a listing: `all` and
+ * `task-url` name delivery indexes, and endpoints, deliveries, events and secrets have these prefixes.
+ */
+const RESERVED_CALLERS = /^(?:all|task-url|(?:ep|dlv|evt|msg|whsec)_.*)$/i
 
 export interface RedisConfig {
   url?: string
@@ -223,7 +236,7 @@ function parseHostPorts (list: string): Array<{ host: string, port: number }> {
 }
 
 /** `caller:key` or `caller:sha256:<hex>` entries; problems are reported by variable name only. */
-function parseKeys (name: string, list: string | undefined, admin: boolean, problems: string[]): ApiKey[] {
+function parseKeys (name: string, list: string | undefined, role: Role, problems: string[]): ApiKey[] {
   if (list === undefined) return []
   const keys: ApiKey[] = []
   for (const [i, entry] of list.split(',').entries()) {
@@ -232,10 +245,28 @@ function parseKeys (name: string, list: string | undefined, admin: boolean, prob
       problems.push(`${name}: entry ${i + 1} must be caller:key (key ≥ 16 characters) or caller:sha256:<64 hex>`)
       continue
     }
+    if (RESERVED_CALLERS.test(m[1])) {
+      problems.push(`${name}: entry ${i + 1}: the caller name is reserved (all, task-url, or one starting with an id ` +
+        'prefix: ep_, dlv_, evt_, msg_, whsec_); choose another')
+      continue
+    }
     const sha256 = m[2] !== undefined ? Buffer.from(m[2], 'hex') : createHash('sha256').update(m[3]).digest()
-    keys.push({ caller: m[1], sha256, admin })
+    keys.push({ caller: m[1], sha256, admin: role !== 'caller', operator: role === 'operator' })
   }
   return keys
+}
+
+/** One key in two entries would have two roles (or two names), and which one won would depend on list order. */
+function duplicateKeyProblems (keys: ApiKey[]): string[] {
+  const seen = new Set<string>()
+  for (const key of keys) {
+    const hex = key.sha256.toString('hex')
+    if (seen.has(hex)) {
+      return ['API_KEYS: the same key is listed twice (across API_KEYS, ADMIN_API_KEYS and OPERATOR_API_KEYS)']
+    }
+    seen.add(hex)
+  }
+  return []
 }
 
 /**
@@ -322,9 +353,11 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
   const redisModes = [value.REDIS_URL, value.REDIS_CLUSTER_NODES, value.REDIS_SENTINELS].filter(v => v !== undefined)
   if (redisModes.length > 1) problems.push('REDIS_URL: set only one of REDIS_URL, REDIS_CLUSTER_NODES, REDIS_SENTINELS')
   const apiKeys = [
-    ...parseKeys('API_KEYS', value.API_KEYS, false, problems),
-    ...parseKeys('ADMIN_API_KEYS', value.ADMIN_API_KEYS, true, problems)
+    ...parseKeys('API_KEYS', value.API_KEYS, 'caller', problems),
+    ...parseKeys('ADMIN_API_KEYS', value.ADMIN_API_KEYS, 'admin', problems),
+    ...parseKeys('OPERATOR_API_KEYS', value.OPERATOR_API_KEYS, 'operator', problems)
   ]
+  problems.push(...duplicateKeyProblems(apiKeys))
   if (value.BLOB_DRIVER === 's3' && value.S3_BUCKET === undefined) {
     problems.push('S3_BUCKET: required when BLOB_DRIVER=s3')
   }

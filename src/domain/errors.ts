@@ -11,6 +11,8 @@ export const ERROR_CODES = [
   'IDEMPOTENCY_KEY_REUSED', 'TOO_MANY_CALLBACKS', 'INTERNAL', 'UNAVAILABLE', 'NOT_HELD', 'UPSTREAM_TASK_UNKNOWN',
   // A per-caller limit (src/config/callers.ts): 429 with Retry-After, naming the limit and its value.
   'CALLER_LIMIT',
+  // An admin key without the operator scope changing another caller's resource (it can see it, so 403, not 404).
+  'OPERATOR_SCOPE_REQUIRED',
   // What Fastify or Node's HTTP parser refuse before a route runs (src/plugins/errors.ts maps their codes to these).
   'INVALID_JSON', 'UNSUPPORTED_MEDIA_TYPE', 'BODY_TOO_LARGE', 'URI_TOO_LONG', 'HEADERS_TOO_LARGE', 'REQUEST_TIMEOUT',
   // Content of a video whose upstream URL expired before it could be copied; also that video's `copy_error.code`.
@@ -76,5 +78,16 @@ export class CallerLimitExceeded extends GatewayError {
     super('CALLER_LIMIT', 429, detail ?? `caller limit ${limit} (${value}) reached; retry after Retry-After`,
       undefined, { 'retry-after': String(Math.max(1, Math.ceil(retryAfterSeconds))) },
       { limit, limit_value: value })
+  }
+}
+
+/**
+ * An admin key (which sees every caller's resources, so a 404 would be a lie) asked to change another caller's:
+ * that needs an operator key (OPERATOR_API_KEYS). Names the owner-independent fix, never the owner.
+ */
+export class OperatorScopeRequired extends GatewayError {
+  constructor (what: string) {
+    super('OPERATOR_SCOPE_REQUIRED', 403, `this ${what} belongs to another caller: an admin key may read it, ` +
+      'only an operator key (OPERATOR_API_KEYS) may change it')
   }
 }

@@ -4,10 +4,13 @@
  */
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
-import { GatewayError, InvalidRequest, NotFound } from '../domain/errors.ts'
+import { GatewayError, InvalidRequest } from '../domain/errors.ts'
 import { toView } from '../domain/task.ts'
-import { canSee, type Caller } from '../plugins/auth.ts'
-import { bodyProblems, internal, invalidField, json, problem, unauthorized, unavailable } from '../schemas/common.ts'
+import type { Caller } from '../plugins/auth.ts'
+import { audited, changeable } from '../plugins/audit.ts'
+import {
+  bodyProblems, internal, invalidField, json, operatorScopeRequired, problem, unauthorized, unavailable
+} from '../schemas/common.ts'
 import { taskExample } from '../schemas/examples.ts'
 import { TaskParamsSchema } from '../schemas/videos.ts'
 import { resolveHeld, type Resolution } from '../services/resolve.ts'
@@ -34,7 +37,8 @@ const resolve: FastifyPluginAsyncTypebox = async (app) => {
         'gateway cannot confirm, so it is neither failed nor sent again. Name the upstream task ' +
         '(`{"upstream_task_id": …}`: adopted once upstream confirms it exists and is not another request\'s), ' +
         'fail it (`{"action": "fail", "message"?: …}`), or send it again (`{"action": "resend"}`: upstream refuses ' +
-        'a duplicate `external_task_id`). List held tasks with `GET /v1/videos?attention=true`. Any other key gets ' +
+        'a duplicate `external_task_id`). List held tasks with `GET /v1/videos?attention=true`. Another caller\'s ' +
+        'task needs an operator key (OPERATOR_API_KEYS; an admin key is 403). Any key that is not an admin\'s gets ' +
         'the 404 of a route that does not exist.',
       security: [{ bearer: [] }],
       params: TaskParamsSchema,
@@ -45,6 +49,7 @@ const resolve: FastifyPluginAsyncTypebox = async (app) => {
         400: invalidField('invalid body or id: every bad field is listed', '/upstream_task_id',
           'is required to adopt', 'body'),
         401: unauthorized(),
+        403: operatorScopeRequired('task'),
         404: problem(404, 'no such task, or not an admin key (answered as for a route that does not exist)'),
         409: problem(409, 'the task is not held', {
           code: 'NOT_HELD',
@@ -63,11 +68,14 @@ const resolve: FastifyPluginAsyncTypebox = async (app) => {
     if (!caller.admin) {
       throw new GatewayError('NOT_FOUND', 404, `no route ${request.method} ${request.url.split('?')[0]}`)
     }
-    const task = await store.get(request.params.id)
-    if (!canSee(caller, task)) throw new NotFound('task')
     const { action, upstream_task_id: upstreamTaskId, message } = request.body
     const how = resolution(action ?? (upstreamTaskId === undefined ? undefined : 'adopt'), upstreamTaskId, message)
-    return toView(await resolveHeld(deps, task, how, caller.name))
+    const fields = { task_id: request.params.id, resolution: how.action }
+    return await audited(request.log, 'task.resolve', caller, fields, async note => {
+      if (how.action === 'adopt') note({ upstream_task_id: how.upstreamTaskId })
+      const task = changeable(caller, await store.get(request.params.id), 'task', note)
+      return toView(await resolveHeld(deps, task, how, caller.name))
+    })
   })
 }
 export default resolve

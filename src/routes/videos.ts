@@ -7,12 +7,15 @@ import { InvalidRequest, NotFound, Unavailable } from '../domain/errors.ts'
 import { createTask } from '../services/create.ts'
 import { cancelTask } from '../services/cancel.ts'
 import { toView } from '../domain/task.ts'
-import { bodyProblems, internal, invalidField, json, problem, unauthorized, unavailable } from '../schemas/common.ts'
+import {
+  bodyProblems, internal, invalidField, json, operatorScopeRequired, problem, unauthorized, unavailable
+} from '../schemas/common.ts'
 import { TASK_EXAMPLE, taskExample } from '../schemas/examples.ts'
 import {
   CREATE_SCHEMAS, CreateVideoSchema, IdempotencyHeadersSchema, ListQuerySchema, TaskParamsSchema, TaskSchema
 } from '../schemas/videos.ts'
 import { canSee, type Caller } from '../plugins/auth.ts'
+import { audit, audited, changeable } from '../plugins/audit.ts'
 import { checkWebhookTarget, UnsafeTarget } from '../notify/ssrf.ts'
 import { fieldErrorsOf, LOCATIONS } from '../plugins/errors.ts'
 import resolve from './resolve.ts'
@@ -20,7 +23,7 @@ import resolve from './resolve.ts'
 const TaskRef = Type.Ref('Task')
 const invalid = (what: string) => invalidField(`invalid ${what}, or a body that is not JSON: every bad field is listed`,
   '/id', 'must match pattern "^[A-Za-z0-9-]+$"', 'params')
-const noTask = () => problem(404, 'no such task for this caller (another caller\'s task is 404 too, never 403)')
+const noTask = () => problem(404, 'no such task for this caller (another caller\'s task is 404 too, as a missing one)')
 const ListSchema = Type.Object({ data: Type.Array(TaskRef), next_cursor: Type.Union([Type.String(), Type.Null()]) })
 
 /** What every create answers, whatever its kind. */
@@ -161,6 +164,7 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
       idempotencyKey: request.headers['idempotency-key'] as string | undefined
     })
     if (replayed) reply.header('idempotent-replayed', 'true')
+    audit(request.log, 'task.create', caller, 'accepted', { task_id: task.id, kind, replayed })
     return await reply.code(202).header('location', `/v1/videos/${task.id}`).send(toView(task))
   }
 
@@ -214,13 +218,23 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
       const detail = 'cannot be combined with status or reference (held tasks are all queued)'
       throw new InvalidRequest([{ pointer: '/attention', detail, location: 'query' }])
     }
+    if (reference !== undefined && caller.admin && request.query.caller === undefined) {
+      // An admin's own name would be a guess: it used to find nothing, silently.
+      const detail = 'is required with reference for an admin key: references are per caller, so name whose ' +
+        '(e.g. ?caller=svc-a&reference=…)'
+      throw new InvalidRequest([{ pointer: '/caller', detail, location: 'query' }])
+    }
+    // Whose tasks: the one named (any for an admin, only its own for another key), else an admin's everyone's.
+    const whose = request.query.caller ?? (caller.admin ? null : caller.name)
+    if (whose !== null && whose !== caller.name && !caller.admin) return { data: [], next_cursor: null }
     if (reference !== undefined) {
       // A reference is unique per caller, so this is a lookup, not a scan.
-      const task = caller.admin ? null : await store.byReference(caller.name, reference)
+      // `whose` is set here: an admin named a caller (checked above), any other key is its own.
+      const task = await store.byReference(whose as string, reference)
       const found = task !== null && (status === undefined || task.status === status) ? [toView(task)] : []
       return { data: found, next_cursor: null }
     }
-    const page = await store.list({ caller: caller.admin ? null : caller.name, status, attention, limit, cursor })
+    const page = await store.list({ caller: whose, status, attention, limit, cursor })
     return { data: page.tasks.map(toView), next_cursor: page.nextCursor }
   })
 
@@ -231,7 +245,8 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
       summary: 'Cancel a task that has not gone upstream yet',
       description: 'Cancels a `queued` task that is not being sent upstream, so nothing is paid for; its images are ' +
         'dropped and a `video.canceled` event follows. Answered once the cancel is durable. Safe to retry: a ' +
-        'repeated cancel of a canceled task is 409 `NOT_CANCELABLE` and changes nothing. No body is needed.',
+        'repeated cancel of a canceled task is 409 `NOT_CANCELABLE` and changes nothing. No body is needed. ' +
+        'Another caller\'s task: only with an operator key (an admin key is 403 `OPERATOR_SCOPE_REQUIRED`).',
       security: [{ bearer: [] }],
       params: TaskParamsSchema,
       response: {
@@ -239,6 +254,7 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
         ...bodyProblems('1 MiB'),
         400: invalid('id'),
         401: unauthorized(),
+        403: operatorScopeRequired('task'),
         404: noTask(),
         409: problem(409, 'the task has left `queued`, or is being submitted upstream right now', {
           code: 'NOT_CANCELABLE', detail: 'the task is processing; only a queued task can be canceled'
@@ -248,9 +264,11 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
       }
     }
   }, async (request) => {
-    const existing = await store.get(request.params.id)
-    if (!canSee(request.caller as Caller, existing)) throw new NotFound('task')
-    return toView(await cancelTask(store, existing))
+    const caller = request.caller as Caller
+    return await audited(request.log, 'task.cancel', caller, { task_id: request.params.id }, async note => {
+      const existing = changeable(caller, await store.get(request.params.id), 'task', note)
+      return toView(await cancelTask(store, existing))
+    })
   })
 }
 export default videos

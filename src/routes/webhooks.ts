@@ -4,7 +4,10 @@ import { GatewayError, InvalidRequest, NotFound } from '../domain/errors.ts'
 import { EVENT_TYPES } from '../domain/task.ts'
 import { CANNOT_USE, checkWebhookTarget, UnsafeTarget } from '../notify/ssrf.ts'
 import { canSee, type Caller } from '../plugins/auth.ts'
-import { bodyProblems, internal, invalidField, json, problem, unauthorized, unavailable } from '../schemas/common.ts'
+import { audit, audited, changeable, type AuditFields } from '../plugins/audit.ts'
+import {
+  bodyProblems, internal, invalidField, json, operatorScopeRequired, problem, unauthorized, unavailable
+} from '../schemas/common.ts'
 import { DELIVERY_EXAMPLE, ENDPOINT_EXAMPLE, SECRET_EXAMPLE } from '../schemas/examples.ts'
 import type { Delivery, Endpoint } from '../store/webhooks.ts'
 
@@ -71,6 +74,9 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
     if (!canSee(caller, ep)) throw new NotFound('webhook endpoint')
     return ep
   }
+  /** An endpoint to change: the caller's own, or any for an operator (403 for an admin without the scope). */
+  const changeableEndpoint = async (id: string, caller: Caller, note: (more: AuditFields) => void) =>
+    changeable(caller, await store.getEndpoint(id), 'webhook endpoint', note)
   const deliveryView = async (d: Delivery) => ({
     id: d.id,
     webhook_id: d.msgId,
@@ -131,6 +137,7 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
       eventTypes: request.body.event_types ?? null,
       description: request.body.description ?? null
     })
+    audit(request.log, 'endpoint.create', caller, 'ok', { endpoint_id: ep.id })
     return await reply.code(201).send(endpointView(ep, true))
   })
 
@@ -168,13 +175,17 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
         ...bodyProblems('1 MiB'),
         400: invalidId(),
         401: unauthorized(),
+        403: operatorScopeRequired('webhook endpoint'),
         404: noEndpoint(),
         500: internal(),
         503: unavailable()
       }
     }
   }, async (request, reply) => {
-    await store.deleteEndpoint(await ownEndpoint(request.params.id, request.caller as Caller))
+    const caller = request.caller as Caller
+    await audited(request.log, 'endpoint.delete', caller, { endpoint_id: request.params.id }, async note => {
+      await store.deleteEndpoint(await changeableEndpoint(request.params.id, caller, note))
+    })
     return await reply.code(204).send(null)
   })
 
@@ -192,14 +203,18 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
         ...bodyProblems('1 MiB'),
         400: invalidId(),
         401: unauthorized(),
+        403: operatorScopeRequired('webhook endpoint'),
         404: noEndpoint(),
         500: internal(),
         503: unavailable()
       }
     }
   }, async (request) => {
-    const ep = await ownEndpoint(request.params.id, request.caller as Caller)
-    return endpointView(await store.rotateSecret(ep), true)
+    const caller = request.caller as Caller
+    // The new secret is in the answer only; the audit line names the endpoint.
+    return await audited(request.log, 'endpoint.rotate_secret', caller, { endpoint_id: request.params.id },
+      async note => endpointView(await store.rotateSecret(await changeableEndpoint(request.params.id, caller, note)),
+        true))
   })
 
   app.post('/webhook-endpoints/:id/recover', {
@@ -220,22 +235,29 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
         ...bodyProblems('1 MiB'),
         400: invalidId(),
         401: unauthorized(),
+        403: operatorScopeRequired('webhook endpoint'),
         404: noEndpoint(),
         500: internal(),
         503: unavailable()
       }
     }
   }, async (request, reply) => {
-    const ep = await ownEndpoint(request.params.id, request.caller as Caller)
-    const failed = await store.listDeliveries(store.dlvIndex(ep.id, 'failed'), {
-      limit: 10_000,
-      since: Date.parse(request.body.since)
+    const caller = request.caller as Caller
+    const fields = { endpoint_id: request.params.id, since: request.body.since }
+    const recovered = await audited(request.log, 'endpoint.recover', caller, fields, async note => {
+      const ep = await changeableEndpoint(request.params.id, caller, note)
+      const failed = await store.listDeliveries(store.dlvIndex({ endpoint: ep.id }, 'failed'), {
+        limit: 10_000,
+        since: Date.parse(request.body.since)
+      })
+      for (const d of failed) {
+        await store.reopen(d)
+        await deliveries.enqueue(d, { retry: true })
+      }
+      note({ recovered: failed.length })
+      return failed.length
     })
-    for (const d of failed) {
-      await store.reopen(d)
-      await deliveries.enqueue(d, { retry: true })
-    }
-    return await reply.code(202).send({ recovered: failed.length })
+    return await reply.code(202).send({ recovered })
   })
 
   app.get('/webhook-secret', {
@@ -285,7 +307,9 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
   }, async (request) => {
     const caller = request.caller as Caller
     const { status, endpoint, limit, before } = request.query
-    const scope = endpoint !== undefined ? (await ownEndpoint(endpoint, caller)).id : caller.admin ? '*' : caller.name
+    const scope = endpoint !== undefined
+      ? { endpoint: (await ownEndpoint(endpoint, caller)).id }
+      : caller.admin ? 'all' as const : { caller: caller.name }
     const list = await store.listDeliveries(store.dlvIndex(scope, status ?? 'all'), { limit, before })
     return { data: await Promise.all(list.map(deliveryView)) }
   })
@@ -304,6 +328,7 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
         ...bodyProblems('1 MiB'),
         400: invalidId(),
         401: unauthorized(),
+        403: operatorScopeRequired('delivery'),
         404: problem(404, 'no such delivery for this caller', { detail: 'delivery not found' }),
         409: problem(409, 'the delivery is still pending', {
           code: 'DELIVERY_PENDING', detail: 'the delivery is still being attempted'
@@ -314,12 +339,18 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
     }
   }, async (request, reply) => {
     const caller = request.caller as Caller
-    const d = await store.getDelivery(request.params.id)
-    if (!canSee(caller, d)) throw new NotFound('delivery')
-    if (d.status === 'pending') throw new GatewayError('DELIVERY_PENDING', 409, 'the delivery is still being attempted')
-    await store.reopen(d)
-    await deliveries.enqueue(d, { retry: true })
-    return await reply.code(202).send(await deliveryView({ ...d, status: 'pending' }))
+    const fields = { delivery_id: request.params.id }
+    const view = await audited(request.log, 'delivery.retry', caller, fields, async note => {
+      const d = changeable(caller, await store.getDelivery(request.params.id), 'delivery', note)
+      note({ task_id: d.taskId, endpoint_id: d.endpointId })
+      if (d.status === 'pending') {
+        throw new GatewayError('DELIVERY_PENDING', 409, 'the delivery is still being attempted')
+      }
+      await store.reopen(d)
+      await deliveries.enqueue(d, { retry: true })
+      return await deliveryView({ ...d, status: 'pending' })
+    })
+    return await reply.code(202).send(view)
   })
 }
 export default webhooks

@@ -149,3 +149,11 @@ export const bodyProblems = (limit: string) => ({
 
 /** 401 for a missing, malformed or unknown bearer key. */
 export const unauthorized = () => problem(401, 'missing or unknown API key')
+
+/** 403 for an admin key without the operator scope asking to change another caller's resource (src/plugins/auth.ts). */
+export const operatorScopeRequired = (what: string) => problem(403,
+  `an admin key (not an operator key) asked to change another caller's ${what}; it may only read it`, {
+    code: 'OPERATOR_SCOPE_REQUIRED',
+    detail: `this ${what} belongs to another caller: an admin key may read it, only an operator key ` +
+      '(OPERATOR_API_KEYS) may change it'
+  })

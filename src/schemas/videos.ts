@@ -226,6 +226,13 @@ export const ListQuerySchema = Type.Object({
     description: '`true`: only tasks held for an operator (`attention` set); not with `status` or `reference`'
   })),
   reference: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
+  caller: Type.Optional(Type.String({
+    minLength: 1,
+    maxLength: 64,
+    pattern: '^[A-Za-z0-9_.-]+$',
+    description: 'only this caller\'s tasks (an admin key: any caller; required with `reference`, as references ' +
+      'are per caller); another key sees nothing under another caller\'s name'
+  })),
   limit: Type.Integer({ minimum: 1, maximum: 100, default: 20 }),
   cursor: Type.Optional(Type.String({ maxLength: 100, pattern: '^\\d+:[A-Za-z0-9-]+$' }))
 }, { additionalProperties: false })

@@ -56,8 +56,14 @@ export function keys (prefix: string) {
     /** A delivery (hash) and its attempts (list). */
     delivery: (id: string) => `${p}dlv:${id}`,
     deliveryAttempts: (id: string) => `${p}dlv:${id}:attempts`,
-    /** Deliveries newest first per caller (`*` for all) or per endpoint; failed ones by when they failed. */
-    deliveries: (scope: string, status: 'all' | 'failed' = 'all') => `${p}dlvidx:${scope}:${status}`,
+    /**
+     * Deliveries newest first, every caller's, one caller's, one endpoint's or those to tasks' own webhook_url;
+     * failed ones by when they failed. Callers and endpoints have namespaces of their own, so that no caller name
+     * can read as an endpoint id or `task-url` (a caller named `task-url` listed every task URL's deliveries).
+     */
+    deliveries: (scope: DeliveryScope, status: 'all' | 'failed' = 'all') => `${p}dlvidx:${
+      typeof scope === 'string' ? scope : 'caller' in scope ? `caller:${scope.caller}` : `ep:${scope.endpoint}`
+    }:${status}`,
     /** The secret that signs deliveries to a caller's tasks' own webhook_url. */
     callerSecret: (caller: string) => `${p}whsec:${caller}`,
     /** Why the submit queue is paused for the whole upstream account (hash), absent while it runs. */
@@ -69,3 +75,5 @@ export function keys (prefix: string) {
   }
 }
 export type Keys = ReturnType<typeof keys>
+/** What a delivery index lists: `all` deliveries, one caller's, one endpoint's, or those to tasks' own URLs. */
+export type DeliveryScope = 'all' | 'task-url' | { caller: string } | { endpoint: string }

@@ -6,7 +6,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto'
 import type { RedisClient } from '../infra/redis.ts'
-import type { Keys } from './keys.ts'
+import type { DeliveryScope, Keys } from './keys.ts'
 
 export const ROTATION_OVERLAP_MS = 24 * 3600_000
 
@@ -98,8 +98,14 @@ export class WebhookStore {
   private epIndex (caller: string) { return this.k.endpoints(caller) }
   private dlvKey (id: string) { return this.k.delivery(id) }
   private dlvAttempts (id: string) { return this.k.deliveryAttempts(id) }
-  /** Deliveries newest first per caller (`*` for all) and per endpoint; failed ones by when they failed. */
-  dlvIndex (scope: string, status: 'all' | 'failed' = 'all') { return this.k.deliveries(scope, status) }
+  /** Deliveries newest first: all, per caller, per endpoint or to task URLs; failed ones by when they failed. */
+  dlvIndex (scope: DeliveryScope, status: 'all' | 'failed' = 'all') { return this.k.deliveries(scope, status) }
+
+  /** The indexes a delivery is listed in. */
+  private scopesOf (d: Pick<Delivery, 'caller' | 'endpointId'>): DeliveryScope[] {
+    return [{ caller: d.caller }, 'all', d.endpointId === null ? 'task-url' : { endpoint: d.endpointId }]
+  }
+
   private callerSecretKey (caller: string) { return this.k.callerSecret(caller) }
 
   async createEndpoint (
@@ -198,7 +204,7 @@ export class WebhookStore {
     const now = this.clock()
     const created = await this.redis.hsetnx(key, 'id', d.id)
     if (created === 1) {
-      await this.redis.multi()
+      const multi = this.redis.multi()
         .hset(key, {
           msg_id: d.msgId,
           caller: d.caller,
@@ -213,11 +219,9 @@ export class WebhookStore {
           created_at: String(now),
           updated_at: String(now)
         })
-        .zadd(this.dlvIndex(d.caller), now, d.id)
-        .zadd(this.dlvIndex('*'), now, d.id)
-        .zadd(this.dlvIndex(d.endpointId ?? 'task-url'), now, d.id)
-        .sadd(this.k.taskDeliveries(d.taskId), d.id)
-        .exec()
+      for (const scope of this.scopesOf(d)) multi.zadd(this.dlvIndex(scope), now, d.id)
+      multi.sadd(this.k.taskDeliveries(d.taskId), d.id)
+      await multi.exec()
     }
     return await this.getDelivery(d.id) as Delivery
   }
@@ -238,11 +242,9 @@ export class WebhookStore {
       })
       .hincrby(this.dlvKey(d.id), 'attempts', 1)
     if (status === 'failed') {
-      for (const scope of [d.caller, '*', d.endpointId ?? 'task-url']) {
-        multi.zadd(this.dlvIndex(scope, 'failed'), now, d.id)
-      }
+      for (const scope of this.scopesOf(d)) multi.zadd(this.dlvIndex(scope, 'failed'), now, d.id)
     } else {
-      for (const scope of [d.caller, '*', d.endpointId ?? 'task-url']) multi.zrem(this.dlvIndex(scope, 'failed'), d.id)
+      for (const scope of this.scopesOf(d)) multi.zrem(this.dlvIndex(scope, 'failed'), d.id)
     }
     await multi.exec()
   }
@@ -256,7 +258,7 @@ export class WebhookStore {
   /** Back to pending for a manual retry; the attempts so far stay recorded. */
   async reopen (d: Delivery): Promise<void> {
     const multi = this.redis.multi().hset(this.dlvKey(d.id), { status: 'pending', updated_at: String(this.clock()) })
-    for (const scope of [d.caller, '*', d.endpointId ?? 'task-url']) multi.zrem(this.dlvIndex(scope, 'failed'), d.id)
+    for (const scope of this.scopesOf(d)) multi.zrem(this.dlvIndex(scope, 'failed'), d.id)
     await multi.exec()
   }
 
@@ -276,7 +278,8 @@ export class WebhookStore {
       const multi = this.redis.multi().del(this.dlvKey(id), this.dlvAttempts(id)).srem(set, id)
       // A delivery whose hash is gone already (a second sweep) is still taken off the task's set.
       if (caller !== null) {
-        for (const scope of [caller, '*', endpointId === null || endpointId === '' ? 'task-url' : endpointId]) {
+        const endpoint = endpointId === null || endpointId === '' ? null : endpointId
+        for (const scope of this.scopesOf({ caller, endpointId: endpoint })) {
           multi.zrem(this.dlvIndex(scope), id).zrem(this.dlvIndex(scope, 'failed'), id)
         }
       }

@@ -38,6 +38,7 @@ export const KEYS = {
   alice: 'alice-key-0123456789abcdef',
   bob: 'bob-key-0123456789abcdef00',
   ops: 'ops-admin-key-0123456789ab',
+  root: 'root-operator-key-0123456789',
   comet: 'sk-comet-test-' + randomBytes(8).toString('hex'),
   callbackSecret: randomBytes(32).toString('hex'),
   klingAccess: 'ak-kling-test-' + randomBytes(8).toString('hex'),
@@ -59,7 +60,7 @@ export interface Harness {
   close: () => Promise<void>
 }
 
-export const auth = (who: 'alice' | 'bob' | 'ops') => ({ authorization: `Bearer ${KEYS[who]}` })
+export const auth = (who: 'alice' | 'bob' | 'ops' | 'root') => ({ authorization: `Bearer ${KEYS[who]}` })
 
 /** Env a harness runs with; tests override single variables. */
 export function testEnv (over: Record<string, string> = {}): Record<string, string> {
@@ -70,6 +71,8 @@ export function testEnv (over: Record<string, string> = {}): Record<string, stri
     CALLBACK_SECRET: KEYS.callbackSecret,
     API_KEYS: `alice:${KEYS.alice},bob:${KEYS.bob}`,
     ADMIN_API_KEYS: `ops:${KEYS.ops}`,
+    // `root` is an operator: an admin that may also change other callers' resources (`ops` may only read them).
+    OPERATOR_API_KEYS: `root:${KEYS.root}`,
     PUBLIC_BASE_URL: 'http://127.0.0.1:1',
     // The harness's PUBLIC_BASE_URL is on loopback, with a real upstream (the simulator behind COMETAPI_KEY).
     CALLBACK_ALLOW_INSECURE: 'true',
