@@ -195,9 +195,9 @@ describe('body-read deadline and minimum rate', () => {
     expect(cut.headers.connection).toBe('close')
     expect(JSON.parse(cut.body)).toMatchObject({ code: 'REQUEST_TIMEOUT', status: 408 })
     expect(JSON.parse(cut.body).detail).toContain('1024 bytes/s')
-    // Not before the first 5 s window has passed, and within a tick or two of it.
+    // Not before the first 5 s window has passed (the server's clock starts later than ours), and soon after it.
     expect(cut.at - slow.started).toBeGreaterThanOrEqual(4900)
-    expect(cut.at - slow.started).toBeLessThan(7500)
+    expect(cut.at - slow.started).toBeLessThan(8500)
 
     // The other caller's large create is taken at once, with no wait for the slow socket.
     const next = await post(base, 'bob', large)
@@ -217,7 +217,7 @@ describe('body-read deadline and minimum rate', () => {
     expect(JSON.parse(cut.body)).toMatchObject({ code: 'REQUEST_TIMEOUT' })
     expect(JSON.parse(cut.body).detail).toContain('1500 ms')
     expect(cut.at - slow.started).toBeGreaterThanOrEqual(1400)
-    expect(cut.at - slow.started).toBeLessThan(3000)
+    expect(cut.at - slow.started).toBeLessThan(4000)
     expect((await post(base, 'alice', large)).status).toBe(202)
   })
 })
