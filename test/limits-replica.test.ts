@@ -70,7 +70,8 @@ function parseAnswer (raw: string): Answer {
     const i = l.indexOf(':')
     return [l.slice(0, i).trim().toLowerCase(), l.slice(i + 1).trim()]
   }))
-  return { status: Number(/^HTTP\/1\.1 (\d{3})/.exec(line)?.[1] ?? 0), headers, body: raw.slice(cut + 4), at: Date.now() }
+  const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(line)?.[1] ?? 0)
+  return { status, headers, body: raw.slice(cut + 4), at: Date.now() }
 }
 
 async function within<T> (p: Promise<T>, ms: number): Promise<T> {
@@ -205,7 +206,7 @@ describe('body-read deadline and minimum rate', () => {
     expect(h.logs.text).toContain('create body cut')
   })
 
-  it('cuts a body not in by CREATE_BODY_TIMEOUT_MS however steadily it comes, and the caller may send again', async () => {
+  it('cuts a body not in by CREATE_BODY_TIMEOUT_MS however steadily it comes; the caller may send again', async () => {
     const { h, base } = await listening({
       CALLER_MAX_LARGE_BODIES: '1', CREATE_BODY_MIN_BYTES_PER_S: '0', CREATE_BODY_TIMEOUT_MS: '1500'
     })
@@ -224,7 +225,8 @@ describe('body-read deadline and minimum rate', () => {
 
 describe('SSE streams per caller', () => {
   /** Opens a stream; a 200 is held open (closed by the test or after it), anything else is read whole. */
-  async function open (base: string, who: Who, id: string): Promise<{ status: number, text: string, close: () => void }> {
+  interface Opened { status: number, text: string, close: () => void }
+  async function open (base: string, who: Who, id: string): Promise<Opened> {
     const controller = new AbortController()
     streams.push(controller)
     const res = await fetch(`${base}/v1/videos/${id}/events`, { headers: auth(who), signal: controller.signal })
@@ -240,7 +242,7 @@ describe('SSE streams per caller', () => {
     return { status: 200, text, close: () => controller.abort() }
   }
 
-  it('answers the (N+1)-th stream of one caller 429 before any event, and a closed stream frees its place', async () => {
+  it('answers the (N+1)-th stream of a caller 429 before any event; a closed stream frees its place', async () => {
     const { h, base } = await listening({ CALLER_MAX_SSE_STREAMS: '2' })
     const task = await createTask(h)
     const bobs = await createTask(h, {}, 'bob')
