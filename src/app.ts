@@ -140,7 +140,8 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids' | 'lifecycl
   const app = Fastify({
     loggerInstance: deps.logger as FastifyBaseLogger,
     bodyLimit: SMALL_BODY_LIMIT,
-    requestTimeout: 120_000,
+    // Node's own deadline for any request to arrive; never cuts a create before CREATE_BODY_TIMEOUT_MS does.
+    requestTimeout: Math.max(120_000, base.config.create.bodyTimeoutMs),
     return503OnClosing: false,
     genReqId: () => deps.ids(),
     // `/v1/videos` and `/v1/videos/` are one route (the document lists the first; callers send either).

@@ -97,6 +97,9 @@ export const EnvSchema = Type.Object({
   PARKED_MAX_BYTES: Type.Integer({ minimum: 0, default: 512 * 1024 * 1024 }),
   CREATE_MAX_LARGE_BODIES: Type.Integer({ minimum: 1, maximum: 1000, default: 2 }),
   LARGE_BODY_BYTES: Type.Integer({ minimum: 1024, default: 1024 * 1024 }),
+  // A create body must be in within this (60 MiB at 512 KiB/s fits), and arrive at least this fast per 5 s window.
+  CREATE_BODY_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: 3_600_000, default: 120_000 }),
+  CREATE_BODY_MIN_BYTES_PER_S: Type.Integer({ minimum: 0, maximum: 1_000_000_000, default: 64 * 1024 }),
   // Per-caller limits (src/config/callers.ts): global defaults, 0 = no limit; CALLER_LIMITS overrides per caller.
   CALLER_CREATES_PER_MINUTE: Type.Integer({ minimum: 0, maximum: 1_000_000, default: 120 }),
   CALLER_MAX_ACTIVE_TASKS: Type.Integer({ minimum: 0, maximum: 1_000_000, default: 500 }),
@@ -205,7 +208,13 @@ export interface Config {
   /** How long a finished task is kept after it ended (TASK_RETENTION_DAYS); 0 = for ever. */
   taskRetentionMs: number
   parkedMaxBytes: number
-  create: { maxLargeBodies: number, largeBodyBytes: number }
+  create: {
+    maxLargeBodies: number
+    largeBodyBytes: number
+    /** CREATE_BODY_TIMEOUT_MS and CREATE_BODY_MIN_BYTES_PER_S (src/plugins/body-deadline.ts). */
+    bodyTimeoutMs: number
+    minBytesPerS: number
+  }
   /** Per-caller limits, weights and budgets, and the units table: read through limitsFor() and unitsOf(). */
   callers: CallersConfig
 }
@@ -447,7 +456,12 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
     },
     taskRetentionMs: value.TASK_RETENTION_DAYS * 24 * 3600_000,
     parkedMaxBytes: value.PARKED_MAX_BYTES,
-    create: { maxLargeBodies: value.CREATE_MAX_LARGE_BODIES, largeBodyBytes: value.LARGE_BODY_BYTES },
+    create: {
+      maxLargeBodies: value.CREATE_MAX_LARGE_BODIES,
+      largeBodyBytes: value.LARGE_BODY_BYTES,
+      bodyTimeoutMs: value.CREATE_BODY_TIMEOUT_MS,
+      minBytesPerS: value.CREATE_BODY_MIN_BYTES_PER_S
+    },
     callers: {
       defaults: {
         createsPerMinute: value.CALLER_CREATES_PER_MINUTE,

@@ -1,12 +1,15 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { ServerResponse } from 'node:http'
 import { Type } from 'typebox'
-import { NotFound } from '../domain/errors.ts'
+import { CallerLimitExceeded, NotFound } from '../domain/errors.ts'
 import { isLastEvent, isSettled, type TaskEvent } from '../domain/task.ts'
 import { internal, invalidField, problem, unauthorized, unavailable } from '../schemas/common.ts'
 import { eventExample } from '../schemas/examples.ts'
 import { TaskParamsSchema } from '../schemas/videos.ts'
 import { canSee, type Caller } from '../plugins/auth.ts'
+import { limitsFor } from '../config/callers.ts'
+import { CallerSlots, type Slot } from '../services/caller-slots.ts'
+import { callerLimited } from '../schemas/replica-limits.ts'
 
 /**
  * `GET /v1/videos/:id/events`: Server-Sent Events (docs/API.md, "SSE"). Replays from `Last-Event-ID` (header, or
@@ -23,7 +26,9 @@ const EventIdSchema = Type.String({
 })
 
 const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, opts) => {
-  const { store, hub } = app.deps
+  const { store, hub, config } = app.deps
+  // Open streams per caller on this replica (max_sse_streams): each holds a socket and a hub listener.
+  const open = new CallerSlots()
 
   /** The sequence to resume after: the named event's, a bare number's, or 0 for an id the log does not hold. */
   const resumeAfter = async (taskId: string, lastEventId: string): Promise<number> => {
@@ -74,6 +79,10 @@ const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, o
           'headers'),
         401: unauthorized(),
         404: problem(404, 'no such task for this caller'),
+        429: callerLimited('this caller already has `max_sse_streams` streams open on this replica ' +
+          '(CALLER_MAX_SSE_STREAMS, CALLER_LIMITS); nothing was streamed. Close one, or retry after Retry-After',
+        'max_sse_streams', 100, 'caller limit max_sse_streams (100) reached: 100 SSE streams of this caller are ' +
+          'open on this replica'),
         500: internal(),
         503: unavailable()
       }
@@ -85,6 +94,14 @@ const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, o
     let last = await resumeAfter(task.id, request.headers['last-event-id'] || request.query.last_event_id || '')
     // Nothing more will ever come: 204 tells an EventSource to stop reconnecting.
     if (isSettled(task) && last >= task.sequence) return await reply.code(204).send(null)
+    // Taken with no await before its release is tied to `close` below: the check cannot race, a place cannot leak.
+    const max = limitsFor(config.callers, caller.name).maxSseStreams
+    const taken = open.take(caller.name, max)
+    if (taken === 'caller' || taken === 'global') {
+      throw new CallerLimitExceeded('max_sse_streams', max, 5, `caller limit max_sse_streams (${max}) reached: ` +
+        `${max} SSE streams of this caller are open on this replica`)
+    }
+    const slot: Slot = taken
 
     reply.hijack()
     const raw = reply.raw
@@ -122,9 +139,12 @@ const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, o
       clearInterval(heartbeat)
       unlisten()
       streams.delete(raw)
+      slot.release()
       raw.end()
     }
     raw.on('close', finish)
+    // A client gone during the reads above had its `close` already: end at once, or its place would never be free.
+    if (raw.socket === null || raw.socket.destroyed) finish()
 
     // Listen first, then replay: an event appended in between arrives live and is deduplicated by sequence.
     catchUp()

@@ -3,7 +3,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import { Type } from 'typebox'
 import { checkCreate } from '../domain/create.ts'
 import { DEFAULT_KIND, VIDEO_KINDS, type VideoKind } from '../domain/kinds.ts'
-import { InvalidRequest, NotFound, Unavailable } from '../domain/errors.ts'
+import { CallerLimitExceeded, InvalidRequest, NotFound, Unavailable } from '../domain/errors.ts'
 import { createTask } from '../services/create.ts'
 import { cancelTask } from '../services/cancel.ts'
 import { toView } from '../domain/task.ts'
@@ -19,6 +19,10 @@ import { audit, audited, changeable } from '../plugins/audit.ts'
 import { checkWebhookTarget, UnsafeTarget } from '../notify/ssrf.ts'
 import { fieldErrorsOf, LOCATIONS } from '../plugins/errors.ts'
 import resolve from './resolve.ts'
+import { limitsFor } from '../config/callers.ts'
+import { CallerSlots, type Slot } from '../services/caller-slots.ts'
+import { bodyDeadline } from '../plugins/body-deadline.ts'
+import { bodyTooSlow, callerLimited } from '../schemas/replica-limits.ts'
 
 const TaskRef = Type.Ref('Task')
 const invalid = (what: string) => invalidField(`invalid ${what}, or a body that is not JSON: every bad field is listed`,
@@ -36,16 +40,24 @@ const CREATE_DESCRIPTION = 'Validates the body as strictly as Kling would (every
   '**Retries:** send an `Idempotency-Key` whenever you may retry. The same key and body within 24 h answer 202 ' +
   'with the task the first request made (header `idempotent-replayed: true`); the same key with another body ' +
   'is 422. A 503 (Redis unavailable, not durable in time, too many large bodies, too many parked images) is ' +
-  'safe to retry after `Retry-After` with the same key.'
+  'safe to retry after `Retry-After` with the same key.\n\n' +
+  '**Limits:** a body over LARGE_BODY_BYTES takes, before it is read, one of the caller\'s `max_large_bodies` on ' +
+  'this replica (full: 429 `CALLER_LIMIT`) and one of the replica\'s CREATE_MAX_LARGE_BODIES (full: 503). Every ' +
+  'body must be in within CREATE_BODY_TIMEOUT_MS of its headers and, after the first 5 s, arrive at ' +
+  'CREATE_BODY_MIN_BYTES_PER_S or faster over each 5 s; else 408 `REQUEST_TIMEOUT` and the connection is closed.'
 const createResponses = (bodyLimit: number, kind: VideoKind) => ({
   202: json('accepted: the task, durable and queued; `Location` is its URL', TaskRef, { ...TASK_EXAMPLE, kind },
     ['Location', 'idempotent-replayed']),
   ...bodyProblems(`CREATE_BODY_LIMIT_BYTES (${bodyLimit} bytes)`),
   401: unauthorized(),
+  408: bodyTooSlow(),
   409: problem(409, 'the `reference` is taken: detail names the existing task', {
     code: 'REFERENCE_TAKEN', detail: `reference is already used by task ${TASK_EXAMPLE.id}`
   }),
   422: problem(422, 'the Idempotency-Key was used with a different body'),
+  429: callerLimited('this caller already has `max_large_bodies` create bodies over LARGE_BODY_BYTES in flight ' +
+    'on this replica (CALLER_MAX_LARGE_BODIES, CALLER_LIMITS); nothing was read or created', 'max_large_bodies', 2,
+  'caller limit max_large_bodies (2) reached: 2 large create bodies of this caller are in flight on this replica'),
   500: internal(),
   503: unavailable(', the write did not reach enough replicas in time (REDIS_MIN_REPLICAS_ACKED), more than ' +
     'CREATE_MAX_LARGE_BODIES large bodies are in flight, or PARKED_MAX_BYTES of images already wait for upstream')
@@ -70,22 +82,34 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
   await app.register(resolve)
 
   // Bodies past LARGE_BODY_BYTES in flight at once on this replica: each can cost ~2× its size in memory while
-  // parsed and decoded, so their number is capped before a byte of them is read.
-  let largeInFlight = 0
+  // parsed and decoded, so their number is capped before a byte of them is read, in all (CREATE_MAX_LARGE_BODIES,
+  // 503) and per caller (max_large_bodies, 429), so that one caller cannot take every slot.
+  const largeBodies = new CallerSlots(config.create.maxLargeBodies)
+  const slots = new WeakMap<FastifyRequest, Slot>()
   const limitLargeBodies = async (request: FastifyRequest, reply: FastifyReply) => {
     const length = Number(request.headers['content-length'] ?? Infinity)
     if (length <= config.create.largeBodyBytes) return
-    if (largeInFlight >= config.create.maxLargeBodies) {
-      throw new Unavailable('too many large creates in flight; retry shortly', 2)
+    const caller = (request.caller as Caller).name
+    const max = limitsFor(config.callers, caller).maxLargeBodies
+    const slot = largeBodies.take(caller, max)
+    if (slot === 'caller') {
+      throw new CallerLimitExceeded('max_large_bodies', max, 2, `caller limit max_large_bodies (${max}) reached: ` +
+        `${max} large create bodies of this caller are in flight on this replica`)
     }
-    largeInFlight++
+    if (slot === 'global') throw new Unavailable('too many large creates in flight; retry shortly', 2)
+    slots.set(request, slot)
     // The response's `close` comes once it is sent or the connection is gone, whichever is first.
-    reply.raw.once('close', () => { largeInFlight-- })
+    reply.raw.once('close', slot.release)
   }
+  // Every create body, large or not, must arrive in time; a cut one gives its slot back before its 408 is written.
+  const deadline = bodyDeadline(
+    { timeoutMs: config.create.bodyTimeoutMs, minBytesPerS: config.create.minBytesPerS },
+    request => { slots.get(request)?.release() })
 
   app.post('/', {
     bodyLimit: config.createBodyLimit,
     onRequest: limitLargeBodies,
+    preParsing: deadline,
     // Validation errors are merged with the image checks below, so one answer names every bad field.
     attachValidation: true,
     schema: {
@@ -105,6 +129,7 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
     app.post(`/${kind}`, {
       bodyLimit: config.createBodyLimit,
       onRequest: limitLargeBodies,
+      preParsing: deadline,
       attachValidation: true,
       schema: {
         tags: ['videos'],
