@@ -219,9 +219,8 @@ export class Simulator {
   constructor (opts: SimOptions = {}) {
     // An option given as undefined (an unset CLI flag) keeps its default.
     const given = Object.fromEntries(Object.entries(opts).filter(([, v]) => v !== undefined)) as SimOptions
-    this.opts = {
-      auto: true, processingAfterMs: 200, finishAfterMs: 600, outcome: 'succeed', failRatio: 0, createDelayMs: 0, ...given
-    }
+    const defaults = { auto: true, processingAfterMs: 200, finishAfterMs: 600, outcome: 'succeed' } as const
+    this.opts = { ...defaults, failRatio: 0, createDelayMs: 0, ...given }
     this.initial = { shapes: { ...DEFAULT_SHAPES, ...opts.shapes }, account: opts.account ?? 'ok' }
     this.shapes = { ...this.initial.shapes }
     this.account = this.initial.account
@@ -642,7 +641,8 @@ export class Simulator {
       this.maxInFlight = Math.max(this.maxInFlight, this.inFlight)
       reply.raw.once('close', () => { this.inFlight-- })
       if (!this.authorized(request, reply)) return reply
-      if (this.opts.createDelayMs > 0) await new Promise<void>(resolve => { this.later(this.opts.createDelayMs, resolve) })
+      const delay = this.opts.createDelayMs
+      if (delay > 0) await new Promise<void>(resolve => { this.later(delay, resolve) })
       if (this.refusedByAccount(request, reply, 'create')) return reply
       const fault = this.takeFault('create')
       if (this.applyCommonFault(fault, reply)) return reply

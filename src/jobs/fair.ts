@@ -45,7 +45,6 @@ export class FairDispatcher {
   /** Callers with tasks waiting for a slot → how many, across replicas (kg_caller_submit_waiting). */
   async waiting (): Promise<Record<string, number>> { return await this.deps.fair.waiting() }
 
-
   /** Tasks this replica released into the submit queue, by caller (kg_caller_submits_total). */
   readonly released = new Map<string, number>()
   private running = false
@@ -58,9 +57,10 @@ export class FairDispatcher {
   get leaseMs (): number { return 3 * this.deps.config.upstream.timeoutMs + 10_000 }
 
   start (): void {
-    this.timer ??= setInterval(() => { void this.dispatch() }, TICK_MS)
+    // dispatch() never throws, so nothing here can reject unhandled.
+    this.timer ??= setInterval(() => { this.dispatch().catch(() => {}) }, TICK_MS)
     this.timer.unref()
-    void this.dispatch()
+    this.dispatch().catch(() => {})
   }
 
   stop (): void {
@@ -90,7 +90,9 @@ export class FairDispatcher {
     this.running = true
     const { config, fair, clock, logger, send } = this.deps
     const weights: Record<string, number> = {}
-    for (const caller of Object.keys(config.callers.overrides)) weights[caller] = limitsFor(config.callers, caller).weight
+    for (const caller of Object.keys(config.callers.overrides)) {
+      weights[caller] = limitsFor(config.callers, caller).weight
+    }
     try {
       for (let round = 0; round < MAX_ROUNDS; round++) {
         this.again = false
