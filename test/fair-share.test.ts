@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto'
 import { harnessPerTest, type Harness } from './helpers/harness.ts'
 import { createTask } from './helpers/tasks.ts'
 import { keys } from '../src/store/keys.ts'
+import { FairStore, STEP_UNIT } from '../src/store/fair.ts'
 
 const start = harnessPerTest()
 const ENV = { UPSTREAM_CONCURRENCY: '2' }
@@ -131,5 +132,38 @@ describe('fair share of the upstream concurrency', () => {
     for (let waited = 0; await h.redis.zcard(k.fairSlots) > 0 && waited < 10_000; waited += 25) await sleep(25)
     expect(h.sim.createLog.length).toBe(6)
     expect(h.app.deps.jobs.fair.released.get('alice')).toBe(6)
+  })
+
+  it('keeps every number bounded: weights 1:2:3 over 600 releases, lags within one step, no state left', async () => {
+    const h = await start({ env: ENV, workers: false })
+    const k = keys(`fairunit${randomBytes(4).toString('hex')}`)
+    const fair = new FairStore(h.redis, k)
+    const weights = { a: 1, b: 2, c: 3 }
+    for (let i = 0; i < 200; i++) for (const c of ['a', 'b', 'c']) await fair.enqueue(`${c}-${i}`, c, 1000 + i)
+    const got: string[] = []
+    const ids: string[] = []
+    let maxLag = 0
+    for (let i = 0; i < 600; i++) {
+      const [one] = await fair.release({ now: 1, cap: 1, leaseMs: 60_000, defaultWeight: 1, weights, max: 1 })
+      got.push(one.caller)
+      ids.push(one.taskId)
+      await fair.done(one.taskId)
+      const lags = Object.values(await h.redis.hgetall(k.fairLag)).map(Number)
+      maxLag = Math.max(maxLag, ...lags)
+      expect(lags.length).toBeLessThanOrEqual(3)
+    }
+    // While all three have work (the first 300 releases, before c runs dry at 200), shares follow 1:2:3.
+    const head = got.slice(0, 300)
+    const n = (c: string) => head.filter(x => x === c).length
+    expect(n('a')).toBeGreaterThanOrEqual(45)
+    expect(n('a')).toBeLessThanOrEqual(55)
+    expect(n('c')).toBeGreaterThanOrEqual(145)
+    expect(n('c')).toBeLessThanOrEqual(155)
+    // Within a caller, first come first served.
+    expect(ids.filter(id => id.startsWith('a-'))).toEqual(Array.from({ length: 200 }, (_, i) => `a-${i}`))
+    expect(maxLag).toBeLessThanOrEqual(STEP_UNIT)
+    expect(await fair.release({ now: 1, cap: 1, leaseMs: 1, defaultWeight: 1, weights, max: 1 })).toEqual([])
+    expect(await h.redis.exists(k.fairReady, k.fairQueued, k.fairCallers, k.fairSlots)).toBe(0)
+    await h.redis.del(k.fairLag)
   })
 })

@@ -50,6 +50,7 @@ export class FairDispatcher {
   private running = false
   private again = false
   private timer?: NodeJS.Timeout
+  private stopped = false
 
   constructor (private readonly deps: FairDeps) {}
 
@@ -63,7 +64,9 @@ export class FairDispatcher {
     this.dispatch().catch(() => {})
   }
 
+  /** No more releases from this replica: a job added while its queue closes could fail and wait for reconciliation. */
   stop (): void {
+    this.stopped = true
     if (this.timer !== undefined) clearInterval(this.timer)
     this.timer = undefined
   }
@@ -86,6 +89,7 @@ export class FairDispatcher {
    * (the next wake-up, or the tick, tries again).
    */
   async dispatch (): Promise<void> {
+    if (this.stopped) return
     if (this.running) { this.again = true; return }
     this.running = true
     const { config, fair, clock, logger, send } = this.deps
