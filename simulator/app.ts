@@ -115,6 +115,8 @@ export interface SimOptions {
   processingAfterMs?: number
   finishAfterMs?: number
   outcome?: 'succeed' | 'failed'
+  /** How long every create takes to answer (ms, default 0): a slow upstream, so the submit slots are the bottleneck. */
+  createDelayMs?: number
   /** Share of tasks (0..1) that end `failed` whatever `outcome` says, so both terminal paths run under load. */
   failRatio?: number
   /**
@@ -217,7 +219,8 @@ export class Simulator {
   constructor (opts: SimOptions = {}) {
     // An option given as undefined (an unset CLI flag) keeps its default.
     const given = Object.fromEntries(Object.entries(opts).filter(([, v]) => v !== undefined)) as SimOptions
-    this.opts = { auto: true, processingAfterMs: 200, finishAfterMs: 600, outcome: 'succeed', failRatio: 0, ...given }
+    const defaults = { auto: true, processingAfterMs: 200, finishAfterMs: 600, outcome: 'succeed' } as const
+    this.opts = { ...defaults, failRatio: 0, createDelayMs: 0, ...given }
     this.initial = { shapes: { ...DEFAULT_SHAPES, ...opts.shapes }, account: opts.account ?? 'ok' }
     this.shapes = { ...this.initial.shapes }
     this.account = this.initial.account
@@ -638,6 +641,8 @@ export class Simulator {
       this.maxInFlight = Math.max(this.maxInFlight, this.inFlight)
       reply.raw.once('close', () => { this.inFlight-- })
       if (!this.authorized(request, reply)) return reply
+      const delay = this.opts.createDelayMs
+      if (delay > 0) await new Promise<void>(resolve => { this.later(delay, resolve) })
       if (this.refusedByAccount(request, reply, 'create')) return reply
       const fault = this.takeFault('create')
       if (this.applyCommonFault(fault, reply)) return reply

@@ -26,6 +26,7 @@ import { newLifecycle, type Lifecycle } from './lifecycle.ts'
 import { ReplicaRegistry } from './store/replicas.ts'
 import { OrphanStore } from './store/orphans.ts'
 import { PauseStore } from './store/pause.ts'
+import { FairStore } from './store/fair.ts'
 import { UpstreamPause } from './jobs/pause.ts'
 import { RetentionJobs } from './jobs/retention.ts'
 
@@ -102,7 +103,8 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids' | 'lifecycl
     logger: base.logger,
     clock: base.clock
   })
-  const jobs = new SubmitJobs({ ...jobDeps, store, upstream: base.upstream, pause })
+  const fair = new FairStore(base.redis, keys(base.config.prefix))
+  const jobs = new SubmitJobs({ ...jobDeps, store, upstream: base.upstream, pause, fair })
   const reconcile = new ReconcileJobs({ ...jobDeps, store, upstream: base.upstream, submit: jobs, pause })
   const hub = new EventHub()
   const webhooks = new WebhookStore(base.redis, keys(base.config.prefix), base.clock)

@@ -22,6 +22,9 @@
  * - The mark is made durable (the deployment's rule: WAIT for replicas, or the node's fsync) before the create is
  *   sent, so no failover or host crash can roll it back behind a paid upstream task.
  * - Base64 images never enter job data: the job carries the task id; images are read from the parked blobs.
+ * - Which queued task gets the next slot is the fair share's choice (src/jobs/fair.ts): `submit()` puts the task in
+ *   its caller's line, and its job is added only when the dispatcher releases it. Nothing above changes: a job
+ *   still runs the same way, whoever's it is.
  */
 import { DelayedError, Worker, type Job } from 'bullmq'
 import type { Logger } from 'pino'
@@ -30,12 +33,14 @@ import { callbackBaseUrl, type Config } from '../config/index.ts'
 import { callbackKeys, callbackToken, callbackTokenExpiry } from '../domain/callback-token.ts'
 import { upstreamBody } from '../domain/create.ts'
 import { applyUpstream } from './apply.ts'
+import { FairDispatcher } from './fair.ts'
 import { holdTask } from './hold.ts'
 import type { UpstreamPause } from './pause.ts'
 import { cancelWithdrawn } from '../services/create.ts'
 import type { TaskRecord } from '../domain/task.ts'
 import type { RedisClient } from '../infra/redis.ts'
 import type { TaskStore } from '../store/tasks.ts'
+import type { FairStore } from '../store/fair.ts'
 import { UpstreamError, type UpstreamTask } from '../upstream/client.ts'
 import type { UpstreamAdapter } from '../upstream/adapter.ts'
 
@@ -73,6 +78,8 @@ export interface SubmitDeps {
   /** A connection BullMQ may block on (maxRetriesPerRequest: null); none = no queue (OpenAPI generation). */
   connection?: RedisClient
   pause: UpstreamPause
+  /** The callers' lines for a submit slot (src/store/fair.ts). */
+  fair: FairStore
 }
 
 /** Exponential backoff with full jitter between half and all of the step, or what upstream asked for. */
@@ -83,8 +90,14 @@ export function backoffDelay (attemptsMade: number, baseMs: number, err?: Error)
 }
 
 export class SubmitJobs extends QueueJobs<SubmitData> {
+  /** Decides which queued task enters the queue next (src/jobs/fair.ts). */
+  readonly fair: FairDispatcher
+
   constructor (private readonly deps: SubmitDeps) {
     super(SUBMIT_QUEUE, { connection: deps.connection, prefix: deps.store.queuePrefix, logger: deps.logger })
+    this.fair = new FairDispatcher({
+      config: deps.config, fair: deps.fair, logger: this.log, clock: deps.clock, send: async id => await this.add(id)
+    })
   }
 
   /**
@@ -95,7 +108,10 @@ export class SubmitJobs extends QueueJobs<SubmitData> {
   async start (): Promise<void> {
     const { config } = this.deps
     await this.queue.setGlobalConcurrency(config.upstream.concurrency)
-    this.startWorker(async (job, token) => await this.process(job, token), {
+    // Whatever a run ends in (done, retry, delay, pause), its fair-share slot goes to the next task in line.
+    this.startWorker(async (job, token) => await this.process(job, token).finally(async () => {
+      await this.fair.done(job.data.taskId).catch(() => {})
+    }), {
       concurrency: config.upstream.concurrency,
       // Never reached: a limiter is what makes BullMQ honour the queue-wide rate limit set by rateLimit(), which
       // holds every replica's worker for a 429's Retry-After and while the account is paused.
@@ -104,10 +120,27 @@ export class SubmitJobs extends QueueJobs<SubmitData> {
         backoffStrategy: (attemptsMade, _type, err) => backoffDelay(attemptsMade, config.upstream.retryBaseMs, err)
       }
     })
+    this.fair.start()
   }
 
-  /** Queues a task for submission; safe to call again for the same task. */
+  override async close (graceMs?: number): Promise<void> {
+    this.fair.stop()
+    await super.close(graceMs)
+  }
+
+  /**
+   * Queues a task for submission, in its caller's line for a slot; safe to call again for the same task (a task
+   * with a job, waiting in line or holding a slot is left as it is).
+   */
   async submit (taskId: string): Promise<void> {
+    if (await this.queue.getJob(taskId) !== undefined) return
+    const task = await this.deps.store.get(taskId)
+    if (task === null || task.status !== 'queued') return
+    await this.fair.enqueue(task.id, task.caller)
+  }
+
+  /** Adds the job of a task the fair share released. */
+  private async add (taskId: string): Promise<void> {
     await this.queue.add('submit', { taskId }, {
       jobId: taskId,
       attempts: this.deps.config.upstream.submitAttempts,

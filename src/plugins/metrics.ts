@@ -93,6 +93,29 @@ export default fp(async function metrics (app: FastifyInstance) {
       for (const reason of ACCOUNT_PROBLEMS) this.set({ reason }, state?.reason === reason ? 1 : 0)
     }
   })
+  // The fair share (src/jobs/fair.ts): every configured caller has a series, so a caller's line emptying reads 0.
+  const callers = [...new Set(app.deps.config.apiKeys.map(k => k.caller))]
+  new Gauge({ // eslint-disable-line no-new
+    name: 'kg_caller_submit_waiting',
+    help: 'Queued tasks waiting in their caller\'s line for a submit slot (fair share), by caller, across replicas',
+    labelNames: ['caller'],
+    registers: [registry],
+    async collect () {
+      const waiting = queueConnection === undefined ? {} : await app.deps.jobs.fair.waiting()
+      for (const caller of new Set([...callers, ...Object.keys(waiting)])) this.set({ caller }, waiting[caller] ?? 0)
+    }
+  })
+  new Counter({ // eslint-disable-line no-new
+    name: 'kg_caller_submits_total',
+    help: 'Tasks this replica released into the submit queue (given a slot by the fair share), by caller',
+    labelNames: ['caller'],
+    registers: [registry],
+    collect () {
+      const released = app.deps.jobs.fair.released
+      this.reset()
+      for (const caller of new Set([...callers, ...released.keys()])) this.inc({ caller }, released.get(caller) ?? 0)
+    }
+  })
   new Gauge({ // eslint-disable-line no-new
     name: 'kg_sse_streams',
     help: 'Open SSE streams on this replica',

@@ -70,6 +70,16 @@ export function keys (prefix: string) {
     pause: `${p}upstream:pause`,
     /** While paused: a trial one submit job may take (the half-open check of a balance or account problem). */
     pauseTrial: `${p}upstream:pause:trial`,
+    /** The submit queue's fair share (src/jobs/fair.ts): waiting tasks, one line per caller (lexical order). */
+    fairReady: `${p}fair:ready`,
+    /** A waiting task's member in `fairReady`, by task id (a second submit is a no-op). */
+    fairQueued: `${p}fair:queued`,
+    /** Callers with tasks waiting → how many. */
+    fairCallers: `${p}fair:callers`,
+    /** Caller → how far its next start tag is ahead of the virtual time (bounded by the largest step). */
+    fairLag: `${p}fair:lag`,
+    /** Released tasks holding one of the UPSTREAM_CONCURRENCY slots → when the lease ends. */
+    fairSlots: `${p}fair:slots`,
     /** BullMQ prefix: queues live under the same hash tag. */
     bullPrefix: `{${prefix}}`
   }
