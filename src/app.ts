@@ -27,6 +27,7 @@ import { ReplicaRegistry } from './store/replicas.ts'
 import { OrphanStore } from './store/orphans.ts'
 import { PauseStore } from './store/pause.ts'
 import { UpstreamPause } from './jobs/pause.ts'
+import { LimitStore } from './store/limits.ts'
 
 /** Everything the app needs from outside; whoever creates a client closes it (docs/DESIGN.md, "Rules of the house"). */
 export interface AppDeps {
@@ -61,6 +62,8 @@ export interface AppContext extends AppDeps {
   orphans: OrphanStore
   /** The submit queue's pause for account problems (key, balance), shared by every replica. */
   pause: UpstreamPause
+  /** Per-caller counters beside task state: the create token bucket and the usage of each UTC day. */
+  limitStore: LimitStore
 }
 
 declare module 'fastify' {
@@ -130,8 +133,9 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids' | 'lifecycl
     lifecycle: base.lifecycle,
     clock: base.clock
   })
+  const limitStore = new LimitStore(base.redis, k)
   const deps: AppContext = {
-    ...base, store, jobs, reconcile, hub, webhooks, deliveries, copies, events, replicas, orphans, pause
+    ...base, store, jobs, reconcile, hub, webhooks, deliveries, copies, events, replicas, orphans, pause, limitStore
   }
   const app = Fastify({
     loggerInstance: deps.logger as FastifyBaseLogger,

@@ -236,7 +236,7 @@ export class RedisProxy {
 
 /**
  * Matches the gateway's own task scripts (EVALSHA, or EVAL after NOSCRIPT) with `numkeys` keys whose first key is a
- * task hash: `create-13` has 13, `transition-12` has 12. BullMQ's scripts have 9- and 11-key ones too, on
+ * task hash: `create-16` has 16, `transition-12` has 12. BullMQ's scripts have 9- and 11-key ones too, on
  * `{prefix}:<queue>:…`.
  */
 export const taskScript = (numkeys: number) => (args: string[]) =>

@@ -19,7 +19,7 @@ import { standalone, type StandaloneTopology } from '../lib/topologies.ts'
 const HOLD_MS = 3000
 
 const variants = [
-  { id: 'create-script', match: taskScript(13), short: true },
+  { id: 'create-script', match: taskScript(16), short: true },
   { id: 'transition-script', match: taskScript(12), short: false },
   { id: 'idem-read', match: idempotencyRead, short: false }
 ]

@@ -55,6 +55,10 @@ export function keys (prefix: string) {
     pause: `${p}upstream:pause`,
     /** While paused: a trial one submit job may take (the half-open check of a balance or account problem). */
     pauseTrial: `${p}upstream:pause:trial`,
+    /** A caller's create token bucket (creates_per_minute); absent while full. */
+    createBucket: (caller: string) => `${p}limit:${caller}:creates`,
+    /** A caller's usage of one UTC day (`YYYY-MM-DD`): tasks created and units charged; expires on its own. */
+    usage: (caller: string, day: string) => `${p}usage:${caller}:${day}`,
     /** BullMQ prefix: queues live under the same hash tag. */
     bullPrefix: `{${prefix}}`
   }
