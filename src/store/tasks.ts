@@ -149,10 +149,10 @@ export function eventOf (task: TaskRecord, now: number, type: EventType = `video
 
 /**
  * Task state in Redis, and the one door to it: no other module reads or writes a task's keys. Every change is
- * one Lua script (create-16, transition-12, parked-4, withdraw-1, refund-2), so the state check, the write, the
- * event append, the index moves and the live announcement happen together or not at all, and every script is safe
- * to run late or twice (a command that timed out on the client may still run). `durable()` is the deployment's durability
- * rule: what the 202 of a create and the mark before an upstream create wait for.
+ * one Lua script (create-16, transition-12, parked-4, withdraw-1, refund-2), so the state check, the write,
+ * the event append, the index moves and the live announcement happen together or not at all, and every script is
+ * safe to run late or twice (a command that timed out on the client may still run). `durable()` is the
+ * deployment's durability rule: what the 202 of a create and the mark before an upstream create wait for.
  */
 export class TaskStore {
   private readonly k: Keys
