@@ -29,6 +29,7 @@ import { PauseStore } from './store/pause.ts'
 import { FairStore } from './store/fair.ts'
 import { UpstreamPause } from './jobs/pause.ts'
 import { RetentionJobs } from './jobs/retention.ts'
+import { LimitStore } from './store/limits.ts'
 
 /** Everything the app needs from outside; whoever creates a client closes it (docs/DESIGN.md, "Rules of the house"). */
 export interface AppDeps {
@@ -65,6 +66,8 @@ export interface AppContext extends AppDeps {
   pause: UpstreamPause
   /** Removes finished tasks after TASK_RETENTION_DAYS. */
   retention: RetentionJobs
+  /** Per-caller counters beside task state: the create token bucket and the usage of each UTC day. */
+  limitStore: LimitStore
 }
 
 declare module 'fastify' {
@@ -136,8 +139,10 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids' | 'lifecycl
     lifecycle: base.lifecycle,
     clock: base.clock
   })
+  const limitStore = new LimitStore(base.redis, k)
   const deps: AppContext = {
-    ...base, store, jobs, reconcile, hub, webhooks, deliveries, copies, events, replicas, orphans, pause, retention
+    ...base, store, jobs, reconcile, hub, webhooks, deliveries, copies, events, replicas, orphans, pause, retention,
+    limitStore
   }
   const app = Fastify({
     loggerInstance: deps.logger as FastifyBaseLogger,

@@ -13,6 +13,9 @@ const sleep = async (ms: number) => await new Promise(resolve => setTimeout(reso
 
 interface LoadResult { accepted: Map<string, string>, statuses: number[] }
 
+/** The load (20 creates a second, one caller) is about failover, not the per-caller create bucket. */
+const UNLIMITED = { CALLER_CREATES_PER_MINUTE: '0' }
+
 /** One create every `everyMs` until `stop()`; each retried with its key on 503 (at most 40 tries, 250 ms apart). */
 function load (h: Harness, everyMs: number) {
   const result: LoadResult = { accepted: new Map(), statuses: [] }
@@ -86,7 +89,7 @@ describe('Sentinel', () => {
   beforeAll(async () => {
     set = await startSentinelSet({ appendfsync: 'everysec' })
     h = await startHarness({
-      env: { REDIS_URL: '', REDIS_SENTINELS: set.sentinelAddrs, REDIS_SENTINEL_NAME: set.masterName },
+      env: { REDIS_URL: '', REDIS_SENTINELS: set.sentinelAddrs, REDIS_SENTINEL_NAME: set.masterName, ...UNLIMITED },
       sim: { auto: false }
     })
   }, 60_000)
@@ -125,7 +128,7 @@ describe('Cluster', () => {
   beforeAll(async () => {
     cluster = await startCluster({ appendfsync: 'everysec' })
     h = await startHarness({
-      env: { REDIS_URL: '', REDIS_CLUSTER_NODES: cluster.seeds, REDIS_MIN_REPLICAS_ACKED: '1' },
+      env: { REDIS_URL: '', REDIS_CLUSTER_NODES: cluster.seeds, REDIS_MIN_REPLICAS_ACKED: '1', ...UNLIMITED },
       sim: { auto: false }
     })
   }, 90_000)

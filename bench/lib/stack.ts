@@ -86,6 +86,9 @@ async function startGatewayOnce (
     LOG_LEVEL: 'warn',
     DATA_DIR: opts.dataDir,
     SHUTDOWN_GRACE_MS: '5000',
+    // One caller at thousands of creates a second: the per-caller limits would measure themselves, not the gateway.
+    CALLER_CREATES_PER_MINUTE: '0',
+    CALLER_MAX_ACTIVE_TASKS: '0',
     ...opts.env
   }, [], opts.nodeArgs)
   try {

@@ -236,8 +236,8 @@ export class RedisProxy {
 
 /**
  * Matches the gateway's own task scripts (EVALSHA, or EVAL after NOSCRIPT) with `numkeys` keys whose first key is a
- * task hash: `create-13` and `transition-13` have 13, told apart by where the open set is (`openKey`: KEYS[9] of a
- * create, KEYS[8] of a transition). BullMQ's scripts have 9- and 11-key ones too, on `{prefix}:<queue>:…`.
+ * task hash: `create-16` has 16, `transition-13` has 13 (`openKey`, when given, also checks where the open set
+ * is). BullMQ's scripts have 9- and 11-key ones too, on `{prefix}:<queue>:…`.
  */
 export const taskScript = (numkeys: number, openKey?: number) => (args: string[]) =>
   (args[0] === 'EVALSHA' || args[0] === 'EVAL') && args[2] === String(numkeys) &&

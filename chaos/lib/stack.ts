@@ -52,6 +52,9 @@ export const GATEWAY_ENV: Record<string, string> = {
   WEBHOOK_TIMEOUT_MS: '3000',
   SHUTDOWN_GRACE_MS: '5000',
   LOG_LEVEL: 'warn',
+  // The load is about faults, not per-caller limits: a 429 would read as a client giving up.
+  CALLER_CREATES_PER_MINUTE: '0',
+  CALLER_MAX_ACTIVE_TASKS: '0',
   // Not read by the gateway yet (the config ignores unknown variables); the fix being written will.
   REDIS_ACK_TIMEOUT_MS: '500',
   SHUTDOWN_DRAIN_MS: '500'

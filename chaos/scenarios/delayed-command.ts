@@ -2,9 +2,9 @@
  * delayed-command: one Redis command of a create is held by the proxy for 3 s, past the gateway's 2 s command
  * timeout, and then let through: the client saw a timeout (503), the command still ran. The client retries with
  * the same Idempotency-Key. Two rows:
- * - `create-script`: the create Lua script (13 keys). The late run stores a task the caller was told failed; the
+ * - `create-script`: the create Lua script (16 keys). The late run stores a task the caller was told failed; the
  *   retry must find it through the key's record (written by the same script), not make a second one.
- * - `transition-script`: a transition (12 keys): a late compare-and-set must change nothing a second time.
+ * - `transition-script`: a transition (13 keys): a late compare-and-set must change nothing a second time.
  * - `idem-read`: the read of the key's record on a retry (`HMGET`): a late read must not let a retry through twice.
  * (Before the create script wrote the key's record, a `SET … NX` reservation came first; holding it left the key
  * pending for 2 minutes. There is no such reservation any more.)
@@ -19,8 +19,8 @@ import { standalone, type StandaloneTopology } from '../lib/topologies.ts'
 const HOLD_MS = 3000
 
 const variants = [
-  { id: 'create-script', match: taskScript(13, 9), short: true },
-  { id: 'transition-script', match: taskScript(13, 8), short: false },
+  { id: 'create-script', match: taskScript(16), short: true },
+  { id: 'transition-script', match: taskScript(13), short: false },
   { id: 'idem-read', match: idempotencyRead, short: false }
 ]
 

@@ -96,29 +96,33 @@ export class DeliveryJobs extends QueueJobs<DeliverData> {
   async fanOut (event: TaskEvent): Promise<void> {
     const { webhooks } = this.deps
     const payload = JSON.stringify({ type: event.type, timestamp: event.timestamp, data: event.data })
-    const destinations: Array<{ endpointId: string | null, url: string }> = []
-    for (const ep of await webhooks.listEndpoints(event.caller)) {
-      if (ep.enabled && (ep.eventTypes === null || ep.eventTypes.includes(event.type))) {
-        destinations.push({ endpointId: ep.id, url: ep.url })
-      }
+    // Page by page (WebhookStore.endpointPages): every endpoint is reached, however many the caller has, and one
+    // page's deliveries are stored and queued before the next is read, so memory stays bounded.
+    for await (const page of webhooks.endpointPages(event.caller)) {
+      const wanted = page.filter(ep => ep.enabled && (ep.eventTypes === null || ep.eventTypes.includes(event.type)))
+      for (const ep of wanted) await this.deliver(event, payload, { endpointId: ep.id, url: ep.url })
     }
     const taskUrl = event.data.request.webhook_url
-    if (typeof taskUrl === 'string') destinations.push({ endpointId: null, url: taskUrl })
-    for (const dest of destinations) {
-      const id = WebhookStore.deliveryId(event.id, dest.endpointId ?? `url:${dest.url}`)
-      const d = await webhooks.ensureDelivery({
-        id,
-        msgId: `msg_${id}`,
-        caller: event.caller,
-        endpointId: dest.endpointId,
-        url: dest.url,
-        taskId: event.task_id,
-        type: event.type,
-        sequence: event.sequence,
-        payload
-      })
-      if (d.status === 'pending') await this.enqueue(d)
-    }
+    if (typeof taskUrl === 'string') await this.deliver(event, payload, { endpointId: null, url: taskUrl })
+  }
+
+  /** Makes one destination's delivery of an event (again: the same record) and queues it while pending. */
+  private async deliver (event: TaskEvent, payload: string, dest: { endpointId: string | null, url: string }):
+  Promise<void> {
+    const { webhooks } = this.deps
+    const id = WebhookStore.deliveryId(event.id, dest.endpointId ?? `url:${dest.url}`)
+    const d = await webhooks.ensureDelivery({
+      id,
+      msgId: `msg_${id}`,
+      caller: event.caller,
+      endpointId: dest.endpointId,
+      url: dest.url,
+      taskId: event.task_id,
+      type: event.type,
+      sequence: event.sequence,
+      payload
+    })
+    if (d.status === 'pending') await this.enqueue(d)
   }
 
   /** One attempt of one delivery. Throws to be retried on the schedule. */

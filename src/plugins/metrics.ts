@@ -4,6 +4,8 @@ import type { FastifyInstance } from 'fastify'
 import { TASK_STATUSES } from '../domain/task.ts'
 import { ACCOUNT_PROBLEMS, type KlingStatus } from '../upstream/client.ts'
 import { internal, unavailable } from '../schemas/common.ts'
+import { CallerLimitExceeded } from '../domain/errors.ts'
+import { LIMIT_FIELDS } from '../config/callers.ts'
 
 const KLING_STATUSES: KlingStatus[] = ['submitted', 'processing', 'succeed', 'failed']
 
@@ -11,6 +13,8 @@ const KLING_STATUSES: KlingStatus[] = ['submitted', 'processing', 'succeed', 'fa
 export interface Counters {
   /** Callbacks whose token verified but whose task is gone, by Kling status (never by task or token). */
   orphanCallbacks: Counter<'status'>
+  /** Upstream units charged by creates on this replica, per caller (refunds are not subtracted). */
+  callerUnits: Counter<'caller'>
 }
 
 declare module 'fastify' {
@@ -54,7 +58,29 @@ export default fp(async function metrics (app: FastifyInstance) {
   })
   // Every series exists from the start, so `increase()` sees the first orphan instead of a series appearing.
   for (const status of KLING_STATUSES) orphanCallbacks.inc({ status }, 0)
-  app.decorate('counters', { orphanCallbacks })
+  const callerUnits = new Counter({
+    name: 'kg_caller_units_total',
+    help: 'Upstream units (UPSTREAM_UNITS) charged by creates, per caller; units given back by a cancel not subtracted',
+    labelNames: ['caller'],
+    registers: [registry]
+  })
+  const refusals = new Counter({
+    name: 'kg_caller_limit_refusals_total',
+    help: 'Requests refused by a per-caller limit (429 CALLER_LIMIT), per caller and limit',
+    labelNames: ['caller', 'limit'],
+    registers: [registry]
+  })
+  // Callers are the configured keys' (a bounded set); their series exist from the start, for `increase()`.
+  for (const caller of new Set(app.deps.config.apiKeys.map(k => k.caller))) {
+    callerUnits.inc({ caller }, 0)
+    for (const limit of Object.keys(LIMIT_FIELDS)) if (limit !== 'weight') refusals.inc({ caller, limit }, 0)
+  }
+  // Every limit's refusal passes here, whichever route or plugin throws it.
+  app.addHook('onError', async (request, _reply, error) => {
+    if (!(error instanceof CallerLimitExceeded)) return
+    refusals.inc({ caller: request.caller?.name ?? 'unknown', limit: String(error.extensions?.limit ?? 'unknown') })
+  })
+  app.decorate('counters', { orphanCallbacks, callerUnits })
 
   // The job families' own queues (closed with them); none without a queue connection.
   const queues = queueConnection === undefined

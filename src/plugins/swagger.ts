@@ -67,6 +67,7 @@ export default fp(async function docs (app: FastifyInstance) {
         { name: 'webhooks', description: 'webhook endpoints and deliveries, and the webhooks the gateway sends' },
         { name: 'callbacks', description: 'CometAPI → gateway' },
         { name: 'admin', description: 'operators only (ADMIN_API_KEYS)' },
+        { name: 'usage', description: 'per-caller usage and limits' },
         { name: 'health', description: 'liveness, readiness and metrics' }
       ]
     },

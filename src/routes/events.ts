@@ -9,7 +9,7 @@ import { TaskParamsSchema } from '../schemas/videos.ts'
 import { canSee, type Caller } from '../plugins/auth.ts'
 import { limitsFor } from '../config/callers.ts'
 import { CallerSlots, type Slot } from '../services/caller-slots.ts'
-import { callerLimited } from '../schemas/replica-limits.ts'
+import { callerLimitProblem } from '../schemas/limits.ts'
 
 /**
  * `GET /v1/videos/:id/events`: Server-Sent Events (docs/API.md, "SSE"). Replays from `Last-Event-ID` (header, or
@@ -79,10 +79,9 @@ const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, o
           'headers'),
         401: unauthorized(),
         404: problem(404, 'no such task for this caller'),
-        429: callerLimited('this caller already has `max_sse_streams` streams open on this replica ' +
+        429: callerLimitProblem('this caller already has `max_sse_streams` streams open on this replica ' +
           '(CALLER_MAX_SSE_STREAMS, CALLER_LIMITS); nothing was streamed. Close one, or retry after Retry-After',
-        'max_sse_streams', 100, 'caller limit max_sse_streams (100) reached: 100 SSE streams of this caller are ' +
-          'open on this replica'),
+        'max_sse_streams', 100),
         500: internal(),
         503: unavailable()
       }

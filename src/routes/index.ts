@@ -6,6 +6,7 @@ import events from './events.ts'
 import webhooks from './webhooks.ts'
 import content from './content.ts'
 import orphans from './orphans.ts'
+import usage from './usage.ts'
 
 /** Every route module, registered explicitly: easier to read and grep than autoload. */
 export default async function routes (app: FastifyInstance) {
@@ -16,4 +17,5 @@ export default async function routes (app: FastifyInstance) {
   await app.register(callbacks, { prefix: '/callbacks' })
   await app.register(webhooks, { prefix: '/v1' })
   await app.register(orphans, { prefix: '/v1' })
+  await app.register(usage, { prefix: '/v1' })
 }

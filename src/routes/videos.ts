@@ -5,6 +5,8 @@ import { checkCreate } from '../domain/create.ts'
 import { DEFAULT_KIND, VIDEO_KINDS, type VideoKind } from '../domain/kinds.ts'
 import { CallerLimitExceeded, InvalidRequest, NotFound, Unavailable } from '../domain/errors.ts'
 import { createTask } from '../services/create.ts'
+import { takeCreateToken } from '../services/limits.ts'
+import { callerLimitProblem } from '../schemas/limits.ts'
 import { cancelTask } from '../services/cancel.ts'
 import { toView } from '../domain/task.ts'
 import {
@@ -22,7 +24,7 @@ import resolve from './resolve.ts'
 import { limitsFor } from '../config/callers.ts'
 import { CallerSlots, type Slot } from '../services/caller-slots.ts'
 import { bodyDeadline } from '../plugins/body-deadline.ts'
-import { bodyTooSlow, callerLimited } from '../schemas/replica-limits.ts'
+import { bodyTooSlow } from '../schemas/replica-limits.ts'
 
 const TaskRef = Type.Ref('Task')
 const invalid = (what: string) => invalidField(`invalid ${what}, or a body that is not JSON: every bad field is listed`,
@@ -55,9 +57,8 @@ const createResponses = (bodyLimit: number, kind: VideoKind) => ({
     code: 'REFERENCE_TAKEN', detail: `reference is already used by task ${TASK_EXAMPLE.id}`
   }),
   422: problem(422, 'the Idempotency-Key was used with a different body'),
-  429: callerLimited('this caller already has `max_large_bodies` create bodies over LARGE_BODY_BYTES in flight ' +
-    'on this replica (CALLER_MAX_LARGE_BODIES, CALLER_LIMITS); nothing was read or created', 'max_large_bodies', 2,
-  'caller limit max_large_bodies (2) reached: 2 large create bodies of this caller are in flight on this replica'),
+  429: callerLimitProblem('a per-caller limit is reached (`limit` names it: creates_per_minute, max_active_tasks, ' +
+    'daily_units, max_large_bodies); nothing was created or charged', 'creates_per_minute', 120),
   500: internal(),
   503: unavailable(', the write did not reach enough replicas in time (REDIS_MIN_REPLICAS_ACKED), more than ' +
     'CREATE_MAX_LARGE_BODIES large bodies are in flight, or PARKED_MAX_BYTES of images already wait for upstream')
@@ -75,8 +76,11 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
     clock: app.deps.clock,
     ids: app.deps.ids,
     parkedMaxBytes: config.parkedMaxBytes,
-    logger: app.deps.logger
+    logger: app.deps.logger,
+    callers: config.callers,
+    onCharged: (caller: string, units: number) => { app.counters.callerUnits.inc({ caller }, units) }
   }
+  const limitDeps = { limitStore: app.deps.limitStore, callers: config.callers }
   app.addSchema(TaskSchema)
   app.addHook('onRequest', app.authenticate)
   await app.register(resolve)
@@ -147,6 +151,10 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
   /** A create of any kind: the kind's schema has run (attachValidation), everything else is checked here. */
   async function create (kind: VideoKind, request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
     const caller = request.caller as Caller
+    // First, before the body is checked (images decoded, the webhook URL resolved): creates_per_minute. The headers
+    // are not validated yet, so a key that is not one string is left to the 400 below (and takes a token).
+    const idempotencyKey = request.headers['idempotency-key']
+    await takeCreateToken(limitDeps, caller.name, typeof idempotencyKey === 'string' ? idempotencyKey : undefined)
     const raw = request.body as unknown
     if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
       throw new InvalidRequest([{ pointer: '/', detail: 'must be a JSON object', location: 'body' }])

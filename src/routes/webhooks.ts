@@ -1,6 +1,9 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import { GatewayError, InvalidRequest, NotFound } from '../domain/errors.ts'
+import { limitsFor } from '../config/callers.ts'
+import { ENDPOINTS_RETRY_AFTER_S, refusal } from '../services/limits.ts'
+import { callerLimitProblem } from '../schemas/limits.ts'
 import { EVENT_TYPES } from '../domain/task.ts'
 import { CANNOT_USE, checkWebhookTarget, UnsafeTarget } from '../notify/ssrf.ts'
 import { canSee, type Caller } from '../plugins/auth.ts'
@@ -117,6 +120,8 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
         ...bodyProblems('1 MiB'),
         400: invalidField('invalid body, or a URL the gateway refuses to call', '/url', CANNOT_USE, 'body'),
         401: unauthorized(),
+        429: callerLimitProblem('the caller already has max_webhook_endpoints endpoints ' +
+          '(CALLER_MAX_WEBHOOK_ENDPOINTS, CALLER_LIMITS); delete one first', 'max_webhook_endpoints', 20),
         500: internal(),
         503: unavailable()
       }
@@ -131,12 +136,14 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
       }
       throw err
     }
+    const limits = limitsFor(config.callers, caller.name)
     const ep = await store.createEndpoint({
       caller: caller.name,
       url: request.body.url,
       eventTypes: request.body.event_types ?? null,
       description: request.body.description ?? null
-    })
+    }, limits.maxWebhookEndpoints)
+    if (ep === null) throw refusal(limits, 'max_webhook_endpoints', ENDPOINTS_RETRY_AFTER_S)
     audit(request.log, 'endpoint.create', caller, 'ok', { endpoint_id: ep.id })
     return await reply.code(201).send(endpointView(ep, true))
   })

@@ -1,13 +1,5 @@
-/** OpenAPI answers of the per-caller limits kept on each replica (src/services/caller-slots.ts). */
-import { problem, problemExample } from './common.ts'
-
-/** 429 `CALLER_LIMIT` naming `limit` (a CALLER_LIMITS field), with an example as the gateway answers it. */
-export function callerLimited (description: string, limit: string, value: number, detail: string) {
-  const p = problem(429, description, { code: 'CALLER_LIMIT', detail })
-  const example = { ...problemExample(429, { code: 'CALLER_LIMIT', detail }), limit, limit_value: value }
-  const media = p.content['application/problem+json']
-  return { ...p, content: { 'application/problem+json': { ...media, example } } }
-}
+/** The 408 of a create body too slow (src/plugins/body-deadline.ts); the 429s are in ./limits.ts. */
+import { problem } from './common.ts'
 
 /** 408 of a create body that did not arrive in time (src/plugins/body-deadline.ts). */
 export const bodyTooSlow = () => problem(408,

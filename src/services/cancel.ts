@@ -6,6 +6,7 @@
 import { Conflict } from '../domain/errors.ts'
 import type { TaskRecord } from '../domain/task.ts'
 import type { TaskStore } from '../store/tasks.ts'
+import { utcDay } from './limits.ts'
 
 export async function cancelTask (store: TaskStore, task: TaskRecord): Promise<TaskRecord> {
   const outcome = await store.transition(task.id, t => t.status === 'queued' ? { to: 'canceled' } : null,
@@ -16,5 +17,8 @@ export async function cancelTask (store: TaskStore, task: TaskRecord): Promise<T
   }
   await store.durable()
   await store.dropParked(task.id)
+  // Never sent upstream, so never paid for: its units go back (docs/API.md, "Per-caller limits"). Best effort: the
+  // cancel has happened, and a refund lost to a Redis blip only leaves the budget stricter than it need be.
+  await store.refundUnits(outcome.task, utcDay(outcome.task.createdAt)).catch(() => 0)
   return outcome.task
 }

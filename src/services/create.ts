@@ -15,6 +15,8 @@ import { Conflict, GatewayError, Unavailable } from '../domain/errors.ts'
 import type { TaskRecord } from '../domain/task.ts'
 import type { TaskStore } from '../store/tasks.ts'
 import type { SubmitJobs } from '../jobs/submit.ts'
+import type { CallersConfig } from '../config/callers.ts'
+import { createLimits, createRefusal, utcDay } from './limits.ts'
 
 export interface CreateDeps {
   store: TaskStore
@@ -23,6 +25,10 @@ export interface CreateDeps {
   ids: () => string
   parkedMaxBytes: number
   logger: Logger
+  /** Per-caller limits checked and charged by the create script (max_active_tasks, daily_units); none without. */
+  callers?: CallersConfig
+  /** Told the units a new task was charged (the per-caller units metric). */
+  onCharged?: (caller: string, units: number) => void
 }
 
 export interface CreateInput {
@@ -57,18 +63,20 @@ export async function createTask (deps: CreateDeps, input: CreateInput): Promise
     throw new Unavailable('too many images are waiting for upstream capacity; retry later', 30)
   }
   let outcome: Awaited<ReturnType<TaskStore['create']>>
+  const now = deps.clock()
+  const limits = deps.callers === undefined ? undefined : createLimits(deps.callers, input.caller, request, now)
   try {
     outcome = await store.create({
       id,
       caller: input.caller,
       kind: input.checked.kind,
-      createdAt: deps.clock(),
+      createdAt: now,
       reference: input.reference,
       metadata: input.metadata,
       request,
       externalTaskId: randomUUID(),
       webhookUrl: input.webhookUrl
-    }, key === undefined ? undefined : { key, fingerprint })
+    }, key === undefined ? undefined : { key, fingerprint }, limits)
   } catch (err) {
     // The script may still run after this (a timeout is not a "no"): its images are freed unless it did, and a
     // task it made without a key is withdrawn. Both are queued behind it on the same connection.
@@ -77,6 +85,8 @@ export async function createTask (deps: CreateDeps, input: CreateInput): Promise
     throw err
   }
   if (outcome.outcome === 'mismatch') throw reused()
+  if (outcome.outcome === 'limit') throw createRefusal(deps.callers as CallersConfig, input.caller, outcome.limit, now)
+  if (outcome.outcome === 'created' && limits !== undefined) deps.onCharged?.(input.caller, limits.units)
   if (outcome.outcome === 'reference') {
     throw new Conflict('REFERENCE_TAKEN', `reference is already used by task ${outcome.taskId}`)
   }
@@ -125,6 +135,11 @@ export async function cancelWithdrawn (store: TaskStore, id: string): Promise<bo
         }
       }
     : null, { requireEmpty: 'submit_sent_at' })
-  if (outcome.applied) await store.dropParked(id)
+  if (outcome.applied) {
+    await store.dropParked(id)
+    // Never sent upstream, so never paid for: its units go back (docs/API.md, "Per-caller limits"). Best effort: the
+    // cancel has happened, and a refund lost to a Redis blip only leaves the budget stricter than it need be.
+    await store.refundUnits(outcome.task, utcDay(outcome.task.createdAt)).catch(() => 0)
+  }
   return outcome.applied
 }

@@ -80,6 +80,10 @@ export function keys (prefix: string) {
     fairLag: `${p}fair:lag`,
     /** Released tasks holding one of the UPSTREAM_CONCURRENCY slots → when the lease ends. */
     fairSlots: `${p}fair:slots`,
+    /** A caller's create token bucket (creates_per_minute); absent while full. */
+    createBucket: (caller: string) => `${p}limit:${caller}:creates`,
+    /** A caller's usage of one UTC day (`YYYY-MM-DD`): tasks created and units charged; expires on its own. */
+    usage: (caller: string, day: string) => `${p}usage:${caller}:${day}`,
     /** BullMQ prefix: queues live under the same hash tag. */
     bullPrefix: `{${prefix}}`
   }

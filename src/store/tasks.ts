@@ -21,7 +21,7 @@ export const PARKED_UNCLAIMED_MS = 10 * 60_000
 const packr = new Packr({ useRecords: false, encodeUndefinedAsNil: true })
 export const pack = (args: Record<string, unknown>): Buffer => packr.pack(args)
 
-/** A script and the number of keys it takes, which its file name states (`create-13.lua` takes 13). */
+/** A script and the number of keys it takes, which its file name states (`create-16.lua` takes 16). */
 export function script (name: string): { numberOfKeys: number, lua: string } {
   const numberOfKeys = Number(/-(\d+)$/.exec(name)?.[1])
   return { numberOfKeys, lua: readFileSync(new URL(`./lua/${name}.lua`, import.meta.url), 'utf8') }
@@ -34,6 +34,7 @@ declare module 'ioredis' {
     kgParked: (...args: Array<string | number>) => Result<number, Context>
     kgWithdraw: (key: string) => Result<number, Context>
     kgForget: (...args: Array<string | Buffer>) => Result<number, Context>
+    kgRefund: (task: string, usage: string) => Result<string, Context>
     kgPause: (pause: string, trial: string, args: Buffer) => Result<number, Context>
   }
 }
@@ -81,6 +82,13 @@ export type CreateOutcome =
   | { outcome: 'existing', task: TaskRecord }
   | { outcome: 'mismatch', taskId: string }
   | { outcome: 'reference', taskId: string }
+  | { outcome: 'limit', limit: 'max_active_tasks' | 'daily_units' }
+
+/**
+ * The per-caller limits a create is checked against in its own script (0 = no limit), and what it costs: `units`
+ * are charged to the usage hash of `day` (UTC `YYYY-MM-DD`), which expires `usageTtlMs` after its last charge.
+ */
+export interface CreateLimits { maxActive: number, dailyUnits: number, units: number, day: string, usageTtlMs: number }
 
 /** A task to store; without a kind it is the default one (as every task was before there were kinds). */
 export type NewTask = Pick<TaskRecord,
@@ -142,10 +150,10 @@ export function eventOf (task: TaskRecord, now: number, type: EventType = `video
 
 /**
  * Task state in Redis, and the one door to it: no other module reads or writes a task's keys. Every change is
- * one Lua script (create-13, transition-13, parked-4, withdraw-1), so the state check, the write, the event append, the
- * index moves and the live announcement happen together or not at all, and every script is safe to run late or
- * twice (a command that timed out on the client may still run). `durable()` is the deployment's durability
- * rule: what the 202 of a create and the mark before an upstream create wait for.
+ * one Lua script (create-16, transition-13, parked-4, withdraw-1, refund-2, forget-19), so the state check, the
+ * write, the event append, the index moves and the live announcement happen together or not at all, and every
+ * script is safe to run late or twice (a command that timed out on the client may still run). `durable()` is the
+ * deployment's durability rule: what the 202 of a create and the mark before an upstream create wait for.
  */
 export class TaskStore {
   private readonly k: Keys
@@ -164,11 +172,12 @@ export class TaskStore {
     this.durability = new Durability(
       durability?.connection, this.k.fence, durability?.rule ?? { replicas: 0, timeoutMs: 0 }
     )
-    redis.defineCommand('kgCreate', script('create-13'))
+    redis.defineCommand('kgCreate', script('create-16'))
     redis.defineCommand('kgTransition', script('transition-13'))
     redis.defineCommand('kgParked', script('parked-4'))
     redis.defineCommand('kgWithdraw', script('withdraw-1'))
     redis.defineCommand('kgForget', script('forget-19'))
+    redis.defineCommand('kgRefund', script('refund-2'))
   }
 
   /** The prefix BullMQ queues live under: the same hash tag as every task key, so it all runs on one Cluster slot. */
@@ -186,9 +195,11 @@ export class TaskStore {
   /**
    * Stores a new queued task and its `video.queued` event, or tells what stands in the way. With an
    * Idempotency-Key the key's record is written in the same script as the task, so a late-running create and
-   * its retry make one task. Any outcome but `created` frees the images parked under `task.id`.
+   * its retry make one task. Any outcome but `created` frees the images parked under `task.id`. With `limits`, the
+   * caller's active tasks and daily units are checked and charged in the same script (outcome `limit`).
    */
-  async create (task: NewTask, idempotency?: { key: string, fingerprint: string }): Promise<CreateOutcome> {
+  async create (task: NewTask, idempotency?: { key: string, fingerprint: string }, limits?: CreateLimits):
+  Promise<CreateOutcome> {
     const record: TaskRecord = {
       ...task,
       kind: task.kind ?? DEFAULT_KIND,
@@ -228,6 +239,8 @@ export class TaskStore {
       record.reference === null ? k.task(record.id) : k.reference(record.caller, record.reference), k.open,
       idempotency === undefined ? k.task(record.id) : k.idempotency(record.caller, idempotency.key),
       k.parked(record.id), k.parkedBytes, k.parkedPending,
+      k.index(record.caller, 'submitted'), k.index(record.caller, 'processing'),
+      limits === undefined ? k.task(record.id) : k.usage(record.caller, limits.day),
       pack({
         id: record.id,
         caller: record.caller,
@@ -239,11 +252,20 @@ export class TaskStore {
         reference: record.reference !== null,
         idempotency: idempotency === undefined
           ? undefined
-          : { fingerprint: idempotency.fingerprint, ttl_ms: String(IDEMPOTENCY_TTL_MS) }
+          : { fingerprint: idempotency.fingerprint, ttl_ms: String(IDEMPOTENCY_TTL_MS) },
+        limits: limits === undefined
+          ? undefined
+          : {
+              max_active: String(limits.maxActive),
+              daily_units: String(limits.dailyUnits),
+              units: String(limits.units),
+              usage_ttl_ms: String(limits.usageTtlMs)
+            }
       }))
     if (outcome === 'created') return { outcome, task: id === record.id ? record : await this.mustGet(id) }
     if (outcome === 'existing') return { outcome, task: await this.mustGet(id) }
     if (outcome === 'mismatch' || outcome === 'reference') return { outcome, taskId: id }
+    if (outcome === 'limit' && (id === 'max_active_tasks' || id === 'daily_units')) return { outcome, limit: id }
     throw new Error(`create script answered ${outcome}`)
   }
 
@@ -375,6 +397,21 @@ export class TaskStore {
    */
   async withdraw (id: string): Promise<boolean> {
     return await this.redis.kgWithdraw(this.k.task(id)) === 1
+  }
+
+  /**
+   * Gives back the units a task was charged when it was canceled before it was ever sent upstream (refund-2:
+   * checked there, once). `day` is the UTC day it was created on, whose usage it was charged to. Returns the units.
+   */
+  async refundUnits (task: Pick<TaskRecord, 'id' | 'caller'>, day: string): Promise<number> {
+    return Number(await this.redis.kgRefund(this.k.task(task.id), this.k.usage(task.caller, day)))
+  }
+
+  /** The caller's tasks not yet terminal (what max_active_tasks counts), by the same indexes the create reads. */
+  async activeTasks (caller: string): Promise<number> {
+    const counts = await Promise.all(['queued', 'submitted', 'processing']
+      .map(async s => await this.redis.zcard(this.k.index(caller, s))))
+    return counts.reduce((a, b) => a + b, 0)
   }
 
   /** What an earlier create with this Idempotency-Key made, if one did (a read; the create script decides). */

@@ -5,8 +5,16 @@
  * on two replicas — yields the same record and the same BullMQ job. Its `webhook-id` is `msg_<delivery id>`.
  */
 import { createHash, randomBytes } from 'node:crypto'
+import type { Result } from 'ioredis'
 import type { RedisClient } from '../infra/redis.ts'
 import type { DeliveryScope, Keys } from './keys.ts'
+import { pack, script } from './tasks.ts'
+
+declare module 'ioredis' {
+  interface RedisCommander<Context> {
+    kgEndpoint: (endpoint: string, index: string, args: Buffer) => Result<number, Context>
+  }
+}
 
 export const ROTATION_OVERLAP_MS = 24 * 3600_000
 
@@ -91,8 +99,15 @@ function decodeDelivery (h: Record<string, string>): Delivery | null {
   }
 }
 
+/** Endpoints read per step of a fan-out (ZSCAN COUNT): bounds one step's memory and Redis time, whatever the total. */
+export const FAN_OUT_PAGE = 200
+/** A fan-out reads at most this many pages (FAN_OUT_PAGE × this endpoints), then fails loudly to be retried. */
+const FAN_OUT_MAX_PAGES = 10_000
+
 export class WebhookStore {
-  constructor (readonly redis: RedisClient, readonly k: Keys, private readonly clock: () => number = Date.now) {}
+  constructor (readonly redis: RedisClient, readonly k: Keys, private readonly clock: () => number = Date.now) {
+    redis.defineCommand('kgEndpoint', script('endpoint-2'))
+  }
 
   private epKey (id: string) { return this.k.endpoint(id) }
   private epIndex (caller: string) { return this.k.endpoints(caller) }
@@ -108,9 +123,13 @@ export class WebhookStore {
 
   private callerSecretKey (caller: string) { return this.k.callerSecret(caller) }
 
+  /**
+   * Registers an endpoint unless its caller already has `max` of them (0 = no limit; endpoint-2.lua counts and
+   * writes in one step); null when refused.
+   */
   async createEndpoint (
-    input: { caller: string, url: string, eventTypes: string[] | null, description: string | null }
-  ): Promise<Endpoint> {
+    input: { caller: string, url: string, eventTypes: string[] | null, description: string | null }, max = 0
+  ): Promise<Endpoint | null> {
     const ep: Endpoint = {
       id: `ep_${randomBytes(12).toString('hex')}`,
       ...input,
@@ -122,8 +141,11 @@ export class WebhookStore {
       failingSince: null,
       createdAt: this.clock()
     }
-    await this.redis.multi()
-      .hset(this.epKey(ep.id), {
+    const registered = await this.redis.kgEndpoint(this.epKey(ep.id), this.epIndex(ep.caller), pack({
+      id: ep.id,
+      created_at: String(ep.createdAt),
+      max: String(max),
+      fields: {
         id: ep.id,
         caller: ep.caller,
         url: ep.url,
@@ -132,10 +154,34 @@ export class WebhookStore {
         secret: ep.secret,
         enabled: '1',
         created_at: String(ep.createdAt)
-      })
-      .zadd(this.epIndex(ep.caller), ep.createdAt, ep.id)
-      .exec()
-    return ep
+      }
+    }))
+    return registered === 1 ? ep : null
+  }
+
+  /** How many endpoints the caller has registered (what max_webhook_endpoints counts). */
+  async countEndpoints (caller: string): Promise<number> {
+    return await this.redis.zcard(this.epIndex(caller))
+  }
+
+  /**
+   * Every endpoint of the caller, a page at a time, for the fan-out of one event. ZSCAN returns every endpoint
+   * that exists from the first page to the last at least once, however many there are and whatever is added or
+   * deleted meanwhile (a walk by rank would skip one past a delete); an id seen twice is yielded once.
+   */
+  async * endpointPages (caller: string): AsyncGenerator<Endpoint[]> {
+    const seen = new Set<string>()
+    let cursor = '0'
+    for (let page = 0; page < FAN_OUT_MAX_PAGES; page++) {
+      const [next, flat] = await this.redis.zscan(this.epIndex(caller), cursor, 'COUNT', FAN_OUT_PAGE)
+      const ids: string[] = []
+      for (let i = 0; i < flat.length; i += 2) if (!seen.has(flat[i])) { seen.add(flat[i]); ids.push(flat[i]) }
+      const eps = await Promise.all(ids.map(async id => await this.getEndpoint(id)))
+      yield eps.filter((e): e is Endpoint => e !== null)
+      if (next === '0') return
+      cursor = next
+    }
+    throw new Error(`webhook fan-out: more than ${FAN_OUT_MAX_PAGES} pages of endpoints`)
   }
 
   async getEndpoint (id: string): Promise<Endpoint | null> {

@@ -1,4 +1,4 @@
---[[ create-13: store a new task with its first event, indexes, reference and idempotency record, atomically.
+--[[ create-16: store a new task with its first event, indexes, reference and idempotency record, atomically.
   Safe to run late or twice: a request's Idempotency-Key record and its task are written together, so whichever
   of a late create and its retry runs second finds the record and returns the first task; a re-sent script
   finds its own task. Any outcome but `created` frees the images this request parked.
@@ -7,10 +7,16 @@
   KEYS[8] reference key (the task key again when there is none)   KEYS[9] open set
   KEYS[10] idempotency record (the task key again when there is none)
   KEYS[11] this request's parked images   KEYS[12] parked-bytes counter   KEYS[13] parked-pending set
+  KEYS[14] index caller:submitted   KEYS[15] index caller:processing   KEYS[16] the caller's usage hash of the day
   ARGV[1] MessagePack map: id, caller, created_at, fields {name = value}, event (JSON), event_id, maxlen,
-          reference (bool), idempotency {fingerprint, ttl_ms} or nil
+          reference (bool), idempotency {fingerprint, ttl_ms} or nil,
+          limits {max_active, daily_units, units, usage_ttl_ms} (0 = no limit; units are always charged)
+  Per-caller limits are checked after the key and the reference, so a replay is never refused by a limit, and in
+  the same step as the write, so concurrent creates on any replica cannot pass a limit together. Active tasks
+  are the caller's queued, submitted and processing indexes; the units charged are kept on the task (`units`)
+  so that a cancel before it is sent gives back exactly those (refund-2).
   Returns {outcome, task id}: created | existing (the key's task) | mismatch (the key's task, another body)
-  | reference (the task holding the reference). ]]
+  | reference (the task holding the reference) | limit (the limit's CALLER_LIMITS name in place of the id). ]]
 local a = cmsgpack.unpack(ARGV[1])
 local taskKey, parkedKey = KEYS[1], KEYS[11]
 
@@ -40,6 +46,26 @@ if a.reference then
   end
 end
 
+local lim = a.limits
+if lim then
+  local max = tonumber(lim.max_active)
+  if max > 0 then
+    local active = redis.call('ZCARD', KEYS[5]) + redis.call('ZCARD', KEYS[14]) + redis.call('ZCARD', KEYS[15])
+    if active >= max then
+      releaseParked()
+      return {'limit', 'max_active_tasks'}
+    end
+  end
+  local budget = tonumber(lim.daily_units)
+  if budget > 0 then
+    local used = tonumber(redis.call('HGET', KEYS[16], 'units') or '0')
+    if used + tonumber(lim.units) > budget then
+      releaseParked()
+      return {'limit', 'daily_units'}
+    end
+  end
+end
+
 local flat = {}
 for k, v in pairs(a.fields) do flat[#flat + 1] = k; flat[#flat + 1] = v end
 redis.call('HSET', taskKey, unpack(flat))
@@ -54,4 +80,10 @@ if a.idempotency then
 end
 redis.call('ZADD', KEYS[9], a.created_at, a.id)
 redis.call('ZREM', KEYS[13], a.id)
+if lim then
+  redis.call('HSET', taskKey, 'units', lim.units)
+  redis.call('HINCRBY', KEYS[16], 'tasks', 1)
+  redis.call('HINCRBYFLOAT', KEYS[16], 'units', lim.units)
+  redis.call('PEXPIRE', KEYS[16], lim.usage_ttl_ms)
+end
 return {'created', a.id}
