@@ -141,7 +141,19 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids' | 'lifecycl
   })
   const limitStore = new LimitStore(base.redis, k)
   const deps: AppContext = {
-    ...base, store, jobs, reconcile, hub, webhooks, deliveries, copies, events, replicas, orphans, pause, retention,
+    ...base,
+    store,
+    jobs,
+    reconcile,
+    hub,
+    webhooks,
+    deliveries,
+    copies,
+    events,
+    replicas,
+    orphans,
+    pause,
+    retention,
     limitStore
   }
   const app = Fastify({
