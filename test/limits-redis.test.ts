@@ -219,8 +219,8 @@ describe('GET /v1/usage and the metrics', () => {
     expect((await usage(h, 'bob')).json().data.map((r: { caller: string }) => r.caller)).toEqual(['bob'])
 
     const all = (await usage(h, 'ops')).json().data as Array<{ caller: string, tasks: number }>
-    expect(all.map(r => r.caller)).toEqual(['alice', 'bob', 'ops'])
-    expect(all.map(r => r.tasks)).toEqual([2, 0, 0])
+    expect(all.map(r => r.caller)).toEqual(['alice', 'bob', 'ops', 'root'])
+    expect(all.map(r => r.tasks)).toEqual([2, 0, 0, 0])
     expect((await usage(h, 'ops', '?caller=alice')).json().data[0].units).toBe(4.5)
     expect((await usage(h, 'ops', '?caller=no%20such')).statusCode).toBe(400)
 

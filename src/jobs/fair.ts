@@ -19,8 +19,8 @@
  * that ends in a retry or a delay gives its slot back: the job comes back into BullMQ on its own and waits there.
  *
  * Crash safety: a task is in its line, or holds a slot, or has a BullMQ job. A replica dying between taking the slot
- * and adding the job leaves a queued task with neither job nor line: its lease ends, and reconciliation queues it
- * again ("queued without a submit job"), as it does for a crash between storing a task and queueing it.
+ * and adding the job leaves a queued task with a slot and no job: reconciliation ("queued without a submit job")
+ * submits it again, and a submit that finds its task holding a slot adds the job at once (the slot is its own).
  */
 import type { Logger } from 'pino'
 import type { Config } from '../config/index.ts'
@@ -72,7 +72,7 @@ export class FairDispatcher {
   }
 
   /** Puts a queued task in its caller's line and releases what may go; false when it was already in line. */
-  async enqueue (taskId: string, caller: string): Promise<boolean> {
+  async enqueue (taskId: string, caller: string): Promise<'queued' | 'waiting' | 'holds-slot'> {
     const queued = await this.deps.fair.enqueue(taskId, caller, this.deps.clock())
     await this.dispatch()
     return queued

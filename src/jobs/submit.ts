@@ -136,7 +136,8 @@ export class SubmitJobs extends QueueJobs<SubmitData> {
     if (await this.queue.getJob(taskId) !== undefined) return
     const task = await this.deps.store.get(taskId)
     if (task === null || task.status !== 'queued') return
-    await this.fair.enqueue(task.id, task.caller)
+    // No job, yet a slot: the replica that released it died before adding the job. The slot is this task's.
+    if (await this.fair.enqueue(task.id, task.caller) === 'holds-slot') await this.add(task.id)
   }
 
   /** Adds the job of a task the fair share released. */

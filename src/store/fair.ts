@@ -41,11 +41,12 @@ export class FairStore {
     redis.defineCommand('kgFairRelease', script('fair-release-5'))
   }
 
-  /** Puts a task in its caller's line; false when it is already waiting or holds a slot. */
-  async enqueue (taskId: string, caller: string, at: number): Promise<boolean> {
+  /** Puts a task in its caller's line, unless it is already waiting there or holds a slot (it says which). */
+  async enqueue (taskId: string, caller: string, at: number): Promise<'queued' | 'waiting' | 'holds-slot'> {
     const { fairReady, fairQueued, fairCallers, fairSlots } = this.k
     const args = pack({ task: taskId, caller, at: String(Math.max(0, Math.floor(at))).padStart(15, '0') })
-    return await this.redis.kgFairEnqueue(fairReady, fairQueued, fairCallers, fairSlots, args) === 1
+    const r = await this.redis.kgFairEnqueue(fairReady, fairQueued, fairCallers, fairSlots, args)
+    return r === 1 ? 'queued' : r === 2 ? 'holds-slot' : 'waiting'
   }
 
   /** Takes free slots for the tasks next in fair order. */
