@@ -17,6 +17,8 @@ import { startFloor, startGateway, startRedis, startSimulator, tmp } from '../li
 import { round, summarize, type LatencySummary } from '../lib/stats.ts'
 
 const ROUNDS = 5
+/** A first round per target, not counted: its JIT warm-up is not what a body costs. */
+const WARMUP_ROUNDS = 1
 /** One body every GAP_MS (or as soon as the previous is answered, when it takes longer). */
 const GAP_MS = 300
 const PROBE_INTERVAL_MS = 20
@@ -67,10 +69,10 @@ async function measure (origin: string, probePort: number, headers: Record<strin
   const prober = startNode('health-probe', 'bench/health-probe.ts', {
     ORIGIN: origin,
     INTERVAL_MS: String(PROBE_INTERVAL_MS),
-    DURATION_MS: String(ROUNDS * list.length * GAP_MS)
+    DURATION_MS: String((WARMUP_ROUNDS + ROUNDS) * list.length * GAP_MS)
   })
   const sent = new Map<string, Sent[]>(list.map(b => [b.name, []]))
-  for (let round = 0; round < ROUNDS; round++) {
+  for (let round = 0; round < WARMUP_ROUNDS + ROUNDS; round++) {
     for (const { name, body } of list) {
       const next = performance.now() + GAP_MS
       await probe(probePort, '/reset')
@@ -93,7 +95,7 @@ async function measure (origin: string, probePort: number, headers: Record<strin
       }
       const ms = performance.now() - t0
       const blockMs = await probe(probePort, '/')
-      sent.get(name)?.push({ status, ms, blockMs, ...(error !== undefined && { error }) })
+      if (round >= WARMUP_ROUNDS) sent.get(name)?.push({ status, ms, blockMs, ...(error !== undefined && { error }) })
       const wait = next - performance.now()
       if (wait > 0) await new Promise(resolve => setTimeout(resolve, wait))
     }
