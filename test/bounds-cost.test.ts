@@ -6,6 +6,7 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import { performance } from 'node:perf_hooks'
 import { auth, startHarness, type Harness } from './helpers/harness.ts'
+import { MAX_LISTED_ERRORS } from '../src/plugins/bounds.ts'
 
 const URL_A = 'https://images.example.com/a.png'
 const VALID = `"image_list":[{"image":"${URL_A}"},{"image":"${URL_A}"}],"prompt":"p"`
@@ -50,5 +51,26 @@ describe('the cost of walking a large body', () => {
     }])
     // Here 0.7 s; before, 5.3 s.
     expect(ms).toBeLessThan(2500)
+  })
+  it('answers more than 50 unknown names by them alone; fewer are listed beside every other bad field', async () => {
+    const names = (n: number) => Array.from({ length: n }, (_, i) => `"unknown_${i}_${'n'.repeat(90)}":1`).join(',')
+    const many = await post(`{${VALID.replace('"p"', '5')},${names(10_000)}}`)
+    expect(many.res.statusCode, many.res.body).toBe(400)
+    const problem = many.res.json()
+    expect(problem.detail).toBe('10000 fields are not accepted (nothing else was checked)')
+    expect(problem.errors).toHaveLength(MAX_LISTED_ERRORS)
+    expect(problem.errors_omitted).toBe(10_000 - MAX_LISTED_ERRORS)
+    expect(problem.errors[0]).toEqual({
+      pointer: `/unknown_0_${'n'.repeat(54)}…`,
+      detail: 'is not an accepted field',
+      location: 'body'
+    })
+    // Not Ajv's 10,000 errors, nor the create checks after them.
+    expect(many.ms).toBeLessThan(1000)
+
+    const few = (await post(`{${VALID.replace('"p"', '5')},${names(10)}}`)).res.json()
+    const pointers = few.errors.map((e: { pointer: string }) => e.pointer)
+    expect(pointers).toHaveLength(11)
+    expect(pointers).toContain('/prompt')
   })
 })

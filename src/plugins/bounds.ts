@@ -13,6 +13,8 @@ export const MAX_JSON_DEPTH = 32
 export const MAX_LISTED_ERRORS = 50
 /** A caller-chosen name (an unknown property) is echoed at most this long. */
 export const MAX_NAME_CHARS = 64
+/** The detail of an unknown property, as Ajv's errors get it too (src/plugins/errors.ts). */
+export const NOT_ACCEPTED = 'is not an accepted field'
 /** A pointer is echoed at most this long (a deep path of long names would otherwise be as long as the body). */
 export const MAX_POINTER_CHARS = 256
 
@@ -161,7 +163,16 @@ export function checkSizes (schema: unknown, value: unknown, pointer: string, ou
   }
   const properties = schema.properties
   if (!isObj(properties)) return
-  // Unknown names are Ajv's to report (bounded by MAX_LISTED_ERRORS); only the known ones are walked.
+  // More than MAX_LISTED_ERRORS unknown names are the answer on their own: Ajv would make an error of each (and
+  // every check after it would still run) to list 50 of them.
+  if (schema.additionalProperties === false) {
+    const unknown = keys.filter(k => !Object.hasOwn(properties, k))
+    if (unknown.length > MAX_LISTED_ERRORS) {
+      for (const k of unknown) out.push({ pointer: `${pointer}/${segment(k)}`, detail: NOT_ACCEPTED, location: 'body' })
+      return
+    }
+  }
+  // Fewer unknown names are Ajv's to report beside every other bad field; only the known ones are walked.
   for (const key of Object.keys(properties)) {
     if (Object.hasOwn(value, key)) checkSizes(properties[key], value[key], `${pointer}/${segment(key)}`, out)
   }
@@ -184,9 +195,10 @@ export function boundBodies (app: FastifyInstance): void {
     checkSizes(schema, request.body, '', errors)
     if (errors.length > 0) {
       const n = errors.length
-      throw new InvalidRequest(errors,
-        `${n} field${n === 1 ? ' is' : 's are'} over ${n === 1 ? 'its' : 'their'} size limit ` +
-        '(nothing else was checked)')
+      throw new InvalidRequest(errors, errors.every(e => e.detail === NOT_ACCEPTED)
+        ? `${n} fields are not accepted (nothing else was checked)`
+        : `${n} field${n === 1 ? ' is' : 's are'} over ${n === 1 ? 'its' : 'their'} size limit ` +
+          '(nothing else was checked)')
     }
   })
 }
