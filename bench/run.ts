@@ -14,6 +14,7 @@ import { join } from 'node:path'
 import { createLarge } from './benches/create-large.ts'
 import { callback } from './benches/callback.ts'
 import { statusRead } from './benches/status-read.ts'
+import { hostileBodies } from './benches/hostile-bodies.ts'
 import { machine } from './lib/machine.ts'
 import { ROOT, stillRunning, stopAll } from './lib/proc.ts'
 import { markdownTable, toLine, type ResultLine, type Row } from './lib/report.ts'
@@ -26,7 +27,8 @@ if (profileDir !== undefined) process.env.BENCH_CPU_PROF_DIR = profileDir
 const BENCHES: Record<string, () => Promise<Row[]>> = {
   'create-large': createLarge,
   callback,
-  'status-read': statusRead
+  'status-read': statusRead,
+  'hostile-bodies': hostileBodies
 }
 
 const log = (msg: string) => process.stderr.write(`[bench] ${msg}\n`)

@@ -53,10 +53,11 @@ export interface Gateway {
  * port comes from freePort(), and on a shared machine someone else can take it before the child binds it.
  */
 export async function startGateway (
-  opts: { redisUrl: string, simUrl: string, dataDir: string, env?: Record<string, string> }
+  opts: { redisUrl: string, simUrl: string, dataDir: string, env?: Record<string, string>, nodeArgs?: string[] }
 ): Promise<Gateway> {
   const profile = process.env.BENCH_CPU_PROF_DIR
-  const all = { ...opts, nodeArgs: profile === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${profile}`] }
+  const prof = profile === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${profile}`]
+  const all = { ...opts, nodeArgs: [...prof, ...opts.nodeArgs ?? []] }
   try {
     return await startGatewayOnce(all)
   } catch (err) {
@@ -120,15 +121,18 @@ export function gatewayWarnings (
 export interface Floor { origin: string, pid: number, stop: () => Promise<void> }
 
 /** bench/floor.ts in a child process against the same Redis (and key prefix) as the gateway. */
-export async function startFloor (redisUrl: string): Promise<Floor> {
+export async function startFloor (
+  redisUrl: string, opts: { env?: Record<string, string>, nodeArgs?: string[] } = {}
+): Promise<Floor> {
   const port = await freePort()
   const origin = `http://127.0.0.1:${port}`
   const node = startNode('floor', 'bench/floor.ts', {
     PORT: String(port),
     REDIS_URL: redisUrl,
     REDIS_PREFIX: 'kg',
-    CREATE_BODY_LIMIT_BYTES: String(60 * 1024 * 1024)
-  })
+    CREATE_BODY_LIMIT_BYTES: String(60 * 1024 * 1024),
+    ...opts.env
+  }, [], opts.nodeArgs)
   await waitHttpOk(`${origin}/health/live`, node.child, node.output)
   return { origin, pid: node.pid, stop: node.stop }
 }

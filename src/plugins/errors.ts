@@ -4,7 +4,7 @@ import { GatewayError, type ErrorCode, type FieldError } from '../domain/errors.
 import http, { STATUS_CODES } from 'node:http'
 import type { Duplex } from 'node:stream'
 import { isRedisUnavailable } from '../infra/redis.ts'
-import { boundBodies, boundErrors, segment } from './bounds.ts'
+import { boundBodies, boundErrors, NOT_ACCEPTED, segment } from './bounds.ts'
 
 /** Fastify's validationContext → the `location` a field error names. */
 export const LOCATIONS: Record<string, FieldError['location']> = {
@@ -31,7 +31,7 @@ export function fieldErrorOf (e: AjvError, location?: FieldError['location']): F
   } else if (e.keyword === 'additionalProperties') {
     const name = String(e.params.additionalProperty)
     pointer += '/' + escape(name)
-    detail = (e.instancePath === '' ? RESERVED[name] : undefined) ?? 'is not an accepted field'
+    detail = (e.instancePath === '' ? RESERVED[name] : undefined) ?? NOT_ACCEPTED
   }
   return { pointer: pointer === '' ? '/' : pointer, detail, ...(location !== undefined && { location }) }
 }
