@@ -65,7 +65,7 @@ export async function createLarge (): Promise<Row[]> {
       redisUrl: redis.url,
       simUrl: sim.url,
       dataDir: join(dir.path, 'gateway'),
-      env: { CREATE_MAX_LARGE_BODIES: String(LARGE_CAP), PARKED_MAX_BYTES: '2000000000' }
+      env: { CREATE_MAX_LARGE_BODIES: String(LARGE_CAP), CALLER_MAX_LARGE_BODIES: '0', PARKED_MAX_BYTES: '2000000000' }
     })
     const idleRss = memoryOf(gw.pid)?.rss ?? null
     const s0 = await commandStats(redis.url)

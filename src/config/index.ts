@@ -103,7 +103,7 @@ export const EnvSchema = Type.Object({
   // Per-caller limits (src/config/callers.ts): global defaults, 0 = no limit; CALLER_LIMITS overrides per caller.
   CALLER_CREATES_PER_MINUTE: Type.Integer({ minimum: 0, maximum: 1_000_000, default: 120 }),
   CALLER_MAX_ACTIVE_TASKS: Type.Integer({ minimum: 0, maximum: 1_000_000, default: 500 }),
-  CALLER_MAX_LARGE_BODIES: Type.Integer({ minimum: 0, maximum: 1000, default: 2 }),
+  CALLER_MAX_LARGE_BODIES: Type.Integer({ minimum: 0, maximum: 1000, default: 1 }),
   CALLER_MAX_SSE_STREAMS: Type.Integer({ minimum: 0, maximum: 1_000_000, default: 100 }),
   CALLER_MAX_WEBHOOK_ENDPOINTS: Type.Integer({ minimum: 0, maximum: 10_000, default: 20 }),
   CALLER_DAILY_UNITS: Type.Integer({ minimum: 0, maximum: 1_000_000_000, default: 0 }),
