@@ -550,7 +550,10 @@ describe('large-body limiter', () => {
 
   it('turns away a second large create while one is in flight, and takes one again once it is done', async () => {
     h = await startHarness({
-      listen: true, workers: false, env: { CREATE_MAX_LARGE_BODIES: '1', LARGE_BODY_BYTES: '1024' }
+      listen: true,
+      workers: false,
+      // The replica's cap is what this is about: the caller's own (default 1) would answer 429 first.
+      env: { CREATE_MAX_LARGE_BODIES: '1', CALLER_MAX_LARGE_BODIES: '0', LARGE_BODY_BYTES: '1024' }
     })
     const base = h.config.publicBaseUrl as string
     const large = JSON.stringify(validBody({ image_list: [{ image: b64(png) }, { image: 'https://img.example.com/b.png' }] }))

@@ -204,7 +204,7 @@ describe('GET /v1/usage and the metrics', () => {
       limits: {
         creates_per_minute: 2,
         max_active_tasks: 500,
-        max_large_bodies: 2,
+        max_large_bodies: 1,
         max_sse_streams: 100,
         max_webhook_endpoints: 20,
         daily_units: 100,
