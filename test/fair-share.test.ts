@@ -50,20 +50,28 @@ async function metric (h: Harness, line: RegExp): Promise<number> {
   return Number(m?.[1])
 }
 
+/**
+ * Once alice's batch holds both slots, bob queues `n`: the slot releases after that are the creates that arrive
+ * after `from`, so bob's first must be one of the next two, and his share while he has work within `range`.
+ */
+async function bobBehindAlice (h: Awaited<ReturnType<typeof start>>, n: number, range: [number, number]) {
+  await slotsBusy(h)
+  const from = h.sim.createLog.length
+  await queue(h, 'bob', 'B', n)
+  await creates(h, 'B', n)
+  const { first, share } = shareOf(h, 'B', from)
+  const seen = order(h).slice(from).join('')
+  expect(first, seen).toBeLessThan(2)
+  expect(share, seen).toBeGreaterThanOrEqual(range[0])
+  expect(share, seen).toBeLessThanOrEqual(range[1])
+}
+
 describe('fair share of the upstream concurrency', () => {
   it('gives a caller that queues behind another\'s batch the next slot, then about half of them', async () => {
     const h = await start({ env: ENV, sim: SIM })
     await queue(h, 'alice', 'A', 50)
     expect(await metric(h, /^kg_caller_submit_waiting\{caller="alice"\} (\d+)$/m)).toBeGreaterThan(30)
-    await slotsBusy(h)
-    const from = h.sim.createLog.length
-    await queue(h, 'bob', 'B', 5)
-    await creates(h, 'B', 5)
-    const { first, share } = shareOf(h, 'B', from)
-    // The slot releases after B queued are the creates that arrive after `from`: B's is one of the next two.
-    expect(first, order(h).slice(from).join('')).toBeLessThan(2)
-    expect(share, order(h).slice(from).join('')).toBeGreaterThanOrEqual(0.35)
-    expect(share, order(h).slice(from).join('')).toBeLessThanOrEqual(0.65)
+    await bobBehindAlice(h, 5, [0.35, 0.65])
     expect(h.sim.maxInFlight).toBeLessThanOrEqual(2)
     expect(await metric(h, /^kg_caller_submits_total\{caller="bob"\} (\d+)$/m)).toBe(5)
     expect(await metric(h, /^kg_caller_submit_waiting\{caller="bob"\} (\d+)$/m)).toBe(0)
@@ -72,14 +80,7 @@ describe('fair share of the upstream concurrency', () => {
   it('shares by weight: a caller of weight 3 gets about three slots in four', async () => {
     const h = await start({ env: { ...ENV, CALLER_LIMITS: '{"bob":{"weight":3}}' }, sim: SIM })
     await queue(h, 'alice', 'A', 40)
-    await slotsBusy(h)
-    const from = h.sim.createLog.length
-    await queue(h, 'bob', 'B', 12)
-    await creates(h, 'B', 12)
-    const { first, share } = shareOf(h, 'B', from)
-    expect(first, order(h).slice(from).join('')).toBeLessThan(2)
-    expect(share, order(h).slice(from).join('')).toBeGreaterThanOrEqual(0.65)
-    expect(share, order(h).slice(from).join('')).toBeLessThanOrEqual(0.9)
+    await bobBehindAlice(h, 12, [0.65, 0.9])
   })
 
   it('is work-conserving: a caller alone uses every slot, and the fair-share keys empty behind it', async () => {
