@@ -122,7 +122,9 @@ describe('the demo pace', () => {
   })
 
   it('npm run simulator: the variables set its pace, and a flag beats its variable', async () => {
-    const env = { SIMULATOR_PROCESSING_AFTER_MS: '1234', SIMULATOR_FINISH_AFTER_MS: '5678', SIMULATOR_FAIL_RATIO: '0.25' }
+    const env = {
+      SIMULATOR_PROCESSING_AFTER_MS: '1234', SIMULATOR_FINISH_AFTER_MS: '5678', SIMULATOR_FAIL_RATIO: '0.25'
+    }
     const sim = await runStandalone(['0', '127.0.0.1', '--finish-after-ms', '999'], env)
     try {
       expect(await paceOf(sim.url)).toMatchObject({ processingAfterMs: 1234, finishAfterMs: 999, failRatio: 0.25 })
@@ -160,8 +162,10 @@ describe('UPSTREAM=simulator applies the SIMULATOR_* variables', () => {
 
   it('SIMULATOR_FAIL_RATIO=1: every task ends failed', async () => {
     const up = await createUpstream(loadConfig({
-      SIMULATOR_PORT: String(await freePort()), SIMULATOR_FAIL_RATIO: '1',
-      SIMULATOR_PROCESSING_AFTER_MS: '10', SIMULATOR_FINISH_AFTER_MS: '50'
+      SIMULATOR_PORT: String(await freePort()),
+      SIMULATOR_FAIL_RATIO: '1',
+      SIMULATOR_PROCESSING_AFTER_MS: '10',
+      SIMULATOR_FINISH_AFTER_MS: '50'
     }))
     try {
       const task = await up.create('text2video', { prompt: 'a storm', external_task_id: randomUUID() })
@@ -208,8 +212,9 @@ describe('the video is a real MP4', () => {
     try {
       const file = join(dir, 'video.mp4')
       writeFileSync(file, Simulator.videoBytes('861000000000000003'))
-      const probe = spawnSync('ffprobe', ['-v', 'error', '-show_entries', 'format=duration:stream=codec_name,width,height',
-        '-of', 'json', file], { encoding: 'utf8', timeout: 10_000 })
+      const entries = 'format=duration:stream=codec_name,width,height'
+      const probe = spawnSync('ffprobe', ['-v', 'error', '-show_entries', entries, '-of', 'json', file],
+        { encoding: 'utf8', timeout: 10_000 })
       expect(probe.status, probe.stderr).toBe(0)
       const info = JSON.parse(probe.stdout) as { format: { duration: string }, streams: Array<Record<string, unknown>> }
       expect(Number(info.format.duration)).toBeGreaterThan(0)

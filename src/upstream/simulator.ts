@@ -21,7 +21,7 @@ export class SimulatorAdapter extends CometApiAdapter {
   }
 }
 
-/** The port the in-process simulator tries when SIMULATOR_PORT is unset: the standalone one's, as README's curls use. */
+/** The port the in-process simulator tries with SIMULATOR_PORT unset: the standalone one's, as README's curls use. */
 export const SIMULATOR_DEFAULT_PORT = 4010
 
 export interface SimulatorAdapterOptions {
