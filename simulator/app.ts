@@ -14,7 +14,8 @@
  * (`POST /_sim/account`): balance exhausted, key revoked.
  */
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
-import { randomInt, randomUUID, createHash, createHmac, timingSafeEqual } from 'node:crypto'
+import { randomInt, randomUUID, createHmac, timingSafeEqual } from 'node:crypto'
+import { readFileSync } from 'node:fs'
 import { request as undiciRequest } from 'undici'
 
 export type SimStatus = 'submitted' | 'processing' | 'succeed' | 'failed'
@@ -127,7 +128,24 @@ export interface SimOptions {
   logger?: boolean
   shapes?: Partial<SimShapes>
   account?: SimAccount
+  /**
+   * The control API (`/_sim/*` but the videos) from any peer; by default only loopback peers, because
+   * `GET /_sim/state` shows each task's callback_url, whose token lets anyone post callbacks as the upstream.
+   */
+  openControl?: boolean
 }
+
+/**
+ * The pace for people (`npm start` with no upstream, `npm run simulator`): long enough to watch a task go through
+ * queued and processing (~20 s). The class's own defaults stay fast (200/600 ms) for tests that build it directly.
+ */
+export const DEMO_PACE = { processingAfterMs: 3000, finishAfterMs: 20_000 } as const
+
+/**
+ * Every task's video: a real H.264 MP4 (5 s, 320x240, ffmpeg's testsrc) kept in the repository, so a player opens
+ * what the gateway copied. Read once, when the simulator module is first loaded (never in production).
+ */
+const SAMPLE_MP4 = readFileSync(new URL('./assets/sample.mp4', import.meta.url))
 
 /** One create request as it arrived, and what became of it. */
 export interface CreateRecord {
@@ -149,8 +167,8 @@ export type SimApi = 'cometapi' | 'kling'
 export interface SimRoute { api: SimApi, kind: SimKind }
 /** The options in force: the defaults filled in; the keys stay optional (none = any Bearer value). */
 type SimSettings = Required<Omit<SimOptions,
-'apiKey' | 'logger' | 'klingAccessKey' | 'klingSecretKey' | 'shapes' | 'account' | 'videoUrlTtlMs'>> &
-Pick<SimOptions, 'apiKey' | 'klingAccessKey' | 'klingSecretKey' | 'videoUrlTtlMs'>
+'apiKey' | 'logger' | 'klingAccessKey' | 'klingSecretKey' | 'shapes' | 'account' | 'videoUrlTtlMs' | 'openControl'>> &
+Pick<SimOptions, 'apiKey' | 'klingAccessKey' | 'klingSecretKey' | 'videoUrlTtlMs' | 'openControl'>
 
 /** The path style and kind a request path names; null for any other path. */
 export function routeOf (url: string): SimRoute | null {
@@ -335,12 +353,16 @@ export class Simulator {
     return this.byExternal.has(id) || /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(id)
   }
 
-  /** The fake video: deterministic bytes per task, so a mirror can be checked byte for byte. */
-  static videoBytes (taskId: string, size = 64 * 1024): Buffer {
-    const seed = createHash('sha256').update(taskId).digest()
-    const out = Buffer.alloc(size)
-    for (let i = 0; i < size; i += seed.length) seed.copy(out, i)
-    return out
+  /**
+   * A task's video: the sample MP4 and, after it, a top-level `free` box naming the task (ISO BMFF: players skip
+   * it). Still different bytes per task, so a mirror that mixed two tasks up fails a byte-for-byte check.
+   */
+  static videoBytes (taskId: string): Buffer {
+    const note = Buffer.from(`kling-gateway simulator video for task ${taskId}`)
+    const header = Buffer.alloc(8)
+    header.writeUInt32BE(8 + note.length, 0)
+    header.write('free', 4, 'latin1')
+    return Buffer.concat([SAMPLE_MP4, header, note])
   }
 
   private takeFault (on: SimFault['on']): SimFault | undefined {
@@ -712,11 +734,23 @@ export class Simulator {
             '<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>')
         }
       }
-      return reply.type('video/mp4').send(Simulator.videoBytes(taskId))
+      return sendVideo(request, reply, Simulator.videoBytes(taskId))
     })
 
-    // Control API, for tests in other processes and for poking the demo by hand.
+    // Control API, for tests in other processes and for poking the demo by hand (README, "Simulator").
+    app.addHook('onRequest', async (request, reply) => {
+      if (!request.url.startsWith('/_sim/') || request.url.startsWith('/_sim/videos/')) return
+      if (this.opts.openControl === true || isLoopback(request.socket.remoteAddress)) return
+      return await reply.code(403).send({ error: 'the control API answers loopback peers only (--open-control)' })
+    })
     app.get('/_sim/state', async () => ({
+      pace: {
+        auto: this.opts.auto,
+        processingAfterMs: this.opts.processingAfterMs,
+        finishAfterMs: this.opts.finishAfterMs,
+        outcome: this.opts.outcome,
+        failRatio: this.opts.failRatio
+      },
       counts: this.counts,
       faults: this.faults,
       shapes: this.shapes,
@@ -767,4 +801,32 @@ export class Simulator {
       return this.setStatus(request.params.id, request.body.status, request.body.message)
     })
   }
+}
+
+/** Whether a peer address is this host's: 127.0.0.0/8 or ::1, also as IPv4-mapped IPv6. */
+function isLoopback (address: string | undefined): boolean {
+  if (address === undefined) return false
+  const v4 = address.startsWith('::ffff:') ? address.slice(7) : address
+  return v4.startsWith('127.') || address === '::1'
+}
+
+/**
+ * A video whole or by one `bytes=` range (players seek with them; Safari plays nothing without 206): 206 with
+ * Content-Range, 416 for a range past the end; anything else it cannot read (several ranges) gets the whole file.
+ */
+function sendVideo (request: FastifyRequest, reply: FastifyReply, bytes: Buffer): FastifyReply {
+  const size = bytes.length
+  reply.header('accept-ranges', 'bytes')
+  const m = /^bytes=(\d*)-(\d*)$/.exec(request.headers.range ?? '')
+  if (m === null || (m[1] === '' && m[2] === '')) {
+    return reply.type('video/mp4').header('content-length', size).send(bytes)
+  }
+  // `bytes=-n` is the last n bytes; `bytes=a-` from a to the end; an end past the file is cut to it.
+  const start = m[1] === '' ? Math.max(size - Number(m[2]), 0) : Number(m[1])
+  const end = m[1] === '' || m[2] === '' ? size - 1 : Math.min(Number(m[2]), size - 1)
+  if (start >= size || start > end || (m[1] === '' && Number(m[2]) === 0)) {
+    return reply.code(416).header('content-range', `bytes */${size}`).send()
+  }
+  return reply.code(206).type('video/mp4').header('content-range', `bytes ${start}-${end}/${size}`)
+    .header('content-length', end - start + 1).send(bytes.subarray(start, end + 1))
 }

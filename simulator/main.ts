@@ -1,11 +1,14 @@
 /**
- * Runs the simulator on its own: `npm run simulator -- [port=4010] [host=127.0.0.1] [options]`.
+ * Runs the simulator on its own: `npm run simulator -- [port] [host=127.0.0.1] [options]`; the port is the
+ * argument, else SIMULATOR_PORT, else 4010. The pace is the demo's (~20 s to done) unless flags or the
+ * SIMULATOR_PROCESSING_AFTER_MS / SIMULATOR_FINISH_AFTER_MS / SIMULATOR_FAIL_RATIO variables say otherwise.
  *
  * Options (for fault suites that run it as a process; every one can also be changed later through `/_sim/*`):
  *   --api-key <key>            the only bearer key accepted (any non-empty key when unset)
- *   --processing-after-ms <n>  automatic progress: submitted → processing after n ms (default 200)
- *   --finish-after-ms <n>      … → terminal after n ms (default 600)
+ *   --processing-after-ms <n>  automatic progress: submitted → processing after n ms (default 3000)
+ *   --finish-after-ms <n>      … → terminal after n ms (default 20000)
  *   --fail-ratio <0..1>        share of tasks that end `failed` (default 0)
+ *   --open-control             the control API from any peer (default: loopback only; a container needs it)
  *   --video-url-ttl-ms <n>     URLs that expire: result URLs carry x-expires (last update + n) and answer 403 past it
  *   --no-auto                  no automatic progress
  *   --callbacks <json>         initial callback policy, e.g. '{"duplicate":2,"reorder":true,"dropRatio":0.2}'
@@ -20,7 +23,7 @@
  * Prints `CometAPI simulator on <url> …` once listening (port 0 picks a free port; read the URL from that line).
  */
 import { parseArgs } from 'node:util'
-import { Simulator, type CallbackPolicy, type SimAccount, type SimShapes } from './app.ts'
+import { DEMO_PACE, Simulator, type CallbackPolicy, type SimAccount, type SimShapes } from './app.ts'
 
 const { values, positionals } = parseArgs({
   allowPositionals: true,
@@ -39,16 +42,23 @@ const { values, positionals } = parseArgs({
     errors: { type: 'string' },
     'no-external-lookup': { type: 'boolean', default: false },
     account: { type: 'string' },
-    quiet: { type: 'boolean', default: false }
+    quiet: { type: 'boolean', default: false },
+    'open-control': { type: 'boolean', default: false }
   }
 })
 
 /** A number option, refused loudly when it is not one (a typo must not silently become the default). */
 function num (name: string, value: string | undefined): number | undefined {
-  if (value === undefined) return undefined
+  if (value === undefined || value === '') return undefined
   const n = Number(value)
-  if (!Number.isFinite(n) || n < 0) throw new Error(`--${name} must be a non-negative number, got ${value}`)
+  if (!Number.isFinite(n) || n < 0) throw new Error(`${name} must be a non-negative number, got ${value}`)
   return n
+}
+
+/** A flag, else its variable (docs/API.md, "Configuration"), else `fallback`. */
+function paced (flag: 'processing-after-ms' | 'finish-after-ms' | 'fail-ratio', variable: string, fallback?: number):
+number | undefined {
+  return num(`--${flag}`, values[flag]) ?? num(variable, process.env[variable]) ?? fallback
 }
 
 /** A choice option, refused loudly when it is not one of `allowed`. */
@@ -66,16 +76,17 @@ const shapes: Partial<SimShapes> = {
   ...(values['numeric-ids'] && { numericIds: true }),
   ...(values['no-external-lookup'] && { externalLookup: false })
 }
-const port = Number(positionals[0] ?? 4010)
+const port = num('port', positionals[0]) ?? num('SIMULATOR_PORT', process.env.SIMULATOR_PORT) ?? 4010
 const host = positionals[1] ?? '127.0.0.1'
 const sim = new Simulator({
   logger: !values.quiet,
   auto: !values['no-auto'],
   ...(values['api-key'] !== undefined && { apiKey: values['api-key'] }),
-  processingAfterMs: num('processing-after-ms', values['processing-after-ms']),
-  finishAfterMs: num('finish-after-ms', values['finish-after-ms']),
-  failRatio: num('fail-ratio', values['fail-ratio']),
-  videoUrlTtlMs: num('video-url-ttl-ms', values['video-url-ttl-ms']),
+  processingAfterMs: paced('processing-after-ms', 'SIMULATOR_PROCESSING_AFTER_MS', DEMO_PACE.processingAfterMs),
+  finishAfterMs: paced('finish-after-ms', 'SIMULATOR_FINISH_AFTER_MS', DEMO_PACE.finishAfterMs),
+  failRatio: paced('fail-ratio', 'SIMULATOR_FAIL_RATIO'),
+  videoUrlTtlMs: num('--video-url-ttl-ms', values['video-url-ttl-ms']),
+  openControl: values['open-control'],
   shapes: Object.fromEntries(Object.entries(shapes).filter(([, v]) => v !== undefined)),
   account: oneOf<SimAccount>('account', values.account, ['ok', 'balance', 'key'])
 })
@@ -83,5 +94,8 @@ if (values.callbacks !== undefined) {
   Object.assign(sim.callbackPolicy, JSON.parse(values.callbacks) as Partial<CallbackPolicy>)
 }
 const url = await sim.listen(port, host)
-console.log(`CometAPI simulator on ${url} (control API under ${url}/_sim)`)
+const { processingAfterMs, finishAfterMs } = sim.opts
+// Fault suites read the URL from this line's start; the rest is for people.
+console.log(`CometAPI simulator on ${url} (control API under ${url}/_sim, routes in README "Simulator"; ` +
+  `tasks: processing after ${processingAfterMs} ms, done after ${finishAfterMs} ms)`)
 for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => { sim.close().catch(console.error) })

@@ -95,8 +95,11 @@ try {
   if (upstream.name === 'simulator') {
     // The simulator's result videos are on loopback: let the result copy fetch them.
     config.copy.allowPrivate = true
-    logger.warn({ url: upstream.baseUrl }, 'UPSTREAM=simulator (the default without COMETAPI_KEY or Kling keys): ' +
-      'UPSTREAM IS THE BUILT-IN SIMULATOR, no real videos will be made')
+    const { processingAfterMs, finishAfterMs } = config.upstream.simulator
+    logger.warn({ url: upstream.baseUrl, processingAfterMs, finishAfterMs },
+      'UPSTREAM=simulator (the default without COMETAPI_KEY or Kling keys): ' +
+      'UPSTREAM IS THE BUILT-IN SIMULATOR, no real videos will be made; its control API (README, "Simulator") ' +
+      `is at ${upstream.baseUrl}/_sim, e.g. curl ${upstream.baseUrl}/_sim/tasks`)
   } else {
     logger.info({ upstream: upstream.name, url: upstream.baseUrl }, 'upstream')
   }

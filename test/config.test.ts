@@ -11,6 +11,7 @@ describe('loadConfig', () => {
       name: 'simulator',
       cometapi: { baseUrl: 'https://api.cometapi.com', key: undefined },
       kling: { baseUrl: 'https://api-singapore.klingai.com', accessKey: undefined, secretKey: undefined },
+      simulator: { port: undefined, processingAfterMs: 3000, finishAfterMs: 20_000, failRatio: 0 },
       concurrency: 8,
       timeoutMs: 30_000,
       retryBaseMs: 1000,

@@ -34,6 +34,11 @@ export const EnvSchema = Type.Object({
   KLING_BASE_URL: Type.String({ pattern: '^https?://[^/]+', default: 'https://api-singapore.klingai.com' }),
   KLING_ACCESS_KEY: Type.Optional(Type.String({ minLength: 1 })),
   KLING_SECRET_KEY: Type.Optional(Type.String({ minLength: 1 })),
+  // UPSTREAM=simulator only: the built-in simulator's pace (a demo's, ~20 s to done), failures and port.
+  SIMULATOR_PROCESSING_AFTER_MS: Type.Integer({ minimum: 0, maximum: 3_600_000, default: 3000 }),
+  SIMULATOR_FINISH_AFTER_MS: Type.Integer({ minimum: 0, maximum: 3_600_000, default: 20_000 }),
+  SIMULATOR_FAIL_RATIO: Type.Number({ minimum: 0, maximum: 1, default: 0 }),
+  SIMULATOR_PORT: Type.Optional(Type.Integer({ minimum: 0, maximum: 65535 })),
   PUBLIC_BASE_URL: Type.Optional(Type.String({ pattern: '^https?://[^/]+' })),
   CALLBACK_SECRET: Type.Optional(Type.String({ minLength: 32 })),
   // Earlier CALLBACK_SECRETs, comma-separated: they still verify callback tokens (never sign) while tasks need them.
@@ -156,6 +161,8 @@ export interface Config {
     name: UpstreamName
     cometapi: { baseUrl: string, key?: string }
     kling: { baseUrl: string, accessKey?: string, secretKey?: string }
+    /** SIMULATOR_*: the in-process simulator (src/upstream/simulator.ts); `port` unset: 4010, else a free one. */
+    simulator: { port?: number, processingAfterMs: number, finishAfterMs: number, failRatio: number }
     concurrency: number
     timeoutMs: number
     retryBaseMs: number
@@ -399,6 +406,12 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
         baseUrl: value.KLING_BASE_URL.replace(/\/+$/, ''),
         accessKey: value.KLING_ACCESS_KEY,
         secretKey: value.KLING_SECRET_KEY
+      },
+      simulator: {
+        port: value.SIMULATOR_PORT,
+        processingAfterMs: value.SIMULATOR_PROCESSING_AFTER_MS,
+        finishAfterMs: value.SIMULATOR_FINISH_AFTER_MS,
+        failRatio: value.SIMULATOR_FAIL_RATIO
       },
       concurrency: value.UPSTREAM_CONCURRENCY,
       timeoutMs: value.UPSTREAM_TIMEOUT_MS,

@@ -27,7 +27,7 @@ export async function createUpstream (config: Config, opts: UpstreamOptions = {}
     }
     case 'simulator': {
       const { startSimulatorAdapter } = await import('./simulator.ts')
-      return await startSimulatorAdapter({ timeoutMs })
+      return await startSimulatorAdapter({ timeoutMs, ...config.upstream.simulator })
     }
   }
 }

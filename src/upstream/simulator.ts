@@ -21,8 +21,37 @@ export class SimulatorAdapter extends CometApiAdapter {
   }
 }
 
-export async function startSimulatorAdapter (opts: { timeoutMs: number }): Promise<SimulatorAdapter> {
-  const sim = new Simulator()
-  const baseUrl = await sim.listen()
-  return new SimulatorAdapter(sim, { baseUrl, timeoutMs: opts.timeoutMs })
+/** The port the in-process simulator tries with SIMULATOR_PORT unset: the standalone one's, as README's curls use. */
+export const SIMULATOR_DEFAULT_PORT = 4010
+
+export interface SimulatorAdapterOptions {
+  timeoutMs: number
+  /** SIMULATOR_PORT; unset: 4010, or a free port when 4010 is taken (a second gateway, a standalone simulator). */
+  port?: number
+  processingAfterMs?: number
+  finishAfterMs?: number
+  failRatio?: number
+}
+
+export async function startSimulatorAdapter (opts: SimulatorAdapterOptions): Promise<SimulatorAdapter> {
+  const { timeoutMs, port, ...pace } = opts
+  // The in-process simulator is the development upstream: loopback only, so its control API is too.
+  const start = async (at: number) => {
+    const sim = new Simulator(pace)
+    try {
+      return { sim, baseUrl: await sim.listen(at, '127.0.0.1') }
+    } catch (err) {
+      await sim.close().catch(() => {})
+      throw err
+    }
+  }
+  let started: { sim: Simulator, baseUrl: string }
+  try {
+    started = await start(port ?? SIMULATOR_DEFAULT_PORT)
+  } catch (err) {
+    // Only the default gives way; a port someone chose and cannot have is an error they should see.
+    if (port !== undefined || (err as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw err
+    started = await start(0)
+  }
+  return new SimulatorAdapter(started.sim, { baseUrl: started.baseUrl, timeoutMs })
 }
