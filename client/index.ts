@@ -383,6 +383,7 @@ export function createGatewayClient (opts: ClientOptions) {
         }
         if (!response.ok) {
           const problem = toProblem(response, error)
+          if (problem.code === 'CONTENT_NOT_READY' && await untilStored(id, signal)) continue
           if (problem.code === 'CONTENT_NOT_READY' || isTransient(problem)) {
             await sleep(Math.min((problem.retryAfter ?? 2) * 1000, 10_000), signal)
             continue
@@ -400,6 +401,22 @@ export function createGatewayClient (opts: ClientOptions) {
     }
     await rename(part, dest)
     return { path: dest, bytes: (await stat(dest)).size }
+  }
+
+  /**
+   * While the copy is being made, the task's stream says when it is there (`video.stored`, or `video.copy_failed`)
+   * sooner than Retry-After polling would. False when the stream could not be followed (then poll).
+   */
+  async function untilStored (id: string, signal: AbortSignal): Promise<boolean> {
+    try {
+      for await (const e of events(id, { signal })) {
+        if (e.type === 'video.stored' || e.type === 'video.copy_failed') break
+      }
+      return true
+    } catch (err) {
+      if (signal.aborted) throw err
+      return false
+    }
   }
 
   return {
