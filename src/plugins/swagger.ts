@@ -33,6 +33,20 @@ function referHeaders (doc: Json): Json {
  * image strings it marks (src/schemas/videos.ts) are an https URL or Base64, so the document shows them as plain
  * strings, marked `x-image` instead.
  */
+/**
+ * A query parameter with a default may be left out (Ajv fills it in), but TypeBox lists it as required, so a client
+ * generated from the document would have to send `limit` and `index` on every call.
+ */
+function defaultsAreOptional (paths: unknown): void {
+  for (const item of Object.values(paths as Record<string, Record<string, Json>>)) {
+    for (const op of Object.values(item)) {
+      for (const p of (op.parameters ?? []) as Json[]) {
+        if (p.in === 'query' && (p.schema as Json | undefined)?.default !== undefined) p.required = false
+      }
+    }
+  }
+}
+
 function imagesAreStrings (node: unknown): void {
   if (typeof node !== 'object' || node === null) return
   const schema = node as Json
@@ -77,6 +91,7 @@ export default fp(async function docs (app: FastifyInstance) {
       // Only the OpenAPI branch of the union exists here: `openapi` is set above.
       const doc = referHeaders((documentObject as { openapiObject: Json }).openapiObject)
       imagesAreStrings(doc.paths)
+      defaultsAreOptional(doc.paths)
       const components = doc.components as Json
       components.schemas = { ...(components.schemas as Json), ...eventSchemas }
       components.headers = headerComponents()
