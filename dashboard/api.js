@@ -32,7 +32,8 @@ async function fail (res) {
 
 /** JSON in, JSON out; null for a 204. */
 export async function api (path, { method = 'GET', body, signal } = {}) {
-  const init = { method, signal, headers: headers(body === undefined ? {} : { 'content-type': 'application/json' }) }
+  const type = body === undefined ? {} : { 'content-type': 'application/json' }
+  const init = { method, signal, headers: headers(type) }
   if (body !== undefined) init.body = JSON.stringify(body)
   const res = await fetch(path, init)
   if (!res.ok) await fail(res)
@@ -55,9 +56,9 @@ export async function blob (path, signal) {
 const MAX_EVENT_BYTES = 4 * 1024 * 1024
 
 /**
- * One task's events over SSE, read from a fetch() body. Yields each event (docs/API.md, "Events") until the stream ends or
- * `signal` aborts; a 204 (nothing more will ever come) yields nothing. A message larger than MAX_EVENT_BYTES ends
- * the stream rather than growing the buffer for ever.
+ * One task's events over SSE, read from a fetch() body. Yields each event (docs/API.md, "Events") until the
+ * stream ends or `signal` aborts; a 204 (nothing more will ever come) yields nothing. A message larger than
+ * MAX_EVENT_BYTES ends the stream rather than growing the buffer for ever.
  */
 export async function * events (taskId, { lastEventId, signal } = {}) {
   const extra = { accept: 'text/event-stream' }

@@ -68,7 +68,7 @@ function poll (signal, fn) {
 }
 
 function parseHash () {
-  const raw = location.hash.replace(/^#\/?/, '')
+  const raw = window.location.hash.replace(/^#\/?/, '')
   const [path, query = ''] = raw.split('?')
   return { parts: path.split('/').filter(Boolean).map(decodeURIComponent), query: new URLSearchParams(query) }
 }
@@ -76,11 +76,12 @@ function parseHash () {
 // ---- Tasks ------------------------------------------------------------------------------------------------
 
 function tasksView (root, signal, query) {
-  const status = h('select', { id: 'f-status', name: 'status' },
-    h('option', { value: '' }, 'any'), STATUSES.map(s => h('option', { value: s, selected: query.get('status') === s }, s)))
+  const status = h('select', { id: 'f-status', name: 'status' }, h('option', { value: '' }, 'any'),
+    STATUSES.map(s => h('option', { value: s, selected: query.get('status') === s }, s)))
   const caller = h('input', { id: 'f-caller', name: 'caller', value: query.get('caller') ?? '', maxlength: 64 })
   const reference = h('input', { id: 'f-reference', name: 'reference', value: query.get('reference') ?? '' })
-  const before = h('input', { id: 'f-before', name: 'before', type: 'datetime-local', value: query.get('before') ?? '' })
+  const before = h('input',
+    { id: 'f-before', name: 'before', type: 'datetime-local', value: query.get('before') ?? '' })
   const search = h('input', { id: 'f-search', name: 'search', type: 'search', value: query.get('search') ?? '' })
   const form = h('form', { class: 'filters', role: 'search', 'aria-label': 'Filter tasks' },
     h('div', {}, h('label', { for: 'f-status' }, 'Status'), status),
@@ -93,7 +94,7 @@ function tasksView (root, signal, query) {
     e.preventDefault()
     const q = new URLSearchParams()
     for (const [name, value] of new FormData(form)) if (value !== '') q.set(name, String(value))
-    location.hash = `#/tasks${q.size > 0 ? `?${q}` : ''}`
+    window.location.hash = `#/tasks${q.size > 0 ? `?${q}` : ''}`
   })
   const body = h('tbody')
   const table = h('table', { id: 'tasks' },
@@ -180,9 +181,13 @@ function taskView (root, signal, id) {
       ...field('Updated', when(t.updated_at)),
       ...field('Reference', t.reference ?? '—'),
       ...field('Upstream task', h('span', { class: 'mono' }, t.upstream?.task_id ?? '—')),
-      ...field('Upstream status', t.upstream ? `${t.upstream.status}${t.upstream.status_msg ? ` (${t.upstream.status_msg})` : ''}` : '—'),
+      ...field('Upstream status', t.upstream === null
+        ? '—'
+        : `${t.upstream.status}${t.upstream.status_msg ? ` (${t.upstream.status_msg})` : ''}`),
       ...field('Error', t.error ? h('span', { class: 'error' }, `${t.error.code}: ${t.error.message}`) : '—'),
-      ...field('Attention', t.attention ? `${t.attention.code} since ${when(t.attention.since)}: ${t.attention.message}` : '—'),
+      ...field('Attention', t.attention === null
+        ? '—'
+        : `${t.attention.code} since ${when(t.attention.since)}: ${t.attention.message}`),
       ...field('Prompt', t.request?.prompt ?? '—'),
       ...field('Metadata', h('code', {}, JSON.stringify(t.metadata))))
     const r = t.request ?? {}
@@ -253,12 +258,13 @@ function taskView (root, signal, id) {
 function deliveriesView (root, signal, query) {
   const failedOnly = h('input', { id: 'f-failed', type: 'checkbox', checked: query.get('status') === 'failed' })
   failedOnly.addEventListener('change', () => {
-    location.hash = failedOnly.checked ? '#/deliveries?status=failed' : '#/deliveries'
+    window.location.hash = failedOnly.checked ? '#/deliveries?status=failed' : '#/deliveries'
   })
   const body = h('tbody')
   const problem = h('div')
   root.replaceChildren(h('h2', { tabindex: -1 }, 'Deliveries'),
-    h('div', { class: 'toolbar' }, h('div', {}, failedOnly, ' ', h('label', { for: 'f-failed', style: 'display:inline' }, 'Failed only'))),
+    h('div', { class: 'toolbar' },
+      h('div', { class: 'check' }, failedOnly, ' ', h('label', { for: 'f-failed' }, 'Failed only'))),
     problem,
     h('table', { id: 'deliveries' },
       h('thead', {}, h('tr', {}, ['Created', 'Event', 'Task', 'Target', 'Status', 'Attempts', 'Last attempt', '']
@@ -271,7 +277,8 @@ function deliveriesView (root, signal, query) {
     if (signal.aborted) return
     body.replaceChildren(...data.map(d => {
       const lastAttempt = d.attempts.at(-1)
-      const retry = h('button', { type: 'button', disabled: d.status === 'pending', 'aria-label': `Retry delivery ${d.id}` }, 'Retry')
+      const retry = h('button',
+        { type: 'button', disabled: d.status === 'pending', 'aria-label': `Retry delivery ${d.id}` }, 'Retry')
       retry.addEventListener('click', async () => {
         retry.disabled = true
         try {
@@ -288,7 +295,7 @@ function deliveriesView (root, signal, query) {
         h('td', {}, badge(d.status)),
         h('td', { class: 'attempts' }, String(d.attempts.length)),
         h('td', {}, lastAttempt
-          ? `${when(lastAttempt.at)}: ${lastAttempt.status_code ?? lastAttempt.error ?? 'ok'} (${lastAttempt.duration_ms} ms)`
+          ? `${when(lastAttempt.at)}: ${lastAttempt.status_code ?? lastAttempt.error} (${lastAttempt.duration_ms} ms)`
           : '—'),
         h('td', {}, retry))
     }))
@@ -324,10 +331,9 @@ function endpointsView (root, signal) {
           announce(`Endpoint ${ep.id}: ${r.recovered} deliveries queued again`)
         } catch (err) { report(err, problem) }
       })
-      const health = ep.enabled
-        ? (failed[i] ? h('span', { class: 's-warn' }, `enabled, ${failed[i]} failed deliveries`)
-            : h('span', { class: 's-ok' }, 'enabled, healthy'))
-        : h('span', { class: 's-bad' }, `disabled: ${ep.disabled_reason ?? 'unknown'}`)
+      let health = h('span', { class: 's-ok' }, 'enabled, healthy')
+      if (!ep.enabled) health = h('span', { class: 's-bad' }, `disabled: ${ep.disabled_reason ?? 'unknown'}`)
+      else if (failed[i]) health = h('span', { class: 's-warn' }, `enabled, ${failed[i]} failed deliveries`)
       return h('article', { class: 'card', 'data-id': ep.id, 'aria-label': `Endpoint ${ep.url}` },
         h('p', { class: 'mono' }, ep.url), h('dl', { class: 'fields' },
           ...field('Id', h('span', { class: 'mono' }, ep.id)),

@@ -49,7 +49,8 @@ describe.skipIf(!existsSync(CHROMIUM))('the dashboard, in chromium', () => {
       sim: { auto: false },
       env: { WEBHOOK_RETRY_SCHEDULE: '0,20ms', WEBHOOK_TIMEOUT_MS: '500', RECONCILE_INTERVAL_MS: '600000' }
     })
-    base = h.config.publicBaseUrl
+    base = h.config.publicBaseUrl ?? ''
+    expect(base).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/)
     // Its own process, so afterAll can make sure it is gone (launchServer hands out the child process).
     server = await chromium.launchServer({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox'] })
     browser = await chromium.connect(server.wsEndpoint())
@@ -139,7 +140,8 @@ describe.skipIf(!existsSync(CHROMIUM))('the dashboard, in chromium', () => {
     const submitted = await waitFor(h, task.id, t => t.upstream !== null)
     const page = await signedIn('alice')
     await page.goto(`${base}/dashboard/#/tasks/${task.id}`)
-    const types = async () => await page.locator('#timeline li').evaluateAll(l => l.map(e => e.getAttribute('data-type')))
+    const types = async () =>
+      await page.locator('#timeline li').evaluateAll(l => l.map(e => e.getAttribute('data-type')))
     await expect.poll(types, { timeout: 8000 }).toEqual(['video.queued', 'video.submitted'])
     await expect.poll(() => page.locator('#task-fields').textContent()).toContain(submitted.upstream?.task_id)
     expect(await page.locator('#task-images li').count()).toBe(2)
