@@ -29,6 +29,7 @@ async function signedIn (who: 'alice' | 'bob' | 'ops'): Promise<Page> {
   await page.getByLabel('API key').fill(KEYS[who])
   await page.getByRole('button', { name: 'Open the dashboard' }).click()
   await page.locator('#who').filter({ hasText: /caller|admin/ }).waitFor()
+  expect(await page.locator('#login').isVisible()).toBe(false)
   return page
 }
 
