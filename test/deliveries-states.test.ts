@@ -18,7 +18,7 @@ interface DeliveryView {
 }
 
 const start = harnessPerTest()
-let receivers: Receiver[] = []
+const receivers: Receiver[] = []
 afterEach(async () => { for (const r of receivers.splice(0)) await r.close() })
 
 async function receiver (): Promise<Receiver> {
@@ -68,7 +68,8 @@ const ENV = {
 describe('delivery states', () => {
   it('500 twice then 200: pending, then retrying with next_attempt_at, then succeeded, each under its ?status=',
     async () => {
-      const h = await start({ sim: { auto: false }, env: { ...ENV, WEBHOOK_RETRY_SCHEDULE: '300ms,600ms,600ms,600ms' } })
+      const schedule = { WEBHOOK_RETRY_SCHEDULE: '300ms,600ms,600ms,600ms' }
+      const h = await start({ sim: { auto: false }, env: { ...ENV, ...schedule } })
       const r = (await receiver()).script({ status: 500 }, { status: 500 })
       await endpoint(h, r)
       await createTask(h)
@@ -98,7 +99,7 @@ describe('delivery states', () => {
       expect(r.requests).toHaveLength(3)
     })
 
-  it('a receiver that always fails ends failed, listed only under ?status=failed; a retry is pending again', async () => {
+  it('a receiver that always fails ends failed, only under ?status=failed; a retry is pending again', async () => {
     const h = await start({ sim: { auto: false }, env: { ...ENV, WEBHOOK_RETRY_SCHEDULE: '0,50ms' } })
     const r = (await receiver()).answerAlways({ status: 503 })
     await endpoint(h, r)
