@@ -1,5 +1,5 @@
 /**
- * Signed links (docs/API.md, "Signed links"): short-lived URLs for `GET /v1/videos/{id}/content` and `/events` that
+ * Signed links (docs/API.md, "Browsers"): short-lived URLs for `GET /v1/videos/{id}/content` and `/events` that
  * a browser can use where it cannot send an Authorization header (`<video src>`, `EventSource`).
  *
  * `?sig=<caller>.<expires>.<mac>`: `expires` in Unix seconds, `mac` the base64url HMAC-SHA256 of method, path,
