@@ -220,7 +220,7 @@ export interface paths {
         };
         /**
          * Server-Sent Events of one task, resumable with Last-Event-ID
-         * @description Replays the task's events after `Last-Event-ID` (header, or `?last_event_id=`), then streams new ones live, and ends after the task's last event (`video.stored` after a success, else the terminal one); a reconnect after that gets 204, which tells an EventSource to stop. `id:` is the event id, `event:` its type, `data:` the TaskEvent JSON. Reconnecting with the last id seen resumes with no gap and no duplicate; `: ping` comments keep proxies from closing an idle stream. The caller that owns the task, or an admin key.
+         * @description Replays the task's events after `Last-Event-ID` (header, or `?last_event_id=`), then streams new ones live, and ends after the task's last event (`video.stored` after a success, else the terminal one); a reconnect after that gets 204, which tells an EventSource to stop. `id:` is the event id, `event:` its type, `data:` the TaskEvent JSON. Reconnecting with the last id seen resumes with no gap and no duplicate; `: ping` comments keep proxies from closing an idle stream. The caller that owns the task, or an admin key; instead of the Authorization header, a signed link's `?sig=` (`POST /v1/videos/{id}/links`), so an `EventSource` can open it.
          */
         get: operations["streamVideoEvents"];
         put?: never;
@@ -240,11 +240,31 @@ export interface paths {
         };
         /**
          * The mirrored result video (video/mp4, supports Range)
-         * @description The gateway's copy of result video `index` of a succeeded task: `result.videos[].url` points here. One `Range: bytes=a-b`, `a-` or `-n` answers 206 (other forms get the whole video). The caller that owns the task, or an admin key. 409 `CONTENT_NOT_READY` (with Retry-After) while the copy is being made: retry, or wait for the `video.stored` event. 410 `UPSTREAM_URL_EXPIRED` when the upstream URL expired before the video could be copied (`video.copy_failed`).
+         * @description The gateway's copy of result video `index` of a succeeded task: `result.videos[].url` points here. One `Range: bytes=a-b`, `a-` or `-n` answers 206 (other forms get the whole video). The caller that owns the task, or an admin key. 409 `CONTENT_NOT_READY` (with Retry-After) while the copy is being made: retry, or wait for the `video.stored` event. 410 `UPSTREAM_URL_EXPIRED` when the upstream URL expired before the video could be copied (`video.copy_failed`). Instead of the Authorization header, a signed link's `?sig=` (`POST /v1/videos/{id}/links`) opens it, e.g. as a `<video src>`.
          */
         get: operations["getVideoContent"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/videos/{id}/links": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Short-lived signed URLs of the task's content and events, for browsers
+         * @description URLs of `GET /v1/videos/{id}/content` and `GET /v1/videos/{id}/events` carrying `?sig=`, which those two routes accept instead of the Authorization header, so a `<video src>` or an `EventSource` can open them. Each works for this task, as this caller, until `expires_at` (LINK_TTL_S); nothing is stored, so a link cannot be revoked except by removing the caller's key or changing LINK_SECRET. Treat it as a credential. The caller that owns the task, or an admin key. No body is needed.
+         */
+        post: operations["createVideoLinks"];
         delete?: never;
         options?: never;
         head?: never;
@@ -384,7 +404,7 @@ export interface paths {
         };
         /**
          * List webhook deliveries and their attempts, newest first
-         * @description The caller's deliveries (an admin key: everyone's), or one endpoint's (`endpoint`); `status=failed` for those that gave up. Page with `before` (the `created_at` of the last one, in ms).
+         * @description The caller's deliveries (an admin key: everyone's), or one endpoint's (`endpoint`); `status=` one of `pending`, `retrying`, `failed`, `succeeded` for those in that state (each an index of its own), newest to enter it first. Page with `before` in ms: the `created_at` of the last one, or with `status` its `updated_at`.
          */
         get: operations["listDeliveries"];
         put?: never;
@@ -406,7 +426,7 @@ export interface paths {
         put?: never;
         /**
          * Attempt a finished delivery again
-         * @description Queues one more attempt of a delivery that succeeded or failed (same `webhook-id`, so receivers dedupe it). 409 while it is still being attempted.
+         * @description Queues one more attempt of a delivery that succeeded or failed (same `webhook-id`, so receivers dedupe it). 409 while it is still being attempted (`pending` or `retrying`).
          */
         post: operations["retryDelivery"];
         delete?: never;
@@ -804,7 +824,10 @@ export interface components {
             task_id: string;
             type: string;
             sequence: number;
-            status: "pending" | "succeeded" | "failed";
+            /** @description `pending`: queued, not attempted since; `retrying`: an attempt failed and another is scheduled; `failed`: given up (attempts used up, 410, endpoint gone); `succeeded`: the receiver answered 2xx */
+            status: "pending" | "retrying" | "failed" | "succeeded";
+            /** @description when the next attempt is due while `pending` or `retrying`; null once finished (and on records made before this field existed) */
+            next_attempt_at: string | null;
             attempts: {
                 at: string;
                 status_code: number | null;
@@ -3140,6 +3163,8 @@ export interface operations {
             query?: {
                 /** @description an event id (`evt_…`) or a sequence number */
                 last_event_id?: string;
+                /** @description a signed link (`POST /v1/videos/{id}/links`), instead of the Authorization header; a credential */
+                sig?: string;
             };
             header?: {
                 /** @description an event id (`evt_…`) or a sequence number */
@@ -3303,6 +3328,8 @@ export interface operations {
         parameters: {
             query?: {
                 index?: number;
+                /** @description a signed link (`POST /v1/videos/{id}/links`), instead of the Authorization header; a credential */
+                sig?: string;
             };
             header?: never;
             path: {
@@ -3449,6 +3476,180 @@ export interface operations {
                      *       "status": 416,
                      *       "detail": "the video has 1048576 bytes",
                      *       "code": "RANGE_NOT_SATISFIABLE"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description an unexpected failure; logged with the request id, nothing sensitive is answered */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:kling-gateway:problem:internal",
+                     *       "title": "Internal Server Error",
+                     *       "status": 500,
+                     *       "detail": "the gateway failed to handle this request; it has been logged",
+                     *       "code": "INTERNAL"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Redis is unreachable, failing over or loading; retry after Retry-After */
+            503: {
+                headers: {
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:kling-gateway:problem:unavailable",
+                     *       "title": "Service Unavailable",
+                     *       "status": 503,
+                     *       "detail": "storage is briefly unavailable; retry after Retry-After",
+                     *       "code": "UNAVAILABLE"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    createVideoLinks: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the links */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "content_url": "https://gateway.example.com/v1/videos/0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d/content?sig=alice.1795000000.2m9xQ0fJ3h8Vq1Wk4rT6yU7iO9pA0sD2fG3hJ4kL5zX",
+                     *       "events_url": "https://gateway.example.com/v1/videos/0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d/events?sig=alice.1795000000.7Yh2bN4mQ8wE1rT5uI9oP3aS6dF0gH2jK4lZ6xC8vB1",
+                     *       "expires_at": "2026-11-18T05:46:40.000Z"
+                     *     }
+                     */
+                    "application/json": {
+                        /** @description `GET /v1/videos/{id}/content?sig=…` (add `&index=n` for another video) */
+                        content_url: string;
+                        /** @description `GET /v1/videos/{id}/events?sig=…` (add `&last_event_id=` to resume) */
+                        events_url: string;
+                        /**
+                         * Format: date-time
+                         * @description when both stop working (LINK_TTL_S from now)
+                         */
+                        expires_at: string;
+                    };
+                };
+            };
+            /** @description invalid id */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:kling-gateway:problem:invalid_request",
+                     *       "title": "Bad Request",
+                     *       "status": 400,
+                     *       "detail": "1 invalid field",
+                     *       "code": "INVALID_REQUEST",
+                     *       "errors": [
+                     *         {
+                     *           "pointer": "/id",
+                     *           "detail": "must match pattern \"^[A-Za-z0-9-]+$\"",
+                     *           "location": "params"
+                     *         }
+                     *       ]
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing or unknown API key */
+            401: {
+                headers: {
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:kling-gateway:problem:unauthorized",
+                     *       "title": "Unauthorized",
+                     *       "status": 401,
+                     *       "detail": "a valid bearer API key is required",
+                     *       "code": "UNAUTHORIZED"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such task for this caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:kling-gateway:problem:not_found",
+                     *       "title": "Not Found",
+                     *       "status": 404,
+                     *       "detail": "task not found",
+                     *       "code": "NOT_FOUND"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the body is larger than 1 MiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:kling-gateway:problem:body_too_large",
+                     *       "title": "Payload Too Large",
+                     *       "status": 413,
+                     *       "detail": "the body is larger than this route's limit of 1048576 bytes",
+                     *       "code": "BODY_TOO_LARGE"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a body of a type the gateway does not read (it reads `application/json` and `text/plain`) */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:kling-gateway:problem:unsupported_media_type",
+                     *       "title": "Unsupported Media Type",
+                     *       "status": 415,
+                     *       "detail": "the body has no Content-Type: send Content-Type: application/json (or text/plain)",
+                     *       "code": "UNSUPPORTED_MEDIA_TYPE"
                      *     }
                      */
                     "application/problem+json": components["schemas"]["Problem"];
@@ -3860,7 +4061,7 @@ export interface operations {
                      *       "errors": [
                      *         {
                      *           "pointer": "/url",
-                     *           "detail": "webhook URL cannot be used: its host must resolve to public addresses only and its port be one of WEBHOOK_ALLOWED_PORTS (default 443, 8443); WEBHOOK_ALLOW_PRIVATE=true allows any (local development)",
+                     *           "detail": "webhook URL cannot be used: it must be https, its host must resolve to public addresses only and its port be one of WEBHOOK_ALLOWED_PORTS (default 443, 8443); WEBHOOK_ALLOW_PRIVATE=true allows http, private and loopback hosts and any port (local development, on-prem)",
                      *           "location": "body"
                      *         }
                      *       ]
@@ -4627,10 +4828,10 @@ export interface operations {
     listDeliveries: {
         parameters: {
             query?: {
-                status?: "failed";
+                status?: "pending" | "retrying" | "failed" | "succeeded";
                 endpoint?: string;
                 limit?: number;
-                /** @description ms since the epoch: only deliveries made before it (paging) */
+                /** @description ms since the epoch: only deliveries made (with `status`: that entered it) before it (paging) */
                 before?: number;
             };
             header?: never;
@@ -4657,6 +4858,7 @@ export interface operations {
                      *           "type": "video.succeeded",
                      *           "sequence": 4,
                      *           "status": "failed",
+                     *           "next_attempt_at": null,
                      *           "attempts": [
                      *             {
                      *               "at": "2026-11-24T10:17:31.000Z",
@@ -4698,7 +4900,7 @@ export interface operations {
                      *       "errors": [
                      *         {
                      *           "pointer": "/status",
-                     *           "detail": "must be one of: \"failed\"",
+                     *           "detail": "must be one of: \"pending\", \"retrying\", \"failed\", \"succeeded\"",
                      *           "location": "query"
                      *         }
                      *       ]
@@ -4810,6 +5012,7 @@ export interface operations {
                      *       "type": "video.succeeded",
                      *       "sequence": 4,
                      *       "status": "pending",
+                     *       "next_attempt_at": "2026-11-24T10:17:51.000Z",
                      *       "attempts": [
                      *         {
                      *           "at": "2026-11-24T10:17:31.000Z",

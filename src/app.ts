@@ -9,6 +9,7 @@ import errors, { clientErrorHandler, frameworkErrors, MAX_PARAM_LENGTH } from '.
 import docs from './plugins/swagger.ts'
 import routes from './routes/index.ts'
 import auth from './plugins/auth.ts'
+import browser from './plugins/browser.ts'
 import metrics from './plugins/metrics.ts'
 import { schemaController } from './plugins/validation.ts'
 import { TaskStore } from './store/tasks.ts'
@@ -196,6 +197,7 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids' | 'lifecycl
   })
   await app.register(errors)
   await app.register(auth)
+  await app.register(browser)
   await app.register(metrics)
   await app.register(docs)
   await app.register(routes)

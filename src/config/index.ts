@@ -71,6 +71,13 @@ export const EnvSchema = Type.Object({
   WEBHOOK_TIMEOUT_MS: Type.Integer({ minimum: 10, maximum: 600_000, default: 15_000 }),
   WEBHOOK_ALLOW_PRIVATE: Type.Boolean({ default: false }),
   WEBHOOK_ALLOWED_PORTS: Type.String({ pattern: '^\\s*\\d{1,5}(\\s*,\\s*\\d{1,5})*\\s*$', default: '443,8443' }),
+  // Browser origins allowed by CORS, comma-separated (`*` = any); empty = no CORS headers at all.
+  CORS_ORIGINS: Type.String({
+    pattern: '^\\s*(\\*|https?://[^\\s,/]+)?(\\s*,\\s*https?://[^\\s,/]+)*\\s*$', default: ''
+  }),
+  // Key of signed content/events links (src/services/links.ts); unset = derived from CALLBACK_SECRET.
+  LINK_SECRET: Type.Optional(Type.String({ minLength: 32 })),
+  LINK_TTL_S: Type.Integer({ minimum: 10, maximum: 86_400, default: 900 }),
   LOG_LEVEL: Type.Union(
     ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map(l => Type.Literal(l)),
     { default: 'info' }
@@ -183,6 +190,10 @@ export interface Config {
   models: ModelTable
   reconcile: { intervalMs: number, afterMs: number, deadlineMs: number, batch: number, qps: number }
   webhooks: { retryScheduleMs: number[], timeoutMs: number, allowPrivate: boolean, allowedPorts: number[] }
+  /** CORS_ORIGINS: none = CORS off. */
+  corsOrigins: string[]
+  /** LINK_SECRET (else derived from callbackSecret) and LINK_TTL_S: signed links (src/services/links.ts). */
+  links: { secret?: string, ttlS: number }
   logLevel: Env['LOG_LEVEL']
   dataDir: string
   createBodyLimit: number
@@ -440,6 +451,8 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
       allowPrivate: value.WEBHOOK_ALLOW_PRIVATE,
       allowedPorts: value.WEBHOOK_ALLOWED_PORTS.split(',').map(Number)
     },
+    corsOrigins: value.CORS_ORIGINS.split(',').map(o => o.trim()).filter(o => o !== ''),
+    links: { secret: value.LINK_SECRET, ttlS: value.LINK_TTL_S },
     logLevel: value.LOG_LEVEL,
     dataDir: value.DATA_DIR,
     createBodyLimit: value.CREATE_BODY_LIMIT_BYTES,

@@ -12,6 +12,7 @@ import type { FieldError } from './errors.ts'
 import { compareMask, inspectBase64Image, isUrl, type ImageDescriptor } from './images.ts'
 import { DEFAULT_KIND, type VideoKind } from './kinds.ts'
 import { DEFAULT_MODEL_TABLE, modelProblems, type ModelTable } from './models.ts'
+import { CANNOT_USE } from '../notify/ssrf.ts'
 
 export const MAX_METADATA_BYTES = 4096
 const MAX_URL_LENGTH = 2048
@@ -175,8 +176,11 @@ export function checkCreate (kind: VideoKind, body: Obj, rules: CreateRules):
   }
   if (typeof body.webhook_url === 'string') {
     const url = URL.canParse(body.webhook_url) ? new URL(body.webhook_url) : null
-    if (url === null || !(url.protocol === 'https:' || (rules.allowInsecureWebhooks && url.protocol === 'http:'))) {
+    if (url === null) {
       problem('/webhook_url', 'must be an https URL')
+    } else if (!(url.protocol === 'https:' || (rules.allowInsecureWebhooks && url.protocol === 'http:'))) {
+      // The one refusal message of webhook targets, naming the setting that allows http (src/notify/ssrf.ts).
+      problem('/webhook_url', CANNOT_USE)
     } else if (url.username !== '' || url.password !== '') {
       problem('/webhook_url', 'must not carry credentials')
     }

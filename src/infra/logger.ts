@@ -1,7 +1,8 @@
 import { pino, type Logger, type DestinationStream } from 'pino'
 
-const SECRET_FIELDS = new Set(['token', 'key', 'api_key', 'secret'])
-const SECRET_INSIDE = /(?:^|[?&;\s])(?:token|key|api_key|secret)\s*=/i
+// `sig`: a signed content/events link (src/services/links.ts) is a credential until it expires.
+const SECRET_FIELDS = new Set(['token', 'key', 'api_key', 'secret', 'sig'])
+const SECRET_INSIDE = /(?:^|[?&;\s])(?:token|key|api_key|secret|sig)\s*=/i
 
 /**
  * Percent-decoded as the query parser decodes (`+` is a space), three times over for double encodings; a bad escape
@@ -45,7 +46,7 @@ export function createLogger (level: string, destination?: DestinationStream): L
     redact: {
       paths: [
         'req.headers.authorization', 'req.headers.cookie', 'headers.authorization',
-        '*.apiKey', '*.key', '*.secret', '*.token',
+        '*.apiKey', '*.key', '*.secret', '*.token', 'config.links.secret',
         'config.upstream.key', 'config.callbackSecret', 'config.callbackSecretsPrevious', 'config.blobs.secretAccessKey'
       ],
       censor: '[REDACTED]'

@@ -21,7 +21,7 @@ import { request, type Agent } from 'undici'
 import type { Config } from '../config/index.ts'
 import type { TaskEvent } from '../domain/task.ts'
 import type { RedisClient } from '../infra/redis.ts'
-import { createGuardedAgent } from '../notify/ssrf.ts'
+import { CANNOT_USE, checkWebhookUrl, createGuardedAgent, UnsafeTarget } from '../notify/ssrf.ts'
 import { parseRetryAfter } from '../upstream/client.ts'
 import type { TaskStore } from '../store/tasks.ts'
 import { WebhookStore, type Delivery } from '../store/webhooks.ts'
@@ -43,6 +43,10 @@ export interface DeliverDeps {
 class DeliveryFailed extends Error {
   constructor (message: string, readonly retryAfterMs: number | null) { super(message) }
 }
+
+/** A target the SSRF guard refused, whether undici passes its error on as it is or as the cause of its own. */
+const isRefused = (err: unknown): boolean =>
+  err instanceof UnsafeTarget || (err instanceof Error && err.cause instanceof UnsafeTarget)
 
 /** The delay before attempt `attemptsMade + 1` (±10 % jitter), or what the receiver asked for. */
 export function retryDelay (schedule: number[], attemptsMade: number, err?: Error): number {
@@ -120,7 +124,8 @@ export class DeliveryJobs extends QueueJobs<DeliverData> {
       taskId: event.task_id,
       type: event.type,
       sequence: event.sequence,
-      payload
+      payload,
+      nextAttemptAt: this.deps.clock() + this.deps.config.webhooks.retryScheduleMs[0]
     })
     if (d.status === 'pending') await this.enqueue(d)
   }
@@ -129,7 +134,7 @@ export class DeliveryJobs extends QueueJobs<DeliverData> {
   private async attempt (job: Job<DeliverData>): Promise<string> {
     const { webhooks, clock, config } = this.deps
     const d = await webhooks.getDelivery(job.data.deliveryId)
-    if (d === null || d.status !== 'pending') return 'not-pending'
+    if (d === null || (d.status !== 'pending' && d.status !== 'retrying')) return 'not-pending'
     const ep = d.endpointId === null ? null : await webhooks.getEndpoint(d.endpointId)
     if (d.endpointId !== null && (ep === null || !ep.enabled)) {
       const reason = ep === null ? 'endpoint deleted' : `endpoint disabled: ${ep.disabledReason ?? ''}`
@@ -144,6 +149,9 @@ export class DeliveryJobs extends QueueJobs<DeliverData> {
     let error: string | null = null
     let wait: number | null = null
     try {
+      // The same check and message as at registration: a target allowed then (WEBHOOK_ALLOW_PRIVATE, another port
+      // list) and not now is refused with the one message that names the settings.
+      checkWebhookUrl(d.url, config.webhooks)
       const res = await request(d.url, {
         method: 'POST',
         dispatcher: this.agent,
@@ -164,7 +172,7 @@ export class DeliveryJobs extends QueueJobs<DeliverData> {
     } catch (err) {
       error = (err as Error).name === 'TimeoutError'
         ? `timed out after ${config.webhooks.timeoutMs} ms`
-        : (err as Error).message
+        : isRefused(err) ? CANNOT_USE : (err as Error).message
     }
     const ok = status !== null && status >= 200 && status < 300
     const attempt = {
@@ -189,8 +197,14 @@ export class DeliveryJobs extends QueueJobs<DeliverData> {
         await webhooks.disableEndpoint(ep.id, 'failing for more than 5 days')
       }
     }
-    await webhooks.recordAttempt(d, attempt, last ? 'failed' : 'pending')
-    if (last) return 'failed'
-    throw new DeliveryFailed(error ?? `answered ${status}`, wait)
+    if (last) {
+      await webhooks.recordAttempt(d, attempt, 'failed')
+      return 'failed'
+    }
+    // The delay is chosen here, not in the backoff strategy, so `next_attempt_at` is the time BullMQ will use: the
+    // strategy returns an error's retryAfterMs as it is. BullMQ counts this attempt before asking for the delay.
+    const delay = retryDelay(config.webhooks.retryScheduleMs, job.attemptsMade + 1, new DeliveryFailed('', wait))
+    await webhooks.recordAttempt(d, attempt, 'retrying', clock() + delay)
+    throw new DeliveryFailed(error ?? `answered ${status}`, delay)
   }
 }

@@ -41,11 +41,13 @@ export interface SsrfOptions {
 export const DEFAULT_WEBHOOK_PORTS: readonly number[] = [443, 8443]
 
 /**
- * The one message for a host or port that is refused, whatever the reason (private address, internal name, no DNS
- * answer, port): telling them apart would tell a caller which internal names exist and which resolve.
+ * The one message for a target that is refused, whatever the reason (http, private address, internal name, no DNS
+ * answer, port), at registration and at delivery: telling them apart would tell a caller which internal names exist
+ * and which resolve. It names the settings that allow such a target, so whoever runs a local receiver knows the fix.
  */
-export const CANNOT_USE = 'webhook URL cannot be used: its host must resolve to public addresses only and its port ' +
-  'be one of WEBHOOK_ALLOWED_PORTS (default 443, 8443); WEBHOOK_ALLOW_PRIVATE=true allows any (local development)'
+export const CANNOT_USE = 'webhook URL cannot be used: it must be https, its host must resolve to public addresses ' +
+  'only and its port be one of WEBHOOK_ALLOWED_PORTS (default 443, 8443); WEBHOOK_ALLOW_PRIVATE=true allows http, ' +
+  'private and loopback hosts and any port (local development, on-prem)'
 
 const v4Forbidden = new net.BlockList()
 for (const [prefix, bits] of [
@@ -165,7 +167,7 @@ export function checkWebhookUrl (raw: string, opts: SsrfOptions): URL {
     throw new UnsafeTarget('webhook URL is not a valid absolute URL')
   }
   if (url.protocol !== 'https:' && !(opts.allowPrivate && url.protocol === 'http:')) {
-    throw new UnsafeTarget(opts.allowPrivate ? 'webhook URL must use http or https' : 'webhook URL must use https')
+    throw new UnsafeTarget(opts.allowPrivate ? 'webhook URL must use http or https' : CANNOT_USE)
   }
   if (url.username !== '' || url.password !== '') {
     throw new UnsafeTarget('webhook URL must not contain a username or password')

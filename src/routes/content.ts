@@ -4,7 +4,7 @@ import { Conflict, GatewayError, NotFound } from '../domain/errors.ts'
 import { copyFailed } from '../domain/task.ts'
 import { videoKey } from '../jobs/copy.ts'
 import { canSee, type Caller } from '../plugins/auth.ts'
-import { internal, invalidField, problem, unauthorized, unavailable } from '../schemas/common.ts'
+import { internal, invalidField, LinkSigSchema, problem, unauthorized, unavailable } from '../schemas/common.ts'
 import { MP4_EXAMPLE } from '../schemas/examples.ts'
 import { TaskParamsSchema } from '../schemas/videos.ts'
 
@@ -36,7 +36,7 @@ const content: FastifyPluginAsyncTypebox = async (app) => {
   const { store, blobs } = app.deps
 
   app.get('/:id/content', {
-    onRequest: app.authenticate,
+    onRequest: app.authenticateOrLink('content'),
     schema: {
       tags: ['videos'],
       operationId: 'getVideoContent',
@@ -45,11 +45,12 @@ const content: FastifyPluginAsyncTypebox = async (app) => {
         'here. One `Range: bytes=a-b`, `a-` or `-n` answers 206 (other forms get the whole video). The caller that ' +
         'owns the task, or an admin key. 409 `CONTENT_NOT_READY` (with Retry-After) while the copy is being made: ' +
         'retry, or wait for the `video.stored` event. 410 `UPSTREAM_URL_EXPIRED` when the upstream URL expired ' +
-        'before the video could be copied (`video.copy_failed`).',
+        'before the video could be copied (`video.copy_failed`). Instead of the Authorization header, a signed ' +
+        'link\'s `?sig=` (`POST /v1/videos/{id}/links`) opens it, e.g. as a `<video src>`.',
       security: [{ bearer: [] }],
       params: TaskParamsSchema,
       querystring: Type.Object(
-        { index: Type.Integer({ minimum: 0, maximum: 9, default: 0 }) },
+        { index: Type.Integer({ minimum: 0, maximum: 9, default: 0 }), sig: Type.Optional(LinkSigSchema) },
         { additionalProperties: false }
       ),
       response: {

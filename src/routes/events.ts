@@ -3,7 +3,7 @@ import type { ServerResponse } from 'node:http'
 import { Type } from 'typebox'
 import { CallerLimitExceeded, NotFound } from '../domain/errors.ts'
 import { isLastEvent, isSettled, type TaskEvent } from '../domain/task.ts'
-import { internal, invalidField, problem, unauthorized, unavailable } from '../schemas/common.ts'
+import { internal, invalidField, LinkSigSchema, problem, unauthorized, unavailable } from '../schemas/common.ts'
 import { eventExample } from '../schemas/examples.ts'
 import { TaskParamsSchema } from '../schemas/videos.ts'
 import { canSee, type Caller } from '../plugins/auth.ts'
@@ -44,7 +44,7 @@ const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, o
   })
 
   app.get('/:id/events', {
-    onRequest: app.authenticate,
+    onRequest: app.authenticateOrLink('events'),
     schema: {
       tags: ['videos'],
       operationId: 'streamVideoEvents',
@@ -54,11 +54,15 @@ const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, o
         'one); a reconnect after that gets 204, which tells an EventSource to stop. `id:` is the event id, ' +
         '`event:` its type, `data:` the TaskEvent JSON. Reconnecting with the last id seen resumes with no gap and ' +
         'no duplicate; `: ping` comments keep proxies from closing an idle stream. The caller that owns the task, ' +
-        'or an admin key.',
+        'or an admin key; instead of the Authorization header, a signed link\'s `?sig=` (`POST ' +
+        '/v1/videos/{id}/links`), so an `EventSource` can open it.',
       security: [{ bearer: [] }],
       params: TaskParamsSchema,
       headers: Type.Object({ 'last-event-id': Type.Optional(EventIdSchema) }),
-      querystring: Type.Object({ last_event_id: Type.Optional(EventIdSchema) }, { additionalProperties: false }),
+      querystring: Type.Object({
+        last_event_id: Type.Optional(EventIdSchema),
+        sig: Type.Optional(LinkSigSchema)
+      }, { additionalProperties: false }),
       response: {
         200: {
           description: 'text/event-stream: `id:` the event id, `event:` its type, `data:` the TaskEvent JSON; ends ' +

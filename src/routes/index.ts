@@ -8,6 +8,7 @@ import content from './content.ts'
 import orphans from './orphans.ts'
 import usage from './usage.ts'
 import dashboard from './dashboard.ts'
+import links from './links.ts'
 
 /** Every route module, registered explicitly: easier to read and grep than autoload. */
 export default async function routes (app: FastifyInstance) {
@@ -15,6 +16,7 @@ export default async function routes (app: FastifyInstance) {
   await app.register(videos, { prefix: '/v1/videos' })
   await app.register(events, { prefix: '/v1/videos', heartbeatMs: app.deps.config.sseHeartbeatMs })
   await app.register(content, { prefix: '/v1/videos' })
+  await app.register(links, { prefix: '/v1/videos' })
   await app.register(callbacks, { prefix: '/callbacks' })
   await app.register(webhooks, { prefix: '/v1' })
   await app.register(orphans, { prefix: '/v1' })

@@ -12,7 +12,7 @@ import {
   bodyProblems, internal, invalidField, json, operatorScopeRequired, problem, unauthorized, unavailable
 } from '../schemas/common.ts'
 import { DELIVERY_EXAMPLE, ENDPOINT_EXAMPLE, SECRET_EXAMPLE } from '../schemas/examples.ts'
-import type { Delivery, Endpoint } from '../store/webhooks.ts'
+import { DELIVERY_STATUSES, type Delivery, type Endpoint } from '../store/webhooks.ts'
 
 const EndpointSchema = Type.Object({
   id: Type.String(),
@@ -35,7 +35,14 @@ const DeliverySchema = Type.Object({
   task_id: Type.String(),
   type: Type.String(),
   sequence: Type.Integer(),
-  status: Type.Union([Type.Literal('pending'), Type.Literal('succeeded'), Type.Literal('failed')]),
+  status: Type.Union(DELIVERY_STATUSES.map(s => Type.Literal(s)), {
+    description: '`pending`: queued, not attempted since; `retrying`: an attempt failed and another is scheduled; ' +
+      '`failed`: given up (attempts used up, 410, endpoint gone); `succeeded`: the receiver answered 2xx'
+  }),
+  next_attempt_at: Type.Union([Type.String({ format: 'date-time' }), Type.Null()], {
+    description: 'when the next attempt is due while `pending` or `retrying`; null once finished (and on records ' +
+      'made before this field existed)'
+  }),
   attempts: Type.Array(Type.Object({
     at: Type.String(),
     status_code: Type.Union([Type.Integer(), Type.Null()]),
@@ -89,6 +96,7 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
     type: d.type,
     sequence: d.sequence,
     status: d.status,
+    next_attempt_at: d.nextAttemptAt === null ? null : new Date(d.nextAttemptAt).toISOString(),
     attempts: await store.attempts(d.id),
     created_at: new Date(d.createdAt).toISOString(),
     updated_at: new Date(d.updatedAt).toISOString()
@@ -290,21 +298,24 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
       operationId: 'listDeliveries',
       summary: 'List webhook deliveries and their attempts, newest first',
       description: 'The caller\'s deliveries (an admin key: everyone\'s), or one endpoint\'s (`endpoint`); ' +
-        '`status=failed` for those that gave up. Page with `before` (the `created_at` of the last one, in ms).',
+        '`status=` one of `pending`, `retrying`, `failed`, `succeeded` for those in that state (each an index of its ' +
+        'own), newest to enter it first. Page with `before` in ms: the `created_at` of the last one, or with ' +
+        '`status` its `updated_at`.',
       security: [{ bearer: [] }],
       querystring: Type.Object({
-        status: Type.Optional(Type.Union([Type.Literal('failed')])),
+        status: Type.Optional(Type.Union(DELIVERY_STATUSES.map(s => Type.Literal(s)))),
         endpoint: Type.Optional(Type.String({ maxLength: 64, pattern: '^[A-Za-z0-9_-]+$' })),
         limit: Type.Integer({ minimum: 1, maximum: 100, default: 50 }),
         before: Type.Optional(Type.Integer({
           minimum: 0,
-          description: 'ms since the epoch: only deliveries made before it (paging)'
+          description: 'ms since the epoch: only deliveries made (with `status`: that entered it) before it (paging)'
         }))
       }, { additionalProperties: false }),
       response: {
         200: json('the deliveries', Type.Object({ data: Type.Array(Type.Ref('Delivery')) }),
           { data: [DELIVERY_EXAMPLE] }),
-        400: invalidField('invalid query', '/status', 'must be one of: "failed"', 'query'),
+        400: invalidField('invalid query', '/status', 'must be one of: "pending", "retrying", "failed", "succeeded"',
+          'query'),
         401: unauthorized(),
         404: noEndpoint(),
         500: internal(),
@@ -327,11 +338,12 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
       operationId: 'retryDelivery',
       summary: 'Attempt a finished delivery again',
       description: 'Queues one more attempt of a delivery that succeeded or failed (same `webhook-id`, so receivers ' +
-        'dedupe it). 409 while it is still being attempted.',
+        'dedupe it). 409 while it is still being attempted (`pending` or `retrying`).',
       security: [{ bearer: [] }],
       params: IdParams,
       response: {
-        202: json('the delivery, `pending` again', Type.Ref('Delivery'), { ...DELIVERY_EXAMPLE, status: 'pending' }),
+        202: json('the delivery, `pending` again', Type.Ref('Delivery'),
+          { ...DELIVERY_EXAMPLE, status: 'pending', next_attempt_at: DELIVERY_EXAMPLE.updated_at }),
         ...bodyProblems('1 MiB'),
         400: invalidId(),
         401: unauthorized(),
@@ -350,12 +362,12 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
     const view = await audited(request.log, 'delivery.retry', caller, fields, async note => {
       const d = changeable(caller, await store.getDelivery(request.params.id), 'delivery', note)
       note({ task_id: d.taskId, endpoint_id: d.endpointId })
-      if (d.status === 'pending') {
+      if (d.status === 'pending' || d.status === 'retrying') {
         throw new GatewayError('DELIVERY_PENDING', 409, 'the delivery is still being attempted')
       }
       await store.reopen(d)
       await deliveries.enqueue(d, { retry: true })
-      return await deliveryView({ ...d, status: 'pending' })
+      return await deliveryView({ ...d, status: 'pending', nextAttemptAt: app.deps.clock() })
     })
     return await reply.code(202).send(view)
   })

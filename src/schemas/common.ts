@@ -157,3 +157,10 @@ export const operatorScopeRequired = (what: string) => problem(403,
     detail: `this ${what} belongs to another caller: an admin key may read it, only an operator key ` +
       '(OPERATOR_API_KEYS) may change it'
   })
+
+/** `?sig=` of a signed link (src/services/links.ts): the content and events routes take it instead of a key. */
+export const LinkSigSchema = Type.String({
+  maxLength: 200,
+  pattern: '^[A-Za-z0-9_.-]+$',
+  description: 'a signed link (`POST /v1/videos/{id}/links`), instead of the Authorization header; a credential'
+})

@@ -131,6 +131,7 @@ export const DELIVERY_EXAMPLE = {
   type: 'video.succeeded',
   sequence: 4,
   status: 'failed',
+  next_attempt_at: null as string | null,
   attempts: [
     { at: '2026-11-24T10:17:31.000Z', status_code: 500, error: null, duration_ms: 84 },
     { at: '2026-11-24T10:17:36.000Z', status_code: null, error: 'timed out after 15000 ms', duration_ms: 15001 }

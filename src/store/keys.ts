@@ -58,10 +58,11 @@ export function keys (prefix: string) {
     deliveryAttempts: (id: string) => `${p}dlv:${id}:attempts`,
     /**
      * Deliveries newest first, every caller's, one caller's, one endpoint's or those to tasks' own webhook_url;
-     * failed ones by when they failed. Callers and endpoints have namespaces of their own, so that no caller name
-     * can read as an endpoint id or `task-url` (a caller named `task-url` listed every task URL's deliveries).
+     * by status (pending, retrying, failed, succeeded), each scored by when the delivery entered it. Callers and
+     * endpoints have namespaces of their own, so that no caller name can read as an endpoint id or `task-url` (a
+     * caller named `task-url` listed every task URL's deliveries).
      */
-    deliveries: (scope: DeliveryScope, status: 'all' | 'failed' = 'all') => `${p}dlvidx:${
+    deliveries: (scope: DeliveryScope, status: 'all' | DeliveryStatus = 'all') => `${p}dlvidx:${
       typeof scope === 'string' ? scope : 'caller' in scope ? `caller:${scope.caller}` : `ep:${scope.endpoint}`
     }:${status}`,
     /** The secret that signs deliveries to a caller's tasks' own webhook_url. */
@@ -91,3 +92,5 @@ export function keys (prefix: string) {
 export type Keys = ReturnType<typeof keys>
 /** What a delivery index lists: `all` deliveries, one caller's, one endpoint's, or those to tasks' own URLs. */
 export type DeliveryScope = 'all' | 'task-url' | { caller: string } | { endpoint: string }
+/** A delivery's state (docs/API.md, `GET /v1/deliveries`). */
+export type DeliveryStatus = 'pending' | 'retrying' | 'failed' | 'succeeded'

@@ -7,7 +7,7 @@
 import { createHash, randomBytes } from 'node:crypto'
 import type { Result } from 'ioredis'
 import type { RedisClient } from '../infra/redis.ts'
-import type { DeliveryScope, Keys } from './keys.ts'
+import type { DeliveryScope, DeliveryStatus, Keys } from './keys.ts'
 import { pack, script } from './tasks.ts'
 
 declare module 'ioredis' {
@@ -47,13 +47,21 @@ export interface Delivery {
   sequence: number
   /** The exact bytes sent on every attempt. */
   payload: string
-  status: 'pending' | 'succeeded' | 'failed'
+  /**
+   * pending: queued, no attempt made since it was (re)queued; retrying: an attempt failed and another is scheduled;
+   * failed: gave up (attempts used up, 410, endpoint gone); succeeded: the receiver answered 2xx.
+   */
+  status: DeliveryStatus
+  /** When the next attempt is due (ms), while pending or retrying; null once finished. */
+  nextAttemptAt: number | null
   attempts: number
   lastStatusCode: number | null
   lastError: string | null
   createdAt: number
   updatedAt: number
 }
+
+export const DELIVERY_STATUSES: readonly DeliveryStatus[] = ['pending', 'retrying', 'failed', 'succeeded']
 
 export const newSecret = (): string => `whsec_${randomBytes(32).toString('base64')}`
 
@@ -91,6 +99,8 @@ function decodeDelivery (h: Record<string, string>): Delivery | null {
     sequence: Number(h.sequence),
     payload: h.payload,
     status: h.status as Delivery['status'],
+    // Records written before next_attempt_at existed have none: null, not a made-up time.
+    nextAttemptAt: num(h.next_attempt_at),
     attempts: Number(h.attempts ?? 0),
     lastStatusCode: num(h.last_status_code),
     lastError: str(h.last_error),
@@ -113,8 +123,20 @@ export class WebhookStore {
   private epIndex (caller: string) { return this.k.endpoints(caller) }
   private dlvKey (id: string) { return this.k.delivery(id) }
   private dlvAttempts (id: string) { return this.k.deliveryAttempts(id) }
-  /** Deliveries newest first: all, per caller, per endpoint or to task URLs; failed ones by when they failed. */
-  dlvIndex (scope: DeliveryScope, status: 'all' | 'failed' = 'all') { return this.k.deliveries(scope, status) }
+  /** Deliveries newest first: all, per caller, per endpoint or to task URLs; by status, by when they entered it. */
+  dlvIndex (scope: DeliveryScope, status: 'all' | DeliveryStatus = 'all') { return this.k.deliveries(scope, status) }
+
+  /**
+   * Moves a delivery into `status`'s index of each scope and out of the others', in the caller's MULTI with the
+   * hash's new status, so a delivery is always listed under exactly the status its record holds.
+   */
+  private indexStatus (multi: ReturnType<RedisClient['multi']>, d: Pick<Delivery, 'id' | 'caller' | 'endpointId'>,
+    status: DeliveryStatus, at: number): void {
+    for (const scope of this.scopesOf(d)) {
+      for (const other of DELIVERY_STATUSES) if (other !== status) multi.zrem(this.dlvIndex(scope, other), d.id)
+      multi.zadd(this.dlvIndex(scope, status), at, d.id)
+    }
+  }
 
   /** The indexes a delivery is listed in. */
   private scopesOf (d: Pick<Delivery, 'caller' | 'endpointId'>): DeliveryScope[] {
@@ -261,11 +283,13 @@ export class WebhookStore {
           sequence: String(d.sequence),
           payload: d.payload,
           status: 'pending',
+          next_attempt_at: d.nextAttemptAt === null ? '' : String(d.nextAttemptAt),
           attempts: '0',
           created_at: String(now),
           updated_at: String(now)
         })
       for (const scope of this.scopesOf(d)) multi.zadd(this.dlvIndex(scope), now, d.id)
+      this.indexStatus(multi, d, 'pending', now)
       multi.sadd(this.k.taskDeliveries(d.taskId), d.id)
       await multi.exec()
     }
@@ -276,22 +300,21 @@ export class WebhookStore {
     return decodeDelivery(await this.redis.hgetall(this.dlvKey(id)))
   }
 
-  async recordAttempt (d: Delivery, attempt: Attempt, status: Delivery['status']): Promise<void> {
+  /** An attempt and the state it leaves: `retrying` needs when the next attempt is due (ms). */
+  async recordAttempt (d: Delivery, attempt: Attempt, status: Delivery['status'], nextAttemptAt: number | null = null):
+  Promise<void> {
     const now = this.clock()
     const multi = this.redis.multi()
       .rpush(this.dlvAttempts(d.id), JSON.stringify(attempt))
       .hset(this.dlvKey(d.id), {
         status,
+        next_attempt_at: nextAttemptAt === null ? '' : String(nextAttemptAt),
         last_status_code: attempt.status_code === null ? '' : String(attempt.status_code),
         last_error: attempt.error ?? '',
         updated_at: String(now)
       })
       .hincrby(this.dlvKey(d.id), 'attempts', 1)
-    if (status === 'failed') {
-      for (const scope of this.scopesOf(d)) multi.zadd(this.dlvIndex(scope, 'failed'), now, d.id)
-    } else {
-      for (const scope of this.scopesOf(d)) multi.zrem(this.dlvIndex(scope, 'failed'), d.id)
-    }
+    this.indexStatus(multi, d, status, now)
     await multi.exec()
   }
 
@@ -301,10 +324,13 @@ export class WebhookStore {
     }, status)
   }
 
-  /** Back to pending for a manual retry; the attempts so far stay recorded. */
+  /** Back to pending for a manual retry, due at once; the attempts so far stay recorded. */
   async reopen (d: Delivery): Promise<void> {
-    const multi = this.redis.multi().hset(this.dlvKey(d.id), { status: 'pending', updated_at: String(this.clock()) })
-    for (const scope of this.scopesOf(d)) multi.zrem(this.dlvIndex(scope, 'failed'), d.id)
+    const now = this.clock()
+    const multi = this.redis.multi().hset(this.dlvKey(d.id), {
+      status: 'pending', next_attempt_at: String(now), updated_at: String(now)
+    })
+    this.indexStatus(multi, d, 'pending', now)
     await multi.exec()
   }
 
@@ -326,7 +352,8 @@ export class WebhookStore {
       if (caller !== null) {
         const endpoint = endpointId === null || endpointId === '' ? null : endpointId
         for (const scope of this.scopesOf({ caller, endpointId: endpoint })) {
-          multi.zrem(this.dlvIndex(scope), id).zrem(this.dlvIndex(scope, 'failed'), id)
+          multi.zrem(this.dlvIndex(scope), id)
+          for (const status of DELIVERY_STATUSES) multi.zrem(this.dlvIndex(scope, status), id)
         }
       }
       await multi.exec()
