@@ -7,6 +7,7 @@ import webhooks from './webhooks.ts'
 import content from './content.ts'
 import orphans from './orphans.ts'
 import usage from './usage.ts'
+import root from './root.ts'
 
 /** Every route module, registered explicitly: easier to read and grep than autoload. */
 export default async function routes (app: FastifyInstance) {
@@ -18,4 +19,5 @@ export default async function routes (app: FastifyInstance) {
   await app.register(webhooks, { prefix: '/v1' })
   await app.register(orphans, { prefix: '/v1' })
   await app.register(usage, { prefix: '/v1' })
+  await app.register(root)
 }
