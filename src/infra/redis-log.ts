@@ -29,3 +29,24 @@ export function connectionWarner (logger: Logger, what: string, upFrom?: Ready):
 export function logConnectionState (client: Connection, logger: Logger, what: string): void {
   client.on('error', connectionWarner(logger, what, client))
 }
+
+/**
+ * The same for a periodic task that fails while Redis is away (a heartbeat, a dispatch): a warning when it starts
+ * failing, one line when it works again, and nothing for each failure in between.
+ */
+export class FailureLog {
+  private failing = false
+  constructor (private readonly logger: Logger, private readonly what: string) {}
+
+  fail (err: unknown, fields: Record<string, unknown> = {}): void {
+    if (this.failing) return
+    this.failing = true
+    this.logger.warn({ ...fields, err: (err as Error).message }, `${this.what} (no more warnings until it works again)`)
+  }
+
+  ok (): void {
+    if (!this.failing) return
+    this.failing = false
+    this.logger.info(`${this.what}: works again`)
+  }
+}
