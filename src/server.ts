@@ -99,9 +99,11 @@ try {
     config.redis.url = embedded.url
     logger.info(
       { url: embedded.url, dir: join(config.dataDir, 'redis'), others: embedded.others },
-      embedded.joined
-        ? 'REDIS_URL is not set: joined the embedded redis-server of DATA_DIR (this gateway is another replica)'
-        : 'REDIS_URL is not set: started an embedded redis-server (AOF, appendfsync always)'
+      !embedded.joined
+        ? 'REDIS_URL is not set: started an embedded redis-server (AOF, appendfsync always)'
+        : embedded.others.length > 0
+          ? 'REDIS_URL is not set: joined the embedded redis-server of DATA_DIR (this gateway is another replica)'
+          : 'REDIS_URL is not set: adopted the embedded redis-server a stopped gateway left running on DATA_DIR'
     )
   }
   // The simulator is imported by the factory only when it is the upstream: a production process never loads it.

@@ -86,6 +86,25 @@ describe('two gateways on one DATA_DIR', () => {
       expect(b.devKey, 'one DATA_DIR, one dev key').toBe(a.devKey)
       for (const g of [a, b]) expect((await fetch(`${g.url}/health/ready`)).status).toBe(200)
 
+      // A third on a's busy PORT: it joins, fails to listen, says so, and leaves the Redis to a and b.
+      const busy = spawnGroup('busy', process.execPath, ['--import', TSX, SERVER], {
+        logPath: join(temp, 'busy.log'),
+        cwd: root,
+        env: {
+          PATH: process.env.PATH ?? '',
+          HOME: process.env.HOME ?? '/tmp',
+          DATA_DIR: dataDir,
+          HOST: '127.0.0.1',
+          PORT: new URL(a.url).port
+        }
+      })
+      started.push(busy)
+      expect((await busy.exited).code).toBe(1)
+      expect(readFileSync(busy.logPath, 'utf8')).toContain(`PORT=${new URL(a.url).port} is in use`)
+      expect(alive(first.redis.pid), 'the busy-PORT start stopped the Redis').toBe(true)
+      expect(lock(dataDir).users.map(u => u.pid).sort()).toEqual([a.proc.pid, b.proc.pid].sort())
+      expect((await fetch(`${a.url}/health/ready`)).status).toBe(200)
+
       // One store: a task made through a is read through b.
       const headers = { authorization: `Bearer ${a.devKey}`, 'content-type': 'application/json' }
       const created = await fetch(`${a.url}/v1/videos`, {
