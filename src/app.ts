@@ -31,6 +31,8 @@ import { FairStore } from './store/fair.ts'
 import { UpstreamPause } from './jobs/pause.ts'
 import { RetentionJobs } from './jobs/retention.ts'
 import { LimitStore } from './store/limits.ts'
+import { logConnectionState } from './infra/redis-log.ts'
+import { quietRoutes } from './infra/request-logs.ts'
 
 /** Everything the app needs from outside; whoever creates a client closes it (docs/DESIGN.md, "Rules of the house"). */
 export interface AppDeps {
@@ -88,7 +90,7 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids' | 'lifecycl
   // WAIT runs on a connection of its own: it blocks that connection until the replicas answer.
   const replicasAcked = await replicasToAck(base.redis, base.config.redis.minReplicasAcked)
   const durableConnection = replicasAcked > 0 ? duplicate(base.redis) : undefined
-  durableConnection?.on('error', (err: Error) => base.logger.warn({ err: err.message }, 'redis (durability) error'))
+  if (durableConnection !== undefined) logConnectionState(durableConnection, base.logger, 'redis (durability)')
   const store = new TaskStore(base.redis, base.config.prefix, base.clock, {
     connection: durableConnection,
     rule: { replicas: replicasAcked, timeoutMs: base.config.redis.ackTimeoutMs }
@@ -121,7 +123,7 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids' | 'lifecycl
     stream: store.stream,
     connect: () => {
       const c = duplicate(base.queueConnection ?? base.redis)
-      c.on('error', (err: Error) => base.logger.warn({ err: err.message }, 'redis (event reader) connection error'))
+      logConnectionState(c, base.logger, 'redis (event reader)')
       return c
     },
     logger: base.logger,
@@ -173,6 +175,8 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids' | 'lifecycl
   }).withTypeProvider<TypeBoxTypeProvider>()
 
   app.decorate('deps', deps)
+  // Before any route: health probes, metrics scrapes and static assets log no line per request.
+  quietRoutes(app, base.config.logLevel)
   if (deps.queueConnection !== undefined) {
     // First, before any worker runs: a replica that would serve content from another blob directory than its live
     // peers must not start at all (BlobDirConflict).

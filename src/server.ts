@@ -8,12 +8,16 @@
  */
 import closeWithGrace from 'close-with-grace'
 import { randomBytes } from 'node:crypto'
-import { join, resolve } from 'node:path'
+import { join } from 'node:path'
 import { buildApp } from './app.ts'
 import { ConfigError, loadConfig, type Config } from './config/index.ts'
 import { createLogger } from './infra/logger.ts'
 import { createRedis, persistenceWarning, waitReady } from './infra/redis.ts'
-import { startRedisServer, RedisServerMissing } from './infra/embedded-redis.ts'
+import { RedisServerMissing } from './infra/embedded-redis.ts'
+import { acquireDataDirRedis, DataDirBusy } from './infra/data-dir-redis.ts'
+import { loadDevKey } from './infra/dev-key.ts'
+import { loadEnvFile } from './infra/env-file.ts'
+import { logConnectionState } from './infra/redis-log.ts'
 import { createHash } from 'node:crypto'
 import { createUpstream } from './upstream/factory.ts'
 import { createBlobStore } from './blobs/factory.ts'
@@ -21,7 +25,10 @@ import { newLifecycle } from './lifecycle.ts'
 import { BlobDirConflict } from './store/replicas.ts'
 
 let config: Config
+let envFile: ReturnType<typeof loadEnvFile> | undefined
 try {
+  // `.env` in the working directory (the README's "see .env.example"); the real environment wins.
+  envFile = loadEnvFile()
   config = loadConfig(process.env)
 } catch (err) {
   if (!(err instanceof ConfigError)) throw err
@@ -29,7 +36,12 @@ try {
   process.exit(1)
 }
 
+class PortInUse extends Error {}
+
 const logger = createLogger(config.logLevel)
+if (envFile !== undefined && envFile.names.length > 0) {
+  logger.info({ file: envFile.path, variables: envFile.names.length }, 'read .env (the environment wins)')
+}
 const cleanups: Array<() => Promise<unknown>> = []
 const lifecycle = newLifecycle()
 let listening = false
@@ -81,12 +93,17 @@ try {
   const redisUnset = config.redis.url === undefined && config.redis.clusterNodes === undefined &&
     config.redis.sentinels === undefined
   if (redisUnset) {
-    const embedded = await startRedisServer({ dir: resolve(config.dataDir, 'redis') })
-    cleanups.unshift(embedded.stop)
+    // One redis-server per DATA_DIR: a second gateway on it joins as another replica, and the last one stops it.
+    const embedded = await acquireDataDirRedis(config.dataDir)
+    cleanups.unshift(async () => { logger.info(await embedded.release()) })
     config.redis.url = embedded.url
     logger.info(
-      { url: embedded.url, dir: join(config.dataDir, 'redis') },
-      'REDIS_URL is not set: started an embedded redis-server (AOF, appendfsync always)'
+      { url: embedded.url, dir: join(config.dataDir, 'redis'), others: embedded.others },
+      !embedded.joined
+        ? 'REDIS_URL is not set: started an embedded redis-server (AOF, appendfsync always)'
+        : embedded.others.length > 0
+          ? 'REDIS_URL is not set: joined the embedded redis-server of DATA_DIR (this gateway is another replica)'
+          : 'REDIS_URL is not set: adopted the embedded redis-server a stopped gateway left running on DATA_DIR'
     )
   }
   // The simulator is imported by the factory only when it is the upstream: a production process never loads it.
@@ -106,7 +123,7 @@ try {
   config.callbackSecret ??= randomBytes(32).toString('hex')
   let devKey: string | undefined
   if (config.apiKeys.length === 0) {
-    devKey = `dev_${randomBytes(18).toString('base64url')}`
+    devKey = (await loadDevKey(config.dataDir)).key
     // The only key of a development gateway, so it may do everything: an operator.
     config.apiKeys.push({
       caller: 'dev', sha256: createHash('sha256').update(devKey).digest(), admin: true, operator: true
@@ -114,7 +131,7 @@ try {
   }
 
   const redis = createRedis(config.redis, 'command')
-  redis.on('error', (err: Error) => logger.warn({ err: err.message }, 'redis connection error'))
+  logConnectionState(redis, logger, 'redis')
   cleanups.unshift(async () => { await redis.quit().catch(() => redis.disconnect()) })
   await waitReady(redis, 30_000)
   if (config.redis.minReplicasAcked === 0 && config.redis.clusterNodes === undefined) {
@@ -122,28 +139,35 @@ try {
     if (warning !== null) logger.warn(warning)
   }
   const queueConnection = createRedis(config.redis, 'worker')
-  queueConnection.on('error', (err: Error) => logger.warn({ err: err.message }, 'redis (queues) connection error'))
+  logConnectionState(queueConnection, logger, 'redis (queues)')
   cleanups.unshift(async () => { await queueConnection.quit().catch(() => queueConnection.disconnect()) })
   const blobs = createBlobStore(config.blobs)
   cleanups.unshift(() => blobs.close())
 
   const app = await buildApp({ config, redis, logger, upstream, queueConnection, blobs, lifecycle })
   cleanups.unshift(() => app.close())
-  const address = await app.listen({ host: config.host, port: config.port })
+  const address = await app.listen({ host: config.host, port: config.port }).catch((err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EADDRINUSE') throw err
+    throw new PortInUse(`PORT=${config.port} is in use (another gateway?): set another PORT; ` +
+      'a second gateway on the same DATA_DIR shares its embedded Redis')
+  })
   listening = true
   const port = new URL(address).port
   config.publicBaseUrl ??= `http://127.0.0.1:${port}`
   const local = `http://127.0.0.1:${port}`
   logger.info(`kling-gateway listening: API ${local}/v1  docs ${local}/docs`)
   if (devKey !== undefined) {
-    // Printed on purpose: a development key only exists when API_KEYS is unset, and dies with the process.
+    // Printed on purpose: a development key only exists when API_KEYS is unset; it is kept in DATA_DIR/dev-key.
     console.log(
       `\n  API     ${local}/v1/videos\n  Docs    ${local}/docs\n  Dev key ${devKey}\n` +
+      '          an OPERATOR key (reads and changes every caller\'s tasks, endpoints and deliveries); the same\n' +
+      `          after a restart (${join(config.dataDir, 'dev-key')}); new one: npm run dev-key -- --rotate\n` +
       `  Try     curl -H 'authorization: Bearer ${devKey}' ${local}/v1/videos\n`
     )
   }
 } catch (err) {
-  if (err instanceof RedisServerMissing || err instanceof BlobDirConflict) {
+  if (err instanceof RedisServerMissing || err instanceof BlobDirConflict || err instanceof DataDirBusy ||
+    err instanceof PortInUse) {
     console.error(err.message)
   } else {
     logger.error({ err }, 'failed to start')

@@ -55,6 +55,11 @@ export interface RedisServerOptions {
   fsync?: 'always' | 'everysec'
   /** More redis-server arguments (tests: `--replicaof`, `--enable-debug-command`). */
   extraArgs?: string[]
+  /**
+   * Its own process group: a Ctrl-C meant for the gateway does not reach it, and it outlives the gateway that
+   * started it (another gateway on the same DATA_DIR may still use it: src/infra/data-dir-redis.ts).
+   */
+  detached?: boolean
 }
 
 export async function startRedisServer (opts: RedisServerOptions): Promise<EmbeddedRedis> {
@@ -65,7 +70,7 @@ export async function startRedisServer (opts: RedisServerOptions): Promise<Embed
   const args = ['--port', String(port), '--bind', '127.0.0.1', '--dir', opts.dir, '--save', '',
     '--pidfile', join(opts.dir, 'redis.pid'), '--appendonly', persist ? 'yes' : 'no',
     '--appendfsync', opts.fsync ?? 'always', '--protected-mode', 'yes', '--daemonize', 'no', ...(opts.extraArgs ?? [])]
-  const child = spawn('redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawn('redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'], detached: opts.detached === true })
   let output = ''
   const ready = new Promise<void>((resolve, reject) => {
     child.once('error', (err: NodeJS.ErrnoException) => reject(err.code === 'ENOENT' ? new RedisServerMissing() : err))

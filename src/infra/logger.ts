@@ -1,3 +1,4 @@
+import { createRequire } from 'node:module'
 import { pino, type Logger, type DestinationStream } from 'pino'
 
 // `sig`: a signed content/events link (src/services/links.ts) is a credential until it expires.
@@ -37,6 +38,19 @@ export function redactUrl (url: string): string {
 }
 
 /**
+ * pino-pretty is a devDependency: an image built with `--omit=dev` has none, and pino would throw at start on a TTY
+ * (`docker run -it`). There the logs stay JSON.
+ */
+function prettyAvailable (): boolean {
+  try {
+    createRequire(import.meta.url).resolve('pino-pretty')
+    return true
+  } catch {
+    return false
+  }
+}
+
+/**
  * The one pino configuration: secrets redacted by path, URLs stripped of secret query fields by the request
  * serializer (pino's `redact` cannot reach inside a URL string), pretty output only on a TTY.
  */
@@ -60,7 +74,7 @@ export function createLogger (level: string, destination?: DestinationStream): L
     }
   }
   if (destination !== undefined) return pino(options, destination)
-  if (process.stdout.isTTY) {
+  if (process.stdout.isTTY && prettyAvailable()) {
     return pino({
       ...options,
       transport: { target: 'pino-pretty', options: { translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' } }

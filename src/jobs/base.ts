@@ -8,6 +8,7 @@ import { Queue, Worker, type ConnectionOptions, type Job, type WorkerOptions } f
 import type { Logger } from 'pino'
 import type { RedisClient } from '../infra/redis.ts'
 import { closeBounded } from './close.ts'
+import { connectionWarner } from '../infra/redis-log.ts'
 
 export interface QueueDeps {
   /** A connection BullMQ may block on (maxRetriesPerRequest: null); none = no queue. */
@@ -31,7 +32,8 @@ export abstract class QueueJobs<Data> {
     if (base.connection === undefined) return
     this.connection = base.connection as unknown as ConnectionOptions
     this.q = new Queue<Data>(name, { connection: this.connection, prefix: base.prefix })
-    this.q.on('error', err => this.log.warn({ err: err.message }, `${name} queue error`))
+    // BullMQ's queues and workers emit no 'ready' of their own: their connection's says they are back.
+    this.q.on('error', connectionWarner(this.log, `${name} queue`, base.connection))
   }
 
   get queue (): Queue<Data> {
@@ -45,7 +47,7 @@ export abstract class QueueJobs<Data> {
     this.worker = new Worker<Data>(this.name, process, {
       ...opts, connection: this.connection, prefix: this.base.prefix
     })
-    this.worker.on('error', err => this.log.warn({ err: err.message }, `${this.name} worker error`))
+    this.worker.on('error', connectionWarner(this.log, `${this.name} worker`, this.base.connection))
   }
 
   /**

@@ -26,6 +26,7 @@ import type { Logger } from 'pino'
 import type { Config } from '../config/index.ts'
 import { limitsFor } from '../config/callers.ts'
 import type { FairStore } from '../store/fair.ts'
+import { FailureLog } from '../infra/redis-log.ts'
 
 /** How often each worker replica releases on its own, for slots whose lease ended and wake-ups that were lost. */
 const TICK_MS = 1000
@@ -50,6 +51,8 @@ export class FairDispatcher {
   private running = false
   private again = false
   private timer?: NodeJS.Timeout
+  /** Dispatch failures are logged once per outage (Redis away), not on every wake-up. */
+  private failures?: FailureLog
   private stopped = false
 
   constructor (private readonly deps: FairDeps) {}
@@ -113,8 +116,10 @@ export class FairDispatcher {
         }
         if (!this.again) break
       }
+      this.failures?.ok()
     } catch (err) {
-      logger.warn({ err: (err as Error).message }, 'fair-share dispatch failed; the next wake-up tries again')
+      this.failures ??= new FailureLog(logger, 'fair-share dispatch failed; the next wake-up tries again')
+      this.failures.fail(err)
     } finally {
       this.running = false
     }

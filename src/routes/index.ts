@@ -9,6 +9,7 @@ import orphans from './orphans.ts'
 import usage from './usage.ts'
 import dashboard from './dashboard.ts'
 import links from './links.ts'
+import root from './root.ts'
 
 /** Every route module, registered explicitly: easier to read and grep than autoload. */
 export default async function routes (app: FastifyInstance) {
@@ -22,4 +23,5 @@ export default async function routes (app: FastifyInstance) {
   await app.register(orphans, { prefix: '/v1' })
   await app.register(usage, { prefix: '/v1' })
   await app.register(dashboard)
+  await app.register(root)
 }

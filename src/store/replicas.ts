@@ -11,6 +11,7 @@ import type { Logger } from 'pino'
 import type { RedisClient } from '../infra/redis.ts'
 import type { Lifecycle } from '../lifecycle.ts'
 import type { Keys } from './keys.ts'
+import { FailureLog } from '../infra/redis-log.ts'
 
 export interface Registration {
   id: string
@@ -56,6 +57,8 @@ export class ReplicaRegistry {
   private timer: NodeJS.Timeout | undefined
   private beating: Promise<void> | null = null
   private closed = false
+  /** Heartbeat failures are logged once per outage (Redis away), not on every beat. */
+  private failures?: FailureLog
   /** The conflicting peers last reported, so the error is logged once per change, not on every heartbeat. */
   private reported = ''
   /** The fault this registry put on the lifecycle, so it clears only its own. */
@@ -106,8 +109,10 @@ export class ReplicaRegistry {
       try {
         await this.publish()
         this.report(this.conflicts(await this.peers()))
+        this.failures?.ok()
       } catch (err) {
-        this.opts.logger.warn({ err: (err as Error).message }, 'replica heartbeat failed')
+        this.failures ??= new FailureLog(this.opts.logger, 'replica heartbeat failed')
+        this.failures.fail(err)
       } finally {
         this.beating = null
       }
