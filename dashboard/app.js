@@ -256,29 +256,38 @@ function taskView (root, signal, id) {
 // ---- Deliveries ---------------------------------------------------------------------------------------------
 
 function deliveriesView (root, signal, query) {
-  const failedOnly = h('input', { id: 'f-failed', type: 'checkbox', checked: query.get('status') === 'failed' })
-  failedOnly.addEventListener('change', () => {
-    window.location.hash = failedOnly.checked ? '#/deliveries?status=failed' : '#/deliveries'
+  // The four delivery states (docs/API.md, "GET /v1/deliveries"); each is its own filter on the server.
+  const states = ['pending', 'retrying', 'failed', 'succeeded']
+  const chosen = states.includes(query.get('status')) ? query.get('status') : ''
+  const statusSelect = h('select', { id: 'f-dstatus' },
+    h('option', { value: '' }, 'any'), ...states.map(st => h('option', { value: st }, st)))
+  statusSelect.value = chosen
+  statusSelect.addEventListener('change', () => {
+    window.location.hash = statusSelect.value === '' ? '#/deliveries' : `#/deliveries?status=${statusSelect.value}`
   })
   const body = h('tbody')
   const problem = h('div')
   root.replaceChildren(h('h2', { tabindex: -1 }, 'Deliveries'),
     h('div', { class: 'toolbar' },
-      h('div', { class: 'check' }, failedOnly, ' ', h('label', { for: 'f-failed' }, 'Failed only'))),
+      h('div', {}, h('label', { for: 'f-dstatus' }, 'Delivery status'), ' ', statusSelect)),
     problem,
     h('table', { id: 'deliveries' },
-      h('thead', {}, h('tr', {}, ['Created', 'Event', 'Task', 'Target', 'Status', 'Attempts', 'Last attempt', '']
+      h('thead', {}, h('tr', {}, ['Created', 'Event', 'Task', 'Target', 'Status', 'Attempts', 'Last attempt',
+        'Next attempt', '']
         .map(t => h('th', { scope: 'col' }, t)))), body))
 
   const load = async () => {
     const q = new URLSearchParams({ limit: '50' })
-    if (failedOnly.checked) q.set('status', 'failed')
+    if (chosen !== '') q.set('status', chosen)
     const { data } = await api(`/v1/deliveries?${q}`, { signal })
     if (signal.aborted) return
     body.replaceChildren(...data.map(d => {
       const lastAttempt = d.attempts.at(-1)
+      const label = `Retry delivery ${d.id}`
       const retry = h('button',
-        { type: 'button', disabled: d.status === 'pending', 'aria-label': `Retry delivery ${d.id}` }, 'Retry')
+        // A delivery still on its way (pending, retrying) cannot be retried by hand: the server answers 409.
+        { type: 'button', disabled: ['pending', 'retrying'].includes(d.status), 'aria-label': label },
+        'Retry')
       retry.addEventListener('click', async () => {
         retry.disabled = true
         try {
@@ -297,9 +306,10 @@ function deliveriesView (root, signal, query) {
         h('td', {}, lastAttempt
           ? `${when(lastAttempt.at)}: ${lastAttempt.status_code ?? lastAttempt.error} (${lastAttempt.duration_ms} ms)`
           : '—'),
+        h('td', { class: 'next' }, d.next_attempt_at ? when(d.next_attempt_at) : '—'),
         h('td', {}, retry))
     }))
-    if (data.length === 0) body.append(h('tr', {}, h('td', { colspan: 8 }, 'No deliveries.')))
+    if (data.length === 0) body.append(h('tr', {}, h('td', { colspan: 9 }, 'No deliveries.')))
     problem.replaceChildren()
   }
   poll(signal, () => load().catch(err => { report(err, problem); throw err }))

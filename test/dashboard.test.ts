@@ -199,7 +199,7 @@ describe.skipIf(!existsSync(CHROMIUM))('the dashboard, in chromium', () => {
     expect(await row.textContent()).toContain('failed')
 
     receiver.answerAlways({ status: 200 })
-    await page.getByLabel('Failed only').uncheck()
+    await page.getByLabel('Delivery status').selectOption('')
     await expect.poll(() => row.count()).toBe(1)
     await row.getByRole('button', { name: /^Retry delivery/ }).click()
     await expect.poll(() => row.locator('.attempts').textContent(), { timeout: 8000 }).toBe('3')
