@@ -136,7 +136,8 @@ describe('two gateways on one DATA_DIR', () => {
       // `/` goes to the docs (this build has no /dashboard); docs assets and probes log no request line.
       const home = await fetch(`${c.url}/`, { redirect: 'manual' })
       expect(home.status).toBe(302)
-      expect(home.headers.get('location')).toBe('/docs')
+      // The dashboard is registered, so `/` goes there (without it, to /docs).
+      expect(home.headers.get('location')).toBe('/dashboard')
       const before = c.log().length
       expect((await fetch(`${c.url}/docs/static/index.css`)).status).toBe(200)
       expect((await fetch(`${c.url}/health/live`)).status).toBe(200)
