@@ -1,6 +1,6 @@
 /**
  * Fuzzing every operation of openapi/openapi.json (GitHub issue 13, item 10) against the real app, the run's real
- * redis-server and the simulator: FUZZ_RUNS generated requests per operation (200 in `npm test`, 2,000 in
+ * redis-server and the simulator: FUZZ_RUNS generated requests per operation (60 in `npm test`, 2,000 in
  * `npm run fuzz`), each within FUZZ_BUDGET_MS per operation. In a healthy harness no request may get a 5xx, every
  * 4xx is a problem+json of the Problem shape, no response carries a secret, every response matches the document
  * (test/helpers/contract.ts), and nothing is added to Object.prototype. A failure prints fast-check's seed and
@@ -15,7 +15,7 @@ import { describeRequest, operations, requestArb, type FuzzRequest, type Pools }
 import { callbackToken, callbackTokenExpiry } from '../src/domain/callback-token.ts'
 import { validBody } from './helpers/tasks.ts'
 
-const RUNS = Number(process.env.FUZZ_RUNS ?? 200)
+const RUNS = Number(process.env.FUZZ_RUNS ?? 60)
 /** Per operation; an operation that cannot get through its runs in time fails (it is not silently cut short). */
 const BUDGET_MS = Number(process.env.FUZZ_BUDGET_MS ?? Math.max(30_000, RUNS * 60))
 const SEED = process.env.FUZZ_SEED === undefined ? undefined : Number(process.env.FUZZ_SEED)
