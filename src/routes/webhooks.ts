@@ -59,6 +59,17 @@ const invalidId = () => invalidField('invalid id, or a body that is not valid: e
 const noEndpoint = () => problem(404, 'no such endpoint for this caller', { detail: 'webhook endpoint not found' })
 const withSecret = { ...ENDPOINT_EXAMPLE, secret: SECRET_EXAMPLE }
 
+/** What a change of one endpoint (delete, rotate-secret, recover) can answer besides its success. */
+const endpointChangeProblems = () => ({
+  ...bodyProblems('1 MiB'),
+  400: invalidId(),
+  401: unauthorized(),
+  403: operatorScopeRequired('webhook endpoint'),
+  404: noEndpoint(),
+  500: internal(),
+  503: unavailable()
+})
+
 function endpointView (ep: Endpoint, withSecret = false) {
   return {
     id: ep.id,
@@ -187,13 +198,7 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
       params: IdParams,
       response: {
         204: Type.Null({ description: 'deleted' }),
-        ...bodyProblems('1 MiB'),
-        400: invalidId(),
-        401: unauthorized(),
-        403: operatorScopeRequired('webhook endpoint'),
-        404: noEndpoint(),
-        500: internal(),
-        503: unavailable()
+        ...endpointChangeProblems()
       }
     }
   }, async (request, reply) => {
@@ -215,13 +220,7 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
       params: IdParams,
       response: {
         200: json('the endpoint, with its new secret', Type.Ref('WebhookEndpoint'), withSecret),
-        ...bodyProblems('1 MiB'),
-        400: invalidId(),
-        401: unauthorized(),
-        403: operatorScopeRequired('webhook endpoint'),
-        404: noEndpoint(),
-        500: internal(),
-        503: unavailable()
+        ...endpointChangeProblems()
       }
     }
   }, async (request) => {
@@ -247,13 +246,7 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
       response: {
         202: json('how many deliveries were queued again', Type.Object({ recovered: Type.Integer() }),
           { recovered: 3 }),
-        ...bodyProblems('1 MiB'),
-        400: invalidId(),
-        401: unauthorized(),
-        403: operatorScopeRequired('webhook endpoint'),
-        404: noEndpoint(),
-        500: internal(),
-        503: unavailable()
+        ...endpointChangeProblems()
       }
     }
   }, async (request, reply) => {
