@@ -1,3 +1,5 @@
+import { STATUS_CODES } from 'node:http'
+
 /**
  * Every `code` the gateway answers or records itself, in one list: docs/API.md, "Error codes" documents each one
  * (test/docs.test.ts fails when one is missing), and `GatewayError` takes only these, so a new code cannot be
@@ -23,6 +25,20 @@ export const ERROR_CODES = [
   'CREATE_UNCONFIRMED', 'DEADLINE_UNCONFIRMED'
 ] as const
 export type ErrorCode = typeof ERROR_CODES[number]
+
+/**
+ * The members every problem document starts with (RFC 9457 and our code), in one place for the answers
+ * (src/plugins/errors.ts) and the OpenAPI examples (src/schemas/common.ts), so the two cannot drift apart.
+ */
+export function problemFields (status: number, code: string, detail: string) {
+  return {
+    type: `urn:kling-gateway:problem:${code.toLowerCase()}`,
+    title: STATUS_CODES[status] ?? 'Error',
+    status,
+    detail,
+    code
+  }
+}
 
 /** One field problem, pointing into the request with a JSON pointer (RFC 6901). */
 export interface FieldError { pointer: string, detail: string, location?: 'body' | 'query' | 'params' | 'headers' }

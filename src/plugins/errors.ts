@@ -1,6 +1,6 @@
 import fp from 'fastify-plugin'
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import { GatewayError, type ErrorCode, type FieldError } from '../domain/errors.ts'
+import { GatewayError, problemFields, type ErrorCode, type FieldError } from '../domain/errors.ts'
 import http, { STATUS_CODES } from 'node:http'
 import type { Duplex } from 'node:stream'
 import { isRedisUnavailable } from '../infra/redis.ts'
@@ -77,11 +77,7 @@ export function sendProblem (reply: FastifyReply, status: number, code: string, 
 export function problemBody (status: number, code: string, detail: string, fieldErrors?: FieldError[]) {
   const { errors, omitted } = boundErrors(fieldErrors ?? [])
   return {
-    type: `urn:kling-gateway:problem:${code.toLowerCase()}`,
-    title: STATUS_CODES[status] ?? 'Error',
-    status,
-    detail,
-    code,
+    ...problemFields(status, code, detail),
     ...(errors.length > 0 && { errors }),
     ...(omitted > 0 && { errors_omitted: omitted })
   }

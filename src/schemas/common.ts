@@ -1,6 +1,5 @@
-import { STATUS_CODES } from 'node:http'
 import { Type, type TSchema } from 'typebox'
-import type { FieldError } from '../domain/errors.ts'
+import { problemFields, type FieldError } from '../domain/errors.ts'
 
 /** RFC 9457 problem details, as every error of ours is answered (src/plugins/errors.ts shapes them all). */
 export const ProblemSchema = Type.Object({
@@ -106,14 +105,7 @@ interface ProblemOverrides { code?: string, detail?: string, errors?: FieldError
 export function problemExample (status: number, over: ProblemOverrides = {}) {
   const { code, detail, errors } = { ...PROBLEMS[status], ...over }
   if (code === undefined || detail === undefined) throw new Error(`problem(${status}) needs a code and a detail`)
-  return {
-    type: `urn:kling-gateway:problem:${code.toLowerCase()}`,
-    title: STATUS_CODES[status] ?? 'Error',
-    status,
-    detail,
-    code,
-    ...(errors !== undefined && { errors })
-  }
+  return { ...problemFields(status, code, detail), ...(errors !== undefined && { errors }) }
 }
 
 /** A problem+json response of one status, described for one route, with its example and usual headers. */
