@@ -68,7 +68,7 @@ export async function statusRead (): Promise<Row[]> {
         unit: 'req/s',
         ours: m.rps,
         floor: f.rps,
-        target: { text: '≥ 8000 req/s', met: x => x >= 8000 && bad === 0 },
+        target: { text: '≥ 0.6× floor', met: x => x >= 0.6 * f.rps && bad === 0 },
         others_share: Math.max(cpuShares(m).others_share ?? 0, cpuShares(f).others_share ?? 0),
         details: {
           ours: phaseDetails(ours, CONNECTIONS),

@@ -17,8 +17,8 @@ function exited (child: ChildProcess): boolean {
   return child.exitCode !== null || child.signalCode !== null
 }
 
-/** Sends SIGTERM, then SIGKILL after `graceMs`; resolves once the process is gone. */
-export async function stopChild (child: ChildProcess, graceMs = 5000): Promise<void> {
+/** Sends SIGTERM, then SIGKILL after `graceMs` (long enough for a --cpu-prof child to write its profile). */
+export async function stopChild (child: ChildProcess, graceMs = 15_000): Promise<void> {
   if (exited(child)) return
   const gone = once(child, 'exit')
   child.kill('SIGTERM')

@@ -15,7 +15,8 @@ const reconnectOnError = (err: Error): 2 | false => err.message.startsWith('READ
 /**
  * One connection per role:
  * - `command`: the request path. Fails fast (one retry, 2 s command timeout) so a Redis outage is a quick 503,
- *   not a minute-long hang (ioredis 6 waits over a minute by default).
+ *   not a minute-long hang (ioredis 6 waits over a minute by default). Auto-pipelined: the commands that many
+ *   requests send in one event-loop turn leave in one write (one syscall, one Redis read) instead of one each.
  * - `worker`: BullMQ and blocking readers. Waits for Redis to come back (`maxRetriesPerRequest: null`).
  * Cluster: redirections and cluster-down retries are bounded (6 × 200 ms) so a failover answers 503 within the
  * command budget instead of hanging or "Too many Cluster redirections" after seconds. Sentinel: the failover
@@ -29,7 +30,7 @@ export function createRedis (redis: RedisConfig, role: 'command' | 'worker', nam
   }
   const options: RedisOptions = {
     ...(role === 'command'
-      ? { maxRetriesPerRequest: 1, commandTimeout: COMMAND_TIMEOUT_MS }
+      ? { maxRetriesPerRequest: 1, commandTimeout: COMMAND_TIMEOUT_MS, enableAutoPipelining: true }
       : { maxRetriesPerRequest: null }),
     connectionName: `kg-${name}`,
     reconnectOnError

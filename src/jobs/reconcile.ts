@@ -33,6 +33,8 @@ import type { UpstreamPause } from './pause.ts'
 import type { SubmitJobs } from './submit.ts'
 
 export const RECONCILE_QUEUE = 'reconcile'
+/** Tasks a replica remembers a queued confirming query for (`confirmMessage`). */
+const CONFIRMING_REMEMBERED = 10_000
 
 interface CheckData {
   taskId?: string
@@ -87,10 +89,28 @@ export class ReconcileJobs extends QueueJobs<CheckData> {
     })
   }
 
+  /**
+   * The callback message that each task has a confirming query queued for, here: CometAPI repeats a callback
+   * many times, and the query may word the message otherwise, so the stored message cannot tell that it was
+   * asked already. Forgotten when the query runs on this replica (so a query that found nothing is asked again
+   * by the next callback), bounded, and only a saving: forgetting one costs one more query.
+   */
+  private readonly confirming = new Map<string, string>()
+
+  /** Queues a confirming query for a callback's status message, unless one for the same message is queued. */
+  async confirmMessage (taskId: string, message: string): Promise<void> {
+    if (this.confirming.get(taskId) === message) return
+    if (this.confirming.size >= CONFIRMING_REMEMBERED) this.confirming.clear()
+    this.confirming.set(taskId, message)
+    await this.check(taskId, { confirm: true })
+  }
+
   private async process (job: Job<CheckData>): Promise<string> {
     if (job.name === 'sweep') return `swept ${await this.sweep()}`
     if (job.name === 'pause-check') return await this.deps.pause.check()
-    return await this.checkTask(job.data.taskId ?? '', job.data.upstreamTaskId)
+    const taskId = job.data.taskId ?? ''
+    if (job.id?.startsWith('confirm-') === true) this.confirming.delete(taskId)
+    return await this.checkTask(taskId, job.data.upstreamTaskId)
   }
 
   /** Queues checks for the tasks that have been quiet too long; returns how many. */

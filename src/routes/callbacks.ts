@@ -40,8 +40,8 @@ const callbacks: FastifyPluginAsyncTypebox = async (app) => {
     }
   })
 
-  const limitRate = async (taskId: string) => {
-    if (await store.countCallback(taskId) > MAX_CALLBACKS_PER_MINUTE) {
+  const limitRate = (callbacks: number) => {
+    if (callbacks > MAX_CALLBACKS_PER_MINUTE) {
       const headers = { 'retry-after': '60' }
       throw new GatewayError('TOO_MANY_CALLBACKS', 429, 'too many callbacks for this task', undefined, headers)
     }
@@ -95,7 +95,7 @@ const callbacks: FastifyPluginAsyncTypebox = async (app) => {
     if (check?.ok === false && check.reason === 'expired') request.log.info('callback with an expired token')
     if (check === null || !check.ok) throw new NotFound('callback target')
     const taskId = check.taskId
-    const task = await store.get(taskId)
+    const { task, callbacks } = await store.getForCallback(taskId)
 
     const up = parseTask(request.body)
     if (up === null) {
@@ -108,7 +108,7 @@ const callbacks: FastifyPluginAsyncTypebox = async (app) => {
     if (task === null) {
       // Our token, but the task is gone (a rollback, a deletion): the upstream task may be paid for and finished, so
       // it is recorded and counted, and answered 2xx because no retry of CometAPI's can bring the task back.
-      await limitRate(taskId)
+      limitRate(callbacks)
       const orphan = await orphans.record(taskId, up)
       app.counters.orphanCallbacks.inc({ status: up.status })
       const seen = { upstreamTaskId: up.taskId, externalTaskId: up.externalTaskId, upstreamStatus: up.status }
@@ -129,7 +129,7 @@ const callbacks: FastifyPluginAsyncTypebox = async (app) => {
       throw new InvalidRequest([{ pointer: '/task_id', detail: 'does not belong to this task', location: 'body' }])
     }
 
-    await limitRate(task.id)
+    limitRate(callbacks)
 
     // Terminal states, any state before we know the upstream id, and any under another id are confirmed with
     // CometAPI first, by the id we know (or, knowing none, the one the callback names).
@@ -143,7 +143,7 @@ const callbacks: FastifyPluginAsyncTypebox = async (app) => {
     const hint = { ...up, statusMsg: null }
     const outcome = await store.transition(task.id, t => changeFromUpstream(t, hint, clock()), { current: task })
     const said = up.statusMsg !== null && up.statusMsg !== (outcome.task ?? task).upstream?.status_msg
-    if (said) await reconcile.check(task.id, { confirm: true })
+    if (said) await reconcile.confirmMessage(task.id, up.statusMsg as string)
     request.log.info({ taskId: task.id, upstreamStatus: up.status, applied: outcome.applied, confirm: said },
       'callback')
     return { outcome: outcome.applied ? 'applied' : 'duplicate', status: outcome.task?.status ?? task.status }

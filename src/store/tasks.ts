@@ -30,6 +30,7 @@ export function script (name: string): { numberOfKeys: number, lua: string } {
 declare module 'ioredis' {
   interface RedisCommander<Context> {
     kgCreate: (...args: Array<string | Buffer>) => Result<[string, string], Context>
+    kgCallback: (task: string, counter: string, windowS: number) => Result<[number, string[]], Context>
     kgTransition: (...args: Array<string | Buffer>) => Result<number, Context>
     kgParked: (...args: Array<string | number>) => Result<number, Context>
     kgWithdraw: (key: string) => Result<number, Context>
@@ -174,6 +175,7 @@ export class TaskStore {
     )
     redis.defineCommand('kgCreate', script('create-16'))
     redis.defineCommand('kgTransition', script('transition-13'))
+    redis.defineCommand('kgCallback', script('callback-2'))
     redis.defineCommand('kgParked', script('parked-4'))
     redis.defineCommand('kgWithdraw', script('withdraw-1'))
     redis.defineCommand('kgForget', script('forget-19'))
@@ -542,12 +544,15 @@ export class TaskStore {
     return await this.redis.zcard(this.k.index('*', ATTENTION))
   }
 
-  /** Counts one callback for a task in the current minute; returns the count so far. */
-  async countCallback (id: string): Promise<number> {
-    const key = this.k.callbacksSeen(id)
-    // The window starts with the first callback (EXPIRE NX): refreshing it on every call would never let it end.
-    const [[, seen]] = await this.redis.multi().incr(key).expire(key, 60, 'NX').exec() as [[Error | null, number]]
-    return seen
+  /**
+   * The task a callback names, and that callback counted in the task's current minute: one round trip, since a
+   * duplicate callback (the common case: CometAPI repeats itself) needs nothing else from Redis.
+   */
+  async getForCallback (id: string): Promise<{ task: TaskRecord | null, callbacks: number }> {
+    const [callbacks, flat] = await this.redis.kgCallback(this.k.task(id), this.k.callbacksSeen(id), 60)
+    const hash: Record<string, string> = {}
+    for (let i = 0; i + 1 < flat.length; i += 2) hash[flat[i]] = flat[i + 1]
+    return { task: decode(hash), callbacks }
   }
 
   /**
