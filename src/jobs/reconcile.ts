@@ -102,7 +102,13 @@ export class ReconcileJobs extends QueueJobs<CheckData> {
     if (this.confirming.get(taskId) === message) return
     if (this.confirming.size >= CONFIRMING_REMEMBERED) this.confirming.clear()
     this.confirming.set(taskId, message)
-    await this.check(taskId, { confirm: true })
+    try {
+      await this.check(taskId, { confirm: true })
+    } catch (err) {
+      // Not queued after all (Redis unavailable): the next callback with this message must try again.
+      if (this.confirming.get(taskId) === message) this.confirming.delete(taskId)
+      throw err
+    }
   }
 
   private async process (job: Job<CheckData>): Promise<string> {
