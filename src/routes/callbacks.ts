@@ -141,12 +141,17 @@ const callbacks: FastifyPluginAsyncTypebox = async (app) => {
     // webhooks in our name, and a leaked token is enough to send one. The message comes from the query that a
     // callback with a new message queues (src/jobs/apply.ts takes a confirmed message even for the same status).
     const hint = { ...up, statusMsg: null }
-    const outcome = await store.transition(task.id, t => changeFromUpstream(t, hint, clock()), { current: task })
-    const said = up.statusMsg !== null && up.statusMsg !== (outcome.task ?? task).upstream?.status_msg
+    // Most callbacks are repeats: decided on the fields just read, and only a real move reads the whole task (its
+    // transition checks again against what is current).
+    const outcome = changeFromUpstream(task, hint, clock()) === null
+      ? null
+      : await store.transition(task.id, t => changeFromUpstream(t, hint, clock()))
+    const now = outcome?.task ?? task
+    const said = up.statusMsg !== null && up.statusMsg !== now.upstream?.status_msg
     if (said) await reconcile.confirmMessage(task.id, up.statusMsg as string)
-    request.log.info({ taskId: task.id, upstreamStatus: up.status, applied: outcome.applied, confirm: said },
-      'callback')
-    return { outcome: outcome.applied ? 'applied' : 'duplicate', status: outcome.task?.status ?? task.status }
+    const applied = outcome?.applied === true
+    request.log.info({ taskId: task.id, upstreamStatus: up.status, applied, confirm: said }, 'callback')
+    return { outcome: applied ? 'applied' : 'duplicate', status: now.status }
   })
 }
 export default callbacks

@@ -30,7 +30,8 @@ export function script (name: string): { numberOfKeys: number, lua: string } {
 declare module 'ioredis' {
   interface RedisCommander<Context> {
     kgCreate: (...args: Array<string | Buffer>) => Result<[string, string], Context>
-    kgCallback: (task: string, counter: string, windowS: number) => Result<[number, string[]], Context>
+    kgCallback: (task: string, counter: string, windowS: number) =>
+    Result<[number, string | null, string, string, string | null, string | null], Context>
     kgTransition: (...args: Array<string | Buffer>) => Result<number, Context>
     kgParked: (...args: Array<string | number>) => Result<number, Context>
     kgWithdraw: (key: string) => Result<number, Context>
@@ -72,6 +73,9 @@ export interface TransitionOptions {
   /** The record the caller has just read, to save a read. */
   current?: TaskRecord
 }
+
+/** The fields of a task a callback decides by (`getForCallback`). */
+export type CallbackView = Pick<TaskRecord, 'id' | 'status' | 'externalTaskId' | 'upstream' | 'error'>
 
 export type TransitionOutcome =
   | { applied: true, task: TaskRecord, event: TaskEvent | null }
@@ -548,11 +552,22 @@ export class TaskStore {
    * The task a callback names, and that callback counted in the task's current minute: one round trip, since a
    * duplicate callback (the common case: CometAPI repeats itself) needs nothing else from Redis.
    */
-  async getForCallback (id: string): Promise<{ task: TaskRecord | null, callbacks: number }> {
-    const [callbacks, flat] = await this.redis.kgCallback(this.k.task(id), this.k.callbacksSeen(id), 60)
-    const hash: Record<string, string> = {}
-    for (let i = 0; i + 1 < flat.length; i += 2) hash[flat[i]] = flat[i + 1]
-    return { task: decode(hash), callbacks }
+  /**
+   * One command for a callback: counts it in its task's minute and reads what a callback decides by (not the whole
+   * record: a callback that changes something reads that in its transition).
+   */
+  async getForCallback (id: string): Promise<{ task: CallbackView | null, callbacks: number }> {
+    const [callbacks, taskId, status, externalTaskId, upstream, error] =
+      await this.redis.kgCallback(this.k.task(id), this.k.callbacksSeen(id), 60)
+    if (taskId === null) return { task: null, callbacks }
+    const task: CallbackView = {
+      id: taskId,
+      status: status as TaskStatus,
+      externalTaskId,
+      upstream: parse(upstream ?? undefined),
+      error: parse(error ?? undefined)
+    }
+    return { task, callbacks }
   }
 
   /**

@@ -1,10 +1,11 @@
 --[[ callback-2: what a callback needs from Redis, in one command: the callback counted in its task's minute and
-  the task's hash. A duplicate callback (CometAPI repeats itself) needs nothing else. Safe to run late or twice:
-  the count only errs high for a minute.
+  the few fields of the task a callback decides by (not the whole hash: most callbacks are duplicates, and the
+  request and result are most of its bytes). Safe to run late or twice: the count only errs high for a minute.
   KEYS[1] task hash, KEYS[2] the task's callback counter
   ARGV[1] the counting window, seconds
-  Returns { count, { field, value, ... } } (an empty list when there is no such task). ]]
+  Returns { count, id, status, external_task_id, upstream, error } (id false when there is no such task). ]]
 local seen = redis.call('INCR', KEYS[2])
 -- The window starts with the first callback: refreshing it on every call would never let it end.
 if seen == 1 then redis.call('EXPIRE', KEYS[2], ARGV[1]) end
-return { seen, redis.call('HGETALL', KEYS[1]) }
+local f = redis.call('HMGET', KEYS[1], 'id', 'status', 'external_task_id', 'upstream', 'error')
+return { seen, f[1], f[2], f[3], f[4], f[5] }
