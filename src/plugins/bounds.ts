@@ -188,17 +188,17 @@ export function boundBodies (app: FastifyInstance): void {
       done(err as Error, undefined)
     }
   })
-  app.addHook('preValidation', async (request: FastifyRequest) => {
+  // Callback style: an async hook costs every request a promise and a tick.
+  app.addHook('preValidation', (request: FastifyRequest, _reply, done) => {
     const schema = (request.routeOptions.schema as { body?: unknown } | undefined)?.body
-    if (schema === undefined || request.body === undefined) return
+    if (schema === undefined || request.body === undefined) { done(); return }
     const errors: FieldError[] = []
     checkSizes(schema, request.body, '', errors)
-    if (errors.length > 0) {
-      const n = errors.length
-      throw new InvalidRequest(errors, errors.every(e => e.detail === NOT_ACCEPTED)
-        ? `${n} fields are not accepted (nothing else was checked)`
-        : `${n} field${n === 1 ? ' is' : 's are'} over ${n === 1 ? 'its' : 'their'} size limit ` +
-          '(nothing else was checked)')
-    }
+    if (errors.length === 0) { done(); return }
+    const n = errors.length
+    done(new InvalidRequest(errors, errors.every(e => e.detail === NOT_ACCEPTED)
+      ? `${n} fields are not accepted (nothing else was checked)`
+      : `${n} field${n === 1 ? ' is' : 's are'} over ${n === 1 ? 'its' : 'their'} size limit ` +
+        '(nothing else was checked)'))
   })
 }
