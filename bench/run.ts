@@ -15,6 +15,7 @@ import { createLarge } from './benches/create-large.ts'
 import { callback } from './benches/callback.ts'
 import { statusRead } from './benches/status-read.ts'
 import { hostileBodies } from './benches/hostile-bodies.ts'
+import { lifecycle } from './benches/lifecycle.ts'
 import { machine } from './lib/machine.ts'
 import { ROOT, stillRunning, stopAll } from './lib/proc.ts'
 import { markdownTable, toLine, type ResultLine, type Row } from './lib/report.ts'
@@ -28,7 +29,8 @@ const BENCHES: Record<string, () => Promise<Row[]>> = {
   'create-large': createLarge,
   callback,
   'status-read': statusRead,
-  'hostile-bodies': hostileBodies
+  'hostile-bodies': hostileBodies,
+  lifecycle
 }
 
 const log = (msg: string) => process.stderr.write(`[bench] ${msg}\n`)
