@@ -271,29 +271,31 @@ export class WebhookStore {
     const key = this.dlvKey(d.id)
     const now = this.clock()
     const created = await this.redis.hsetnx(key, 'id', d.id)
-    if (created === 1) {
-      const multi = this.redis.multi()
-        .hset(key, {
-          msg_id: d.msgId,
-          caller: d.caller,
-          endpoint_id: d.endpointId ?? '',
-          url: d.url,
-          task_id: d.taskId,
-          type: d.type,
-          sequence: String(d.sequence),
-          payload: d.payload,
-          status: 'pending',
-          next_attempt_at: d.nextAttemptAt === null ? '' : String(d.nextAttemptAt),
-          attempts: '0',
-          created_at: String(now),
-          updated_at: String(now)
-        })
-      for (const scope of this.scopesOf(d)) multi.zadd(this.dlvIndex(scope), now, d.id)
-      this.indexStatus(multi, d, 'pending', now)
-      multi.sadd(this.k.taskDeliveries(d.taskId), d.id)
-      await multi.exec()
+    if (created !== 1) return await this.getDelivery(d.id) as Delivery
+    const fields = {
+      msg_id: d.msgId,
+      caller: d.caller,
+      endpoint_id: d.endpointId ?? '',
+      url: d.url,
+      task_id: d.taskId,
+      type: d.type,
+      sequence: String(d.sequence),
+      payload: d.payload,
+      status: 'pending',
+      next_attempt_at: d.nextAttemptAt === null ? '' : String(d.nextAttemptAt),
+      attempts: '0',
+      created_at: String(now),
+      updated_at: String(now)
     }
-    return await this.getDelivery(d.id) as Delivery
+    const multi = this.redis.multi().hset(key, fields)
+    // New, so in no status index yet: only `pending`'s is entered (indexStatus would also leave the other three).
+    for (const scope of this.scopesOf(d)) {
+      multi.zadd(this.dlvIndex(scope), now, d.id).zadd(this.dlvIndex(scope, 'pending'), now, d.id)
+    }
+    multi.sadd(this.k.taskDeliveries(d.taskId), d.id)
+    await multi.exec()
+    // What was just written, without reading it back.
+    return decodeDelivery({ id: d.id, ...fields }) as Delivery
   }
 
   async getDelivery (id: string): Promise<Delivery | null> {
