@@ -189,9 +189,16 @@ describe('a delivery status change (delivery-14.lua)', () => {
     const h = await start({ workers: false })
     const { webhooks } = h.app.deps
     const d = await webhooks.ensureDelivery({
-      id: 'dlv-index-test', msgId: 'msg_dlv-index-test', caller: 'alice', endpointId: null,
-      url: 'https://hooks.example.com/x', taskId: 'task-index-test', type: 'video.queued', sequence: 1,
-      payload: '{}', nextAttemptAt: null
+      id: 'dlv-index-test',
+      msgId: 'msg_dlv-index-test',
+      caller: 'alice',
+      endpointId: null,
+      url: 'https://hooks.example.com/x',
+      taskId: 'task-index-test',
+      type: 'video.queued',
+      sequence: 1,
+      payload: '{}',
+      nextAttemptAt: null
     })
     expect(d.status).toBe('pending')
     const attempt = { at: new Date().toISOString(), status_code: 500, error: 'HTTP 500', duration_ms: 1 }
