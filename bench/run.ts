@@ -17,6 +17,7 @@ import { callback } from './benches/callback.ts'
 import { statusRead } from './benches/status-read.ts'
 import { hostileBodies } from './benches/hostile-bodies.ts'
 import { sse } from './benches/sse.ts'
+import { lifecycle } from './benches/lifecycle.ts'
 import { machine } from './lib/machine.ts'
 import { ROOT, stillRunning, stopAll } from './lib/proc.ts'
 import { markdownTable, toLine, type ResultLine, type Row } from './lib/report.ts'
@@ -31,7 +32,8 @@ const BENCHES: Record<string, () => Promise<Row[]>> = {
   callback,
   'status-read': statusRead,
   'hostile-bodies': hostileBodies,
-  sse
+  sse,
+  lifecycle
 }
 
 const log = (msg: string) => process.stderr.write(`[bench] ${msg}\n`)

@@ -6,6 +6,7 @@ import { ACCOUNT_PROBLEMS, type KlingStatus } from '../upstream/client.ts'
 import { internal, unavailable } from '../schemas/common.ts'
 import { CallerLimitExceeded } from '../domain/errors.ts'
 import { LIMIT_FIELDS } from '../config/callers.ts'
+import { roundTrips } from '../infra/redis.ts'
 
 const KLING_STATUSES: KlingStatus[] = ['submitted', 'processing', 'succeed', 'failed']
 
@@ -142,6 +143,17 @@ export default fp(async function metrics (app: FastifyInstance) {
       const released = app.deps.jobs.fair.released
       this.reset()
       for (const caller of new Set([...callers, ...released.keys()])) this.inc({ caller }, released.get(caller) ?? 0)
+    }
+  })
+  new Counter({ // eslint-disable-line no-new
+    name: 'kg_redis_round_trips_total',
+    help: 'Redis round trips this replica sent, by connection (a pipeline or auto-pipelined batch is one)',
+    labelNames: ['connection'],
+    registers: [registry],
+    collect () {
+      this.reset()
+      this.inc({ connection: 'command' }, roundTrips(app.deps.redis))
+      if (queueConnection !== undefined) this.inc({ connection: 'worker' }, roundTrips(queueConnection))
     }
   })
   new Gauge({ // eslint-disable-line no-new
