@@ -11,8 +11,8 @@
  * that arrived during the run and a drain of at most DRAIN_MS. The first WARMUP tasks are sent first and not
  * counted. Floor (bench/webhook-floor.ts): bare Fastify doing one XADD per callback and a reader that XREADGROUPs
  * and POSTs the 3 webhooks signed with standardwebhooks, against fresh receivers and the same Redis, same schedule.
- * Target: p99 < 50 ms, every webhook delivered. BENCH_WEBHOOK_DUMP=<file> writes each run's sends and receipts there
- * (JSON), to see when in the run the time went.
+ * Target: p99 < 50 ms, every webhook delivered. BENCH_WEBHOOK_DUMP=<path> writes each run's sends and receipts to
+ * <path>.ours.json and <path>.floor.json, to see when in the run the time went.
  */
 import { join } from 'node:path'
 import { Pool, request } from 'undici'
@@ -21,7 +21,9 @@ import { row, type Row } from '../lib/report.ts'
 import {
   gatewayWarnings, makeSubmittedTasks, startGateway, startRedis, startSimulator, tmp, type Gateway
 } from '../lib/stack.ts'
-import { cpuMsOf, startNode, waitHttpOk, type NodeChild } from '../lib/proc.ts'
+import { cpuMsOf, machineBusyMs, startNode, waitHttpOk, type NodeChild } from '../lib/proc.ts'
+import { keys } from '../../src/store/keys.ts'
+import { cpus } from 'node:os'
 import { freePort } from '../../src/infra/embedded-redis.ts'
 import { commandStats, perRequest, type CommandStats } from '../lib/redis-stats.ts'
 import { round, summarize } from '../lib/stats.ts'
@@ -122,19 +124,23 @@ interface Measured {
   durationMs: number
   repeats: number
   cpuMs: Record<string, number | null>
+  /** `<task id> <event type>` → when its callback's 2xx arrived. */
+  sentAt: Map<string, number>
 }
 
 /**
  * Sends warm-up then measured transitions, waits for the webhooks (at most DRAIN_MS after the last 2xx) and matches
  * every (task, type, receiver) to its callback's 2xx.
  */
-export async function measure (origin: string, warm: Transition[], list: Transition[], sim: Simulator | null,
-  rx: Receivers, pids: Record<string, number>, onStart: () => Promise<void>): Promise<Measured> {
+export async function measure (label: string, origin: string, warm: Transition[], list: Transition[],
+  sim: Simulator | null, rx: Receivers, pids: Record<string, number>, onStart: () => Promise<void>): Promise<Measured> {
   await send(origin, warm, sim)
   await sleep(1000)
   await onStart()
-  const cpu = (): Record<string, number | null> =>
-    Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, cpuMsOf(pid)]))
+  const cpu = (): Record<string, number | null> => ({
+    ...Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, cpuMsOf(pid)])),
+    machine: machineBusyMs()
+  })
   const c0 = cpu()
   const t0 = now()
   const sent = await send(origin, list, sim)
@@ -159,7 +165,7 @@ export async function measure (origin: string, warm: Transition[], list: Transit
   }
   if (process.env.BENCH_WEBHOOK_DUMP !== undefined) {
     const { writeFileSync } = await import('node:fs')
-    writeFileSync(process.env.BENCH_WEBHOOK_DUMP, JSON.stringify({ sent, records: got.records }))
+    writeFileSync(`${process.env.BENCH_WEBHOOK_DUMP}.${label}.json`, JSON.stringify({ sent, records: got.records }))
   }
   return {
     latency: summarize(latencies),
@@ -169,6 +175,7 @@ export async function measure (origin: string, warm: Transition[], list: Transit
     sent: sent.length,
     durationMs,
     repeats: got.repeats,
+    sentAt: expected,
     cpuMs: Object.fromEntries(Object.keys(c1).map(k =>
       [k, c1[k] === null || c0[k] === null ? null : (c1[k] as number) - (c0[k] as number)]))
   }
@@ -205,8 +212,57 @@ async function addEndpoints (gw: Gateway, urls: string[]): Promise<void> {
   }
 }
 
+/** Share of the machine's CPU that processes outside the bench used during the run (noise above a few %). */
+function othersShare (m: Measured): number | null {
+  const parts = Object.entries(m.cpuMs).filter(([k]) => k !== 'machine').map(([, v]) => v)
+  if (m.cpuMs.machine === null || parts.includes(null)) return null
+  const others = (m.cpuMs.machine as number) - parts.reduce((a: number, v) => a + (v as number), 0)
+  return round(Math.max(0, others) / (m.durationMs * cpus().length), 2)
+}
+
+/**
+ * Where a webhook's time went, from the gateway's own delivery records: callback 2xx → first attempt started (the
+ * event pipeline: transition, confirm, stream, fan-out, storing the delivery), and its duration (the POST).
+ */
+async function attemptTimes (redisUrl: string, m: Measured): Promise<Record<string, unknown>> {
+  const k = keys('kg')
+  const redis = new Redis(redisUrl, { maxRetriesPerRequest: 1 })
+  try {
+    const ids = await redis.zrange(k.deliveries('all'), '0', '-1')
+    const toStart: number[] = []
+    const took: number[] = []
+    let queued = 0
+    for (let i = 0; i < ids.length; i += 500) {
+      const batch = ids.slice(i, i + 500)
+      const p = redis.pipeline()
+      for (const id of batch) p.hmget(k.delivery(id), 'task_id', 'type').lindex(k.deliveryAttempts(id), 0)
+      const res = await p.exec() ?? []
+      for (let j = 0; j < batch.length; j++) {
+        const [taskId, type] = res[2 * j][1] as [string, string]
+        const first = res[2 * j + 1][1] as string | null
+        const sentAt = m.sentAt.get(`${taskId} ${type}`)
+        if (sentAt === undefined || first === null) continue
+        const a = JSON.parse(first) as { at: string, duration_ms: number }
+        toStart.push(Date.parse(a.at) - sentAt)
+        took.push(a.duration_ms)
+        if (a.duration_ms > 1000) queued++
+      }
+    }
+    const s = summarize(toStart)
+    const t = summarize(took)
+    return {
+      to_first_attempt_ms: { p50: round(s.p50), p99: round(s.p99), max: round(s.max) },
+      first_attempt_duration_ms: { p50: round(t.p50), p99: round(t.p99), max: round(t.max) },
+      first_attempts_over_1s: queued
+    }
+  } finally {
+    redis.disconnect()
+  }
+}
+
 function perTransition (m: Measured, s0: CommandStats, s1: CommandStats): Record<string, unknown> {
   return {
+    others_share: othersShare(m),
     transitions: m.sent,
     webhooks_expected: m.expected,
     webhooks_delivered: m.delivered,
@@ -216,7 +272,7 @@ function perTransition (m: Measured, s0: CommandStats, s1: CommandStats): Record
       p50: round(m.latency.p50), p90: round(m.latency.p90), p99: round(m.latency.p99), max: round(m.latency.max)
     },
     duration_ms: Math.round(m.durationMs),
-    cpu_us_per_transition: Object.fromEntries(Object.entries(m.cpuMs).map(([k, v]) =>
+    cpu_us_per_transition: Object.fromEntries(Object.entries(m.cpuMs).filter(([k]) => k !== 'machine').map(([k, v]) =>
       [k, v === null ? null : round(v * 1000 / Math.max(1, m.sent), 1)])),
     redis_per_transition: perRequest(s0, s1, m.sent)
   }
@@ -249,10 +305,11 @@ export async function webhook (): Promise<Row[]> {
     const rx = await startReceivers()
     await addEndpoints(gw, rx.urls)
     let s0: CommandStats = {}
-    const ours = await measure(gw.origin, warm, list, sim, rx,
+    const ours = await measure('ours', gw.origin, warm, list, sim, rx,
       { gateway: gw.pid, redis: redis.pid, runner: process.pid, receivers: rx.node.pid },
       async () => { s0 = await commandStats(redis.url) })
     const s1 = await commandStats(redis.url)
+    const stages = await attemptTimes(redis.url, ours)
     await gw.stop()
     await rx.node.stop()
     const warnings = gatewayWarnings(gw)
@@ -265,7 +322,7 @@ export async function webhook (): Promise<Row[]> {
     const floorOrigin = `http://127.0.0.1:${port}`
     await waitHttpOk(`${floorOrigin}/health/live`, floorNode.child, floorNode.output)
     let f0: CommandStats = {}
-    const base = await measure(floorOrigin, warm, list, null, frx,
+    const base = await measure('floor', floorOrigin, warm, list, null, frx,
       { floor: floorNode.pid, redis: redis.pid, runner: process.pid, receivers: frx.node.pid },
       async () => { f0 = await commandStats(redis.url) })
     const f1 = await commandStats(redis.url)
@@ -277,7 +334,7 @@ export async function webhook (): Promise<Row[]> {
       rate_per_s: RATE,
       endpoints: ENDPOINTS,
       tasks: TASKS,
-      ours: perTransition(ours, s0, s1),
+      ours: { ...perTransition(ours, s0, s1), stages },
       floor: perTransition(base, f0, f1),
       gateway_log_warnings: warnings
     }

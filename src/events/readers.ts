@@ -72,8 +72,13 @@ export class GroupReader extends Loop {
   /** True until a pass over this consumer's own pending entries ('0') came back empty. */
   private ownPending = true
 
+  /**
+   * `concurrency`: entries of one read handled at once (each acknowledged after its own handler), for a handler that
+   * waits on the network (the webhooks' inline first attempts); 1 handles them one after the other.
+   */
   constructor (name: string, stream: EventStream, reader: RedisClient, logger: Logger,
-    private readonly handle: EventHandler, private readonly clock: () => number = Date.now) {
+    private readonly handle: EventHandler, private readonly clock: () => number = Date.now,
+    private readonly concurrency = 1) {
     super(name, stream, reader, logger)
   }
 
@@ -95,10 +100,15 @@ export class GroupReader extends Loop {
   }
 
   private async run (entries: StreamEntry[]): Promise<void> {
-    for (const { entryId, event } of entries) {
-      if (event !== null) await this.handle(event)
-      await this.stream.ack(this.name, entryId)
+    let next = 0
+    const worker = async () => {
+      while (next < entries.length) {
+        const { entryId, event } = entries[next++]
+        if (event !== null) await this.handle(event)
+        await this.stream.ack(this.name, entryId)
+      }
     }
+    await Promise.all(Array.from({ length: Math.min(this.concurrency, entries.length) }, worker))
   }
 }
 

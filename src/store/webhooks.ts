@@ -13,6 +13,8 @@ import { pack, script } from './tasks.ts'
 declare module 'ioredis' {
   interface RedisCommander<Context> {
     kgEndpoint: (endpoint: string, index: string, args: Buffer) => Result<number, Context>
+    kgDelivery: (...args: Array<string | Buffer>) => Result<number, Context>
+    kgAttempt: (...args: Array<string | Buffer>) => Result<number, Context>
   }
 }
 
@@ -117,6 +119,8 @@ const FAN_OUT_MAX_PAGES = 10_000
 export class WebhookStore {
   constructor (readonly redis: RedisClient, readonly k: Keys, private readonly clock: () => number = Date.now) {
     redis.defineCommand('kgEndpoint', script('endpoint-2'))
+    redis.defineCommand('kgDelivery', script('delivery-8'))
+    redis.defineCommand('kgAttempt', script('attempt-14'))
   }
 
   private epKey (id: string) { return this.k.endpoint(id) }
@@ -264,16 +268,24 @@ export class WebhookStore {
     return createHash('sha256').update(`${eventId}\n${destination}`).digest('base64url').slice(0, 24)
   }
 
-  /** Makes the delivery if it is not there yet; returns it either way. */
+  /**
+   * Makes the delivery if it is not there yet, in one step with its index entries (delivery-8.lua); returns it
+   * either way (a new one without reading it back).
+   */
   async ensureDelivery (
     d: Omit<Delivery, 'status' | 'attempts' | 'lastStatusCode' | 'lastError' | 'createdAt' | 'updatedAt'>
   ): Promise<Delivery> {
-    const key = this.dlvKey(d.id)
     const now = this.clock()
-    const created = await this.redis.hsetnx(key, 'id', d.id)
-    if (created === 1) {
-      const multi = this.redis.multi()
-        .hset(key, {
+    const scopes = this.scopesOf(d)
+    const made = await this.redis.kgDelivery(
+      this.dlvKey(d.id),
+      ...scopes.map(scope => this.dlvIndex(scope)),
+      ...scopes.map(scope => this.dlvIndex(scope, 'pending')),
+      this.k.taskDeliveries(d.taskId),
+      pack({
+        id: d.id,
+        now: String(now),
+        fields: {
           msg_id: d.msgId,
           caller: d.caller,
           endpoint_id: d.endpointId ?? '',
@@ -287,11 +299,12 @@ export class WebhookStore {
           attempts: '0',
           created_at: String(now),
           updated_at: String(now)
-        })
-      for (const scope of this.scopesOf(d)) multi.zadd(this.dlvIndex(scope), now, d.id)
-      this.indexStatus(multi, d, 'pending', now)
-      multi.sadd(this.k.taskDeliveries(d.taskId), d.id)
-      await multi.exec()
+        }
+      }))
+    if (made === 1) {
+      return {
+        ...d, status: 'pending', attempts: 0, lastStatusCode: null, lastError: null, createdAt: now, updatedAt: now
+      }
     }
     return await this.getDelivery(d.id) as Delivery
   }
@@ -300,22 +313,27 @@ export class WebhookStore {
     return decodeDelivery(await this.redis.hgetall(this.dlvKey(id)))
   }
 
-  /** An attempt and the state it leaves: `retrying` needs when the next attempt is due (ms). */
+  /**
+   * An attempt and the state it leaves (attempt-14.lua, one step): `retrying` needs when the next attempt is due
+   * (ms). A delivery deleted meanwhile stays deleted.
+   */
   async recordAttempt (d: Delivery, attempt: Attempt, status: Delivery['status'], nextAttemptAt: number | null = null):
   Promise<void> {
     const now = this.clock()
-    const multi = this.redis.multi()
-      .rpush(this.dlvAttempts(d.id), JSON.stringify(attempt))
-      .hset(this.dlvKey(d.id), {
-        status,
+    const indexes = this.scopesOf(d).flatMap(scope => DELIVERY_STATUSES.map(state => this.dlvIndex(scope, state)))
+    await this.redis.kgAttempt(this.dlvKey(d.id), this.dlvAttempts(d.id), ...indexes, pack({
+      id: d.id,
+      now: String(now),
+      status,
+      attempt: JSON.stringify(attempt),
+      states: DELIVERY_STATUSES,
+      fields: {
         next_attempt_at: nextAttemptAt === null ? '' : String(nextAttemptAt),
         last_status_code: attempt.status_code === null ? '' : String(attempt.status_code),
         last_error: attempt.error ?? '',
         updated_at: String(now)
-      })
-      .hincrby(this.dlvKey(d.id), 'attempts', 1)
-    this.indexStatus(multi, d, status, now)
-    await multi.exec()
+      }
+    }))
   }
 
   async markStatus (d: Delivery, status: Delivery['status'], error: string | null): Promise<void> {
