@@ -290,7 +290,8 @@ export async function webhook (): Promise<Row[]> {
       redisUrl: redis.url,
       simUrl,
       dataDir: join(dir.path, 'gateway'),
-      env: { WEBHOOK_ALLOW_PRIVATE: 'true' }
+      // Receivers and the simulator's videos are on loopback: allowed, as in a local deployment.
+      env: { WEBHOOK_ALLOW_PRIVATE: 'true', MIRROR_ALLOW_PRIVATE: 'true' }
     })
     const made = await makeSubmittedTasks(gw, TASKS + WARMUP, 120_000)
     const tasks = made.map(t => {
