@@ -58,6 +58,8 @@ class LiveStream {
   private chain = Promise.resolve()
   /** A catch-up failed (Redis away): the next heartbeat tries again. */
   private stale = false
+  /** Catch-ups failed in a row. */
+  private failures = 0
   /** The hub's resume count when this stream last read the log; behind it, the next heartbeat reads again. */
   private resumes: number
   private readonly unlisten: () => void
@@ -133,10 +135,12 @@ class LiveStream {
       .then(async () => {
         if (this.done) return
         for (const e of await this.shared.store.events(this.taskId, this.last)) this.write(e)
+        this.failures = 0
       })
       .catch(err => {
         this.stale = true
-        this.log.warn({ err }, 'sse catch-up failed; trying again at the next heartbeat')
+        // Once per outage and stream: 2,000 streams retrying every heartbeat must not be 2,000 warnings each time.
+        if (this.failures++ === 0) this.log.warn({ err }, 'sse catch-up failed; trying again at each heartbeat')
       })
   }
 }
