@@ -8,15 +8,18 @@
  * - delivery latency: from the transition's commit (the ms of its `{kg}:events` entry id, Redis's clock on this
  *   machine) to the frame's arrival on each of the task's 10 streams; p50/p99 over every (event, stream), and the
  *   share delivered at all.
- * - memory: the gateway's RSS before the streams open and with all open (5 s after, sampled 5 times, median),
- *   divided by the streams open.
+ * - memory: the gateway's RSS before the streams open (after 5 s of quiet) and with all open (5 s after), each
+ *   the median of 5 samples, the difference divided by the streams open.
  * - floor: bench/floor-sse.ts, a bare Fastify process holding the same 2,000 streams fed by one XREAD tail of the
  *   same Redis stream; the bench appends the same entries again at the same pace (same frame bytes per event).
+ *   Its garbage is collected before each RSS sample (a fresh process's heap shrinks under a "before" figure);
+ *   the gateway's is not, so its figure errs high.
  * Targets: ≤ 32 KB RSS per stream, every event delivered, p99 < 250 ms.
  */
 import { join } from 'node:path'
 import { writeFileSync } from 'node:fs'
 import { Redis } from 'ioredis'
+import { request } from 'undici'
 import { row, type Row } from '../lib/report.ts'
 import { cpuMsOf, machineBusyMs, memoryOf, startNode, waitExit, waitHttpOk, type NodeChild } from '../lib/proc.ts'
 import { freePort } from '../../src/infra/embedded-redis.ts'
@@ -31,6 +34,8 @@ const PER_TASK = 10
 /** Transitions per second, all tasks together. */
 const PACE = 20
 const SETTLE_MS = 5000
+/** Before the "before" RSS: a fresh process's startup garbage is collected and its heap shrinks in this time. */
+const QUIET_MS = 5000
 const HEARTBEAT_MS = 15_000
 const STREAM_KEY = '{kg}:events'
 
@@ -170,7 +175,7 @@ export async function sse (): Promise<Row[]> {
       ({ origin, headers, paths, openConcurrency: 50, deadlineMs: 120_000 })
 
     // Ours: streams open, settle, then the transitions through the simulator's callbacks.
-    await sleep(2000)
+    await sleep(QUIET_MS)
     const gwBefore = await rssOf(gw.pid)
     const clients = await openStreams(dir.path, spec(gw.origin, { authorization: `Bearer ${gw.apiKey}` }))
     await sleep(SETTLE_MS)
@@ -200,14 +205,17 @@ export async function sse (): Promise<Row[]> {
     const port = await freePort()
     const floor = startNode('floor-sse', 'bench/floor-sse.ts', {
       PORT: String(port), REDIS_URL: redis.url, REDIS_PREFIX: 'kg', HEARTBEAT_MS: String(HEARTBEAT_MS)
-    })
+    }, [], ['--expose-gc'])
     stops.unshift(floor.stop)
     const floorOrigin = `http://127.0.0.1:${port}`
     await waitHttpOk(`${floorOrigin}/health/live`, floor.child, floor.output)
-    await sleep(2000)
+    const collect = async () => { await (await request(`${floorOrigin}/gc`, { method: 'POST' })).body.dump() }
+    await sleep(QUIET_MS)
+    await collect()
     const floorBefore = await rssOf(floor.pid)
     const floorClients = await openStreams(dir.path, spec(floorOrigin, {}))
     await sleep(SETTLE_MS)
+    await collect()
     const floorOpen = await rssOf(floor.pid)
     const floorStart = await lastEntryId(admin.redis)
     const floorPids = { floor: floor.pid, redis: redis.pid, runner: process.pid }
