@@ -4,7 +4,8 @@
  *   finished, so a crash re-delivers it; entries a dead replica held for CLAIM_IDLE_MS are claimed here. After a
  *   failed read or handler, the consumer first takes its own unacknowledged entries again (a read that timed out
  *   on the client may still have handed entries to it on Redis), so a Redis hiccup costs a retry, not 30 s.
- *   Handlers must be safe to run twice (deliveries and copy jobs have ids derived from the event).
+ *   Handlers must be safe to run twice (deliveries and copy jobs have ids derived from the event); a batch's
+ *   entries are acknowledged together once handled.
  * - `TailReader`: every entry after the last one seen, on every replica, resuming from that entry after a
  *   reconnect, so a Redis blip skips nothing.
  */
@@ -97,10 +98,21 @@ export class GroupReader extends Loop {
     this.ownPending = from === '0' && entries.length > 0
   }
 
+  /**
+   * Handles the entries in order and acknowledges the handled ones together, in one XACK at the end (one per
+   * entry was a command and a round trip per event and group). Also when a handler throws: what it handled before
+   * is acknowledged, the rest is read again from this consumer's pending entries. A crash before the XACK hands the
+   * whole batch out again, which handlers are written for.
+   */
   private async run (entries: StreamEntry[]): Promise<void> {
-    for (const { entryId, event } of entries) {
-      if (event !== null) await this.handle(event)
-      await this.stream.ack(this.name, entryId)
+    const handled: string[] = []
+    try {
+      for (const { entryId, event } of entries) {
+        if (event !== null) await this.handle(event)
+        handled.push(entryId)
+      }
+    } finally {
+      await this.stream.ack(this.name, handled)
     }
   }
 }

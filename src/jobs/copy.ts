@@ -162,9 +162,10 @@ export class CopyJobs extends QueueJobs<{ taskId: string }> {
     }
     if (lost.size > 0) return await this.giveUp(task.id, lost)
     const now = clock()
+    // The record read above is handed in: the download changed nothing in it, and the script checks it is current.
     await store.transition(task.id, t => t.status === 'succeeded' && t.storedAt === null
       ? { to: 'succeeded', storedAt: now }
-      : null, { event: true, eventType: 'video.stored' })
+      : null, { event: true, eventType: 'video.stored', current: task })
     this.log.info({ taskId: task.id, videos: videos.length }, 'result stored')
     return 'stored'
   }

@@ -208,7 +208,7 @@ export class SubmitJobs extends QueueJobs<SubmitData> {
       const claimed = await store.transition(
         task.id,
         t => t.status === 'queued' && t.attention === null ? { to: 'queued', submitSentAt: clock() } : null,
-        { event: false, requireEmpty: 'withdrawn' }
+        { event: false, requireEmpty: 'withdrawn', current: task }
       )
       if (!claimed.applied) return 'not-queued'
       // The mark must survive a failover or a host crash before anything is paid for: a mark lost in a rollback
@@ -228,7 +228,7 @@ export class SubmitJobs extends QueueJobs<SubmitData> {
       })
       sentAt = clock()
       const created = await upstream.create(task.kind, body)
-      const adopted = await this.adopt(task, created)
+      const adopted = await this.adopt(claimed.task, created)
       // The account works: a pause that began before this create was sent is over. Best effort: the next success or
       // check ends it otherwise.
       await pause.resume(gate === 'trial' ? 'a trial create was accepted' : 'a create was accepted', sentAt)
@@ -327,10 +327,10 @@ export class SubmitJobs extends QueueJobs<SubmitData> {
     throw new DelayedError()
   }
 
-  /** Records the upstream task and moves ours to where upstream says it is. */
+  /** Records the upstream task and moves ours to where upstream says it is; `task` was just read (saves a read). */
   private async adopt (task: TaskRecord, up: UpstreamTask): Promise<string> {
     const outcome = await applyUpstream(
-      this.deps.store, task.id, up, this.deps.clock(), this.deps.config.publicBaseUrl ?? ''
+      this.deps.store, task.id, up, this.deps.clock(), this.deps.config.publicBaseUrl ?? '', task
     )
     this.log.info(
       { taskId: task.id, upstreamTaskId: up.taskId, applied: outcome.applied },

@@ -13,6 +13,7 @@ import { pack, script } from './tasks.ts'
 declare module 'ioredis' {
   interface RedisCommander<Context> {
     kgEndpoint: (endpoint: string, index: string, args: Buffer) => Result<number, Context>
+    kgDelivery: (...args: Array<string | Buffer>) => Result<number, Context>
   }
 }
 
@@ -117,6 +118,7 @@ const FAN_OUT_MAX_PAGES = 10_000
 export class WebhookStore {
   constructor (readonly redis: RedisClient, readonly k: Keys, private readonly clock: () => number = Date.now) {
     redis.defineCommand('kgEndpoint', script('endpoint-2'))
+    redis.defineCommand('kgDelivery', script('delivery-14'))
   }
 
   private epKey (id: string) { return this.k.endpoint(id) }
@@ -127,15 +129,21 @@ export class WebhookStore {
   dlvIndex (scope: DeliveryScope, status: 'all' | DeliveryStatus = 'all') { return this.k.deliveries(scope, status) }
 
   /**
-   * Moves a delivery into `status`'s index of each scope and out of the others', in the caller's MULTI with the
-   * hash's new status, so a delivery is always listed under exactly the status its record holds.
+   * Sets a delivery's status (and records `attempt`, if any) with `fields`, and moves it from the index of the
+   * status its record held into `status`'s, in each scope, in one script (delivery-14.lua), so a delivery is always
+   * listed under exactly the status its record holds, whatever a concurrent change did to it.
    */
-  private indexStatus (multi: ReturnType<RedisClient['multi']>, d: Pick<Delivery, 'id' | 'caller' | 'endpointId'>,
-    status: DeliveryStatus, at: number): void {
-    for (const scope of this.scopesOf(d)) {
-      for (const other of DELIVERY_STATUSES) if (other !== status) multi.zrem(this.dlvIndex(scope, other), d.id)
-      multi.zadd(this.dlvIndex(scope, status), at, d.id)
-    }
+  private async setStatus (d: Pick<Delivery, 'id' | 'caller' | 'endpointId'>, status: DeliveryStatus, at: number,
+    fields: Record<string, string>, attempt?: Attempt): Promise<void> {
+    const indexes = this.scopesOf(d).flatMap(scope => DELIVERY_STATUSES.map(s => this.dlvIndex(scope, s)))
+    await this.redis.kgDelivery(this.dlvKey(d.id), this.dlvAttempts(d.id), ...indexes, pack({
+      id: d.id,
+      status,
+      at,
+      fields: { ...fields, status },
+      ...(attempt !== undefined && { attempt: JSON.stringify(attempt) }),
+      statuses: DELIVERY_STATUSES
+    }))
   }
 
   /** The indexes a delivery is listed in. */
@@ -271,29 +279,31 @@ export class WebhookStore {
     const key = this.dlvKey(d.id)
     const now = this.clock()
     const created = await this.redis.hsetnx(key, 'id', d.id)
-    if (created === 1) {
-      const multi = this.redis.multi()
-        .hset(key, {
-          msg_id: d.msgId,
-          caller: d.caller,
-          endpoint_id: d.endpointId ?? '',
-          url: d.url,
-          task_id: d.taskId,
-          type: d.type,
-          sequence: String(d.sequence),
-          payload: d.payload,
-          status: 'pending',
-          next_attempt_at: d.nextAttemptAt === null ? '' : String(d.nextAttemptAt),
-          attempts: '0',
-          created_at: String(now),
-          updated_at: String(now)
-        })
-      for (const scope of this.scopesOf(d)) multi.zadd(this.dlvIndex(scope), now, d.id)
-      this.indexStatus(multi, d, 'pending', now)
-      multi.sadd(this.k.taskDeliveries(d.taskId), d.id)
-      await multi.exec()
+    if (created !== 1) return await this.getDelivery(d.id) as Delivery
+    const fields = {
+      msg_id: d.msgId,
+      caller: d.caller,
+      endpoint_id: d.endpointId ?? '',
+      url: d.url,
+      task_id: d.taskId,
+      type: d.type,
+      sequence: String(d.sequence),
+      payload: d.payload,
+      status: 'pending',
+      next_attempt_at: d.nextAttemptAt === null ? '' : String(d.nextAttemptAt),
+      attempts: '0',
+      created_at: String(now),
+      updated_at: String(now)
     }
-    return await this.getDelivery(d.id) as Delivery
+    const multi = this.redis.multi().hset(key, fields)
+    // New, so in no status index yet: only `pending`'s is entered (no ZREM from the three others).
+    for (const scope of this.scopesOf(d)) {
+      multi.zadd(this.dlvIndex(scope), now, d.id).zadd(this.dlvIndex(scope, 'pending'), now, d.id)
+    }
+    multi.sadd(this.k.taskDeliveries(d.taskId), d.id)
+    await multi.exec()
+    // What was just written, without reading it back.
+    return decodeDelivery({ id: d.id, ...fields }) as Delivery
   }
 
   async getDelivery (id: string): Promise<Delivery | null> {
@@ -304,18 +314,12 @@ export class WebhookStore {
   async recordAttempt (d: Delivery, attempt: Attempt, status: Delivery['status'], nextAttemptAt: number | null = null):
   Promise<void> {
     const now = this.clock()
-    const multi = this.redis.multi()
-      .rpush(this.dlvAttempts(d.id), JSON.stringify(attempt))
-      .hset(this.dlvKey(d.id), {
-        status,
-        next_attempt_at: nextAttemptAt === null ? '' : String(nextAttemptAt),
-        last_status_code: attempt.status_code === null ? '' : String(attempt.status_code),
-        last_error: attempt.error ?? '',
-        updated_at: String(now)
-      })
-      .hincrby(this.dlvKey(d.id), 'attempts', 1)
-    this.indexStatus(multi, d, status, now)
-    await multi.exec()
+    await this.setStatus(d, status, now, {
+      next_attempt_at: nextAttemptAt === null ? '' : String(nextAttemptAt),
+      last_status_code: attempt.status_code === null ? '' : String(attempt.status_code),
+      last_error: attempt.error ?? '',
+      updated_at: String(now)
+    }, attempt)
   }
 
   async markStatus (d: Delivery, status: Delivery['status'], error: string | null): Promise<void> {
@@ -327,11 +331,7 @@ export class WebhookStore {
   /** Back to pending for a manual retry, due at once; the attempts so far stay recorded. */
   async reopen (d: Delivery): Promise<void> {
     const now = this.clock()
-    const multi = this.redis.multi().hset(this.dlvKey(d.id), {
-      status: 'pending', next_attempt_at: String(now), updated_at: String(now)
-    })
-    this.indexStatus(multi, d, 'pending', now)
-    await multi.exec()
+    await this.setStatus(d, 'pending', now, { next_attempt_at: String(now), updated_at: String(now) })
   }
 
   async attempts (id: string): Promise<Attempt[]> {
