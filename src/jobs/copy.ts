@@ -37,8 +37,8 @@ const SWEEP_BATCH = 500
 /** BullMQ needs a number: the attempts are in fact bounded by the URL's expiry (30 days / 10 min ≈ 4,300). */
 const ATTEMPTS = 1_000_000
 /**
- * First attempts a replica runs at once in its copy reader, without a job (the worker's own concurrency); a task that
- * succeeds while this many run is queued as a job instead.
+ * First attempts a replica runs at once in its copy reader, without a job (the worker's own concurrency); the reader
+ * waits for one to end before it starts another, as the worker would.
  */
 const INLINE_COPIES = 2
 
@@ -102,13 +102,15 @@ export class CopyJobs extends QueueJobs<{ taskId: string }> {
   /**
    * The `copy` reader of the event stream: a succeeded task gets its result copied. The first attempt runs here, at
    * once, without a BullMQ job (a job costs ~50 Redis commands and ~7 round trips); only a failed one is queued, due
-   * when the job's first retry would have been, or the copy is queued straight away while INLINE_COPIES run. Not
-   * awaited, so the entry is acknowledged while it runs: the task stays in the copying set until stored or given up,
-   * and if this replica dies meanwhile the sweep queues it again. Safe to call twice.
+   * when the job's first retry would have been. While INLINE_COPIES run, the reader waits for one to end (each is
+   * bounded by MIRROR_TIMEOUT_MS); once the replica closes, copies are queued instead. Not awaited, so the entry is
+   * acknowledged while it runs: the task stays in the copying set until stored or given up, and if this replica dies
+   * meanwhile the sweep queues it again. Safe to call twice.
    */
   async onEvent (event: { type: string, task_id: string }): Promise<void> {
     if (event.type !== 'video.succeeded') return
-    if (this.closing || this.inline.size >= INLINE_COPIES) return await this.enqueue(event.task_id)
+    while (!this.closing && this.inline.size >= INLINE_COPIES) await Promise.race(this.inline)
+    if (this.closing) return await this.enqueue(event.task_id)
     const run: Promise<void> = this.firstAttempt(event.task_id).finally(() => { this.inline.delete(run) })
     this.inline.add(run)
   }
