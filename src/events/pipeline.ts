@@ -25,6 +25,8 @@ export interface PipelineDeps {
   webhooks: EventHandler
   copy: EventHandler
   live: EventHandler
+  /** The `live` reader read again after failing. */
+  liveResumed?: () => void
 }
 
 export class EventPipeline {
@@ -35,7 +37,7 @@ export class EventPipeline {
     const group = (name: string, handle: EventHandler) =>
       new GroupReader(name, deps.stream, deps.connect(), deps.logger, handle, deps.clock)
     this.groups = [group('webhooks', deps.webhooks), group('copy', deps.copy)]
-    this.tails = [new TailReader('live', deps.stream, deps.connect(), deps.logger, deps.live)]
+    this.tails = [new TailReader('live', deps.stream, deps.connect(), deps.logger, deps.live, deps.liveResumed)]
   }
 
   /**

@@ -24,6 +24,8 @@ export type EventHandler = (event: TaskEvent) => Promise<void> | void
 
 abstract class Loop {
   private running = false
+  /** Set by a failed step, cleared by the subclass when a step has gone through again. */
+  protected failed = false
   private done?: Promise<void>
   protected readonly log: Logger
 
@@ -60,6 +62,7 @@ abstract class Loop {
         await this.step()
       } catch (err) {
         if (!this.running) break
+        this.failed = true
         this.log.warn({ err: (err as Error).message }, 'event stream read failed; retrying')
         await new Promise(resolve => setTimeout(resolve, RETRY_MS))
       }
@@ -117,14 +120,20 @@ export class GroupReader extends Loop {
 export class TailReader extends Loop {
   private after?: string
 
+  /** `onResume`: called once a read goes through after failed ones (its readers may want to check their state). */
   constructor (name: string, stream: EventStream, reader: RedisClient, logger: Logger,
-    private readonly handle: EventHandler) {
+    private readonly handle: EventHandler, private readonly onResume: () => void = () => {}) {
     super(name, stream, reader, logger)
   }
 
   protected async step (): Promise<void> {
     this.after ??= await this.stream.lastId()
-    for (const { entryId, event } of await this.stream.tail(this.reader, this.after, BLOCK_MS)) {
+    const entries = await this.stream.tail(this.reader, this.after, BLOCK_MS)
+    if (this.failed) {
+      this.failed = false
+      this.onResume()
+    }
+    for (const { entryId, event } of entries) {
       this.after = entryId
       if (event !== null) await this.handle(event)
     }

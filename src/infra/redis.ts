@@ -95,11 +95,11 @@ function countTrips<T extends RedisClient> (client: T, tally: Tally = { trips: 0
   Object.defineProperty(client, 'sendCommand', {
     configurable: true,
     writable: true,
-    value: (...args: unknown[]) => {
-      const stream = args[1] as { isPipeline?: boolean } | undefined
+    // Two named parameters, not a rest and a spread: every command of the process passes here.
+    value: (command: unknown, stream?: { isPipeline?: boolean }) => {
       if (stream?.isPipeline !== true) tally.trips++
       else if (!batches.has(stream)) { batches.add(stream); tally.trips++ }
-      return send(...args)
+      return send(command, stream)
     }
   })
   const dup = client.duplicate.bind(client) as (...args: unknown[]) => T

@@ -45,10 +45,12 @@ export default fp(async function metrics (app: FastifyInstance) {
     buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
     registers: [registry]
   })
-  app.addHook('onResponse', async (request, reply) => {
+  // Callback style: an async hook costs every request a promise and a tick.
+  app.addHook('onResponse', (request, reply, done) => {
     const route = request.routeOptions.url ?? 'unknown'
     requests.inc({ method: request.method, route, status: reply.statusCode })
     latency.observe({ method: request.method, route }, reply.elapsedTime / 1000)
+    done()
   })
 
   const orphanCallbacks = new Counter({

@@ -25,6 +25,26 @@ const EventIdSchema = Type.String({
   description: 'an event id (`evt_…`) or a sequence number'
 })
 
+/**
+ * Bytes a stream may have waiting unsent on our side (past what the kernel took). Generous for any burst of one
+ * task's events (each a few KB), small enough that 2,000 stalled clients cannot hold more than 512 MB.
+ */
+export const MAX_QUEUED_BYTES = 256 * 1024
+
+/** An open stream, as the shared heartbeat sees it. */
+interface OpenStream { raw: ServerResponse, beat: () => void }
+
+/**
+ * The frame of an event, made once per event and replica however many streams it goes to: the hub hands every
+ * listener the same object. Weak, so a frame lives as long as its event does.
+ */
+const frames = new WeakMap<TaskEvent, string>()
+function frameOf (e: TaskEvent): string {
+  let frame = frames.get(e)
+  if (frame === undefined) frames.set(e, frame = `id: ${e.id}\nevent: ${e.type}\ndata: ${JSON.stringify(e)}\n\n`)
+  return frame
+}
+
 const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, opts) => {
   const { store, hub, config } = app.deps
   // Open streams per caller on this replica (max_sse_streams): each holds a socket and a hub listener.
@@ -36,10 +56,14 @@ const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, o
     if (/^\d{1,9}$/.test(lastEventId)) return Number(lastEventId)
     return (await store.events(taskId)).find(e => e.id === lastEventId)?.sequence ?? 0
   }
-  // Open SSE responses of this replica, ended in preClose so shutdown never waits on them.
-  const streams = new Set<ServerResponse>()
+  // Open SSE streams of this replica: one heartbeat timer beats them all (2,000 streams are one timer, not 2,000),
+  // and preClose ends them so shutdown never waits on them.
+  const streams = new Set<OpenStream>()
+  const heartbeat = setInterval(() => { for (const s of streams) s.beat() }, opts.heartbeatMs)
+  heartbeat.unref()
   app.addHook('preClose', async () => {
-    for (const raw of streams) raw.end(': server closing\n\n')
+    clearInterval(heartbeat)
+    for (const s of streams) s.raw.end(': server closing\n\n')
     streams.clear()
   })
 
@@ -114,37 +138,63 @@ const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, o
       connection: 'keep-alive',
       'x-accel-buffering': 'no'
     })
-    raw.write('retry: 2000\n\n')
-    streams.add(raw)
-
     let done = false
     let chain = Promise.resolve()
+    // A catch-up that failed (Redis away) is tried again at the next heartbeat, as is one after the live reader
+    // resumed (hub.resumes moved on); otherwise the live events are all a stream needs.
+    let stale = false
+    let resumes = hub.resumes
+    /**
+     * Writes, and cuts a stream whose client does not read: past MAX_QUEUED_BYTES waiting in our buffer, memory would
+     * grow without bound. Destroyed, not ended (an end would wait behind the same unread bytes); the client resumes
+     * with Last-Event-ID, and a frame cut in half is discarded by its parser.
+     */
+    const send = (text: string): boolean => {
+      raw.write(text)
+      if (raw.writableLength <= MAX_QUEUED_BYTES) return true
+      request.log.info({ taskId: task.id, queued: raw.writableLength }, 'sse client not reading: stream cut')
+      raw.destroy()
+      finish()
+      return false
+    }
     const write = (e: TaskEvent) => {
       if (done || e.sequence <= last) return
-      raw.write(`id: ${e.id}\nevent: ${e.type}\ndata: ${JSON.stringify(e)}\n\n`)
+      if (!send(frameOf(e))) return
       last = e.sequence
       // A "last" event the log has gone past (a deadline failure that upstream's success followed) is not the end.
       if (isLastEvent(e) && e.sequence >= task.sequence) finish()
     }
     // Reads what was missed from the task's event list; every write goes through one chain, in order.
     const catchUp = () => {
+      stale = false
+      resumes = hub.resumes
       chain = chain
         .then(async () => { if (!done) for (const e of await store.events(task.id, last)) write(e) })
-        .catch(err => request.log.warn({ err }, 'sse catch-up failed'))
+        .catch(err => {
+          stale = true
+          request.log.warn({ err }, 'sse catch-up failed; trying again at the next heartbeat')
+        })
     }
     const unlisten = hub.listen(task.id, e => {
       chain = chain.then(() => { if (e.sequence === last + 1) write(e); else if (e.sequence > last + 1) catchUp() })
     })
-    const heartbeat = setInterval(() => { raw.write(': ping\n\n'); catchUp() }, opts.heartbeatMs)
+    const stream: OpenStream = {
+      raw,
+      beat: () => {
+        if (done || !send(': ping\n\n')) return
+        if (stale || resumes !== hub.resumes) catchUp()
+      }
+    }
     function finish () {
       if (done) return
       done = true
-      clearInterval(heartbeat)
       unlisten()
-      streams.delete(raw)
+      streams.delete(stream)
       slot.release()
       raw.end()
     }
+    send('retry: 2000\n\n')
+    streams.add(stream)
     raw.on('close', finish)
     // A client gone during the reads above had its `close` already: end at once, or its place would never be free.
     if (raw.socket === null || raw.socket.destroyed) finish()
