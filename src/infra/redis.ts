@@ -95,11 +95,12 @@ function countTrips<T extends RedisClient> (client: T, tally: Tally = { trips: 0
   Object.defineProperty(client, 'sendCommand', {
     configurable: true,
     writable: true,
-    // Two named parameters, not a rest and a spread: every command of the process passes here.
-    value: (command: unknown, stream?: { isPipeline?: boolean }) => {
+    // Named parameters, not a rest and a spread: every command of the process passes here. All three: a Cluster's
+    // pipeline names its node in the third (without it a keyless MULTI would go to any node).
+    value: (command: unknown, stream?: { isPipeline?: boolean }, node?: unknown) => {
       if (stream?.isPipeline !== true) tally.trips++
       else if (!batches.has(stream)) { batches.add(stream); tally.trips++ }
-      return send(command, stream)
+      return send(command, stream, node)
     }
   })
   const dup = client.duplicate.bind(client) as (...args: unknown[]) => T

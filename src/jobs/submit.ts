@@ -130,11 +130,12 @@ export class SubmitJobs extends QueueJobs<SubmitData> {
 
   /**
    * Queues a task for submission, in its caller's line for a slot; safe to call again for the same task (a task
-   * with a job, waiting in line or holding a slot is left as it is).
+   * with a job, waiting in line or holding a slot is left as it is). `created`: the record its create has just
+   * stored, which saves two reads (a new id has no job yet).
    */
-  async submit (taskId: string): Promise<void> {
-    if (await this.queue.getJob(taskId) !== undefined) return
-    const task = await this.deps.store.get(taskId)
+  async submit (taskId: string, created?: TaskRecord): Promise<void> {
+    if (created === undefined && await this.queue.getJob(taskId) !== undefined) return
+    const task = created ?? await this.deps.store.get(taskId)
     if (task === null || task.status !== 'queued') return
     // No job, yet a slot: the replica that released it died before adding the job. The slot is this task's.
     if (await this.fair.enqueue(task.id, task.caller) === 'holds-slot') await this.add(task.id)

@@ -100,7 +100,7 @@ export async function createTask (deps: CreateDeps, input: CreateInput): Promise
 async function settle (deps: CreateDeps, task: TaskRecord, opts: { replayed: boolean, withdrawOnFailure: boolean }):
 Promise<CreateResult> {
   try {
-    if (task.status === 'queued') await deps.jobs.submit(task.id)
+    if (task.status === 'queued') await deps.jobs.submit(task.id, opts.replayed ? undefined : task)
     await deps.store.durable()
   } catch (err) {
     if (opts.withdrawOnFailure) await withdraw(deps, task.id)

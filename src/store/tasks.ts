@@ -529,6 +529,11 @@ export class TaskStore {
     return added
   }
 
+  /** Marks a task of the copying set as queued for its copy now (a long first attempt), if it is still there. */
+  async markCopyQueued (id: string): Promise<void> {
+    await this.redis.zadd(this.k.copying, 'XX', this.clock(), id)
+  }
+
   /** Takes a task off the copying set outside a transition: it is gone, or stored or given up after all. */
   async leaveCopying (id: string): Promise<void> {
     await this.redis.zrem(this.k.copying, id)
