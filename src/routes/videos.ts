@@ -25,6 +25,7 @@ import { limitsFor } from '../config/callers.ts'
 import { CallerSlots, type Slot } from '../services/caller-slots.ts'
 import { bodyDeadline } from '../plugins/body-deadline.ts'
 import { bodyTooSlow } from '../schemas/replica-limits.ts'
+import { createBodyParser, intakeOf, releaseIntake } from '../services/intake.ts'
 
 const TaskRef = Type.Ref('Task')
 const invalid = (what: string) => invalidField(`invalid ${what}, or a body that is not JSON: every bad field is listed`,
@@ -83,6 +84,20 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
   const limitDeps = { limitStore: app.deps.limitStore, callers: config.callers }
   app.addSchema(TaskSchema)
   app.addHook('onRequest', app.authenticate)
+  // Create bodies over LARGE_BODY_BYTES are read as they arrive, their images parked as they come
+  // (src/services/intake.ts); whatever a create parked and no stored task took is freed once it is answered.
+  app.removeContentTypeParser('application/json')
+  app.addContentTypeParser('application/json', createBodyParser({
+    store,
+    ids: app.deps.ids,
+    parkedMaxBytes: config.parkedMaxBytes,
+    largeBodyBytes: config.create.largeBodyBytes,
+    schemaOf: request => {
+      const kind = request.routeOptions.config.kind
+      return kind === undefined ? null : CREATE_SCHEMAS[kind] as unknown as Record<string, unknown>
+    }
+  }))
+  app.addHook('onResponse', async request => { await releaseIntake(store, request) })
   await app.register(resolve)
 
   // Bodies past LARGE_BODY_BYTES in flight at once on this replica: each can cost ~2× its size in memory while
@@ -114,6 +129,7 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
     bodyLimit: config.createBodyLimit,
     onRequest: limitLargeBodies,
     preParsing: deadline,
+    config: { kind: DEFAULT_KIND },
     // Validation errors are merged with the image checks below, so one answer names every bad field.
     attachValidation: true,
     schema: {
@@ -134,6 +150,7 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
       bodyLimit: config.createBodyLimit,
       onRequest: limitLargeBodies,
       preParsing: deadline,
+      config: { kind },
       attachValidation: true,
       schema: {
         tags: ['videos'],
@@ -163,7 +180,8 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
     const rules = {
       allowedModels: config.allowedModels, allowInsecureWebhooks: config.webhooks.allowPrivate, models: config.models
     }
-    const checked = checkCreate(kind, raw as Record<string, unknown>, rules)
+    const streamed = intakeOf(request)
+    const checked = checkCreate(kind, raw as Record<string, unknown>, rules, streamed?.images)
     // With attachValidation, Fastify leaves here the first part that failed (body before headers): name its errors
     // by that part, and when the body failed first, check the headers too so that every bad field is listed.
     const invalid = request.validationError
@@ -194,7 +212,8 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
       metadata: body.metadata ?? null,
       webhookUrl: body.webhook_url ?? null,
       // The headers schema has run: at most one key, a string.
-      idempotencyKey: request.headers['idempotency-key'] as string | undefined
+      idempotencyKey: request.headers['idempotency-key'] as string | undefined,
+      parkedId: streamed?.id
     })
     if (replayed) reply.header('idempotent-replayed', 'true')
     audit(request.log, 'task.create', caller, 'accepted', { task_id: task.id, kind, replayed })
