@@ -193,6 +193,19 @@ describe('large creates, streamed', () => {
     const both = [await post(h, surrogate), await post(whole, surrogate)]
     expect(both[1].statusCode, both[1].body).toBe(400)
     expect(both[0].json()).toEqual(both[1].json())
+    // Not JSON inside a large image string (a raw control character, a bad escape): INVALID_JSON too, without the
+    // position a small body's detail gives (docs/API.md, "Changes to the contract" 36).
+    for (const bad of ['\n', '\t', '\\x']) {
+      const text = JSON.stringify({ image_list: [{ image: good }, { image: URL_A }], prompt: 'p' })
+        .replace(good, good.slice(0, 300_001) + bad + good.slice(300_001))
+      const [streamed, read] = [await post(h, text), await post(whole, text)]
+      expect(read.json()).toMatchObject({ status: 400, code: 'INVALID_JSON' })
+      expect(streamed.json()).toMatchObject({
+        status: 400,
+        code: 'INVALID_JSON',
+        detail: 'the body is not valid JSON: it has a character JSON does not allow; send one JSON object'
+      })
+    }
     expect(await until(async () => await nothingParked(h))).toBe(true)
   })
 

@@ -35,8 +35,19 @@ export class Base64Intake {
   readonly #head: Buffer[] = []
   #headBytes = 0
   readonly #hash: Hash = createHash('sha256')
-  #part: Buffer[] = []
+  /** The part being filled, PART_BYTES long; its first #partBytes are decoded. */
+  #part = Buffer.allocUnsafe(PART_BYTES)
   #partBytes = 0
+
+  /** Still reading the start, to know whether it is a `data:` URL: its characters are not checked yet. */
+  get deciding (): boolean {
+    return this.#start !== null
+  }
+
+  /** Whether every character checked so far is Base64's (or `=` padding at the end). */
+  get valid (): boolean {
+    return this.#alphabetOk && !this.#badPrefix
+  }
 
   /** Takes the next piece of the string's text; returns the parts now complete, to be parked in order. */
   write (text: string): Buffer[] {
@@ -53,16 +64,15 @@ export class Base64Intake {
     const parts = this.#start === null ? [] : this.#decide()
     if (this.#badPrefix) return { verdict: { ok: false, problems: [BAD_DATA_PREFIX] }, parts: [] }
     if (this.#length === 0) return { verdict: { ok: false, problems: ['must not be empty'] }, parts: [] }
+    this.#finish()
     if (!this.#alphabetOk) return { verdict: { ok: false, problems: [NOT_BASE64] }, parts: [] }
     const b64 = base64Length(this.#length, this.#pad)
     if (!b64.ok) return { verdict: { ok: false, problems: [b64.problem] }, parts: [] }
     const head = Buffer.concat(this.#head)
     if (b64.bytes > MAX_IMAGE_BYTES) return { verdict: { ok: false, problems: tooLarge(b64.bytes, head) }, parts: [] }
-    if (this.#rest.length > 0) parts.push(...this.#take(Buffer.from(this.#rest, 'base64')))
     const verdict = inspectDecoded(head, this.#decoded, () => this.#hash.digest('hex'))
     if (!verdict.ok) return { verdict, parts: [] }
-    if (this.#partBytes > 0) parts.push(Buffer.concat(this.#part))
-    this.#part = []
+    if (this.#partBytes > 0) parts.push(this.#part.subarray(0, this.#partBytes))
     this.#partBytes = 0
     return { verdict, parts }
   }
@@ -95,10 +105,6 @@ export class Base64Intake {
     }
     const eq = text.indexOf('=')
     const body = eq < 0 ? text : text.slice(0, eq)
-    if (!ALPHABET.test(body)) {
-      this.#alphabetOk = false
-      return []
-    }
     if (eq >= 0) {
       this.#pad = text.length - eq
       if (!PADDING.test(text.slice(eq)) || this.#pad > 2) this.#alphabetOk = false
@@ -106,19 +112,68 @@ export class Base64Intake {
     return this.#decode(body)
   }
 
+  /**
+   * Decodes straight into the part being filled (Buffer#write: no buffer per piece, no copy to join them). Node's
+   * decoder skips characters outside the alphabet, so a piece decoding to fewer bytes than its length says holds one:
+   * that is the alphabet check of every piece, at no cost of its own.
+   */
   #decode (body: string): Buffer[] {
-    if (this.#stopped) return []
-    const text = this.#rest + body
+    if (this.#stopped) {
+      if (!ALPHABET.test(body)) this.#alphabetOk = false
+      return []
+    }
+    const parts: Buffer[] = []
+    let text = body
+    if (this.#rest !== '') {
+      const need = 4 - this.#rest.length
+      if (text.length < need) {
+        this.#rest += text
+        return parts
+      }
+      const group = this.#rest + text.slice(0, need)
+      this.#rest = ''
+      text = text.slice(need)
+      this.#write(group, parts)
+    }
     const usable = text.length - text.length % 4
     this.#rest = text.slice(usable)
-    return usable === 0 ? [] : this.#take(Buffer.from(text.slice(0, usable), 'base64'))
+    for (let at = 0; at < usable && this.#alphabetOk;) {
+      if (this.#stopped) {
+        if (!ALPHABET.test(text.slice(at, usable))) this.#alphabetOk = false
+        break
+      }
+      const chars = Math.min(usable - at, (PART_BYTES - this.#partBytes) / 3 * 4)
+      this.#write(text.slice(at, at + chars), parts)
+      at += chars
+    }
+    return parts
   }
 
-  #take (bytes: Buffer): Buffer[] {
+  /** Decodes `chars` (a multiple of 4, no `=`, fitting the part) into the part; a full part goes to `parts`. */
+  #write (chars: string, parts: Buffer[]): void {
+    const from = this.#partBytes
+    const written = this.#part.write(chars, from, 'base64')
+    if (written !== chars.length / 4 * 3) {
+      this.#alphabetOk = false
+      return
+    }
+    this.#took(from, from + written)
+    if (this.#partBytes === PART_BYTES) {
+      if (!this.#stopped) parts.push(this.#part)
+      this.#part = Buffer.allocUnsafe(PART_BYTES)
+      this.#partBytes = 0
+    }
+  }
+
+  /** Bytes [from, to) of the part are decoded: counted, hashed, kept for the header, checked against the limit. */
+  #took (from: number, to: number): void {
+    const bytes = this.#part.subarray(from, to)
+    this.#partBytes = to
     this.#decoded += bytes.length
+    this.#hash.update(bytes)
     if (this.#headBytes < HEAD_BYTES) {
-      const kept = bytes.subarray(0, HEAD_BYTES - this.#headBytes)
-      this.#head.push(Buffer.from(kept))
+      const kept = Buffer.from(bytes.subarray(0, HEAD_BYTES - this.#headBytes))
+      this.#head.push(kept)
       this.#headBytes += kept.length
       // Once the header is in, an image it refuses is not decoded or parked further (it is only counted).
       if (this.#headBytes >= HEAD_BYTES && !inspectDecoded(Buffer.concat(this.#head), 0, () => '').ok) {
@@ -126,21 +181,18 @@ export class Base64Intake {
       }
     }
     if (this.#decoded > MAX_IMAGE_BYTES) this.#stopped = true
-    if (this.#stopped) {
-      this.#part = []
-      this.#partBytes = 0
-      return []
+  }
+
+  /** The characters left after the last whole group of 4, decoded (a valid Base64 ends in 0, 2 or 3 of them). */
+  #finish (): void {
+    if (this.#rest === '' || !this.#alphabetOk) return
+    if (!ALPHABET.test(this.#rest)) {
+      this.#alphabetOk = false
+      return
     }
-    this.#hash.update(bytes)
-    this.#part.push(bytes)
-    this.#partBytes += bytes.length
-    if (this.#partBytes < PART_BYTES) return []
-    const all = Buffer.concat(this.#part)
-    const parts: Buffer[] = []
-    let at = 0
-    for (; at + PART_BYTES <= all.length; at += PART_BYTES) parts.push(all.subarray(at, at + PART_BYTES))
-    this.#part = at < all.length ? [all.subarray(at)] : []
-    this.#partBytes = all.length - at
-    return parts
+    if (this.#stopped) return
+    const bytes = Buffer.from(this.#rest, 'base64')
+    bytes.copy(this.#part, this.#partBytes)
+    this.#took(this.#partBytes, this.#partBytes + bytes.length)
   }
 }

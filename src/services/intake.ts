@@ -117,12 +117,18 @@ async function streamed (deps: IntakeDeps, request: FastifyRequest, payload: Rea
       }
     }
     return {
-      write: raw => { put(image.write(text.write(raw))) },
+      write: raw => {
+        const deciding = image.deciding
+        put(image.write(text.write(raw)))
+        // A piece that decoded whole had no raw control character; once one did not, look for them (JSON's error).
+        if (deciding || !image.valid) text.check(raw)
+      },
       end: () => {
         const last = text.end()
-        if (text.broken) throw notJson()
         put(image.write(last))
         const { verdict, parts } = image.end()
+        if (!image.valid) text.checkLast()
+        if (text.broken) throw notJson()
         put(parts)
         intake.images.set(JSON.parse(`"${placeholder}"`) as string, { pointer, verdict })
         // A lone surrogate stands in as one, so that the skeleton's check names it where it is, as for a small body.
@@ -173,11 +179,16 @@ const HEX4 = /^[0-9a-fA-F]{4}$/
 class StringText {
   broken = false
   wellFormed = true
+  /** The last bytes of the previous and of this piece: the Base64 check learns of a bad one there a piece late. */
+  #previous = Buffer.alloc(0)
+  #tail = Buffer.alloc(0)
   readonly #decoder = new StringDecoder('utf8')
   #carry = ''
   #high = ''
 
   write (raw: Buffer): string {
+    this.#previous = this.#tail
+    this.#tail = Buffer.from(raw.subarray(Math.max(0, raw.length - 8)))
     return this.#text(this.#decoder.write(raw))
   }
 
@@ -188,10 +199,22 @@ class StringText {
     return text + this.#high
   }
 
+  /**
+   * Looks for raw control characters (not JSON) in `raw` and the end of the piece before it; bytes below 0x20 read
+   * the same in latin1 and UTF-8. Only needed once the text is known not to be Base64 (Base64 has none of them).
+   */
+  check (raw: Buffer): void {
+    if (CONTROL.test(this.#previous.toString('latin1')) || CONTROL.test(raw.toString('latin1'))) this.broken = true
+  }
+
+  /** The same for the end of the last piece, once the string is over. */
+  checkLast (): void {
+    if (CONTROL.test(this.#tail.toString('latin1'))) this.broken = true
+  }
+
   #text (piece: string): string {
     let t = this.#carry + piece
     this.#carry = ''
-    if (CONTROL.test(t)) this.broken = true
     if (t.includes('\\')) t = this.#unescape(t)
     t = this.#high + t
     this.#high = ''
