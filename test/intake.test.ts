@@ -178,7 +178,10 @@ describe('large creates, streamed', () => {
       { image_list: [{ image: good }, { image: b64(Buffer.alloc(11 * MB, 3)) }], prompt: 'p' },
       { image_list: [{ image: good }, { image: `data:image/png,${good}` }], prompt: '' },
       { image_list: [{ image: good }, { image: URL_A }], prompt: 'p', surplus: true },
-      { image_list: [{ image: good }, { image: good }], prompt: 'p', static_mask: b64(noisyPng(300)) }
+      { image_list: [{ image: good }, { image: good }], prompt: 'p', static_mask: b64(noisyPng(300)) },
+      // A URL as long as an image: named as a URL, not as bad Base64.
+      { image_list: [{ image: `https://images.example.com/${'a'.repeat(100_000)}` }, { image: good }], prompt: 'p' },
+      { image_list: [{ image: `http://images.example.com/${'a'.repeat(100_000)}` }, { image: good }], prompt: 'p' }
     ]
     for (const body of bodies) {
       const streamed = await post(h, body)

@@ -39,7 +39,7 @@ export interface CreateRules {
 
 type Obj = Record<string, unknown>
 /** The images of a streamed body, by the placeholder standing in for each (src/services/intake.ts). */
-export type StreamedImages = Map<string, { pointer: string, verdict: IntakeVerdict }>
+export type StreamedImages = Map<string, { pointer: string, verdict: IntakeVerdict, start: string }>
 const isObj = (v: unknown): v is Obj => v !== null && typeof v === 'object' && !Array.isArray(v)
 
 /** JSON with sorted keys, so the same request always hashes the same. */
@@ -125,15 +125,20 @@ export function checkCreate (kind: VideoKind, body: Obj, rules: CreateRules, str
   const images = new Map<string, Buffer>()
   const descriptors = new Map<string, ImageDescriptor>()
 
+  const tooLongUrl = `an image URL must be at most ${MAX_URL_LENGTH} characters`
   const image = (pointer: string, value: string): string | ImageDescriptor => {
     if (isUrl(value)) {
-      const tooLong = `an image URL must be at most ${MAX_URL_LENGTH} characters`
       if (!/^https:\/\//i.test(value)) problem(pointer, 'an image URL must use https')
-      else if (value.length > MAX_URL_LENGTH) problem(pointer, tooLong)
+      else if (value.length > MAX_URL_LENGTH) problem(pointer, tooLongUrl)
       else if (!URL.canParse(value)) problem(pointer, 'is not a valid URL')
       return value
     }
     const diverted = streamed?.get(value)
+    if (diverted !== undefined && isUrl(diverted.start)) {
+      // A URL of more than 64 KB, streamed like an image: refused as the checks above refuse a long one.
+      problem(pointer, /^https:\/\//i.test(diverted.start) ? tooLongUrl : 'an image URL must use https')
+      return value
+    }
     if (diverted !== undefined) {
       // Checked as it arrived, the same checks as below; its bytes are parked already, under this pointer.
       const verdict = diverted.pointer === pointer

@@ -15,7 +15,8 @@ import { StringDecoder } from 'node:string_decoder'
 import type { Readable } from 'node:stream'
 import { errorCodes, type FastifyRequest } from 'fastify'
 import { GatewayError, Unavailable } from '../domain/errors.ts'
-import { Base64Intake, type IntakeVerdict } from '../domain/image-intake.ts'
+import { Base64Intake } from '../domain/image-intake.ts'
+import type { StreamedImages } from '../domain/create.ts'
 import { JsonDivert } from '../domain/json-divert.ts'
 import { parseJsonBody } from '../plugins/bounds.ts'
 import type { TaskStore } from '../store/tasks.ts'
@@ -27,7 +28,7 @@ export const DIVERT_CHARS = 64 * 1024
 /** What a streamed body left for the route: its task id, and each diverted image by the placeholder standing in. */
 export interface Intake {
   id: string
-  images: Map<string, { pointer: string, verdict: IntakeVerdict }>
+  images: StreamedImages
 }
 
 declare module 'fastify' {
@@ -108,6 +109,8 @@ async function streamed (deps: IntakeDeps, request: FastifyRequest, payload: Rea
     partsOf.set(pointer, 0)
     const text = new StringText()
     const image = new Base64Intake()
+    /** The string's first characters: a long URL is told apart by them (checkCreate). */
+    let start = ''
     const placeholder = `\\u0000kg:${nonce}:${intake.images.size}`
     const put = (parts: Buffer[]) => {
       for (const part of parts) {
@@ -119,18 +122,21 @@ async function streamed (deps: IntakeDeps, request: FastifyRequest, payload: Rea
     return {
       write: raw => {
         const deciding = image.deciding
-        put(image.write(text.write(raw)))
+        const piece = text.write(raw)
+        if (start.length < 256) start += piece.slice(0, 256 - start.length)
+        put(image.write(piece))
         // A piece that decoded whole had no raw control character; once one did not, look for them (JSON's error).
         if (deciding || !image.valid) text.check(raw)
       },
       end: () => {
         const last = text.end()
+        if (start.length < 256) start += last.slice(0, 256 - start.length)
         put(image.write(last))
         const { verdict, parts } = image.end()
         if (!image.valid) text.checkLast()
         if (text.broken) throw notJson()
         put(parts)
-        intake.images.set(JSON.parse(`"${placeholder}"`) as string, { pointer, verdict })
+        intake.images.set(JSON.parse(`"${placeholder}"`) as string, { pointer, verdict, start })
         // A lone surrogate stands in as one, so that the skeleton's check names it where it is, as for a small body.
         return text.wellFormed ? placeholder : '\\ud800'
       }

@@ -21,7 +21,8 @@ import { idString, isObject, parseTask, type UpstreamTask } from './schemas.ts'
 export interface StreamedBody {
   readonly externalTaskId: string
   readonly length: number
-  chunks: () => AsyncIterable<Buffer>
+  /** Strings are sent as UTF-8; `length` counts bytes. */
+  chunks: () => AsyncIterable<Buffer | string>
 }
 
 export const isStreamed = (body: Record<string, unknown> | StreamedBody): body is StreamedBody =>

@@ -180,7 +180,8 @@ export class UpstreamHttp {
         path: this.#prefix + path,
         method,
         headers: all,
-        body: typeof body === 'object' ? Readable.from(body.chunks(), { objectMode: false }) : body,
+        // In object mode the chunks reach the socket as they are (strings too); undici checks the length.
+        body: typeof body === 'object' ? Readable.from(body.chunks()) : body,
         signal,
         headersTimeout: this.timeoutMs,
         bodyTimeout: this.timeoutMs
