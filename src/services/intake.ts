@@ -25,6 +25,9 @@ import type { VideoKind } from '../domain/kinds.ts'
 /** An image string longer than this is streamed; a shorter one stays in the body (a URL, a small image). */
 export const DIVERT_CHARS = 64 * 1024
 
+/** Redis writes (parts of ~768 KB) a streamed body may have in flight: what it holds beyond its chunk. */
+const MAX_IN_FLIGHT = 3
+
 /** What a streamed body left for the route: its task id, and each diverted image by the placeholder standing in. */
 export interface Intake {
   id: string
@@ -90,7 +93,13 @@ async function streamed (deps: IntakeDeps, request: FastifyRequest, payload: Rea
   const intake: Intake = { id: deps.ids(), images: new Map() }
   const id = intake.id
   const nonce = randomBytes(8).toString('hex')
-  const writes: Array<Promise<unknown>> = []
+  // Writes in flight, each settled into `failure`: a few are let run while the body is read, so the socket is not
+  // left idle for a round trip per part; past MAX_IN_FLIGHT the body waits for Redis (back-pressure).
+  const writes: Array<Promise<void>> = []
+  let failure: unknown = null
+  const track = (write: Promise<unknown>) => {
+    writes.push(write.then(() => {}, (err: unknown) => { failure ??= err }))
+  }
   /** Parts written per pointer, so that an image given twice leaves only the last one's. */
   const partsOf = new Map<string, number>()
   let reserved = false
@@ -99,13 +108,13 @@ async function streamed (deps: IntakeDeps, request: FastifyRequest, payload: Rea
       reserved = true
       // Decoded bytes are at most 3/4 of the body: the reservation is exact once the body is checked.
       const estimate = Math.floor(bound * 3 / 4)
-      writes.push(store.reserveParked(id, estimate, deps.parkedMaxBytes).then(ok => { if (!ok) throw parkedFull() }))
+      track(store.reserveParked(id, estimate, deps.parkedMaxBytes).then(ok => { if (!ok) throw parkedFull() }))
     }
-    writes.push(store.parkPart(id, field, data))
+    track(store.parkPart(id, field, data))
   }
   const divert = new JsonDivert(schema, DIVERT_CHARS, pointer => {
     const earlier = partsOf.get(pointer) ?? 0
-    if (earlier > 0) writes.push(store.unparkFields(id, Array.from({ length: earlier }, (_, n) => `${pointer}#${n}`)))
+    if (earlier > 0) track(store.unparkFields(id, Array.from({ length: earlier }, (_, n) => `${pointer}#${n}`)))
     partsOf.set(pointer, 0)
     const text = new StringText()
     const image = new Base64Intake()
@@ -148,15 +157,16 @@ async function streamed (deps: IntakeDeps, request: FastifyRequest, payload: Rea
       received += chunk.length
       if (received > bound) throw new errorCodes.FST_ERR_CTP_BODY_TOO_LARGE()
       divert.write(chunk)
-      // At most one chunk's parts in flight: the socket is read no faster than Redis takes them.
-      if (writes.length > 0) await Promise.all(writes.splice(0))
+      while (writes.length > MAX_IN_FLIGHT) await writes.shift()
+      if (failure !== null) throw failure
     }
     await Promise.all(writes.splice(0))
+    if (failure !== null) throw failure
     const body = parseJsonBody(divert.end())
     intakes.set(request, intake)
     return body
   } catch (err) {
-    await Promise.allSettled(writes)
+    await Promise.all(writes)
     await store.releaseParked(id).catch(() => {})
     throw err
   }
