@@ -85,7 +85,8 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
   app.addSchema(TaskSchema)
   app.addHook('onRequest', app.authenticate)
   // Create bodies over LARGE_BODY_BYTES are read as they arrive, their images parked as they come
-  // (src/services/intake.ts); whatever a create parked and no stored task took is freed once it is answered.
+  // (src/services/intake.ts); whatever a create parked and no stored task took is freed once it is answered
+  // (`onResponse` of the create routes).
   app.removeContentTypeParser('application/json')
   app.addContentTypeParser('application/json', createBodyParser({
     store,
@@ -97,12 +98,14 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
       return kind === undefined ? null : CREATE_SCHEMAS[kind] as unknown as Record<string, unknown>
     }
   }))
-  app.addHook('onResponse', async request => { await releaseIntake(store, request) })
+  // On the create routes only: the reads' hot path gets no hook of its own.
+  const releaseParked = async (request: FastifyRequest) => { await releaseIntake(store, request) }
   await app.register(resolve)
 
-  // Bodies past LARGE_BODY_BYTES in flight at once on this replica: each can cost ~2× its size in memory while
-  // parsed and decoded, so their number is capped before a byte of them is read, in all (CREATE_MAX_LARGE_BODIES,
-  // 503) and per caller (max_large_bodies, 429), so that one caller cannot take every slot.
+  // Bodies past LARGE_BODY_BYTES in flight at once on this replica: streamed (a few MB each, src/services/intake.ts),
+  // but each still takes Redis writes, CPU and a parked-bytes share, so their number is capped before a byte of them
+  // is read, in all (CREATE_MAX_LARGE_BODIES, 503) and per caller (max_large_bodies, 429), so that one caller cannot
+  // take every slot.
   const largeBodies = new CallerSlots(config.create.maxLargeBodies)
   const slots = new WeakMap<FastifyRequest, Slot>()
   const limitLargeBodies = async (request: FastifyRequest, reply: FastifyReply) => {
@@ -129,6 +132,7 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
     bodyLimit: config.createBodyLimit,
     onRequest: limitLargeBodies,
     preParsing: deadline,
+    onResponse: releaseParked,
     config: { kind: DEFAULT_KIND },
     // Validation errors are merged with the image checks below, so one answer names every bad field.
     attachValidation: true,
@@ -150,6 +154,7 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
       bodyLimit: config.createBodyLimit,
       onRequest: limitLargeBodies,
       preParsing: deadline,
+      onResponse: releaseParked,
       config: { kind },
       attachValidation: true,
       schema: {
