@@ -212,6 +212,25 @@ describe('large creates, streamed', () => {
     expect(await until(async () => await nothingParked(h))).toBe(true)
   })
 
+  it('takes a large body with no long image (whitespace, small images) and parks exactly what it holds', async () => {
+    const quiet = await startHarness({ workers: false })
+    try {
+      const small = makePng(300, 300)
+      const padded = (images: unknown[]) => JSON.stringify({ image_list: images, prompt: 'p' }).replace(':', ':' +
+        ' '.repeat(2 * MB))
+      const urls = await post(quiet, padded([{ image: URL_A }, { image: URL_A }]))
+      expect(urls.statusCode, urls.body).toBe(202)
+      expect(await nothingParked(quiet)).toBe(true)
+      const images = await post(quiet, padded([{ image: b64(small) }, { image: URL_A }]))
+      expect(images.statusCode, images.body).toBe(202)
+      expect(Number(await quiet.redis.get(keys(quiet.prefix).parkedBytes))).toBe(small.length)
+      const parked = await new TaskStore(quiet.redis, quiet.prefix).parked(images.json().id as string)
+      expect(parked.get('/image_list/0/image')?.equals(small)).toBe(true)
+    } finally {
+      await quiet.close()
+    }
+  })
+
   it('takes escaped slashes in a large image as JSON does', async () => {
     const png = noisyPng(900)
     const body = JSON.stringify({ image_list: [{ image: b64(png) }, { image: URL_A }], prompt: 'escaped' })

@@ -599,13 +599,21 @@ export class TaskStore {
   }
 
   /**
-   * A streamed create, once checked: its small images join the parts already parked and the reservation becomes
-   * their exact `total`. False (and nothing freed: the caller releases) when that is over the cap.
+   * A streamed create, once checked: the reservation becomes the exact `total` of its images and its small images
+   * join the parts already parked. False (nothing changed; the route's onResponse frees the parts) when that is over
+   * the cap.
    */
   async settleParked (id: string, images: Map<string, Buffer>, total: number, maxBytes = Infinity): Promise<boolean> {
+    if (total === 0) {
+      // Nothing to park after all (every image a URL): what the body reserved goes back.
+      await this.releaseParked(id)
+      return true
+    }
     const cap = Number.isFinite(maxBytes) ? maxBytes : Number.MAX_SAFE_INTEGER
+    // The size first, as `park` does: bytes are never written that no reservation (and pending mark) covers.
+    if (await this.parkedScript('resize', id, total, cap, this.clock()) === 0) return false
     for (const [pointer, data] of images) await this.redis.hset(this.k.parked(id), pointer, data)
-    return await this.parkedScript('resize', id, total, cap, this.clock()) === 1
+    return true
   }
 
   async parkedBytes (): Promise<number> {
