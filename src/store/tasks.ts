@@ -593,14 +593,90 @@ export class TaskStore {
     return true
   }
 
+  /**
+   * A streamed create's first step (src/services/intake.ts): reserves `estimate` bytes under `id` before any image
+   * part is written, so that PARKED_MAX_BYTES holds while the body arrives. False: over the cap, nothing reserved.
+   */
+  async reserveParked (id: string, estimate: number, maxBytes = Infinity): Promise<boolean> {
+    const cap = Number.isFinite(maxBytes) ? maxBytes : Number.MAX_SAFE_INTEGER
+    return await this.parkedScript('reserve', id, estimate, cap, this.clock()) === 1
+  }
+
+  /**
+   * One part of a streamed image (field `<pointer>#<n>`; a small image has the field `<pointer>` alone). One command
+   * per part, each far inside the request connection's 2 s budget.
+   */
+  async parkPart (id: string, field: string, data: Buffer): Promise<void> {
+    await this.redis.hset(this.k.parked(id), field, data)
+  }
+
+  /** Removes fields of a streamed create's parked images (an image given twice: the first one's parts). */
+  async unparkFields (id: string, fields: string[]): Promise<void> {
+    if (fields.length > 0) await this.redis.hdel(this.k.parked(id), ...fields)
+  }
+
+  /**
+   * A streamed create, once checked: the reservation becomes the exact `total` of its images and its small images
+   * join the parts already parked. False (nothing changed; the route's onResponse frees the parts) when that is over
+   * the cap.
+   */
+  async settleParked (id: string, images: Map<string, Buffer>, total: number, maxBytes = Infinity): Promise<boolean> {
+    if (total === 0) {
+      // Nothing to park after all (every image a URL): what the body reserved goes back.
+      await this.releaseParked(id)
+      return true
+    }
+    const cap = Number.isFinite(maxBytes) ? maxBytes : Number.MAX_SAFE_INTEGER
+    // The size first, as `park` does: bytes are never written that no reservation (and pending mark) covers.
+    if (await this.parkedScript('resize', id, total, cap, this.clock()) === 0) return false
+    for (const [pointer, data] of images) await this.redis.hset(this.k.parked(id), pointer, data)
+    return true
+  }
+
   async parkedBytes (): Promise<number> {
     return Number(await this.redis.get(this.k.parkedBytes) ?? 0)
   }
 
+  /** A task's parked images, whole, by pointer (parts joined). The submit job streams them instead (parkedParts). */
   async parked (id: string): Promise<Map<string, Buffer>> {
-    const raw = await this.redis.hgetallBuffer(this.k.parked(id))
-    delete raw['#bytes']
-    return new Map(Object.entries(raw))
+    const out = new Map<string, Buffer>()
+    for (const [pointer, fields] of await this.parkedLayout(id)) {
+      const parts = await this.redis.hmgetBuffer(this.k.parked(id), ...fields)
+      if (parts.every(p => p !== null)) out.set(pointer, Buffer.concat(parts as Buffer[]))
+    }
+    return out
+  }
+
+  /**
+   * Where each parked image of a task is: its fields in order (`<pointer>` alone, or `<pointer>#0`, `#1`, … for a
+   * streamed one), without reading a byte of them.
+   */
+  async parkedLayout (id: string): Promise<Map<string, string[]>> {
+    const byPointer = new Map<string, Array<{ field: string, n: number }>>()
+    for (const field of await this.redis.hkeys(this.k.parked(id))) {
+      if (field === '#bytes') continue
+      const hash = field.lastIndexOf('#')
+      const pointer = hash < 0 ? field : field.slice(0, hash)
+      const n = hash < 0 ? 0 : Number(field.slice(hash + 1))
+      const list = byPointer.get(pointer) ?? []
+      list.push({ field, n })
+      byPointer.set(pointer, list)
+    }
+    const ordered = (list: Array<{ field: string, n: number }>) => list.sort((a, b) => a.n - b.n).map(f => f.field)
+    return new Map([...byPointer].map(([pointer, list]) => [pointer, ordered(list)]))
+  }
+
+  /** The bytes of each of `fields` of a task's parked images (HSTRLEN, one round trip). */
+  async parkedSizes (id: string, fields: string[]): Promise<number[]> {
+    const pipeline = this.redis.pipeline()
+    for (const field of fields) pipeline.hstrlen(this.k.parked(id), field)
+    const results = await pipeline.exec() ?? []
+    return results.map(([err, n]) => { if (err !== null) throw err; return Number(n) })
+  }
+
+  /** One field of a task's parked images; null when it is gone. */
+  async parkedField (id: string, field: string): Promise<Buffer | null> {
+    return await this.redis.hgetBuffer(this.k.parked(id), field)
   }
 
   /** Frees the images parked under `id` unless a stored task owns them (its create may have run after all). */
@@ -621,7 +697,8 @@ export class TaskStore {
     return ids.length
   }
 
-  private async parkedScript (op: 'reserve' | 'release' | 'drop', id: string, ...rest: number[]): Promise<number> {
+  private async parkedScript (op: 'reserve' | 'resize' | 'release' | 'drop', id: string, ...rest: number[]):
+  Promise<number> {
     const k = this.k
     return await this.redis.kgParked(k.parked(id), k.parkedBytes, k.parkedPending, k.task(id), op, id, ...rest)
   }
