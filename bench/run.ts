@@ -24,7 +24,7 @@ import { ROOT, stillRunning, stopAll } from './lib/proc.ts'
 import { markdownTable, toLine, type ResultLine, type Row } from './lib/report.ts'
 
 /** The whole run must end by itself; past this everything is stopped and the run fails. */
-const HARD_DEADLINE_MS = 360_000
+const HARD_DEADLINE_MS = 600_000
 
 const profileDir = process.env.BENCH_CPU_PROF === '1' ? mkdtempSync(join(tmpdir(), 'kg-bench-prof-')) : undefined
 if (profileDir !== undefined) process.env.BENCH_CPU_PROF_DIR = profileDir
