@@ -3,7 +3,8 @@
  * responses, fed by one XREAD tail of the gateway's event stream, writing the same frame bytes the gateway does
  * (`id:` event id, `event:` type, `data:` the stored event JSON) to every stream of the event's task, ending them
  * after a task's last event, and one shared `: ping` timer. No replay, no catch-up: what holding streams costs at
- * least. Run as a child by the benchmark: PORT, REDIS_URL, REDIS_PREFIX, HEARTBEAT_MS.
+ * least. `POST /gc` collects garbage (with --expose-gc). Run as a child by the benchmark: PORT, REDIS_URL,
+ * REDIS_PREFIX, HEARTBEAT_MS.
  */
 import Fastify from 'fastify'
 import type { ServerResponse } from 'node:http'
@@ -21,6 +22,9 @@ const byTask = new Map<string, Set<ServerResponse>>()
 const app = Fastify({ logger: false })
 
 app.get('/health/live', async () => ({ status: 'ok' }))
+// The bench collects this fresh process's startup garbage before it reads RSS (run with --expose-gc), or the
+// "before" figure would shrink under it; the gateway gets no such help, so its figure is if anything high.
+app.post('/gc', async () => { (globalThis as { gc?: () => void }).gc?.(); return { ok: true } })
 
 app.get<{ Params: { id: string } }>('/v1/videos/:id/events', async (request, reply) => {
   reply.hijack()

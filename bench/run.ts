@@ -18,6 +18,7 @@ import { statusRead } from './benches/status-read.ts'
 import { hostileBodies } from './benches/hostile-bodies.ts'
 import { sse } from './benches/sse.ts'
 import { lifecycle } from './benches/lifecycle.ts'
+import { webhook } from './benches/webhook.ts'
 import { machine } from './lib/machine.ts'
 import { ROOT, stillRunning, stopAll } from './lib/proc.ts'
 import { markdownTable, toLine, type ResultLine, type Row } from './lib/report.ts'
@@ -33,7 +34,8 @@ const BENCHES: Record<string, () => Promise<Row[]>> = {
   'status-read': statusRead,
   'hostile-bodies': hostileBodies,
   sse,
-  lifecycle
+  lifecycle,
+  webhook
 }
 
 const log = (msg: string) => process.stderr.write(`[bench] ${msg}\n`)

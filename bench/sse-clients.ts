@@ -27,6 +27,8 @@ export interface SseResult {
   /** Per stream (same order as paths): [event id, receive time in epoch ms] of each frame, and whether it ended. */
   streams: Array<{ frames: Array<[string, number]>, ended: boolean }>
   openMs: number
+  /** CPU ms this process used from `READY` to its end (it is gone when the bench would read its /proc entry). */
+  cpuMsAfterReady: number
 }
 
 /** Wall-clock ms with sub-ms resolution, comparable with the Redis stream ids' ms on the same machine. */
@@ -41,7 +43,8 @@ const result: SseResult = {
   errors: 0,
   errorSamples: [],
   streams: spec.paths.map(() => ({ frames: [], ended: false })),
-  openMs: 0
+  openMs: 0,
+  cpuMsAfterReady: 0
 }
 const controller = new AbortController()
 const deadline = setTimeout(() => controller.abort(), spec.deadlineMs)
@@ -100,8 +103,11 @@ async function opener (): Promise<void> {
 const t0 = Date.now()
 await Promise.all(Array.from({ length: spec.openConcurrency }, opener))
 result.openMs = Date.now() - t0
+const cpuAtReady = process.cpuUsage()
 process.stdout.write(`READY ${JSON.stringify({ opened: result.opened, statuses: result.statuses })}\n`)
 await Promise.all(bodies)
+const cpu = process.cpuUsage(cpuAtReady)
+result.cpuMsAfterReady = Math.round((cpu.user + cpu.system) / 1000)
 clearTimeout(deadline)
 await pool.destroy()
 // A pipe's write is asynchronous: exit only once the (few hundred KB) line is out.

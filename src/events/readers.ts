@@ -76,8 +76,13 @@ export class GroupReader extends Loop {
   /** True until a pass over this consumer's own pending entries ('0') came back empty. */
   private ownPending = true
 
+  /**
+   * `concurrency`: entries of one read handled at once (each acknowledged after its own handler), for a handler that
+   * waits on the network (the webhooks' inline first attempts); 1 handles them one after the other.
+   */
   constructor (name: string, stream: EventStream, reader: RedisClient, logger: Logger,
-    private readonly handle: EventHandler, private readonly clock: () => number = Date.now) {
+    private readonly handle: EventHandler, private readonly clock: () => number = Date.now,
+    private readonly concurrency = 1) {
     super(name, stream, reader, logger)
   }
 
@@ -99,21 +104,26 @@ export class GroupReader extends Loop {
   }
 
   /**
-   * Handles the entries in order and acknowledges the handled ones together, in one XACK at the end (one per
-   * entry was a command and a round trip per event and group). Also when a handler throws: what it handled before
-   * is acknowledged, the rest is read again from this consumer's pending entries. A crash before the XACK hands the
-   * whole batch out again, which handlers are written for.
+   * Handles the entries, `concurrency` at once (in order when 1), and acknowledges the handled ones together, in
+   * one XACK at the end (one per entry was a command and a round trip per event and group). Also when a handler
+   * throws: what was handled is acknowledged, the rest is read again from this consumer's pending entries. A crash
+   * before the XACK hands the whole batch out again, which handlers are written for.
    */
   private async run (entries: StreamEntry[]): Promise<void> {
     const handled: string[] = []
-    try {
-      for (const { entryId, event } of entries) {
+    let next = 0
+    const worker = async () => {
+      while (next < entries.length) {
+        const { entryId, event } = entries[next++]
         if (event !== null) await this.handle(event)
         handled.push(entryId)
       }
-    } finally {
-      await this.stream.ack(this.name, handled)
     }
+    const workers = Array.from({ length: Math.min(this.concurrency, entries.length) }, worker)
+    const results = await Promise.allSettled(workers)
+    await this.stream.ack(this.name, handled)
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
+    if (failed !== undefined) throw failed.reason
   }
 }
 

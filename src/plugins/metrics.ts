@@ -88,7 +88,8 @@ export default fp(async function metrics (app: FastifyInstance) {
   // The job families' own queues (closed with them); none without a queue connection.
   const queues = queueConnection === undefined
     ? []
-    : [app.deps.jobs, app.deps.reconcile, app.deps.deliveries, app.deps.copies].map(j => j.queue)
+    : [app.deps.jobs, app.deps.reconcile, app.deps.reconcile.confirms, app.deps.deliveries, app.deps.copies]
+        .map(j => j.queue)
 
   new Gauge({ // eslint-disable-line no-new
     name: 'kg_tasks',

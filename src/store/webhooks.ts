@@ -14,6 +14,7 @@ declare module 'ioredis' {
   interface RedisCommander<Context> {
     kgEndpoint: (endpoint: string, index: string, args: Buffer) => Result<number, Context>
     kgDelivery: (...args: Array<string | Buffer>) => Result<number, Context>
+    kgDeliveryStatus: (...args: Array<string | Buffer>) => Result<number, Context>
   }
 }
 
@@ -118,7 +119,8 @@ const FAN_OUT_MAX_PAGES = 10_000
 export class WebhookStore {
   constructor (readonly redis: RedisClient, readonly k: Keys, private readonly clock: () => number = Date.now) {
     redis.defineCommand('kgEndpoint', script('endpoint-2'))
-    redis.defineCommand('kgDelivery', script('delivery-14'))
+    redis.defineCommand('kgDelivery', script('delivery-8'))
+    redis.defineCommand('kgDeliveryStatus', script('delivery-14'))
   }
 
   private epKey (id: string) { return this.k.endpoint(id) }
@@ -136,7 +138,7 @@ export class WebhookStore {
   private async setStatus (d: Pick<Delivery, 'id' | 'caller' | 'endpointId'>, status: DeliveryStatus, at: number,
     fields: Record<string, string>, attempt?: Attempt): Promise<void> {
     const indexes = this.scopesOf(d).flatMap(scope => DELIVERY_STATUSES.map(s => this.dlvIndex(scope, s)))
-    await this.redis.kgDelivery(this.dlvKey(d.id), this.dlvAttempts(d.id), ...indexes, pack({
+    await this.redis.kgDeliveryStatus(this.dlvKey(d.id), this.dlvAttempts(d.id), ...indexes, pack({
       id: d.id,
       status,
       at,
@@ -272,45 +274,55 @@ export class WebhookStore {
     return createHash('sha256').update(`${eventId}\n${destination}`).digest('base64url').slice(0, 24)
   }
 
-  /** Makes the delivery if it is not there yet; returns it either way. */
+  /**
+   * Makes the delivery if it is not there yet, in one step with its index entries (delivery-8.lua); returns it
+   * either way (a new one without reading it back).
+   */
   async ensureDelivery (
     d: Omit<Delivery, 'status' | 'attempts' | 'lastStatusCode' | 'lastError' | 'createdAt' | 'updatedAt'>
   ): Promise<Delivery> {
-    const key = this.dlvKey(d.id)
     const now = this.clock()
-    const created = await this.redis.hsetnx(key, 'id', d.id)
-    if (created !== 1) return await this.getDelivery(d.id) as Delivery
-    const fields = {
-      msg_id: d.msgId,
-      caller: d.caller,
-      endpoint_id: d.endpointId ?? '',
-      url: d.url,
-      task_id: d.taskId,
-      type: d.type,
-      sequence: String(d.sequence),
-      payload: d.payload,
-      status: 'pending',
-      next_attempt_at: d.nextAttemptAt === null ? '' : String(d.nextAttemptAt),
-      attempts: '0',
-      created_at: String(now),
-      updated_at: String(now)
+    const scopes = this.scopesOf(d)
+    const made = await this.redis.kgDelivery(
+      this.dlvKey(d.id),
+      ...scopes.map(scope => this.dlvIndex(scope)),
+      ...scopes.map(scope => this.dlvIndex(scope, 'pending')),
+      this.k.taskDeliveries(d.taskId),
+      pack({
+        id: d.id,
+        now: String(now),
+        fields: {
+          msg_id: d.msgId,
+          caller: d.caller,
+          endpoint_id: d.endpointId ?? '',
+          url: d.url,
+          task_id: d.taskId,
+          type: d.type,
+          sequence: String(d.sequence),
+          payload: d.payload,
+          status: 'pending',
+          next_attempt_at: d.nextAttemptAt === null ? '' : String(d.nextAttemptAt),
+          attempts: '0',
+          created_at: String(now),
+          updated_at: String(now)
+        }
+      }))
+    if (made === 1) {
+      return {
+        ...d, status: 'pending', attempts: 0, lastStatusCode: null, lastError: null, createdAt: now, updatedAt: now
+      }
     }
-    const multi = this.redis.multi().hset(key, fields)
-    // New, so in no status index yet: only `pending`'s is entered (no ZREM from the three others).
-    for (const scope of this.scopesOf(d)) {
-      multi.zadd(this.dlvIndex(scope), now, d.id).zadd(this.dlvIndex(scope, 'pending'), now, d.id)
-    }
-    multi.sadd(this.k.taskDeliveries(d.taskId), d.id)
-    await multi.exec()
-    // What was just written, without reading it back.
-    return decodeDelivery({ id: d.id, ...fields }) as Delivery
+    return await this.getDelivery(d.id) as Delivery
   }
 
   async getDelivery (id: string): Promise<Delivery | null> {
     return decodeDelivery(await this.redis.hgetall(this.dlvKey(id)))
   }
 
-  /** An attempt and the state it leaves: `retrying` needs when the next attempt is due (ms). */
+  /**
+   * An attempt and the state it leaves (delivery-14.lua, one step): `retrying` needs when the next attempt is due
+   * (ms). A delivery deleted meanwhile stays deleted.
+   */
   async recordAttempt (d: Delivery, attempt: Attempt, status: Delivery['status'], nextAttemptAt: number | null = null):
   Promise<void> {
     const now = this.clock()

@@ -5,8 +5,11 @@
   KEYS[3..14] status indexes, by scope (caller, all, endpoint or task-url) then status, in DELIVERY_STATUSES order
   ARGV[1] MessagePack map: id, status, at, fields {name = value}, attempt (JSON, or absent), statuses (the order)
   Safe to run twice: the second run finds the new status and moves nothing (an attempt is recorded twice, as a
-  resent MULTI would). A record without a known status leaves every other status's index, as before. ]]
+  resent MULTI would). A record without a known status leaves every other status's index, as before. A delivery
+  that is gone (retention took it mid-attempt) is not made again.
+  Returns 1 changed, 0 gone. ]]
 local a = cmsgpack.unpack(ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local old = redis.call('HGET', KEYS[1], 'status')
 if a.attempt then redis.call('RPUSH', KEYS[2], a.attempt) end
 local flat = {}
