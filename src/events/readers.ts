@@ -99,16 +99,26 @@ export class GroupReader extends Loop {
     this.ownPending = from === '0' && entries.length > 0
   }
 
+  /**
+   * Handles entries `concurrency` at a time, each acknowledged after its own handler. After a failure no new entry is
+   * started, and the ones under way finish before it is thrown: none is still running when the loop reads again.
+   */
   private async run (entries: StreamEntry[]): Promise<void> {
     let next = 0
+    let failed: { err: unknown } | undefined
     const worker = async () => {
-      while (next < entries.length) {
+      while (next < entries.length && failed === undefined) {
         const { entryId, event } = entries[next++]
-        if (event !== null) await this.handle(event)
-        await this.stream.ack(this.name, entryId)
+        try {
+          if (event !== null) await this.handle(event)
+          await this.stream.ack(this.name, entryId)
+        } catch (err) {
+          failed ??= { err }
+        }
       }
     }
     await Promise.all(Array.from({ length: Math.min(this.concurrency, entries.length) }, worker))
+    if (failed !== undefined) throw failed.err
   }
 }
 
