@@ -3,7 +3,8 @@
  * needs at least, on the same machine, against the same redis-server. Run as a child by the benchmarks:
  * PORT, REDIS_URL, REDIS_PREFIX, CREATE_BODY_LIMIT_BYTES.
  *
- * - POST /v1/videos: parse the JSON body (same bodyLimit as the gateway), one SET of a small value, 202.
+ * - POST /v1/videos: parse the JSON body (same bodyLimit as the gateway), decode each Base64 image and store its
+ *   bytes (one SET each, as the gateway parks them), 202; the bytes are deleted after the answer.
  * - POST /callbacks/kling?token=v2.<kid>.<exp>.<id>.<mac>: query and body schemas, one EVALSHA reading the task's
  *   status (a transition that finds nothing to do), 200 through a response schema.
  * - GET /v1/videos/:id: one HGETALL, returned through a response schema.
@@ -30,9 +31,16 @@ app.get('/health/live', async () => ({ status: 'ok' }))
 
 const bodyLimit = Number(process.env.CREATE_BODY_LIMIT_BYTES ?? 60 * 1024 * 1024)
 app.post('/v1/videos', { bodyLimit }, async (request, reply) => {
-  const body = request.body as { image_list?: unknown[] }
+  const body = request.body as { image_list?: Array<{ image?: unknown }> }
   const id = `floor-${++n}`
-  await redis.set(`{${prefix}}:floor:${id}`, String(body.image_list?.length ?? 0))
+  const stored: string[] = []
+  for (const [i, item] of (body.image_list ?? []).entries()) {
+    if (typeof item.image !== 'string') continue
+    const key = `{${prefix}}:floor:${id}:${i}`
+    await redis.set(key, Buffer.from(item.image, 'base64'))
+    stored.push(key)
+  }
+  reply.raw.once('finish', () => { if (stored.length > 0) redis.del(...stored).catch(() => {}) })
   return await reply.code(202).send({ id, status: 'queued' })
 })
 

@@ -14,7 +14,7 @@
  * (`POST /_sim/account`): balance exhausted, key revoked.
  */
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
-import { randomInt, randomUUID, createHmac, timingSafeEqual } from 'node:crypto'
+import { randomInt, randomUUID, createHash, createHmac, timingSafeEqual } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { request as undiciRequest } from 'undici'
 
@@ -155,6 +155,21 @@ export interface CreateRecord {
   prompt: string | null
   /** The upstream task made for it, or null when a fault, auth or validation refused it. */
   taskId: string | null
+  /**
+   * SHA-256 of each Base64 image as decoded here (the image list's, then `image`, `image_tail`, `static_mask`,
+   * the dynamic masks'), so tests can check the images arrived byte for byte.
+   */
+  imageSha256: string[]
+}
+
+/** The Base64 images of a create body, in the order CreateRecord.imageSha256 lists them. */
+function base64Images (body: Record<string, unknown>): string[] {
+  const listed = (list: unknown, field: string) => Array.isArray(list)
+    ? list.map(item => typeof item === 'object' && item !== null ? (item as Record<string, unknown>)[field] : undefined)
+    : []
+  const all = [...listed(body.image_list, 'image'), body.image, body.image_tail, body.static_mask,
+    ...listed(body.dynamic_masks, 'mask')]
+  return all.filter((v): v is string => typeof v === 'string' && !/^https?:\/\//i.test(v))
 }
 
 const PATH = '/kling/v1/videos/multi-image2video'
@@ -656,7 +671,9 @@ export class Simulator {
         at: Date.now(),
         externalTaskId: typeof sent.external_task_id === 'string' ? sent.external_task_id : null,
         prompt: typeof sent.prompt === 'string' ? sent.prompt : null,
-        taskId: null
+        taskId: null,
+        imageSha256: base64Images(sent)
+          .map(b64 => createHash('sha256').update(Buffer.from(b64, 'base64')).digest('hex'))
       }
       this.createLog.push(record)
       this.inFlight++

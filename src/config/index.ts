@@ -107,7 +107,7 @@ export const EnvSchema = Type.Object({
   MIRROR_RETRY_MAX_MS: Type.Integer({ minimum: 1, maximum: 900_000, default: 600_000 }),
   MIRROR_SWEEP_INTERVAL_MS: Type.Integer({ minimum: 10, maximum: 3_600_000, default: 60_000 }),
   PARKED_MAX_BYTES: Type.Integer({ minimum: 0, default: 512 * 1024 * 1024 }),
-  CREATE_MAX_LARGE_BODIES: Type.Integer({ minimum: 1, maximum: 1000, default: 2 }),
+  CREATE_MAX_LARGE_BODIES: Type.Integer({ minimum: 1, maximum: 1000, default: 8 }),
   LARGE_BODY_BYTES: Type.Integer({ minimum: 1024, default: 1024 * 1024 }),
   // A create body must be in within this (60 MiB at 512 KiB/s fits), and arrive at least this fast per 5 s window.
   CREATE_BODY_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: 3_600_000, default: 120_000 }),

@@ -6,11 +6,12 @@
  * what excludes what). Pure: returns every problem at once, or the request as it will be stored plus the decoded
  * images to park.
  */
-import { createHash } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { CAMERA_AXES, CREATE_SCHEMAS, FILLED_IN, TASK_FIELDS } from '../schemas/videos.ts'
 import type { FieldError } from './errors.ts'
 import { compareMask, inspectBase64Image, isUrl, type ImageDescriptor } from './images.ts'
 import { DEFAULT_KIND, type VideoKind } from './kinds.ts'
+import type { IntakeVerdict } from './image-intake.ts'
 import { DEFAULT_MODEL_TABLE, modelProblems, type ModelTable } from './models.ts'
 import { CANNOT_USE } from '../notify/ssrf.ts'
 
@@ -23,6 +24,8 @@ export interface CheckedCreate {
   request: Record<string, unknown>
   /** Decoded images by JSON pointer into `request` (for example `/image_list/1/image`). */
   images: Map<string, Buffer>
+  /** Bytes of the images a streamed body already parked (src/services/intake.ts); 0 for a body read whole. */
+  streamedBytes: number
   /** SHA-256 of the canonical request (images by their hash): the Idempotency-Key fingerprint. */
   fingerprint: string
 }
@@ -35,6 +38,8 @@ export interface CreateRules {
 }
 
 type Obj = Record<string, unknown>
+/** The images of a streamed body, by the placeholder standing in for each (src/services/intake.ts). */
+export type StreamedImages = Map<string, { pointer: string, verdict: IntakeVerdict, start: string }>
 const isObj = (v: unknown): v is Obj => v !== null && typeof v === 'object' && !Array.isArray(v)
 
 /** JSON with sorted keys, so the same request always hashes the same. */
@@ -112,20 +117,40 @@ const KIND_RULES: Partial<Record<VideoKind, (c: RuleContext) => void>> = {
  * bodies that failed their schema, so that image problems are listed beside the schema's own (every wrong field
  * named in one answer).
  */
-export function checkCreate (kind: VideoKind, body: Obj, rules: CreateRules):
+export function checkCreate (kind: VideoKind, body: Obj, rules: CreateRules, streamed?: StreamedImages):
 { ok: true, value: CheckedCreate } | { ok: false, errors: FieldError[] } {
   const errors: FieldError[] = []
+  let streamedBytes = 0
   const problem = (pointer: string, detail: string) => { errors.push({ pointer, detail, location: 'body' }) }
   const images = new Map<string, Buffer>()
   const descriptors = new Map<string, ImageDescriptor>()
 
+  const tooLongUrl = `an image URL must be at most ${MAX_URL_LENGTH} characters`
   const image = (pointer: string, value: string): string | ImageDescriptor => {
     if (isUrl(value)) {
-      const tooLong = `an image URL must be at most ${MAX_URL_LENGTH} characters`
       if (!/^https:\/\//i.test(value)) problem(pointer, 'an image URL must use https')
-      else if (value.length > MAX_URL_LENGTH) problem(pointer, tooLong)
+      else if (value.length > MAX_URL_LENGTH) problem(pointer, tooLongUrl)
       else if (!URL.canParse(value)) problem(pointer, 'is not a valid URL')
       return value
+    }
+    const diverted = streamed?.get(value)
+    if (diverted !== undefined && isUrl(diverted.start)) {
+      // A URL of more than 64 KB, streamed like an image: refused as the checks above refuse a long one.
+      problem(pointer, /^https:\/\//i.test(diverted.start) ? tooLongUrl : 'an image URL must use https')
+      return value
+    }
+    if (diverted !== undefined) {
+      // Checked as it arrived, the same checks as below; its bytes are parked already, under this pointer.
+      const verdict = diverted.pointer === pointer
+        ? diverted.verdict
+        : { ok: false as const, problems: ['could not be read as an image'] }
+      if (!verdict.ok) {
+        for (const detail of verdict.problems) problem(pointer, detail)
+        return value
+      }
+      streamedBytes += verdict.descriptor.bytes
+      descriptors.set(pointer, verdict.descriptor)
+      return verdict.descriptor
     }
     const inspected = inspectBase64Image(value)
     if (!inspected.ok) {
@@ -191,28 +216,43 @@ export function checkCreate (kind: VideoKind, body: Obj, rules: CreateRules):
   const fingerprint = createHash('sha256').update(canonicalJson({
     request, reference: body.reference, metadata: body.metadata, ...(kind !== DEFAULT_KIND && { kind })
   })).digest('hex')
-  return { ok: true, value: { kind, request, images, fingerprint } }
+  return { ok: true, value: { kind, request, images, streamedBytes, fingerprint } }
 }
 
 /**
- * The upstream body for a stored request: parked images put back as Base64, our callback and external id added. The
- * request is already in its kind's shape (checkCreate built it from the kind's schema), so nothing here is per kind.
+ * The upstream body for a stored request, in pieces around its images: `pieces[k]`, then the Base64 of image
+ * `images[k]` (a pointer among `parked`), …, then the last piece; our callback and external id added. The request is
+ * already in its kind's shape (checkCreate built it from the kind's schema), so nothing here is per kind. The submit
+ * job streams the images between the pieces, so the 56 MB string of a 4 × 10 MB create is never built.
  */
-export function upstreamBody (
+export function upstreamBodyParts (
   request: Record<string, unknown>,
-  images: Map<string, Buffer>,
+  parked: Iterable<string>,
   extra: { callback_url: string, external_task_id: string }
-): Record<string, unknown> {
+): { pieces: string[], images: string[] } {
   const body = structuredClone(request)
   delete body.webhook_url
-  for (const [pointer, data] of images) {
+  // A marker no request can hold (a random word between NULs), replaced by each image's place.
+  const nonce = randomBytes(8).toString('hex')
+  const pointers: string[] = []
+  for (const pointer of parked) {
     const path = pointer.split('/').slice(1)
     const last = path.pop() as string
-    let target = body as Record<string, unknown>
-    for (const part of path) target = target[part] as Record<string, unknown>
-    target[last] = data.toString('base64')
+    let target = body as Record<string, unknown> | undefined
+    for (const part of path) target = isObj(target) || Array.isArray(target) ? (target as Obj)[part] as Obj : undefined
+    if (target === undefined || !(last in target)) continue
+    target[last] = `\u0000${nonce}:${pointers.length}\u0000`
+    pointers.push(pointer)
   }
-  return { ...body, ...extra }
+  const text = JSON.stringify({ ...body, ...extra })
+  const split = text.split(new RegExp(`\\\\u0000${nonce}:(\\d+)\\\\u0000`))
+  const pieces: string[] = []
+  const images: string[] = []
+  for (let i = 0; i < split.length; i++) {
+    if (i % 2 === 0) pieces.push(split[i])
+    else images.push(pointers[Number(split[i])])
+  }
+  return { pieces, images }
 }
 
 /**

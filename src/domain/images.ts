@@ -36,7 +36,10 @@ const JPEG_MAGIC = [0xff, 0xd8, 0xff]
 const BASE64_RE = /^[A-Za-z0-9+/_-]*={0,2}$/
 const URL_RE = /^https?:\/\//i
 /** A data: URL header is short; don't scan a 14 MB string looking for its comma. */
-const MAX_DATA_HEADER = 256
+export const MAX_DATA_HEADER = 256
+/** The problems of a string that is not Base64 at all, by its characters and by its `data:` header. */
+export const NOT_BASE64 = 'must be valid Base64 (A-Z, a-z, 0-9, + and / or - and _, optional = padding, no whitespace)'
+export const BAD_DATA_PREFIX = 'must be plain Base64 or a data: URL ending in ;base64,'
 
 /** True when the value is meant as a URL (starts with http:// or https://, case-insensitive). */
 export function isUrl (value: string): boolean {
@@ -44,7 +47,7 @@ export function isUrl (value: string): boolean {
 }
 
 /** Index just after the `,` of a leading `data:<mime>[;params];base64,` header, or -1. */
-function dataPrefixEnd (value: string): number {
+export function dataPrefixEnd (value: string): number {
   if (value.length < 5 || value.slice(0, 5).toLowerCase() !== 'data:') return -1
   const comma = value.slice(0, MAX_DATA_HEADER).indexOf(',')
   if (comma < 0) return -1
@@ -84,15 +87,17 @@ type Base64Check =
 export function checkBase64 (s: string): Base64Check {
   if (s.length === 0) return { ok: false, problem: 'must not be empty' }
   if (!BASE64_RE.test(s)) {
-    return {
-      ok: false,
-      problem: 'must be valid Base64 (A-Z, a-z, 0-9, + and / or - and _, optional = padding, no whitespace)'
-    }
+    return { ok: false, problem: NOT_BASE64 }
   }
   let pad = 0
   while (pad < 2 && s.charCodeAt(s.length - 1 - pad) === 0x3d) pad++
-  const n = s.length - pad
-  if (n === 0 || n % 4 === 1 || (pad > 0 && s.length % 4 !== 0)) {
+  return base64Length(s.length, pad)
+}
+
+/** The decoded size of Base64 text of `length` characters, `pad` of them trailing `=`, or why none is possible. */
+export function base64Length (length: number, pad: number): Base64Check {
+  const n = length - pad
+  if (n === 0 || n % 4 === 1 || (pad > 0 && length % 4 !== 0)) {
     return { ok: false, problem: 'must be valid Base64 (its length is not possible for Base64)' }
   }
   return { ok: true, bytes: Math.floor(n * 3 / 4) }
@@ -118,6 +123,15 @@ export function dimensionProblems (width: number, height: number): string[] {
   return problems
 }
 
+/** The problems of an image over MAX_IMAGE_BYTES, `head` being its first bytes (24 are enough). */
+export function tooLarge (bytes: number, head: Uint8Array): string[] {
+  const problems = [
+    `must be at most 10 MB (${MAX_IMAGE_BYTES} bytes) once decoded (got ${bytes} bytes, ${formatMb(bytes)} MB)`
+  ]
+  if (detectFormat(head) === undefined) problems.push('must be a JPG or PNG image')
+  return problems
+}
+
 /**
  * Decodes and checks one Base64 image (prefix already stripped or not — strip it inside too). Lists every problem it
  * can find (e.g. both too small AND bad aspect), never throws.
@@ -134,7 +148,7 @@ export function inspectBase64Image (value: string): InspectResult {
 function inspect (value: string): InspectResult {
   if (typeof value !== 'string') return { ok: false, problems: ['must be a Base64 string'] }
   if (value.length >= 5 && value.slice(0, 5).toLowerCase() === 'data:' && dataPrefixEnd(value) < 0) {
-    return { ok: false, problems: ['must be plain Base64 or a data: URL ending in ;base64,'] }
+    return { ok: false, problems: [BAD_DATA_PREFIX] }
   }
   const s = stripDataPrefix(value)
   const b64 = checkBase64(s)
@@ -142,24 +156,29 @@ function inspect (value: string): InspectResult {
 
   if (b64.bytes > MAX_IMAGE_BYTES) {
     // Don't decode megabytes just to refuse them; the first 24 bytes are enough for the format.
-    const problems = [
-      `must be at most 10 MB (${MAX_IMAGE_BYTES} bytes) once decoded ` +
-      `(got ${b64.bytes} bytes, ${formatMb(b64.bytes)} MB)`
-    ]
-    if (detectFormat(Buffer.from(s.slice(0, 32), 'base64')) === undefined) problems.push('must be a JPG or PNG image')
-    return { ok: false, problems }
+    return { ok: false, problems: tooLarge(b64.bytes, Buffer.from(s.slice(0, 32), 'base64')) }
   }
 
   const data = Buffer.from(s, 'base64')
   if (data.length !== b64.bytes) return { ok: false, problems: ['must be valid Base64'] }
+  const checked = inspectDecoded(data, data.length, () => createHash('sha256').update(data).digest('hex'))
+  return checked.ok ? { ...checked, data } : checked
+}
 
-  const format = detectFormat(data)
+/**
+ * The checks after decoding, on the image's first bytes (`head`: all of it, or at least HEAD_BYTES of a longer
+ * one) and its size: the format, the dimensions image-size reads, Kling's limits on them. `sha256` is asked for only
+ * when every check passed. Shared by the whole-string path above and the streamed intake (image-intake.ts).
+ */
+export function inspectDecoded (head: Buffer, bytes: number, sha256: () => string):
+{ ok: true, descriptor: ImageDescriptor } | { ok: false, problems: string[] } {
+  const format = detectFormat(head)
   if (format === undefined) return { ok: false, problems: ['must be a JPG or PNG image'] }
 
   let width: number
   let height: number
   try {
-    const size = imageSize(headerCopy(data, format))
+    const size = imageSize(headerCopy(head, format))
     const expected = format === 'png' ? 'png' : 'jpg'
     if (size.type !== undefined && size.type !== expected) throw new TypeError(`read as ${size.type}`)
     width = size.width
@@ -176,10 +195,15 @@ function inspect (value: string): InspectResult {
 
   const problems = dimensionProblems(width, height)
   if (problems.length > 0) return { ok: false, problems }
-
-  const sha256 = createHash('sha256').update(data).digest('hex')
-  return { ok: true, descriptor: { sha256, bytes: data.length, width, height, format }, data }
+  return { ok: true, descriptor: { sha256: sha256(), bytes, width, height, format } }
 }
+
+/**
+ * How much of an image's start the streamed intake keeps for inspectDecoded: more than any PNG header and than
+ * JPEG_TOLERANT_SCAN_BYTES, so a JPEG reads the same from it as from the whole file unless its frame header lies
+ * past it (metadata segments of more than 256 KB before it).
+ */
+export const HEAD_BYTES = 256 * 1024
 
 /** Bytes of a PNG image-size reads: signature and IHDR (40 for Apple's CgBI variant). */
 const PNG_HEADER_BYTES = 64

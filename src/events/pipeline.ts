@@ -28,6 +28,8 @@ export interface PipelineDeps {
   webhooks: EventHandler
   copy: EventHandler
   live: EventHandler
+  /** The `live` reader read again after failing. */
+  liveResumed?: () => void
 }
 
 export class EventPipeline {
@@ -40,7 +42,7 @@ export class EventPipeline {
     // Webhooks: a fan-out waits for its first attempts (up to INLINE_WAIT_MS), so one slow receiver must not hold
     // the events behind it.
     this.groups = [group('webhooks', deps.webhooks, WEBHOOK_ENTRIES_AT_ONCE), group('copy', deps.copy)]
-    this.tails = [new TailReader('live', deps.stream, deps.connect(), deps.logger, deps.live)]
+    this.tails = [new TailReader('live', deps.stream, deps.connect(), deps.logger, deps.live, deps.liveResumed)]
   }
 
   /**

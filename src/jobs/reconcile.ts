@@ -204,7 +204,7 @@ export class ReconcileJobs extends QueueJobs<CheckData> {
       if (task.status === 'queued' && task.attention === null && !pastDeadline) await submit.submit(task.id)
       return await this.unknown(task, pastDeadline, unconfirmed, 'upstream does not find it by its external_task_id')
     }
-    const outcome = await applyUpstream(store, task.id, up, now, config.publicBaseUrl ?? '')
+    const outcome = await applyUpstream(store, task.id, up, now, config.publicBaseUrl ?? '', task)
     if (outcome.applied) {
       if (task.attention !== null) this.log.warn({ taskId, upstreamTaskId: up.taskId }, 'held task found upstream')
       return 'applied'

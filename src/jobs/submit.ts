@@ -31,7 +31,7 @@ import type { Logger } from 'pino'
 import { QueueJobs } from './base.ts'
 import { callbackBaseUrl, type Config } from '../config/index.ts'
 import { callbackKeys, callbackToken, callbackTokenExpiry } from '../domain/callback-token.ts'
-import { upstreamBody } from '../domain/create.ts'
+import { upstreamBodyParts } from '../domain/create.ts'
 import { applyUpstream } from './apply.ts'
 import { FairDispatcher } from './fair.ts'
 import { holdTask } from './hold.ts'
@@ -42,7 +42,7 @@ import type { RedisClient } from '../infra/redis.ts'
 import type { TaskStore } from '../store/tasks.ts'
 import type { FairStore } from '../store/fair.ts'
 import { UpstreamError, type UpstreamTask } from '../upstream/client.ts'
-import type { UpstreamAdapter } from '../upstream/adapter.ts'
+import type { StreamedBody, UpstreamAdapter } from '../upstream/adapter.ts'
 
 export const SUBMIT_QUEUE = 'submit'
 
@@ -130,11 +130,12 @@ export class SubmitJobs extends QueueJobs<SubmitData> {
 
   /**
    * Queues a task for submission, in its caller's line for a slot; safe to call again for the same task (a task
-   * with a job, waiting in line or holding a slot is left as it is).
+   * with a job, waiting in line or holding a slot is left as it is). `created`: the record its create has just
+   * stored, which saves two reads (a new id has no job yet).
    */
-  async submit (taskId: string): Promise<void> {
-    if (await this.queue.getJob(taskId) !== undefined) return
-    const task = await this.deps.store.get(taskId)
+  async submit (taskId: string, created?: TaskRecord): Promise<void> {
+    if (created === undefined && await this.queue.getJob(taskId) !== undefined) return
+    const task = created ?? await this.deps.store.get(taskId)
     if (task === null || task.status !== 'queued') return
     // No job, yet a slot: the replica that released it died before adding the job. The slot is this task's.
     if (await this.fair.enqueue(task.id, task.caller) === 'holds-slot') await this.add(task.id)
@@ -208,7 +209,7 @@ export class SubmitJobs extends QueueJobs<SubmitData> {
       const claimed = await store.transition(
         task.id,
         t => t.status === 'queued' && t.attention === null ? { to: 'queued', submitSentAt: clock() } : null,
-        { event: false, requireEmpty: 'withdrawn' }
+        { event: false, requireEmpty: 'withdrawn', current: task }
       )
       if (!claimed.applied) return 'not-queued'
       // The mark must survive a failover or a host crash before anything is paid for: a mark lost in a rollback
@@ -221,14 +222,10 @@ export class SubmitJobs extends QueueJobs<SubmitData> {
         ).catch(() => {})
         throw err
       })
-      const images = await store.parked(task.id)
-      const body = upstreamBody(task.request, images, {
-        callback_url: this.callbackUrl(task),
-        external_task_id: task.externalTaskId
-      })
+      const body = await streamedBody(store, task, this.callbackUrl(task))
       sentAt = clock()
       const created = await upstream.create(task.kind, body)
-      const adopted = await this.adopt(task, created)
+      const adopted = await this.adopt(claimed.task, created)
       // The account works: a pause that began before this create was sent is over. Best effort: the next success or
       // check ends it otherwise.
       await pause.resume(gate === 'trial' ? 'a trial create was accepted' : 'a create was accepted', sentAt)
@@ -327,10 +324,10 @@ export class SubmitJobs extends QueueJobs<SubmitData> {
     throw new DelayedError()
   }
 
-  /** Records the upstream task and moves ours to where upstream says it is. */
+  /** Records the upstream task and moves ours to where upstream says it is; `task` was just read (saves a read). */
   private async adopt (task: TaskRecord, up: UpstreamTask): Promise<string> {
     const outcome = await applyUpstream(
-      this.deps.store, task.id, up, this.deps.clock(), this.deps.config.publicBaseUrl ?? ''
+      this.deps.store, task.id, up, this.deps.clock(), this.deps.config.publicBaseUrl ?? '', task
     )
     this.log.info(
       { taskId: task.id, upstreamTaskId: up.taskId, applied: outcome.applied },
@@ -351,5 +348,48 @@ export class SubmitJobs extends QueueJobs<SubmitData> {
     const { config } = this.deps
     const expires = callbackTokenExpiry(task.createdAt, config.reconcile.deadlineMs)
     return `${callbackBaseUrl(config)}/callbacks/kling?token=${callbackToken(callbackKeys(config), task.id, expires)}`
+  }
+}
+
+const ENCODE_SLICE = 48 * 1024
+
+/** Base64 characters (with padding) of `bytes` bytes. */
+const base64Chars = (bytes: number) => 4 * Math.ceil(bytes / 3)
+
+/**
+ * The upstream body of `task`, streamed: the request's JSON around its parked images, each read from Redis a part at
+ * a time as it is sent (a part of a streamed image is a multiple of 3 bytes, so its Base64 joins the next one's).
+ * Its length is known before a byte is sent, from the parts' sizes (one round trip).
+ */
+async function streamedBody (store: TaskStore, task: TaskRecord, callbackUrl: string): Promise<StreamedBody> {
+  const layout = await store.parkedLayout(task.id)
+  const { pieces, images } = upstreamBodyParts(task.request, layout.keys(), {
+    callback_url: callbackUrl,
+    external_task_id: task.externalTaskId
+  })
+  const fields = images.map(pointer => layout.get(pointer) as string[])
+  const sizes = await store.parkedSizes(task.id, fields.flat())
+  let at = 0
+  let length = pieces.reduce((n, piece) => n + Buffer.byteLength(piece), 0)
+  for (const list of fields) {
+    const own = sizes.slice(at, at + list.length)
+    at += list.length
+    if (own.slice(0, -1).some(n => n % 3 !== 0)) throw new Error(`task ${task.id}: a parked image's parts do not join`)
+    length += own.reduce((n, size) => n + base64Chars(size), 0)
+  }
+  return {
+    externalTaskId: task.externalTaskId,
+    length,
+    chunks: async function * () {
+      for (let k = 0; k < pieces.length; k++) {
+        yield pieces[k]
+        for (const field of fields[k] ?? []) {
+          const data = await store.parkedField(task.id, field)
+          if (data === null) throw new Error(`task ${task.id}: a parked image part is gone`)
+          // In slices of 48 KB (a multiple of 3): short-lived strings, not a 1 MB one per part for the old heap.
+          for (let at = 0; at < data.length; at += ENCODE_SLICE) yield data.toString('base64', at, at + ENCODE_SLICE)
+        }
+      }
+    }
   }
 }

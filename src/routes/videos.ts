@@ -25,6 +25,7 @@ import { limitsFor } from '../config/callers.ts'
 import { CallerSlots, type Slot } from '../services/caller-slots.ts'
 import { bodyDeadline } from '../plugins/body-deadline.ts'
 import { bodyTooSlow } from '../schemas/replica-limits.ts'
+import { createBodyParser, intakeOf, releaseIntake } from '../services/intake.ts'
 
 const TaskRef = Type.Ref('Task')
 const invalid = (what: string) => invalidField(`invalid ${what}, or a body that is not JSON: every bad field is listed`,
@@ -83,11 +84,28 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
   const limitDeps = { limitStore: app.deps.limitStore, callers: config.callers }
   app.addSchema(TaskSchema)
   app.addHook('onRequest', app.authenticate)
+  // Create bodies over LARGE_BODY_BYTES are read as they arrive, their images parked as they come
+  // (src/services/intake.ts); whatever a create parked and no stored task took is freed once it is answered
+  // (`onResponse` of the create routes).
+  app.removeContentTypeParser('application/json')
+  app.addContentTypeParser('application/json', createBodyParser({
+    store,
+    ids: app.deps.ids,
+    parkedMaxBytes: config.parkedMaxBytes,
+    largeBodyBytes: config.create.largeBodyBytes,
+    schemaOf: request => {
+      const kind = request.routeOptions.config.kind
+      return kind === undefined ? null : CREATE_SCHEMAS[kind] as unknown as Record<string, unknown>
+    }
+  }))
+  // On the create routes only: the reads' hot path gets no hook of its own.
+  const releaseParked = async (request: FastifyRequest) => { await releaseIntake(store, request) }
   await app.register(resolve)
 
-  // Bodies past LARGE_BODY_BYTES in flight at once on this replica: each can cost ~2× its size in memory while
-  // parsed and decoded, so their number is capped before a byte of them is read, in all (CREATE_MAX_LARGE_BODIES,
-  // 503) and per caller (max_large_bodies, 429), so that one caller cannot take every slot.
+  // Bodies past LARGE_BODY_BYTES in flight at once on this replica: streamed (a few MB each, src/services/intake.ts),
+  // but each still takes Redis writes, CPU and a parked-bytes share, so their number is capped before a byte of them
+  // is read, in all (CREATE_MAX_LARGE_BODIES, 503) and per caller (max_large_bodies, 429), so that one caller cannot
+  // take every slot.
   const largeBodies = new CallerSlots(config.create.maxLargeBodies)
   const slots = new WeakMap<FastifyRequest, Slot>()
   const limitLargeBodies = async (request: FastifyRequest, reply: FastifyReply) => {
@@ -114,6 +132,8 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
     bodyLimit: config.createBodyLimit,
     onRequest: limitLargeBodies,
     preParsing: deadline,
+    onResponse: releaseParked,
+    config: { kind: DEFAULT_KIND },
     // Validation errors are merged with the image checks below, so one answer names every bad field.
     attachValidation: true,
     schema: {
@@ -134,6 +154,8 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
       bodyLimit: config.createBodyLimit,
       onRequest: limitLargeBodies,
       preParsing: deadline,
+      onResponse: releaseParked,
+      config: { kind },
       attachValidation: true,
       schema: {
         tags: ['videos'],
@@ -163,7 +185,8 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
     const rules = {
       allowedModels: config.allowedModels, allowInsecureWebhooks: config.webhooks.allowPrivate, models: config.models
     }
-    const checked = checkCreate(kind, raw as Record<string, unknown>, rules)
+    const streamed = intakeOf(request)
+    const checked = checkCreate(kind, raw as Record<string, unknown>, rules, streamed?.images)
     // With attachValidation, Fastify leaves here the first part that failed (body before headers): name its errors
     // by that part, and when the body failed first, check the headers too so that every bad field is listed.
     const invalid = request.validationError
@@ -194,7 +217,8 @@ const videos: FastifyPluginAsyncTypebox = async (app) => {
       metadata: body.metadata ?? null,
       webhookUrl: body.webhook_url ?? null,
       // The headers schema has run: at most one key, a string.
-      idempotencyKey: request.headers['idempotency-key'] as string | undefined
+      idempotencyKey: request.headers['idempotency-key'] as string | undefined,
+      parkedId: streamed?.id
     })
     if (replayed) reply.header('idempotent-replayed', 'true')
     audit(request.log, 'task.create', caller, 'accepted', { task_id: task.id, kind, replayed })

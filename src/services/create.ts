@@ -38,6 +38,8 @@ export interface CreateInput {
   metadata: Record<string, unknown> | null
   webhookUrl: string | null
   idempotencyKey?: string
+  /** The task id a streamed body parked its images under (src/services/intake.ts): the task takes that id. */
+  parkedId?: string
 }
 
 export interface CreateResult { task: TaskRecord, replayed: boolean }
@@ -58,8 +60,11 @@ export async function createTask (deps: CreateDeps, input: CreateInput): Promise
     if (task !== null) return await settle(deps, task, { replayed: true, withdrawOnFailure: false })
   }
 
-  const id = deps.ids()
-  if (!await store.park(id, images, deps.parkedMaxBytes)) {
+  const id = input.parkedId ?? deps.ids()
+  const parked = input.parkedId === undefined
+    ? await store.park(id, images, deps.parkedMaxBytes)
+    : await store.settleParked(id, images, input.checked.streamedBytes + sum(images), deps.parkedMaxBytes)
+  if (!parked) {
     throw new Unavailable('too many images are waiting for upstream capacity; retry later', 30)
   }
   let outcome: Awaited<ReturnType<TaskStore['create']>>
@@ -96,11 +101,13 @@ export async function createTask (deps: CreateDeps, input: CreateInput): Promise
   })
 }
 
+const sum = (images: Map<string, Buffer>) => [...images.values()].reduce((n, data) => n + data.length, 0)
+
 /** Queues the task's submit job (again: a no-op while it exists) and waits until what was written is durable. */
 async function settle (deps: CreateDeps, task: TaskRecord, opts: { replayed: boolean, withdrawOnFailure: boolean }):
 Promise<CreateResult> {
   try {
-    if (task.status === 'queued') await deps.jobs.submit(task.id)
+    if (task.status === 'queued') await deps.jobs.submit(task.id, opts.replayed ? undefined : task)
     await deps.store.durable()
   } catch (err) {
     if (opts.withdrawOnFailure) await withdraw(deps, task.id)

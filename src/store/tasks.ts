@@ -30,7 +30,6 @@ export function script (name: string): { numberOfKeys: number, lua: string } {
 declare module 'ioredis' {
   interface RedisCommander<Context> {
     kgCreate: (...args: Array<string | Buffer>) => Result<[string, string], Context>
-    kgCallback: (task: string, counter: string, windowS: number) => Result<[number, string[]], Context>
     kgTransition: (...args: Array<string | Buffer>) => Result<number, Context>
     kgParked: (...args: Array<string | number>) => Result<number, Context>
     kgWithdraw: (key: string) => Result<number, Context>
@@ -72,6 +71,9 @@ export interface TransitionOptions {
   /** The record the caller has just read, to save a read. */
   current?: TaskRecord
 }
+
+/** The fields of a task a callback decides by (`getForCallback`). */
+export type CallbackView = Pick<TaskRecord, 'id' | 'status' | 'externalTaskId' | 'upstream' | 'error'>
 
 export type TransitionOutcome =
   | { applied: true, task: TaskRecord, event: TaskEvent | null }
@@ -151,7 +153,7 @@ export function eventOf (task: TaskRecord, now: number, type: EventType = `video
 
 /**
  * Task state in Redis, and the one door to it: no other module reads or writes a task's keys. Every change is
- * one Lua script (create-16, transition-13, parked-4, withdraw-1, refund-2, forget-19), so the state check, the
+ * one Lua script (create-16, transition-13, parked-4, withdraw-1, refund-2, forget-18), so the state check, the
  * write, the event append, the index moves and the live announcement happen together or not at all, and every
  * script is safe to run late or twice (a command that timed out on the client may still run). `durable()` is the
  * deployment's durability rule: what the 202 of a create and the mark before an upstream create wait for.
@@ -175,10 +177,9 @@ export class TaskStore {
     )
     redis.defineCommand('kgCreate', script('create-16'))
     redis.defineCommand('kgTransition', script('transition-13'))
-    redis.defineCommand('kgCallback', script('callback-2'))
     redis.defineCommand('kgParked', script('parked-4'))
     redis.defineCommand('kgWithdraw', script('withdraw-1'))
-    redis.defineCommand('kgForget', script('forget-19'))
+    redis.defineCommand('kgForget', script('forget-18'))
     redis.defineCommand('kgRefund', script('refund-2'))
   }
 
@@ -479,7 +480,7 @@ export class TaskStore {
   }
 
   /**
-   * Removes a task that ended at or before `before` with everything that is its own (forget-19.lua, which judges
+   * Removes a task that ended at or before `before` with everything that is its own (forget-18.lua, which judges
    * whether it may go: see its header). `check` only asks. The task's deliveries must be gone first (`deliveries`).
    */
   async forget (task: TaskRecord, before: number, check = false):
@@ -488,7 +489,7 @@ export class TaskStore {
     const id = task.id
     const digest = (await this.redis.hget(k.task(id), 'idempotency_digest')) ?? ''
     const answer = await this.redis.kgForget(
-      k.task(id), k.taskEvents(id), k.parked(id), k.callbacksSeen(id), k.taskDeliveries(id),
+      k.task(id), k.taskEvents(id), k.parked(id), k.taskDeliveries(id),
       k.index(task.caller, '*'), k.index(task.caller, task.status), k.index('*', '*'), k.index('*', task.status),
       k.index(task.caller, ATTENTION), k.index('*', ATTENTION), k.open, k.stored, k.copying, k.ended,
       task.reference === null ? k.task(id) : k.reference(task.caller, task.reference),
@@ -528,6 +529,11 @@ export class TaskStore {
     return added
   }
 
+  /** Marks a task of the copying set as queued for its copy now (a long first attempt), if it is still there. */
+  async markCopyQueued (id: string): Promise<void> {
+    await this.redis.zadd(this.k.copying, 'XX', this.clock(), id)
+  }
+
   /** Takes a task off the copying set outside a transition: it is gone, or stored or given up after all. */
   async leaveCopying (id: string): Promise<void> {
     await this.redis.zrem(this.k.copying, id)
@@ -548,11 +554,22 @@ export class TaskStore {
    * The task a callback names, and that callback counted in the task's current minute: one round trip, since a
    * duplicate callback (the common case: CometAPI repeats itself) needs nothing else from Redis.
    */
-  async getForCallback (id: string): Promise<{ task: TaskRecord | null, callbacks: number }> {
-    const [callbacks, flat] = await this.redis.kgCallback(this.k.task(id), this.k.callbacksSeen(id), 60)
-    const hash: Record<string, string> = {}
-    for (let i = 0; i + 1 < flat.length; i += 2) hash[flat[i]] = flat[i + 1]
-    return { task: decode(hash), callbacks }
+  /**
+   * What a callback decides by, in one plain command: a few fields, not the whole record (most callbacks are
+   * repeats, and the request and result are most of a task's bytes; one that changes something reads the record in
+   * its transition).
+   */
+  async getForCallback (id: string): Promise<CallbackView | null> {
+    const [taskId, status, externalTaskId, upstream, error] =
+      await this.redis.hmget(this.k.task(id), 'id', 'status', 'external_task_id', 'upstream', 'error')
+    if (taskId === null) return null
+    return {
+      id: taskId,
+      status: status as TaskStatus,
+      externalTaskId: externalTaskId ?? '',
+      upstream: parse(upstream ?? undefined),
+      error: parse(error ?? undefined)
+    }
   }
 
   /**
@@ -576,14 +593,90 @@ export class TaskStore {
     return true
   }
 
+  /**
+   * A streamed create's first step (src/services/intake.ts): reserves `estimate` bytes under `id` before any image
+   * part is written, so that PARKED_MAX_BYTES holds while the body arrives. False: over the cap, nothing reserved.
+   */
+  async reserveParked (id: string, estimate: number, maxBytes = Infinity): Promise<boolean> {
+    const cap = Number.isFinite(maxBytes) ? maxBytes : Number.MAX_SAFE_INTEGER
+    return await this.parkedScript('reserve', id, estimate, cap, this.clock()) === 1
+  }
+
+  /**
+   * One part of a streamed image (field `<pointer>#<n>`; a small image has the field `<pointer>` alone). One command
+   * per part, each far inside the request connection's 2 s budget.
+   */
+  async parkPart (id: string, field: string, data: Buffer): Promise<void> {
+    await this.redis.hset(this.k.parked(id), field, data)
+  }
+
+  /** Removes fields of a streamed create's parked images (an image given twice: the first one's parts). */
+  async unparkFields (id: string, fields: string[]): Promise<void> {
+    if (fields.length > 0) await this.redis.hdel(this.k.parked(id), ...fields)
+  }
+
+  /**
+   * A streamed create, once checked: the reservation becomes the exact `total` of its images and its small images
+   * join the parts already parked. False (nothing changed; the route's onResponse frees the parts) when that is over
+   * the cap.
+   */
+  async settleParked (id: string, images: Map<string, Buffer>, total: number, maxBytes = Infinity): Promise<boolean> {
+    if (total === 0) {
+      // Nothing to park after all (every image a URL): what the body reserved goes back.
+      await this.releaseParked(id)
+      return true
+    }
+    const cap = Number.isFinite(maxBytes) ? maxBytes : Number.MAX_SAFE_INTEGER
+    // The size first, as `park` does: bytes are never written that no reservation (and pending mark) covers.
+    if (await this.parkedScript('resize', id, total, cap, this.clock()) === 0) return false
+    for (const [pointer, data] of images) await this.redis.hset(this.k.parked(id), pointer, data)
+    return true
+  }
+
   async parkedBytes (): Promise<number> {
     return Number(await this.redis.get(this.k.parkedBytes) ?? 0)
   }
 
+  /** A task's parked images, whole, by pointer (parts joined). The submit job streams them instead (parkedParts). */
   async parked (id: string): Promise<Map<string, Buffer>> {
-    const raw = await this.redis.hgetallBuffer(this.k.parked(id))
-    delete raw['#bytes']
-    return new Map(Object.entries(raw))
+    const out = new Map<string, Buffer>()
+    for (const [pointer, fields] of await this.parkedLayout(id)) {
+      const parts = await this.redis.hmgetBuffer(this.k.parked(id), ...fields)
+      if (parts.every(p => p !== null)) out.set(pointer, Buffer.concat(parts as Buffer[]))
+    }
+    return out
+  }
+
+  /**
+   * Where each parked image of a task is: its fields in order (`<pointer>` alone, or `<pointer>#0`, `#1`, … for a
+   * streamed one), without reading a byte of them.
+   */
+  async parkedLayout (id: string): Promise<Map<string, string[]>> {
+    const byPointer = new Map<string, Array<{ field: string, n: number }>>()
+    for (const field of await this.redis.hkeys(this.k.parked(id))) {
+      if (field === '#bytes') continue
+      const hash = field.lastIndexOf('#')
+      const pointer = hash < 0 ? field : field.slice(0, hash)
+      const n = hash < 0 ? 0 : Number(field.slice(hash + 1))
+      const list = byPointer.get(pointer) ?? []
+      list.push({ field, n })
+      byPointer.set(pointer, list)
+    }
+    const ordered = (list: Array<{ field: string, n: number }>) => list.sort((a, b) => a.n - b.n).map(f => f.field)
+    return new Map([...byPointer].map(([pointer, list]) => [pointer, ordered(list)]))
+  }
+
+  /** The bytes of each of `fields` of a task's parked images (HSTRLEN, one round trip). */
+  async parkedSizes (id: string, fields: string[]): Promise<number[]> {
+    const pipeline = this.redis.pipeline()
+    for (const field of fields) pipeline.hstrlen(this.k.parked(id), field)
+    const results = await pipeline.exec() ?? []
+    return results.map(([err, n]) => { if (err !== null) throw err; return Number(n) })
+  }
+
+  /** One field of a task's parked images; null when it is gone. */
+  async parkedField (id: string, field: string): Promise<Buffer | null> {
+    return await this.redis.hgetBuffer(this.k.parked(id), field)
   }
 
   /** Frees the images parked under `id` unless a stored task owns them (its create may have run after all). */
@@ -604,7 +697,8 @@ export class TaskStore {
     return ids.length
   }
 
-  private async parkedScript (op: 'reserve' | 'release' | 'drop', id: string, ...rest: number[]): Promise<number> {
+  private async parkedScript (op: 'reserve' | 'resize' | 'release' | 'drop', id: string, ...rest: number[]):
+  Promise<number> {
     const k = this.k
     return await this.redis.kgParked(k.parked(id), k.parkedBytes, k.parkedPending, k.task(id), op, id, ...rest)
   }

@@ -14,7 +14,7 @@ declare module 'ioredis' {
   interface RedisCommander<Context> {
     kgEndpoint: (endpoint: string, index: string, args: Buffer) => Result<number, Context>
     kgDelivery: (...args: Array<string | Buffer>) => Result<number, Context>
-    kgAttempt: (...args: Array<string | Buffer>) => Result<number, Context>
+    kgDeliveryStatus: (...args: Array<string | Buffer>) => Result<number, Context>
   }
 }
 
@@ -120,7 +120,7 @@ export class WebhookStore {
   constructor (readonly redis: RedisClient, readonly k: Keys, private readonly clock: () => number = Date.now) {
     redis.defineCommand('kgEndpoint', script('endpoint-2'))
     redis.defineCommand('kgDelivery', script('delivery-8'))
-    redis.defineCommand('kgAttempt', script('attempt-14'))
+    redis.defineCommand('kgDeliveryStatus', script('delivery-14'))
   }
 
   private epKey (id: string) { return this.k.endpoint(id) }
@@ -131,15 +131,21 @@ export class WebhookStore {
   dlvIndex (scope: DeliveryScope, status: 'all' | DeliveryStatus = 'all') { return this.k.deliveries(scope, status) }
 
   /**
-   * Moves a delivery into `status`'s index of each scope and out of the others', in the caller's MULTI with the
-   * hash's new status, so a delivery is always listed under exactly the status its record holds.
+   * Sets a delivery's status (and records `attempt`, if any) with `fields`, and moves it from the index of the
+   * status its record held into `status`'s, in each scope, in one script (delivery-14.lua), so a delivery is always
+   * listed under exactly the status its record holds, whatever a concurrent change did to it.
    */
-  private indexStatus (multi: ReturnType<RedisClient['multi']>, d: Pick<Delivery, 'id' | 'caller' | 'endpointId'>,
-    status: DeliveryStatus, at: number): void {
-    for (const scope of this.scopesOf(d)) {
-      for (const other of DELIVERY_STATUSES) if (other !== status) multi.zrem(this.dlvIndex(scope, other), d.id)
-      multi.zadd(this.dlvIndex(scope, status), at, d.id)
-    }
+  private async setStatus (d: Pick<Delivery, 'id' | 'caller' | 'endpointId'>, status: DeliveryStatus, at: number,
+    fields: Record<string, string>, attempt?: Attempt): Promise<void> {
+    const indexes = this.scopesOf(d).flatMap(scope => DELIVERY_STATUSES.map(s => this.dlvIndex(scope, s)))
+    await this.redis.kgDeliveryStatus(this.dlvKey(d.id), this.dlvAttempts(d.id), ...indexes, pack({
+      id: d.id,
+      status,
+      at,
+      fields: { ...fields, status },
+      ...(attempt !== undefined && { attempt: JSON.stringify(attempt) }),
+      statuses: DELIVERY_STATUSES
+    }))
   }
 
   /** The indexes a delivery is listed in. */
@@ -314,26 +320,18 @@ export class WebhookStore {
   }
 
   /**
-   * An attempt and the state it leaves (attempt-14.lua, one step): `retrying` needs when the next attempt is due
+   * An attempt and the state it leaves (delivery-14.lua, one step): `retrying` needs when the next attempt is due
    * (ms). A delivery deleted meanwhile stays deleted.
    */
   async recordAttempt (d: Delivery, attempt: Attempt, status: Delivery['status'], nextAttemptAt: number | null = null):
   Promise<void> {
     const now = this.clock()
-    const indexes = this.scopesOf(d).flatMap(scope => DELIVERY_STATUSES.map(state => this.dlvIndex(scope, state)))
-    await this.redis.kgAttempt(this.dlvKey(d.id), this.dlvAttempts(d.id), ...indexes, pack({
-      id: d.id,
-      now: String(now),
-      status,
-      attempt: JSON.stringify(attempt),
-      states: DELIVERY_STATUSES,
-      fields: {
-        next_attempt_at: nextAttemptAt === null ? '' : String(nextAttemptAt),
-        last_status_code: attempt.status_code === null ? '' : String(attempt.status_code),
-        last_error: attempt.error ?? '',
-        updated_at: String(now)
-      }
-    }))
+    await this.setStatus(d, status, now, {
+      next_attempt_at: nextAttemptAt === null ? '' : String(nextAttemptAt),
+      last_status_code: attempt.status_code === null ? '' : String(attempt.status_code),
+      last_error: attempt.error ?? '',
+      updated_at: String(now)
+    }, attempt)
   }
 
   async markStatus (d: Delivery, status: Delivery['status'], error: string | null): Promise<void> {
@@ -345,11 +343,7 @@ export class WebhookStore {
   /** Back to pending for a manual retry, due at once; the attempts so far stay recorded. */
   async reopen (d: Delivery): Promise<void> {
     const now = this.clock()
-    const multi = this.redis.multi().hset(this.dlvKey(d.id), {
-      status: 'pending', next_attempt_at: String(now), updated_at: String(now)
-    })
-    this.indexStatus(multi, d, 'pending', now)
-    await multi.exec()
+    await this.setStatus(d, 'pending', now, { next_attempt_at: String(now), updated_at: String(now) })
   }
 
   async attempts (id: string): Promise<Attempt[]> {

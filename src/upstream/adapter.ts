@@ -14,6 +14,20 @@ import {
 } from './client.ts'
 import { idString, isObject, parseTask, type UpstreamTask } from './schemas.ts'
 
+/**
+ * A create body too large to build as one string (4 × 10 MB of images is 56 MB of JSON): its exact length and its
+ * bytes, read as they are sent (src/jobs/submit.ts streams the parked images into it).
+ */
+export interface StreamedBody {
+  readonly externalTaskId: string
+  readonly length: number
+  /** Strings are sent as UTF-8; `length` counts bytes. */
+  chunks: () => AsyncIterable<Buffer | string>
+}
+
+export const isStreamed = (body: Record<string, unknown> | StreamedBody): body is StreamedBody =>
+  typeof body.chunks === 'function' && typeof body.length === 'number'
+
 export interface UpstreamAdapter {
   readonly name: UpstreamName
   /** Where it sends requests (no credentials), for logs. */
@@ -22,7 +36,7 @@ export interface UpstreamAdapter {
    * Creates an upstream task of `kind` from `body` (the upstream body: callback_url and external_task_id already in
    * it). Resolves only when upstream certainly made the task; otherwise an UpstreamError.
    */
-  create: (kind: VideoKind, body: Record<string, unknown>) => Promise<UpstreamTask>
+  create: (kind: VideoKind, body: Record<string, unknown> | StreamedBody) => Promise<UpstreamTask>
   /** The task of `kind` upstream knows as `id` (its task id or our external_task_id); null when it knows none. */
   query: (kind: VideoKind, id: string) => Promise<UpstreamTask | null>
   close: () => Promise<void>
@@ -60,8 +74,8 @@ export abstract class KlingWireAdapter implements UpstreamAdapter {
    * `data.task_id` (a string, or a number turned into one), or an OpenAI-video-style task with no `code` at all
    * (`{id, task_id, object: "video", status, …}`, as new-api gateways answer: the id is `task_id`, else `id`).
    */
-  async create (kind: VideoKind, body: Record<string, unknown>): Promise<UpstreamTask> {
-    const res = await this.send('create', 'POST', this.path(kind), JSON.stringify(body))
+  async create (kind: VideoKind, body: Record<string, unknown> | StreamedBody): Promise<UpstreamTask> {
+    const res = await this.send('create', 'POST', this.path(kind), isStreamed(body) ? body : JSON.stringify(body))
     const json = res.json
     const is2xx = res.status >= 200 && res.status < 300
     const bare = is2xx && isObject(json) && json.code === undefined && (json.error === undefined || json.error === null)
@@ -80,7 +94,8 @@ export abstract class KlingWireAdapter implements UpstreamAdapter {
       })
     }
     const parsed = parseTask({ ...data, task_id: taskId })
-    const bodyExternal = typeof body.external_task_id === 'string' ? body.external_task_id : null
+    const external = isStreamed(body) ? body.externalTaskId : body.external_task_id
+    const bodyExternal = typeof external === 'string' ? external : null
     return {
       taskId,
       status: parsed?.status ?? 'submitted',
@@ -122,7 +137,8 @@ export abstract class KlingWireAdapter implements UpstreamAdapter {
     await this.http.close()
   }
 
-  private async send (op: Op, method: 'GET' | 'POST', path: string, body: string | undefined): Promise<Received> {
+  private async send (op: Op, method: 'GET' | 'POST', path: string, body: string | StreamedBody | undefined):
+  Promise<Received> {
     return await this.http.send(op, method, path, body, { authorization: this.authorization() })
   }
 }

@@ -9,7 +9,9 @@
  * create may have made a task anyway. The secrets an adapter names (keys, tokens) are scrubbed from every message.
  */
 import { Agent, type Dispatcher } from 'undici'
+import { Readable } from 'node:stream'
 import { isObject, parseJsonKeepingIds } from './schemas.ts'
+import type { StreamedBody } from './adapter.ts'
 
 export { parseTask, normalizeStatus } from './schemas.ts'
 export type {
@@ -164,10 +166,12 @@ export class UpstreamHttp {
   }
 
   /** One request under the deadline; the body read (capped) as text and, if it is JSON, parsed. */
-  async send (op: Op, method: 'GET' | 'POST', path: string, body: string | undefined,
+  async send (op: Op, method: 'GET' | 'POST', path: string, body: string | StreamedBody | undefined,
     headers: Record<string, string>): Promise<Received> {
     const all: Record<string, string> = { accept: 'application/json', 'user-agent': 'kling-gateway', ...headers }
     if (body !== undefined) all['content-type'] = 'application/json'
+    // A streamed body says its length up front: no chunked encoding, and undici checks every byte is sent.
+    if (typeof body === 'object') all['content-length'] = String(body.length)
     const signal = AbortSignal.timeout(this.timeoutMs)
     let res: Dispatcher.ResponseData
     try {
@@ -176,7 +180,8 @@ export class UpstreamHttp {
         path: this.#prefix + path,
         method,
         headers: all,
-        body,
+        // In object mode the chunks reach the socket as they are (strings too); undici checks the length.
+        body: typeof body === 'object' ? Readable.from(body.chunks()) : body,
         signal,
         headersTimeout: this.timeoutMs,
         bodyTimeout: this.timeoutMs

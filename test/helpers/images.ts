@@ -1,3 +1,4 @@
+import { randomFillSync } from 'node:crypto'
 import { crc32, deflateSync } from 'node:zlib'
 
 /**
@@ -35,6 +36,27 @@ export function makePng (width: number, height: number, grey = 0x80): Buffer {
     signature,
     pngChunk('IHDR', ihdr),
     pngChunk('IDAT', deflateSync(raw)),
+    pngChunk('IEND', Buffer.alloc(0))
+  ])
+}
+
+/**
+ * A valid 8-bit RGB PNG of random (incompressible) pixels, stored with deflate level 0 so its size is known: a
+ * side of 1860 gives 10,381,518 bytes, just under the gateway's 10 MiB per image. For large bodies.
+ */
+export function noisyPng (width: number, height = width): Buffer {
+  const ihdr = Buffer.alloc(13)
+  ihdr.writeUInt32BE(width, 0)
+  ihdr.writeUInt32BE(height, 4)
+  ihdr[8] = 8 // bit depth
+  ihdr[9] = 2 // colour type: RGB
+  const stride = 1 + width * 3
+  const raw = randomFillSync(Buffer.alloc(stride * height))
+  for (let y = 0; y < height; y++) raw[y * stride] = 0 // filter type None on every scanline
+  return Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    pngChunk('IHDR', ihdr),
+    pngChunk('IDAT', deflateSync(raw, { level: 0 })),
     pngChunk('IEND', Buffer.alloc(0))
   ])
 }
