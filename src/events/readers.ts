@@ -56,7 +56,15 @@ abstract class Loop {
 
   protected abstract step (): Promise<void>
 
+  /** After the last step: what a reader still has in hand (bounded by stop()'s wait). */
+  protected async finish (): Promise<void> {}
+
   private async loop (): Promise<void> {
+    await this.steps()
+    await this.finish().catch(() => {})
+  }
+
+  private async steps (): Promise<void> {
     while (this.running) {
       try {
         await this.step()
@@ -76,9 +84,16 @@ export class GroupReader extends Loop {
   /** True until a pass over this consumer's own pending entries ('0') came back empty. */
   private ownPending = true
 
+  /** Entries being handled (pipelined mode), and those handled but not acknowledged yet. */
+  private readonly inFlight = new Map<string, Promise<void>>()
+  private handled: string[] = []
+  private ackScheduled = false
+  private failure: { err: unknown } | null = null
+
   /**
-   * `concurrency`: entries of one read handled at once (each acknowledged after its own handler), for a handler that
-   * waits on the network (the webhooks' inline first attempts); 1 handles them one after the other.
+   * `concurrency`: 1 handles each read's entries one after the other. More is for a handler that waits on the
+   * network (the webhooks' inline first attempts): up to that many entries are handled at once, and the reader
+   * reads on while they run, so a slow entry holds up only itself, not the entries read with it.
    */
   constructor (name: string, stream: EventStream, reader: RedisClient, logger: Logger,
     private readonly handle: EventHandler, private readonly clock: () => number = Date.now,
@@ -92,6 +107,7 @@ export class GroupReader extends Loop {
   }
 
   protected async step (): Promise<void> {
+    if (this.concurrency > 1) return await this.pipelined()
     if (this.clock() - this.lastClaim > CLAIM_IDLE_MS / 3) {
       this.lastClaim = this.clock()
       await this.run(await this.stream.claim(this.name, this.consumer, CLAIM_IDLE_MS))
@@ -124,6 +140,89 @@ export class GroupReader extends Loop {
     await this.stream.ack(this.name, handled)
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
     if (failed !== undefined) throw failed.reason
+  }
+
+  /**
+   * One step of the pipelined mode: reads as many new entries as there is room for and starts their handlers
+   * without waiting for them (each handled entry is acknowledged as it finishes, see acknowledgeSoon). After a
+   * handler failed, everything in flight is let finish, and this consumer's own pending entries ('0') are handled
+   * again before it reads new ones, as in the one-at-a-time mode.
+   */
+  private async pipelined (): Promise<void> {
+    await this.flushAcks()
+    if (this.failure !== null) {
+      const { err } = this.failure
+      await this.settle()
+      this.failure = null
+      this.ownPending = true
+      throw err
+    }
+    if (this.clock() - this.lastClaim > CLAIM_IDLE_MS / 3) {
+      this.lastClaim = this.clock()
+      for (const entry of await this.stream.claim(this.name, this.consumer, CLAIM_IDLE_MS)) this.begin(entry)
+    }
+    if (this.ownPending) {
+      // Only with nothing in flight: in-flight entries are among this consumer's pending ones too.
+      await this.settle()
+      const own = await this.stream.read(this.reader, this.name, this.consumer, BLOCK_MS, '0')
+      for (const entry of own) this.begin(entry)
+      await this.settle()
+      this.ownPending = own.length > 0 || this.failure !== null
+      return
+    }
+    const room = this.concurrency - this.inFlight.size
+    if (room <= 0) {
+      await Promise.race(this.inFlight.values())
+      return
+    }
+    for (const entry of await this.stream.read(this.reader, this.name, this.consumer, BLOCK_MS, '>', room)) {
+      this.begin(entry)
+    }
+  }
+
+  private begin ({ entryId, event }: StreamEntry): void {
+    if (this.inFlight.has(entryId)) return
+    const run = (async () => { if (event !== null) await this.handle(event) })()
+      .then(() => { this.acknowledgeSoon(entryId) }, (err: unknown) => { this.failure ??= { err } })
+      .finally(() => { this.inFlight.delete(entryId) })
+    this.inFlight.set(entryId, run)
+  }
+
+  /**
+   * Acknowledges a handled entry on the command connection (the reader's may be blocked in a read), together with
+   * the others handled in the same turn of the event loop: one XACK for them all.
+   */
+  private acknowledgeSoon (entryId: string): void {
+    this.handled.push(entryId)
+    if (this.ackScheduled) return
+    this.ackScheduled = true
+    setImmediate(() => {
+      this.ackScheduled = false
+      // A failed XACK keeps its ids for the next step's (a crash meanwhile hands them out again, which is allowed).
+      this.flushAcks().catch(() => {})
+    })
+  }
+
+  private async settle (): Promise<void> {
+    await Promise.all(this.inFlight.values())
+    await this.flushAcks()
+  }
+
+  private async flushAcks (): Promise<void> {
+    if (this.handled.length === 0) return
+    const ids = this.handled
+    this.handled = []
+    try {
+      await this.stream.ack(this.name, ids)
+    } catch (err) {
+      // Not acknowledged: kept for the next step (a crash meanwhile hands them out again, which is allowed).
+      this.handled.push(...ids)
+      throw err
+    }
+  }
+
+  protected override async finish (): Promise<void> {
+    await this.settle()
   }
 }
 
