@@ -7,6 +7,7 @@ COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
 COPY simulator ./simulator
 COPY dashboard ./dashboard
+COPY scripts/build.mjs ./scripts/build.mjs
 RUN npm run build && npm prune --omit=dev
 
 FROM node:20-bookworm-slim

@@ -3840,7 +3840,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description more than 120 callbacks for this task in a minute */
+            /** @description more than 120 callbacks for this task in a minute (on one replica) */
             429: {
                 headers: {
                     "Retry-After": components["headers"]["Retry-After"];

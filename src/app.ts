@@ -130,7 +130,8 @@ export async function buildApp (input: Omit<AppDeps, 'clock' | 'ids' | 'lifecycl
     clock: base.clock,
     webhooks: async e => { await deliveries.fanOut(e) },
     copy: async e => { await copies.onEvent(e) },
-    live: e => { hub.dispatch(e) }
+    live: e => { hub.dispatch(e) },
+    liveResumed: () => { hub.resumed() }
   })
   const k = keys(base.config.prefix)
   const orphans = new OrphanStore(base.redis, k, base.clock)

@@ -155,6 +155,26 @@ describe('callback tokens: key ids, rotation, expiry', () => {
   })
 })
 
+describe('callback tokens: the verified-token memo', () => {
+  it('stops accepting a remembered token once its secret is dropped, and still ends it at its expiry', () => {
+    const old = randomBytes(32).toString('hex')
+    const next = randomBytes(32).toString('hex')
+    const now = Date.now()
+    const token = callbackToken(old, 'task_memo', now + DAY)
+    const both = { current: next, previous: [old] }
+    // Verified once (and so remembered), then asked again: the same answer each time while the secret is held.
+    for (let i = 0; i < 2; i++) expect(checkCallbackToken(both, token, now)).toEqual({ ok: true, taskId: 'task_memo' })
+    // The old secret leaves CALLBACK_SECRETS_PREVIOUS: the remembered token no longer counts.
+    const dropped = { current: next, previous: [] }
+    expect(checkCallbackToken(dropped, token, now)).toEqual({ ok: false, reason: 'unknown-key' })
+    // Expiry is in whole seconds, rounded up.
+    expect(checkCallbackToken(both, token, now + DAY + 1000)).toEqual({ ok: false, reason: 'expired' })
+    // A wrong MAC is never remembered as right, however often it is tried after the right one.
+    const wrong = `${token.slice(0, -2)}${token.endsWith('AA') ? 'Bw' : 'AA'}`
+    for (let i = 0; i < 2; i++) expect(checkCallbackToken(both, wrong, now)).toEqual({ ok: false, reason: 'wrong' })
+  })
+})
+
 describe('callback tokens: only the canonical spelling', () => {
   /** A token of ours for `id` whose MAC has a `-` or `_` in it (so it has a base64 `+`/`/` twin). */
   function withUrlChars (h: Harness, id: string): string {

@@ -40,6 +40,24 @@ describe('POST /callbacks/kling', () => {
     expect(h.logs.text).toContain('/callbacks/kling?token=[REDACTED]')
   })
 
+  it('answers 429 with Retry-After past 120 callbacks for one task in a minute, and only for that task', async () => {
+    let offset = 0
+    const h = await harness({ sim: { auto: false }, clock: () => Date.now() + offset })
+    const a = await submitted(h)
+    const b = await submitted(h)
+    const send = async (t: { id: string, upstreamId: string }) =>
+      await h.app.inject({ method: 'POST', url: callbackPath(h, t.id), payload: body(t.upstreamId, 'processing') })
+    for (let i = 0; i < 120; i++) expect((await send(a)).statusCode).toBe(200)
+    const over = await send(a)
+    expect(over.statusCode).toBe(429)
+    expect(over.headers['retry-after']).toBe('60')
+    expect(over.json().code).toBe('TOO_MANY_CALLBACKS')
+    expect((await send(b)).statusCode).toBe(200)
+    // The window is a minute from the task's first callback: after it, the task is answered again.
+    offset = 61_000
+    expect((await send(a)).json().outcome).toBe('duplicate')
+  })
+
   it('answers 404 for a missing, wrong or truncated token and changes nothing', async () => {
     const h = await harness({ sim: { auto: false } })
     const { id, upstreamId } = await submitted(h)

@@ -170,6 +170,32 @@ describe('the result copy', () => {
     expect(error).toMatchObject({ code: 'UPSTREAM_URL_EXPIRED', message: expect.stringMatching(/answered 500$/) })
   })
 
+  it('copies in the reader on the first attempt, without a job; a failed first attempt becomes a delayed job',
+    async () => {
+      const downloads = new Downloads()
+      let failing = false
+      downloads.failing = () => failing
+      const h = await harness(downloads, { env: { MIRROR_RETRY_BASE_MS: '60000', MIRROR_RETRY_MAX_MS: '600000' } })
+      const { copies, store } = h.app.deps
+      // BullMQ writes an `added` entry to the queue's events stream for every job it adds.
+      const added = async (taskId: string) => (await h.redis.xrange(`${store.queuePrefix}:copy:events`, '-', '+'))
+        .filter(([, f]) => f[1] === 'added' && f[3] === `copy-${taskId}`).length
+      const ok = await createTask(h)
+      expect(await until(async () => (await types(h, ok.id)).includes('video.stored'))).toBe(true)
+      expect(await added(ok.id)).toBe(0)
+      expect(downloads.seen).toBe(1)
+
+      failing = true
+      const later = await createTask(h)
+      const jobId = `copy-${later.id}`
+      expect(await until(async () => await copies.queue.getJobState(jobId) === 'delayed')).toBe(true)
+      expect(await added(later.id)).toBe(1)
+      const job = await copies.queue.getJob(jobId)
+      // Due when the job's own first retry would have been: MIRROR_RETRY_BASE_MS, jittered down to half.
+      expect(job?.opts.delay).toBeGreaterThanOrEqual(30_000)
+      expect(await inCopying(h, later.id)).toBe(true)
+    })
+
   it('a copy job that is lost is queued again by the periodic sweep', async () => {
     const downloads = new Downloads()
     let failing = true

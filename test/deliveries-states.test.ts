@@ -183,3 +183,40 @@ describe('refusal of a private target', () => {
     expect(r.requests).toHaveLength(0)
   })
 })
+
+describe('a delivery status change (delivery-14.lua)', () => {
+  it('moves the index entry from the status the record holds, also when the caller read a stale record', async () => {
+    const h = await start({ workers: false })
+    const { webhooks } = h.app.deps
+    const d = await webhooks.ensureDelivery({
+      id: 'dlv-index-test',
+      msgId: 'msg_dlv-index-test',
+      caller: 'alice',
+      endpointId: null,
+      url: 'https://hooks.example.com/x',
+      taskId: 'task-index-test',
+      type: 'video.queued',
+      sequence: 1,
+      payload: '{}',
+      nextAttemptAt: null
+    })
+    expect(d.status).toBe('pending')
+    const attempt = { at: new Date().toISOString(), status_code: 500, error: 'HTTP 500', duration_ms: 1 }
+    await webhooks.recordAttempt(d, attempt, 'retrying', Date.now() + 1000)
+    // `d` still says pending: a second writer with an old read must not leave the entry under `retrying`.
+    await webhooks.recordAttempt(d, { ...attempt, status_code: 200, error: null }, 'succeeded')
+    await webhooks.recordAttempt(d, { ...attempt, status_code: 200, error: null }, 'succeeded')
+    for (const scope of [{ caller: 'alice' }, 'all', 'task-url'] as const) {
+      for (const status of ['pending', 'retrying', 'failed', 'succeeded'] as const) {
+        const listed = await h.redis.zscore(webhooks.dlvIndex(scope, status), d.id)
+        expect(listed === null ? 'absent' : 'listed', `${JSON.stringify(scope)} ${status}`)
+          .toBe(status === 'succeeded' ? 'listed' : 'absent')
+      }
+      expect(await h.redis.zscore(webhooks.dlvIndex(scope), d.id)).not.toBeNull()
+    }
+    const after = await webhooks.getDelivery(d.id)
+    expect(after?.status).toBe('succeeded')
+    expect(after?.attempts).toBe(3)
+    expect(await webhooks.attempts(d.id)).toHaveLength(3)
+  })
+})

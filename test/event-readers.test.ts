@@ -8,12 +8,12 @@ import { Redis } from 'ioredis'
 import pino from 'pino'
 import { afterEach, describe, expect, inject, it } from 'vitest'
 import type { TaskEvent } from '../src/domain/task.ts'
-import { CLAIM_IDLE_MS, GroupReader } from '../src/events/readers.ts'
+import { CLAIM_IDLE_MS, GroupReader, TailReader } from '../src/events/readers.ts'
 import { EventStream } from '../src/store/event-stream.ts'
 import { waitFor } from './helpers/group-process.ts'
 
 const clients: Redis[] = []
-const readers: GroupReader[] = []
+const readers: Array<GroupReader | TailReader> = []
 afterEach(async () => {
   await Promise.all(readers.splice(0).map(async r => await r.stop()))
   for (const c of clients.splice(0)) c.disconnect()
@@ -50,5 +50,35 @@ describe('GroupReader', () => {
     expect(seen.filter(id => id === 'evt_1')).toHaveLength(3) // twice failed, once done
     await waitFor('nothing pending', async () =>
       ((await redis.xpending(stream.key, 'webhooks')) as [number])[0] === 0 ? true : undefined, 5000, 20)
+  })
+})
+
+describe('TailReader', () => {
+  it('says once that it resumed after failed reads, and goes on after the last entry it saw', async () => {
+    const redis = connect()
+    const stream = new EventStream(redis, `t${randomBytes(6).toString('hex')}:events`)
+    await redis.xadd(stream.key, '*', 'data', JSON.stringify(event(0)))
+    const seen: string[] = []
+    let resumes = 0
+    const warnings: string[] = []
+    const logger = pino({ level: 'warn' }, { write: (line: string) => { warnings.push(line) } })
+    const reader = new TailReader('live', stream, connect(), logger, e => { seen.push(e.id) }, () => { resumes++ })
+    readers.push(reader)
+    reader.start()
+    await redis.xadd(stream.key, '*', 'data', JSON.stringify(event(1)))
+    await waitFor('the first event', () => seen.length === 1 ? true : undefined, 5000, 10)
+    expect(resumes).toBe(0)
+
+    // Its reads fail for a while (the key holds a string), meanwhile the entries wait aside; then it is a stream again.
+    await redis.rename(stream.key, `${stream.key}:aside`)
+    await redis.set(stream.key, 'not a stream')
+    await redis.xadd(`${stream.key}:aside`, '*', 'data', JSON.stringify(event(2)))
+    await waitFor('two failed reads', () => warnings.length >= 2 ? true : undefined, 5000, 10)
+    await redis.del(stream.key)
+    await redis.rename(`${stream.key}:aside`, stream.key)
+    await redis.xadd(stream.key, '*', 'data', JSON.stringify(event(3)))
+    await waitFor('the events after the failures', () => seen.length === 3 ? true : undefined, 5000, 10)
+    expect(seen).toEqual(['evt_1', 'evt_2', 'evt_3'])
+    expect(resumes).toBe(1)
   })
 })

@@ -73,8 +73,8 @@ export interface NodeChild {
 }
 
 /**
- * Runs `node --import tsx <script>` from the repository root. The child is `node` itself (tsx registers its loader
- * in-process), so its pid is the one whose /proc entry we read.
+ * Runs `node --import tsx <script>` from the repository root (a `.js` script without tsx). The child is `node`
+ * itself (tsx registers its loader in-process), so its pid is the one whose /proc entry we read.
  */
 export function startNode (
   name: string,
@@ -83,7 +83,8 @@ export function startNode (
   args: string[] = [],
   nodeArgs: string[] = []
 ): NodeChild {
-  const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', script, ...args], {
+  const loader = script.endsWith('.ts') ? ['--import', 'tsx'] : []
+  const child = spawn(process.execPath, [...nodeArgs, ...loader, script, ...args], {
     cwd: ROOT,
     env: {
       PATH: process.env.PATH ?? '/usr/bin:/bin',

@@ -44,3 +44,16 @@ export function perRequest (
   const top = usecBy.sort((a, b) => b[1] - a[1]).slice(0, 5)
   return { commands, redis_usec: round(usec / n, 1), top_usec: Object.fromEntries(top) }
 }
+
+/** CPU time the redis-server has used since it started (INFO cpu: used_cpu_sys + used_cpu_user), in ms. */
+export async function redisCpuMs (url: string): Promise<number> {
+  const redis = new Redis(url, { maxRetriesPerRequest: 1, lazyConnect: true })
+  try {
+    await redis.connect()
+    const info = await redis.info('cpu')
+    const field = (name: string) => Number(new RegExp(`^${name}:([\\d.]+)`, 'm').exec(info)?.[1] ?? NaN)
+    return (field('used_cpu_sys') + field('used_cpu_user')) * 1000
+  } finally {
+    redis.disconnect()
+  }
+}

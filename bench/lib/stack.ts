@@ -1,8 +1,10 @@
 /**
  * What each benchmark starts: its own redis-server (AOF on, as in production), the CometAPI simulator on loopback,
- * the gateway as a child process (`node --import tsx src/server.ts`), the bare-Fastify floor as a child process, and
- * the load generator as a child process. Everything is registered with proc.ts so it is stopped on any way out.
+ * the gateway as a child process (built as the Dockerfile builds it, see buildGateway), the bare-Fastify floor as a
+ * child process, and the load generator as a child process. Everything is registered with proc.ts so it is stopped
+ * on any way out.
  */
+import { execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -10,7 +12,7 @@ import { join } from 'node:path'
 import { Pool } from 'undici'
 import { freePort, startRedisServer } from '../../src/infra/embedded-redis.ts'
 import { Simulator } from '../../simulator/app.ts'
-import { cmdlineOf, startNode, track, waitExit, waitHttpOk, type NodeChild } from './proc.ts'
+import { cmdlineOf, ROOT, startNode, track, waitExit, waitHttpOk, type NodeChild } from './proc.ts'
 import type { ClosedResult, ClosedSpec, LargeResult, LargeSpec } from '../load.ts'
 
 export interface TmpDir { path: string, remove: () => void }
@@ -37,6 +39,26 @@ export async function startSimulator (): Promise<{ url: string, sim: Simulator, 
   const url = await sim.listen(0, '127.0.0.1')
   const stop = track('simulator', undefined, async () => await sim.close())
   return { url, sim, stop }
+}
+
+/** Where buildGateway puts the compiled gateway: under node_modules, so the compiled code finds its packages. */
+const BUILD_DIR = join(ROOT, 'node_modules', '.cache', 'kling-gateway-bench')
+let built: string | undefined
+
+/**
+ * Compiles the gateway once per run with `npm run build`'s script, so the benchmarks measure what production runs
+ * (`node dist/src/server.js`), not tsx's on-the-fly transform (its keepNames wrappers cost a few per cent per
+ * request). BENCH_TSX=1 runs the sources under tsx instead.
+ */
+export function buildGateway (): string {
+  if (process.env.BENCH_TSX === '1') return 'src/server.ts'
+  if (built === undefined) {
+    rmSync(BUILD_DIR, { recursive: true, force: true })
+    const stdio: ['ignore', 'ignore', 'inherit'] = ['ignore', 'ignore', 'inherit']
+    execFileSync(process.execPath, [join(ROOT, 'scripts', 'build.mjs'), BUILD_DIR], { stdio })
+    built = join(BUILD_DIR, 'src', 'server.js')
+  }
+  return built
 }
 
 export interface Gateway {
@@ -73,7 +95,8 @@ async function startGatewayOnce (
   const origin = `http://127.0.0.1:${port}`
   const apiKey = `bench-${randomBytes(12).toString('hex')}`
   const callbackSecret = randomBytes(32).toString('hex')
-  const node = startNode('gateway', 'src/server.ts', {
+  const script = buildGateway()
+  const node = startNode('gateway', script, {
     PORT: String(port),
     HOST: '127.0.0.1',
     REDIS_URL: opts.redisUrl,
@@ -95,7 +118,7 @@ async function startGatewayOnce (
   try {
     await waitHttpOk(`${origin}/health/ready`, node.child, node.output)
     const cmdline = cmdlineOf(node.pid) ?? ''
-    if (!cmdline.includes('src/server.ts')) throw new Error(`pid ${node.pid} is not the gateway (${cmdline})`)
+    if (!cmdline.includes(script)) throw new Error(`pid ${node.pid} is not the gateway (${cmdline})`)
   } catch (err) {
     await node.stop()
     throw err

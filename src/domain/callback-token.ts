@@ -63,6 +63,31 @@ export type TokenCheck =
  */
 export function checkCallbackToken (keys: CallbackKeys | string, token: string, now: number): TokenCheck {
   const { current, previous } = keysOf(keys)
+  // CometAPI repeats a task's callback with the same token: one MAC per token is enough while its secret is held.
+  const known = verified.get(token)
+  if (known !== undefined && (known.secret === current || previous.includes(known.secret))) {
+    return known.expiresAt <= now ? { ok: false, reason: 'expired' } : { ok: true, taskId: known.taskId }
+  }
+  const check = checkUncached(current, previous, token, now)
+  if (check.ok) remember(token, check)
+  return check.ok ? { ok: true, taskId: check.taskId } : check
+}
+
+/** Tokens whose MAC verified, with the secret that verified them (a secret dropped from the keys drops them). */
+const verified = new Map<string, { taskId: string, expiresAt: number, secret: string }>()
+const MAX_VERIFIED = 10_000
+
+function remember (token: string, v: { taskId: string, expiresAt: number, secret: string }): void {
+  // Bounded: when full it starts again; a token that falls out is simply verified again.
+  if (verified.size >= MAX_VERIFIED) verified.clear()
+  verified.set(token, v)
+}
+
+type Verified = { ok: true, taskId: string, expiresAt: number, secret: string }
+
+function checkUncached (
+  current: string, previous: readonly string[], token: string, now: number
+): Verified | Exclude<TokenCheck, { ok: true }> {
   if (token.length > 256) return { ok: false, reason: 'malformed' }
   const dot = token.lastIndexOf('.')
   const signed = token.slice(0, dot)
@@ -72,8 +97,10 @@ export function checkCallbackToken (keys: CallbackKeys | string, token: string, 
   if (parts.length === 1) {
     // v1: `<task id>.<mac>` under any secret we still hold (they have no key id to pick one by).
     if (!TASK_ID.test(signed)) return { ok: false, reason: 'malformed' }
-    const match = [current, ...previous].some(s => equal(mac(s, signed), given))
-    return match ? { ok: true, taskId: signed } : { ok: false, reason: 'wrong' }
+    const match = [current, ...previous].find(s => equal(mac(s, signed), given))
+    return match !== undefined
+      ? { ok: true, taskId: signed, expiresAt: Infinity, secret: match }
+      : { ok: false, reason: 'wrong' }
   }
   const [version, kid, exp, taskId] = parts
   if (parts.length !== 4 || version !== 'v2' || !KID.test(kid) || !EXP.test(exp) || !TASK_ID.test(taskId)) {
@@ -84,7 +111,7 @@ export function checkCallbackToken (keys: CallbackKeys | string, token: string, 
   if (!equal(mac(secret, signed), given)) return { ok: false, reason: 'wrong' }
   // Checked after the MAC, so that "expired" is only ever said of a token we really minted.
   if (Number(exp) * 1000 <= now) return { ok: false, reason: 'expired' }
-  return { ok: true, taskId }
+  return { ok: true, taskId, expiresAt: Number(exp) * 1000, secret }
 }
 
 /** The task id a token names, or null (see `checkCallbackToken`). */

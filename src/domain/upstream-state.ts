@@ -56,7 +56,7 @@ boolean {
  * deadline failure, to a success: `lateSuccess`). `base` is the gateway's public base URL, for result URLs.
  */
 export function changeFromUpstream (
-  task: TaskRecord,
+  task: Pick<TaskRecord, 'id' | 'status' | 'error'>,
   up: UpstreamSnapshot,
   now: number,
   base = ''

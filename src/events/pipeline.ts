@@ -16,6 +16,9 @@ import type { RedisClient } from '../infra/redis.ts'
 import type { EventStream } from '../store/event-stream.ts'
 import { GroupReader, TailReader, type EventHandler } from './readers.ts'
 
+/** Events of one read the `webhooks` group fans out at once. */
+const WEBHOOK_ENTRIES_AT_ONCE = 32
+
 export interface PipelineDeps {
   stream: EventStream
   /** A new connection that may block (one per reader: a blocking read holds its connection). */
@@ -25,6 +28,8 @@ export interface PipelineDeps {
   webhooks: EventHandler
   copy: EventHandler
   live: EventHandler
+  /** The `live` reader read again after failing. */
+  liveResumed?: () => void
 }
 
 export class EventPipeline {
@@ -32,10 +37,12 @@ export class EventPipeline {
   private readonly tails: TailReader[]
 
   constructor (deps: PipelineDeps) {
-    const group = (name: string, handle: EventHandler) =>
-      new GroupReader(name, deps.stream, deps.connect(), deps.logger, handle, deps.clock)
-    this.groups = [group('webhooks', deps.webhooks), group('copy', deps.copy)]
-    this.tails = [new TailReader('live', deps.stream, deps.connect(), deps.logger, deps.live)]
+    const group = (name: string, handle: EventHandler, concurrency?: number) =>
+      new GroupReader(name, deps.stream, deps.connect(), deps.logger, handle, deps.clock, concurrency)
+    // Webhooks: a fan-out waits for its first attempts (up to INLINE_WAIT_MS), so one slow receiver must not hold
+    // the events behind it.
+    this.groups = [group('webhooks', deps.webhooks, WEBHOOK_ENTRIES_AT_ONCE), group('copy', deps.copy)]
+    this.tails = [new TailReader('live', deps.stream, deps.connect(), deps.logger, deps.live, deps.liveResumed)]
   }
 
   /**

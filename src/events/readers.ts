@@ -4,7 +4,8 @@
  *   finished, so a crash re-delivers it; entries a dead replica held for CLAIM_IDLE_MS are claimed here. After a
  *   failed read or handler, the consumer first takes its own unacknowledged entries again (a read that timed out
  *   on the client may still have handed entries to it on Redis), so a Redis hiccup costs a retry, not 30 s.
- *   Handlers must be safe to run twice (deliveries and copy jobs have ids derived from the event).
+ *   Handlers must be safe to run twice (deliveries and copy jobs have ids derived from the event); a batch's
+ *   entries are acknowledged together once handled.
  * - `TailReader`: every entry after the last one seen, on every replica, resuming from that entry after a
  *   reconnect, so a Redis blip skips nothing.
  */
@@ -23,6 +24,8 @@ export type EventHandler = (event: TaskEvent) => Promise<void> | void
 
 abstract class Loop {
   private running = false
+  /** Set by a failed step, cleared by the subclass when a step has gone through again. */
+  protected failed = false
   private done?: Promise<void>
   protected readonly log: Logger
 
@@ -59,6 +62,7 @@ abstract class Loop {
         await this.step()
       } catch (err) {
         if (!this.running) break
+        this.failed = true
         this.log.warn({ err: (err as Error).message }, 'event stream read failed; retrying')
         await new Promise(resolve => setTimeout(resolve, RETRY_MS))
       }
@@ -72,8 +76,13 @@ export class GroupReader extends Loop {
   /** True until a pass over this consumer's own pending entries ('0') came back empty. */
   private ownPending = true
 
+  /**
+   * `concurrency`: entries of one read handled at once (each acknowledged after its own handler), for a handler that
+   * waits on the network (the webhooks' inline first attempts); 1 handles them one after the other.
+   */
   constructor (name: string, stream: EventStream, reader: RedisClient, logger: Logger,
-    private readonly handle: EventHandler, private readonly clock: () => number = Date.now) {
+    private readonly handle: EventHandler, private readonly clock: () => number = Date.now,
+    private readonly concurrency = 1) {
     super(name, stream, reader, logger)
   }
 
@@ -94,25 +103,47 @@ export class GroupReader extends Loop {
     this.ownPending = from === '0' && entries.length > 0
   }
 
+  /**
+   * Handles the entries, `concurrency` at once (in order when 1), and acknowledges the handled ones together, in
+   * one XACK at the end (one per entry was a command and a round trip per event and group). Also when a handler
+   * throws: what was handled is acknowledged, the rest is read again from this consumer's pending entries. A crash
+   * before the XACK hands the whole batch out again, which handlers are written for.
+   */
   private async run (entries: StreamEntry[]): Promise<void> {
-    for (const { entryId, event } of entries) {
-      if (event !== null) await this.handle(event)
-      await this.stream.ack(this.name, entryId)
+    const handled: string[] = []
+    let next = 0
+    const worker = async () => {
+      while (next < entries.length) {
+        const { entryId, event } = entries[next++]
+        if (event !== null) await this.handle(event)
+        handled.push(entryId)
+      }
     }
+    const workers = Array.from({ length: Math.min(this.concurrency, entries.length) }, worker)
+    const results = await Promise.allSettled(workers)
+    await this.stream.ack(this.name, handled)
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
+    if (failed !== undefined) throw failed.reason
   }
 }
 
 export class TailReader extends Loop {
   private after?: string
 
+  /** `onResume`: called once a read goes through after failed ones (its readers may want to check their state). */
   constructor (name: string, stream: EventStream, reader: RedisClient, logger: Logger,
-    private readonly handle: EventHandler) {
+    private readonly handle: EventHandler, private readonly onResume: () => void = () => {}) {
     super(name, stream, reader, logger)
   }
 
   protected async step (): Promise<void> {
     this.after ??= await this.stream.lastId()
-    for (const { entryId, event } of await this.stream.tail(this.reader, this.after, BLOCK_MS)) {
+    const entries = await this.stream.tail(this.reader, this.after, BLOCK_MS)
+    if (this.failed) {
+      this.failed = false
+      this.onResume()
+    }
+    for (const { entryId, event } of entries) {
       this.after = entryId
       if (event !== null) await this.handle(event)
     }

@@ -36,7 +36,7 @@ export function createRedis (redis: RedisConfig, role: 'command' | 'worker', nam
     reconnectOnError
   }
   if (redis.clusterNodes !== undefined) {
-    return new Cluster(redis.clusterNodes, {
+    return countTrips(new Cluster(redis.clusterNodes, {
       redisOptions: { ...options, ...auth },
       enableOfflineQueue: role === 'worker',
       maxRedirections: 6,
@@ -46,10 +46,10 @@ export function createRedis (redis: RedisConfig, role: 'command' | 'worker', nam
       retryDelayOnMoved: 0,
       slotsRefreshTimeout: 1000,
       slotsRefreshInterval: 5000
-    })
+    }))
   }
   if (redis.sentinels !== undefined) {
-    return new Redis({
+    return countTrips(new Redis({
       ...options,
       ...auth,
       sentinels: redis.sentinels,
@@ -57,16 +57,59 @@ export function createRedis (redis: RedisConfig, role: 'command' | 'worker', nam
       failoverDetector: true,
       ...(redis.sentinelPassword !== undefined && { sentinelPassword: redis.sentinelPassword }),
       ...(redis.tls && { enableTLSForSentinelMode: true, sentinelTLS: {} })
-    })
+    }))
   }
   const url = new URL(redis.url ?? 'redis://127.0.0.1:6379')
   // Credentials in the URL win; REDIS_USERNAME/REDIS_PASSWORD fill in what it leaves out.
-  return new Redis(url.toString(), {
+  return countTrips(new Redis(url.toString(), {
     ...options,
     ...(url.password === '' && auth.password !== undefined && { password: auth.password }),
     ...(url.username === '' && auth.username !== undefined && { username: auth.username }),
     ...(redis.tls && url.protocol === 'redis:' && { tls: {} })
+  }))
+}
+
+const TALLY = Symbol('kg.redisRoundTrips')
+interface Tally { trips: number }
+type Counted = RedisClient & { [TALLY]?: Tally }
+
+/**
+ * Round trips this client and every duplicate of it (BullMQ's blocking connections, the event readers) have
+ * sent since it was made: one per command, except that a pipeline, a MULTI or an auto-pipelined batch leaves in
+ * one write and is one trip. Read by `kg_redis_round_trips_total`; a cost figure, not a guarantee.
+ */
+export function roundTrips (client: RedisClient): number {
+  return (client as Counted)[TALLY]?.trips ?? 0
+}
+
+/**
+ * Counts at `sendCommand`, where every command passes (ioredis's own commands, scripts, BullMQ's calls). The
+ * commands of one pipeline all come with the same pseudo-stream, so its first command counts the trip. A
+ * duplicate shares the tally: what BullMQ duplicates is still this role's traffic.
+ */
+function countTrips<T extends RedisClient> (client: T, tally: Tally = { trips: 0 }): T {
+  const counted = client as T & { [TALLY]?: Tally }
+  counted[TALLY] = tally
+  const batches = new WeakSet<object>()
+  const send = client.sendCommand.bind(client) as (...args: unknown[]) => unknown
+  Object.defineProperty(client, 'sendCommand', {
+    configurable: true,
+    writable: true,
+    // Named parameters, not a rest and a spread: every command of the process passes here. All three: a Cluster's
+    // pipeline names its node in the third (without it a keyless MULTI would go to any node).
+    value: (command: unknown, stream?: { isPipeline?: boolean }, node?: unknown) => {
+      if (stream?.isPipeline !== true) tally.trips++
+      else if (!batches.has(stream)) { batches.add(stream); tally.trips++ }
+      return send(command, stream, node)
+    }
   })
+  const dup = client.duplicate.bind(client) as (...args: unknown[]) => T
+  Object.defineProperty(client, 'duplicate', {
+    configurable: true,
+    writable: true,
+    value: (...args: unknown[]) => countTrips(dup(...args), tally)
+  })
+  return client
 }
 
 /** How the messages of isRedisUnavailable's errors start. */

@@ -36,6 +36,11 @@ export const EXPIRY_MARGIN_MS = 15 * 60_000
 const SWEEP_BATCH = 500
 /** BullMQ needs a number: the attempts are in fact bounded by the URL's expiry (30 days / 10 min ≈ 4,300). */
 const ATTEMPTS = 1_000_000
+/**
+ * First attempts a replica runs at once in its copy reader, without a job (the worker's own concurrency); the reader
+ * waits for one to end before it starts another, as the worker would.
+ */
+const INLINE_COPIES = 2
 
 /** The upstream answered a download with this status. */
 class DownloadRefused extends Error {
@@ -61,6 +66,9 @@ export const videoKey = (taskId: string, index: number): string => `videos/${tas
 
 export class CopyJobs extends QueueJobs<{ taskId: string }> {
   private readonly agent: Agent
+  /** First attempts running in this replica's copy reader (onEvent). */
+  private readonly inline = new Set<Promise<void>>()
+  private closing = false
 
   constructor (private readonly deps: CopyDeps) {
     super(COPY_QUEUE, { connection: deps.connection, prefix: deps.store.queuePrefix, logger: deps.logger })
@@ -91,20 +99,64 @@ export class CopyJobs extends QueueJobs<{ taskId: string }> {
     })
   }
 
-  /** The `copy` reader of the event stream: a succeeded task gets its result copied. Safe to call twice. */
+  /**
+   * The `copy` reader of the event stream: a succeeded task gets its result copied. The first attempt runs here, at
+   * once, without a BullMQ job (a job costs ~50 Redis commands and ~7 round trips); only a failed one is queued, due
+   * when the job's first retry would have been. While INLINE_COPIES run, the reader waits for one to end (each is
+   * bounded by MIRROR_TIMEOUT_MS); once the replica closes, copies are queued instead. Not awaited, so the entry is
+   * acknowledged while it runs: the task stays in the copying set until stored or given up, and if this replica dies
+   * meanwhile the sweep queues it again. Safe to call twice.
+   */
   async onEvent (event: { type: string, task_id: string }): Promise<void> {
-    if (event.type === 'video.succeeded') await this.enqueue(event.task_id)
+    if (event.type !== 'video.succeeded') return
+    while (!this.closing && this.inline.size >= INLINE_COPIES) await Promise.race(this.inline)
+    if (this.closing) return await this.enqueue(event.task_id)
+    const run: Promise<void> = this.firstAttempt(event.task_id).finally(() => { this.inline.delete(run) })
+    this.inline.add(run)
   }
 
-  async enqueue (taskId: string): Promise<void> {
+  private async firstAttempt (taskId: string): Promise<void> {
+    const { config, store } = this.deps
+    // The sweep queues tasks of the copying set that were not queued within its interval: a download that runs
+    // longer is marked as queued again now and then, so the sweep does not start a second copy beside this one.
+    const keep = setInterval(() => { store.markCopyQueued(taskId).catch(() => {}) }, config.copy.sweepIntervalMs / 2)
+    keep.unref()
+    try {
+      await this.copy({ data: { taskId }, attemptsMade: 0 })
+    } catch {
+      // copy() logged why; from here on it is the job's, on the schedule.
+      const delay = copyRetryDelay(1, config.copy.retryBaseMs, config.copy.retryMaxMs)
+      await this.enqueue(taskId, delay).catch((err: Error) => {
+        this.log.warn({ taskId, err: err.message }, 'could not queue the result copy; the sweep queues it again')
+      })
+    } finally {
+      clearInterval(keep)
+    }
+  }
+
+  async enqueue (taskId: string, delay = 0): Promise<void> {
     await this.queue.add('copy', { taskId }, {
       jobId: `copy-${taskId}`,
       attempts: ATTEMPTS,
       backoff: { type: 'custom' },
+      ...(delay > 0 && { delay }),
       removeOnComplete: true,
       // A job that ends failed anyway must not stand in the way of the sweep's next add (same job id).
       removeOnFail: true
     })
+  }
+
+  /**
+   * First attempts still running get `graceMs` to finish (a copy cut short is the sweep's to queue again), then the
+   * worker and queue close as every family's do.
+   */
+  override async close (graceMs = 5000): Promise<void> {
+    this.closing = true
+    let timer: NodeJS.Timeout | undefined
+    const bound = new Promise<void>(resolve => { timer = setTimeout(resolve, graceMs) })
+    await Promise.race([Promise.allSettled([...this.inline]), bound])
+    clearTimeout(timer)
+    await super.close(graceMs)
   }
 
   /**
@@ -162,9 +214,10 @@ export class CopyJobs extends QueueJobs<{ taskId: string }> {
     }
     if (lost.size > 0) return await this.giveUp(task.id, lost)
     const now = clock()
+    // The record read above is handed in: the download changed nothing in it, and the script checks it is current.
     await store.transition(task.id, t => t.status === 'succeeded' && t.storedAt === null
       ? { to: 'succeeded', storedAt: now }
-      : null, { event: true, eventType: 'video.stored' })
+      : null, { event: true, eventType: 'video.stored', current: task })
     this.log.info({ taskId: task.id, videos: videos.length }, 'result stored')
     return 'stored'
   }

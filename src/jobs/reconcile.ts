@@ -15,7 +15,10 @@
  * - Held tasks are looked up on every sweep, and adopted once upstream finds them.
  * - The `pause-check` scheduler runs the account pause's periodic check (src/jobs/pause.ts).
  * - A terminal callback is only a hint: the callback route queues a `confirm` check, and the query's answer is
- *   what gets applied.
+ *   what gets applied. Confirms have a queue of their own (CONFIRM_QUEUE), outside RECONCILE_QPS: that cap spreads
+ *   the sweep's queries, while confirms come at upstream's pace (one per callback that needs one, deduplicated by
+ *   task while queued), and a task's webhook waits on its confirm: behind a sweep's backlog, at 50 finishing tasks a
+ *   second, they waited tens of seconds.
  * - A queued task whose submit job was lost (a crash between storing it and queueing it) is queued again.
  */
 import type { Job } from 'bullmq'
@@ -33,6 +36,9 @@ import type { UpstreamPause } from './pause.ts'
 import type { SubmitJobs } from './submit.ts'
 
 export const RECONCILE_QUEUE = 'reconcile'
+export const CONFIRM_QUEUE = 'confirm'
+/** Confirming queries in flight at once per replica. */
+const CONFIRM_CONCURRENCY = 16
 /** Tasks a replica remembers a queued confirming query for (`confirmMessage`). */
 const CONFIRMING_REMEMBERED = 10_000
 
@@ -56,9 +62,23 @@ export interface ReconcileDeps {
 export type CheckOutcome =
   | 'gone' | 'terminal' | 'requeued' | 'applied' | 'unchanged' | 'unknown' | 'deadline' | 'held' | 'paused'
 
+/** The queue of `confirm` checks: the same check, run by ReconcileJobs, without the sweep's rate limit. */
+export class ConfirmJobs extends QueueJobs<CheckData> {
+  constructor (deps: ReconcileDeps, private readonly run: (job: Job<CheckData>) => Promise<string>) {
+    super(CONFIRM_QUEUE, { connection: deps.connection, prefix: deps.store.queuePrefix, logger: deps.logger })
+  }
+
+  start (): void {
+    this.startWorker(this.run, { concurrency: CONFIRM_CONCURRENCY })
+  }
+}
+
 export class ReconcileJobs extends QueueJobs<CheckData> {
+  readonly confirms: ConfirmJobs
+
   constructor (private readonly deps: ReconcileDeps) {
     super(RECONCILE_QUEUE, { connection: deps.connection, prefix: deps.store.queuePrefix, logger: deps.logger })
+    this.confirms = new ConfirmJobs(deps, async job => await this.process(job))
   }
 
   async start (): Promise<void> {
@@ -71,6 +91,11 @@ export class ReconcileJobs extends QueueJobs<CheckData> {
       concurrency: 4,
       limiter: { max: config.reconcile.qps, duration: 1000 }
     })
+    this.confirms.start()
+  }
+
+  override async close (graceMs?: number): Promise<void> {
+    await Promise.all([super.close(graceMs), this.confirms.close(graceMs)])
   }
 
   /**
@@ -79,7 +104,8 @@ export class ReconcileJobs extends QueueJobs<CheckData> {
    */
   async check (taskId: string, opts: { delayMs?: number, confirm?: boolean, upstreamTaskId?: string } = {}):
   Promise<void> {
-    await this.queue.add('check', { taskId, upstreamTaskId: opts.upstreamTaskId }, {
+    const queue = opts.confirm === true ? this.confirms.queue : this.queue
+    await queue.add('check', { taskId, upstreamTaskId: opts.upstreamTaskId }, {
       jobId: `${opts.confirm === true ? 'confirm' : 'check'}-${taskId}`,
       delay: opts.delayMs ?? 0,
       attempts: 3,
@@ -178,7 +204,7 @@ export class ReconcileJobs extends QueueJobs<CheckData> {
       if (task.status === 'queued' && task.attention === null && !pastDeadline) await submit.submit(task.id)
       return await this.unknown(task, pastDeadline, unconfirmed, 'upstream does not find it by its external_task_id')
     }
-    const outcome = await applyUpstream(store, task.id, up, now, config.publicBaseUrl ?? '')
+    const outcome = await applyUpstream(store, task.id, up, now, config.publicBaseUrl ?? '', task)
     if (outcome.applied) {
       if (task.attention !== null) this.log.warn({ taskId, upstreamTaskId: up.taskId }, 'held task found upstream')
       return 'applied'

@@ -2,7 +2,7 @@
  * Task retention (docs/API.md, "Retention"): a finished task is removed TASK_RETENTION_DAYS after it ended, with its
  * events, parked images, reference and Idempotency-Key records, its entries in every index, its deliveries and their
  * attempts, and its stored videos. Held tasks, tasks reconciliation still watches and tasks whose result copy is
- * pending stay (forget-19.lua judges, atomically).
+ * pending stay (forget-18.lua judges, atomically).
  *
  * - A BullMQ job scheduler runs one `sweep` every RETENTION_SWEEP_MS on one replica at a time (as the other sweeps).
  *   A sweep looks at no more than SWEEP_SCAN entries of the `ended` set (terminal tasks by when they ended, kept by

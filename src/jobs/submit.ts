@@ -130,11 +130,12 @@ export class SubmitJobs extends QueueJobs<SubmitData> {
 
   /**
    * Queues a task for submission, in its caller's line for a slot; safe to call again for the same task (a task
-   * with a job, waiting in line or holding a slot is left as it is).
+   * with a job, waiting in line or holding a slot is left as it is). `created`: the record its create has just
+   * stored, which saves two reads (a new id has no job yet).
    */
-  async submit (taskId: string): Promise<void> {
-    if (await this.queue.getJob(taskId) !== undefined) return
-    const task = await this.deps.store.get(taskId)
+  async submit (taskId: string, created?: TaskRecord): Promise<void> {
+    if (created === undefined && await this.queue.getJob(taskId) !== undefined) return
+    const task = created ?? await this.deps.store.get(taskId)
     if (task === null || task.status !== 'queued') return
     // No job, yet a slot: the replica that released it died before adding the job. The slot is this task's.
     if (await this.fair.enqueue(task.id, task.caller) === 'holds-slot') await this.add(task.id)
@@ -208,7 +209,7 @@ export class SubmitJobs extends QueueJobs<SubmitData> {
       const claimed = await store.transition(
         task.id,
         t => t.status === 'queued' && t.attention === null ? { to: 'queued', submitSentAt: clock() } : null,
-        { event: false, requireEmpty: 'withdrawn' }
+        { event: false, requireEmpty: 'withdrawn', current: task }
       )
       if (!claimed.applied) return 'not-queued'
       // The mark must survive a failover or a host crash before anything is paid for: a mark lost in a rollback
@@ -224,7 +225,7 @@ export class SubmitJobs extends QueueJobs<SubmitData> {
       const body = await streamedBody(store, task, this.callbackUrl(task))
       sentAt = clock()
       const created = await upstream.create(task.kind, body)
-      const adopted = await this.adopt(task, created)
+      const adopted = await this.adopt(claimed.task, created)
       // The account works: a pause that began before this create was sent is over. Best effort: the next success or
       // check ends it otherwise.
       await pause.resume(gate === 'trial' ? 'a trial create was accepted' : 'a create was accepted', sentAt)
@@ -323,10 +324,10 @@ export class SubmitJobs extends QueueJobs<SubmitData> {
     throw new DelayedError()
   }
 
-  /** Records the upstream task and moves ours to where upstream says it is. */
+  /** Records the upstream task and moves ours to where upstream says it is; `task` was just read (saves a read). */
   private async adopt (task: TaskRecord, up: UpstreamTask): Promise<string> {
     const outcome = await applyUpstream(
-      this.deps.store, task.id, up, this.deps.clock(), this.deps.config.publicBaseUrl ?? ''
+      this.deps.store, task.id, up, this.deps.clock(), this.deps.config.publicBaseUrl ?? '', task
     )
     this.log.info(
       { taskId: task.id, upstreamTaskId: up.taskId, applied: outcome.applied },

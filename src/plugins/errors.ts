@@ -210,9 +210,10 @@ export default fp(async function errors (app: FastifyInstance) {
   // error (Fastify's own return503OnClosing answers plain JSON before any hook runs, so it is off in app.ts).
   let closing = false
   app.addHook('preClose', async () => { closing = true })
-  app.addHook('onRequest', async (_request, reply) => {
-    if (!closing) return
+  // Callback style, like the other per-request hooks: an async hook costs every request a promise and a tick.
+  app.addHook('onRequest', (_request, reply, done) => {
+    if (!closing) { done(); return }
     reply.header('retry-after', '1').header('connection', 'close')
-    return await sendProblem(reply, 503, 'UNAVAILABLE', 'this replica is shutting down; retry after Retry-After')
+    sendProblem(reply, 503, 'UNAVAILABLE', 'this replica is shutting down; retry after Retry-After')
   })
 }, { name: 'errors' })

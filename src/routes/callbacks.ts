@@ -7,10 +7,9 @@ import { bodyProblems, internal, json, problem, unavailable } from '../schemas/c
 import { parseTask } from '../upstream/client.ts'
 import { parseJsonKeepingIds } from '../upstream/schemas.ts'
 import { parseJsonBody } from '../plugins/bounds.ts'
+import { CallbackRate, MAX_CALLBACKS_PER_MINUTE } from '../services/callback-rate.ts'
 
 export const CALLBACK_BODY_LIMIT = 64 * 1024
-/** More callbacks than this for one task in one minute is not CometAPI behaving normally. */
-const MAX_CALLBACKS_PER_MINUTE = 120
 
 const CallbackAnswerSchema = Type.Object({
   outcome: Type.Union([
@@ -40,8 +39,10 @@ const callbacks: FastifyPluginAsyncTypebox = async (app) => {
     }
   })
 
-  const limitRate = (callbacks: number) => {
-    if (callbacks > MAX_CALLBACKS_PER_MINUTE) {
+  // More callbacks than this for one task in one minute is not CometAPI behaving normally.
+  const rate = new CallbackRate()
+  const limitRate = (taskId: string) => {
+    if (rate.over(taskId, clock())) {
       const headers = { 'retry-after': '60' }
       throw new GatewayError('TOO_MANY_CALLBACKS', 429, 'too many callbacks for this task', undefined, headers)
     }
@@ -82,7 +83,8 @@ const callbacks: FastifyPluginAsyncTypebox = async (app) => {
           errors: [{ pointer: '/task_id', detail: 'does not belong to this task', location: 'body' }]
         }),
         404: problem(404, 'missing or wrong token (nothing says which)', { detail: 'callback target not found' }),
-        429: problem(429, 'more than 120 callbacks for this task in a minute', { headers: ['Retry-After'] }),
+        429: problem(429, `more than ${MAX_CALLBACKS_PER_MINUTE} callbacks for this task in a minute (on one replica)`,
+          { headers: ['Retry-After'] }),
         500: internal(),
         503: unavailable()
       }
@@ -95,7 +97,7 @@ const callbacks: FastifyPluginAsyncTypebox = async (app) => {
     if (check?.ok === false && check.reason === 'expired') request.log.info('callback with an expired token')
     if (check === null || !check.ok) throw new NotFound('callback target')
     const taskId = check.taskId
-    const { task, callbacks } = await store.getForCallback(taskId)
+    const task = await store.getForCallback(taskId)
 
     const up = parseTask(request.body)
     if (up === null) {
@@ -108,7 +110,7 @@ const callbacks: FastifyPluginAsyncTypebox = async (app) => {
     if (task === null) {
       // Our token, but the task is gone (a rollback, a deletion): the upstream task may be paid for and finished, so
       // it is recorded and counted, and answered 2xx because no retry of CometAPI's can bring the task back.
-      limitRate(callbacks)
+      limitRate(taskId)
       const orphan = await orphans.record(taskId, up)
       app.counters.orphanCallbacks.inc({ status: up.status })
       const seen = { upstreamTaskId: up.taskId, externalTaskId: up.externalTaskId, upstreamStatus: up.status }
@@ -129,7 +131,7 @@ const callbacks: FastifyPluginAsyncTypebox = async (app) => {
       throw new InvalidRequest([{ pointer: '/task_id', detail: 'does not belong to this task', location: 'body' }])
     }
 
-    limitRate(callbacks)
+    limitRate(taskId)
 
     // Terminal states, any state before we know the upstream id, and any under another id are confirmed with
     // CometAPI first, by the id we know (or, knowing none, the one the callback names).
@@ -141,12 +143,17 @@ const callbacks: FastifyPluginAsyncTypebox = async (app) => {
     // webhooks in our name, and a leaked token is enough to send one. The message comes from the query that a
     // callback with a new message queues (src/jobs/apply.ts takes a confirmed message even for the same status).
     const hint = { ...up, statusMsg: null }
-    const outcome = await store.transition(task.id, t => changeFromUpstream(t, hint, clock()), { current: task })
-    const said = up.statusMsg !== null && up.statusMsg !== (outcome.task ?? task).upstream?.status_msg
+    // Most callbacks are repeats: decided on the fields just read, and only a real move reads the whole task (its
+    // transition checks again against what is current).
+    const outcome = changeFromUpstream(task, hint, clock()) === null
+      ? null
+      : await store.transition(task.id, t => changeFromUpstream(t, hint, clock()))
+    const now = outcome?.task ?? task
+    const said = up.statusMsg !== null && up.statusMsg !== now.upstream?.status_msg
     if (said) await reconcile.confirmMessage(task.id, up.statusMsg as string)
-    request.log.info({ taskId: task.id, upstreamStatus: up.status, applied: outcome.applied, confirm: said },
-      'callback')
-    return { outcome: outcome.applied ? 'applied' : 'duplicate', status: outcome.task?.status ?? task.status }
+    const applied = outcome?.applied === true
+    request.log.info({ taskId: task.id, upstreamStatus: up.status, applied, confirm: said }, 'callback')
+    return { outcome: applied ? 'applied' : 'duplicate', status: now.status }
   })
 }
 export default callbacks

@@ -10,6 +10,9 @@ import { canSee, type Caller } from '../plugins/auth.ts'
 import { limitsFor } from '../config/callers.ts'
 import { CallerSlots, type Slot } from '../services/caller-slots.ts'
 import { callerLimitProblem } from '../schemas/limits.ts'
+import type { FastifyBaseLogger } from 'fastify'
+import type { TaskStore } from '../store/tasks.ts'
+import type { EventHub } from '../notify/hub.ts'
 
 /**
  * `GET /v1/videos/:id/events`: Server-Sent Events (docs/API.md, "SSE"). Replays from `Last-Event-ID` (header, or
@@ -25,6 +28,123 @@ const EventIdSchema = Type.String({
   description: 'an event id (`evt_…`) or a sequence number'
 })
 
+/**
+ * Bytes a stream may have waiting unsent on our side (past what the kernel took). Generous for any burst of one
+ * task's events (each a few KB), small enough that 2,000 stalled clients cannot hold more than 512 MB.
+ */
+export const MAX_QUEUED_BYTES = 256 * 1024
+
+/**
+ * The frame of an event, made once per event and replica however many streams it goes to: the hub hands every
+ * listener the same object. Weak, so a frame lives as long as its event does.
+ */
+const frames = new WeakMap<TaskEvent, string>()
+function frameOf (e: TaskEvent): string {
+  let frame = frames.get(e)
+  if (frame === undefined) frames.set(e, frame = `id: ${e.id}\nevent: ${e.type}\ndata: ${JSON.stringify(e)}\n\n`)
+  return frame
+}
+
+/** What every stream of a replica shares. */
+interface Shared { store: TaskStore, hub: EventHub, streams: Set<LiveStream> }
+
+/**
+ * One open stream: its socket, where it is in its task's log, and its place. A class with only these fields, not
+ * closures over the request and the task record, so 2,000 open streams hold what they need and no more.
+ */
+class LiveStream {
+  private done = false
+  /** Every write goes through this chain, in order. */
+  private chain = Promise.resolve()
+  /** A catch-up failed (Redis away): the next heartbeat tries again. */
+  private stale = false
+  /** Catch-ups failed in a row. */
+  private failures = 0
+  /** The hub's resume count when this stream last read the log; behind it, the next heartbeat reads again. */
+  private resumes: number
+  private readonly unlisten: () => void
+
+  /** `last`: the sequence sent (or resumed after); `final`: the task's sequence when the stream opened. */
+  constructor (readonly raw: ServerResponse, private readonly taskId: string, private last: number,
+    private readonly final: number, private readonly slot: Slot, private readonly log: FastifyBaseLogger,
+    private readonly shared: Shared) {
+    this.resumes = shared.hub.resumes
+    // Listen first, then replay: an event appended in between arrives live and is deduplicated by sequence.
+    this.unlisten = shared.hub.listen(taskId, e => {
+      this.chain = this.chain.then(() => {
+        if (e.sequence === this.last + 1) this.write(e)
+        else if (e.sequence > this.last + 1) this.catchUp()
+      })
+    })
+  }
+
+  /** Goes: in the replica's set, tied to its socket's `close`, then the replay. */
+  start (): void {
+    this.shared.streams.add(this)
+    this.raw.on('close', () => { this.finish() })
+    this.send('retry: 2000\n\n')
+    // A client gone during the route's reads had its `close` already: end at once, or its place would never be free.
+    if (this.raw.socket === null || this.raw.socket.destroyed) this.finish()
+    else this.catchUp()
+  }
+
+  /** The shared heartbeat: a comment keeps proxies from closing an idle stream. */
+  beat (): void {
+    if (this.done || !this.send(': ping\n\n')) return
+    if (this.stale || this.resumes !== this.shared.hub.resumes) this.catchUp()
+  }
+
+  /** Ends the stream (the task had its last event, the client left, or the replica is closing). */
+  finish (closing?: string): void {
+    if (this.done) return
+    this.done = true
+    this.unlisten()
+    this.shared.streams.delete(this)
+    this.slot.release()
+    if (closing === undefined) this.raw.end()
+    else this.raw.end(closing)
+  }
+
+  /**
+   * Writes, and cuts a stream whose client does not read: past MAX_QUEUED_BYTES waiting in our buffer, memory would
+   * grow without bound. Destroyed, not ended (an end would wait behind the same unread bytes); the client resumes
+   * with Last-Event-ID, and a frame cut in half is discarded by its parser.
+   */
+  private send (text: string): boolean {
+    this.raw.write(text)
+    if (this.raw.writableLength <= MAX_QUEUED_BYTES) return true
+    this.log.info({ taskId: this.taskId, queued: this.raw.writableLength }, 'sse client not reading: stream cut')
+    this.raw.destroy()
+    this.finish()
+    return false
+  }
+
+  private write (e: TaskEvent): void {
+    if (this.done || e.sequence <= this.last) return
+    if (!this.send(frameOf(e))) return
+    this.last = e.sequence
+    // A "last" event the log has gone past (a deadline failure that upstream's success followed) is not the end.
+    if (isLastEvent(e) && e.sequence >= this.final) this.finish()
+  }
+
+  /** Reads what was missed from the task's event list. */
+  private catchUp (): void {
+    this.stale = false
+    this.resumes = this.shared.hub.resumes
+    this.chain = this.chain
+      .then(async () => {
+        if (this.done) return
+        for (const e of await this.shared.store.events(this.taskId, this.last)) this.write(e)
+        this.failures = 0
+      })
+      .catch(err => {
+        this.stale = true
+        // Once per outage and stream: 2,000 streams retrying every heartbeat must not be 2,000 warnings each time.
+        if (this.failures++ === 0) this.log.warn({ err }, 'sse catch-up failed; trying again at each heartbeat')
+      })
+  }
+}
+
 const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, opts) => {
   const { store, hub, config } = app.deps
   // Open streams per caller on this replica (max_sse_streams): each holds a socket and a hub listener.
@@ -36,11 +156,15 @@ const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, o
     if (/^\d{1,9}$/.test(lastEventId)) return Number(lastEventId)
     return (await store.events(taskId)).find(e => e.id === lastEventId)?.sequence ?? 0
   }
-  // Open SSE responses of this replica, ended in preClose so shutdown never waits on them.
-  const streams = new Set<ServerResponse>()
+  // Open SSE streams of this replica: one heartbeat timer beats them all (2,000 streams are one timer, not 2,000),
+  // and preClose ends them so shutdown never waits on them.
+  const streams = new Set<LiveStream>()
+  const shared: Shared = { store, hub, streams }
+  const heartbeat = setInterval(() => { for (const s of streams) s.beat() }, opts.heartbeatMs)
+  heartbeat.unref()
   app.addHook('preClose', async () => {
-    for (const raw of streams) raw.end(': server closing\n\n')
-    streams.clear()
+    clearInterval(heartbeat)
+    for (const s of [...streams]) s.finish(': server closing\n\n')
   })
 
   app.get('/:id/events', {
@@ -94,7 +218,7 @@ const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, o
     const caller = request.caller as Caller
     const task = await store.get(request.params.id)
     if (!canSee(caller, task)) throw new NotFound('task')
-    let last = await resumeAfter(task.id, request.headers['last-event-id'] || request.query.last_event_id || '')
+    const last = await resumeAfter(task.id, request.headers['last-event-id'] || request.query.last_event_id || '')
     // Nothing more will ever come: 204 tells an EventSource to stop reconnecting.
     if (isSettled(task) && last >= task.sequence) return await reply.code(204).send(null)
     // Taken with no await before its release is tied to `close` below: the check cannot race, a place cannot leak.
@@ -114,43 +238,7 @@ const events: FastifyPluginAsyncTypebox<{ heartbeatMs: number }> = async (app, o
       connection: 'keep-alive',
       'x-accel-buffering': 'no'
     })
-    raw.write('retry: 2000\n\n')
-    streams.add(raw)
-
-    let done = false
-    let chain = Promise.resolve()
-    const write = (e: TaskEvent) => {
-      if (done || e.sequence <= last) return
-      raw.write(`id: ${e.id}\nevent: ${e.type}\ndata: ${JSON.stringify(e)}\n\n`)
-      last = e.sequence
-      // A "last" event the log has gone past (a deadline failure that upstream's success followed) is not the end.
-      if (isLastEvent(e) && e.sequence >= task.sequence) finish()
-    }
-    // Reads what was missed from the task's event list; every write goes through one chain, in order.
-    const catchUp = () => {
-      chain = chain
-        .then(async () => { if (!done) for (const e of await store.events(task.id, last)) write(e) })
-        .catch(err => request.log.warn({ err }, 'sse catch-up failed'))
-    }
-    const unlisten = hub.listen(task.id, e => {
-      chain = chain.then(() => { if (e.sequence === last + 1) write(e); else if (e.sequence > last + 1) catchUp() })
-    })
-    const heartbeat = setInterval(() => { raw.write(': ping\n\n'); catchUp() }, opts.heartbeatMs)
-    function finish () {
-      if (done) return
-      done = true
-      clearInterval(heartbeat)
-      unlisten()
-      streams.delete(raw)
-      slot.release()
-      raw.end()
-    }
-    raw.on('close', finish)
-    // A client gone during the reads above had its `close` already: end at once, or its place would never be free.
-    if (raw.socket === null || raw.socket.destroyed) finish()
-
-    // Listen first, then replay: an event appended in between arrives live and is deduplicated by sequence.
-    catchUp()
+    new LiveStream(raw, task.id, last, task.sequence, slot, request.log, shared).start()
   })
 }
 export default events

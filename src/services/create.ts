@@ -107,7 +107,7 @@ const sum = (images: Map<string, Buffer>) => [...images.values()].reduce((n, dat
 async function settle (deps: CreateDeps, task: TaskRecord, opts: { replayed: boolean, withdrawOnFailure: boolean }):
 Promise<CreateResult> {
   try {
-    if (task.status === 'queued') await deps.jobs.submit(task.id)
+    if (task.status === 'queued') await deps.jobs.submit(task.id, opts.replayed ? undefined : task)
     await deps.store.durable()
   } catch (err) {
     if (opts.withdrawOnFailure) await withdraw(deps, task.id)

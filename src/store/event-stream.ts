@@ -58,7 +58,8 @@ export class EventStream {
     return last[0]?.[0] ?? '0-0'
   }
 
-  async ack (group: string, entryId: string): Promise<void> {
-    await this.redis.xack(this.key, group, entryId)
+  /** Acknowledges entries of `group`, any number in one XACK. */
+  async ack (group: string, entryIds: string[]): Promise<void> {
+    if (entryIds.length > 0) await this.redis.xack(this.key, group, ...entryIds)
   }
 }

@@ -13,7 +13,6 @@ export function keys (prefix: string) {
     taskEvents: (id: string) => `${p}task:${id}:events`,
     parked: (id: string) => `${p}task:${id}:parked`,
     /** Callbacks seen for a task in the current minute (rate limit). */
-    callbacksSeen: (id: string) => `${p}task:${id}:callbacks`,
     /** The ids of a task's webhook deliveries (set), so retention can find them. */
     taskDeliveries: (id: string) => `${p}task:${id}:deliveries`,
     /** Terminal tasks scored by when they ended: task retention's work list. */

@@ -30,7 +30,6 @@ export function script (name: string): { numberOfKeys: number, lua: string } {
 declare module 'ioredis' {
   interface RedisCommander<Context> {
     kgCreate: (...args: Array<string | Buffer>) => Result<[string, string], Context>
-    kgCallback: (task: string, counter: string, windowS: number) => Result<[number, string[]], Context>
     kgTransition: (...args: Array<string | Buffer>) => Result<number, Context>
     kgParked: (...args: Array<string | number>) => Result<number, Context>
     kgWithdraw: (key: string) => Result<number, Context>
@@ -72,6 +71,9 @@ export interface TransitionOptions {
   /** The record the caller has just read, to save a read. */
   current?: TaskRecord
 }
+
+/** The fields of a task a callback decides by (`getForCallback`). */
+export type CallbackView = Pick<TaskRecord, 'id' | 'status' | 'externalTaskId' | 'upstream' | 'error'>
 
 export type TransitionOutcome =
   | { applied: true, task: TaskRecord, event: TaskEvent | null }
@@ -151,7 +153,7 @@ export function eventOf (task: TaskRecord, now: number, type: EventType = `video
 
 /**
  * Task state in Redis, and the one door to it: no other module reads or writes a task's keys. Every change is
- * one Lua script (create-16, transition-13, parked-4, withdraw-1, refund-2, forget-19), so the state check, the
+ * one Lua script (create-16, transition-13, parked-4, withdraw-1, refund-2, forget-18), so the state check, the
  * write, the event append, the index moves and the live announcement happen together or not at all, and every
  * script is safe to run late or twice (a command that timed out on the client may still run). `durable()` is the
  * deployment's durability rule: what the 202 of a create and the mark before an upstream create wait for.
@@ -175,10 +177,9 @@ export class TaskStore {
     )
     redis.defineCommand('kgCreate', script('create-16'))
     redis.defineCommand('kgTransition', script('transition-13'))
-    redis.defineCommand('kgCallback', script('callback-2'))
     redis.defineCommand('kgParked', script('parked-4'))
     redis.defineCommand('kgWithdraw', script('withdraw-1'))
-    redis.defineCommand('kgForget', script('forget-19'))
+    redis.defineCommand('kgForget', script('forget-18'))
     redis.defineCommand('kgRefund', script('refund-2'))
   }
 
@@ -479,7 +480,7 @@ export class TaskStore {
   }
 
   /**
-   * Removes a task that ended at or before `before` with everything that is its own (forget-19.lua, which judges
+   * Removes a task that ended at or before `before` with everything that is its own (forget-18.lua, which judges
    * whether it may go: see its header). `check` only asks. The task's deliveries must be gone first (`deliveries`).
    */
   async forget (task: TaskRecord, before: number, check = false):
@@ -488,7 +489,7 @@ export class TaskStore {
     const id = task.id
     const digest = (await this.redis.hget(k.task(id), 'idempotency_digest')) ?? ''
     const answer = await this.redis.kgForget(
-      k.task(id), k.taskEvents(id), k.parked(id), k.callbacksSeen(id), k.taskDeliveries(id),
+      k.task(id), k.taskEvents(id), k.parked(id), k.taskDeliveries(id),
       k.index(task.caller, '*'), k.index(task.caller, task.status), k.index('*', '*'), k.index('*', task.status),
       k.index(task.caller, ATTENTION), k.index('*', ATTENTION), k.open, k.stored, k.copying, k.ended,
       task.reference === null ? k.task(id) : k.reference(task.caller, task.reference),
@@ -528,6 +529,11 @@ export class TaskStore {
     return added
   }
 
+  /** Marks a task of the copying set as queued for its copy now (a long first attempt), if it is still there. */
+  async markCopyQueued (id: string): Promise<void> {
+    await this.redis.zadd(this.k.copying, 'XX', this.clock(), id)
+  }
+
   /** Takes a task off the copying set outside a transition: it is gone, or stored or given up after all. */
   async leaveCopying (id: string): Promise<void> {
     await this.redis.zrem(this.k.copying, id)
@@ -548,11 +554,22 @@ export class TaskStore {
    * The task a callback names, and that callback counted in the task's current minute: one round trip, since a
    * duplicate callback (the common case: CometAPI repeats itself) needs nothing else from Redis.
    */
-  async getForCallback (id: string): Promise<{ task: TaskRecord | null, callbacks: number }> {
-    const [callbacks, flat] = await this.redis.kgCallback(this.k.task(id), this.k.callbacksSeen(id), 60)
-    const hash: Record<string, string> = {}
-    for (let i = 0; i + 1 < flat.length; i += 2) hash[flat[i]] = flat[i + 1]
-    return { task: decode(hash), callbacks }
+  /**
+   * What a callback decides by, in one plain command: a few fields, not the whole record (most callbacks are
+   * repeats, and the request and result are most of a task's bytes; one that changes something reads the record in
+   * its transition).
+   */
+  async getForCallback (id: string): Promise<CallbackView | null> {
+    const [taskId, status, externalTaskId, upstream, error] =
+      await this.redis.hmget(this.k.task(id), 'id', 'status', 'external_task_id', 'upstream', 'error')
+    if (taskId === null) return null
+    return {
+      id: taskId,
+      status: status as TaskStatus,
+      externalTaskId: externalTaskId ?? '',
+      upstream: parse(upstream ?? undefined),
+      error: parse(error ?? undefined)
+    }
   }
 
   /**

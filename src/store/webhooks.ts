@@ -13,6 +13,8 @@ import { pack, script } from './tasks.ts'
 declare module 'ioredis' {
   interface RedisCommander<Context> {
     kgEndpoint: (endpoint: string, index: string, args: Buffer) => Result<number, Context>
+    kgDelivery: (...args: Array<string | Buffer>) => Result<number, Context>
+    kgDeliveryStatus: (...args: Array<string | Buffer>) => Result<number, Context>
   }
 }
 
@@ -117,6 +119,8 @@ const FAN_OUT_MAX_PAGES = 10_000
 export class WebhookStore {
   constructor (readonly redis: RedisClient, readonly k: Keys, private readonly clock: () => number = Date.now) {
     redis.defineCommand('kgEndpoint', script('endpoint-2'))
+    redis.defineCommand('kgDelivery', script('delivery-8'))
+    redis.defineCommand('kgDeliveryStatus', script('delivery-14'))
   }
 
   private epKey (id: string) { return this.k.endpoint(id) }
@@ -127,15 +131,21 @@ export class WebhookStore {
   dlvIndex (scope: DeliveryScope, status: 'all' | DeliveryStatus = 'all') { return this.k.deliveries(scope, status) }
 
   /**
-   * Moves a delivery into `status`'s index of each scope and out of the others', in the caller's MULTI with the
-   * hash's new status, so a delivery is always listed under exactly the status its record holds.
+   * Sets a delivery's status (and records `attempt`, if any) with `fields`, and moves it from the index of the
+   * status its record held into `status`'s, in each scope, in one script (delivery-14.lua), so a delivery is always
+   * listed under exactly the status its record holds, whatever a concurrent change did to it.
    */
-  private indexStatus (multi: ReturnType<RedisClient['multi']>, d: Pick<Delivery, 'id' | 'caller' | 'endpointId'>,
-    status: DeliveryStatus, at: number): void {
-    for (const scope of this.scopesOf(d)) {
-      for (const other of DELIVERY_STATUSES) if (other !== status) multi.zrem(this.dlvIndex(scope, other), d.id)
-      multi.zadd(this.dlvIndex(scope, status), at, d.id)
-    }
+  private async setStatus (d: Pick<Delivery, 'id' | 'caller' | 'endpointId'>, status: DeliveryStatus, at: number,
+    fields: Record<string, string>, attempt?: Attempt): Promise<void> {
+    const indexes = this.scopesOf(d).flatMap(scope => DELIVERY_STATUSES.map(s => this.dlvIndex(scope, s)))
+    await this.redis.kgDeliveryStatus(this.dlvKey(d.id), this.dlvAttempts(d.id), ...indexes, pack({
+      id: d.id,
+      status,
+      at,
+      fields: { ...fields, status },
+      ...(attempt !== undefined && { attempt: JSON.stringify(attempt) }),
+      statuses: DELIVERY_STATUSES
+    }))
   }
 
   /** The indexes a delivery is listed in. */
@@ -264,16 +274,24 @@ export class WebhookStore {
     return createHash('sha256').update(`${eventId}\n${destination}`).digest('base64url').slice(0, 24)
   }
 
-  /** Makes the delivery if it is not there yet; returns it either way. */
+  /**
+   * Makes the delivery if it is not there yet, in one step with its index entries (delivery-8.lua); returns it
+   * either way (a new one without reading it back).
+   */
   async ensureDelivery (
     d: Omit<Delivery, 'status' | 'attempts' | 'lastStatusCode' | 'lastError' | 'createdAt' | 'updatedAt'>
   ): Promise<Delivery> {
-    const key = this.dlvKey(d.id)
     const now = this.clock()
-    const created = await this.redis.hsetnx(key, 'id', d.id)
-    if (created === 1) {
-      const multi = this.redis.multi()
-        .hset(key, {
+    const scopes = this.scopesOf(d)
+    const made = await this.redis.kgDelivery(
+      this.dlvKey(d.id),
+      ...scopes.map(scope => this.dlvIndex(scope)),
+      ...scopes.map(scope => this.dlvIndex(scope, 'pending')),
+      this.k.taskDeliveries(d.taskId),
+      pack({
+        id: d.id,
+        now: String(now),
+        fields: {
           msg_id: d.msgId,
           caller: d.caller,
           endpoint_id: d.endpointId ?? '',
@@ -287,11 +305,12 @@ export class WebhookStore {
           attempts: '0',
           created_at: String(now),
           updated_at: String(now)
-        })
-      for (const scope of this.scopesOf(d)) multi.zadd(this.dlvIndex(scope), now, d.id)
-      this.indexStatus(multi, d, 'pending', now)
-      multi.sadd(this.k.taskDeliveries(d.taskId), d.id)
-      await multi.exec()
+        }
+      }))
+    if (made === 1) {
+      return {
+        ...d, status: 'pending', attempts: 0, lastStatusCode: null, lastError: null, createdAt: now, updatedAt: now
+      }
     }
     return await this.getDelivery(d.id) as Delivery
   }
@@ -300,22 +319,19 @@ export class WebhookStore {
     return decodeDelivery(await this.redis.hgetall(this.dlvKey(id)))
   }
 
-  /** An attempt and the state it leaves: `retrying` needs when the next attempt is due (ms). */
+  /**
+   * An attempt and the state it leaves (delivery-14.lua, one step): `retrying` needs when the next attempt is due
+   * (ms). A delivery deleted meanwhile stays deleted.
+   */
   async recordAttempt (d: Delivery, attempt: Attempt, status: Delivery['status'], nextAttemptAt: number | null = null):
   Promise<void> {
     const now = this.clock()
-    const multi = this.redis.multi()
-      .rpush(this.dlvAttempts(d.id), JSON.stringify(attempt))
-      .hset(this.dlvKey(d.id), {
-        status,
-        next_attempt_at: nextAttemptAt === null ? '' : String(nextAttemptAt),
-        last_status_code: attempt.status_code === null ? '' : String(attempt.status_code),
-        last_error: attempt.error ?? '',
-        updated_at: String(now)
-      })
-      .hincrby(this.dlvKey(d.id), 'attempts', 1)
-    this.indexStatus(multi, d, status, now)
-    await multi.exec()
+    await this.setStatus(d, status, now, {
+      next_attempt_at: nextAttemptAt === null ? '' : String(nextAttemptAt),
+      last_status_code: attempt.status_code === null ? '' : String(attempt.status_code),
+      last_error: attempt.error ?? '',
+      updated_at: String(now)
+    }, attempt)
   }
 
   async markStatus (d: Delivery, status: Delivery['status'], error: string | null): Promise<void> {
@@ -327,11 +343,7 @@ export class WebhookStore {
   /** Back to pending for a manual retry, due at once; the attempts so far stay recorded. */
   async reopen (d: Delivery): Promise<void> {
     const now = this.clock()
-    const multi = this.redis.multi().hset(this.dlvKey(d.id), {
-      status: 'pending', next_attempt_at: String(now), updated_at: String(now)
-    })
-    this.indexStatus(multi, d, 'pending', now)
-    await multi.exec()
+    await this.setStatus(d, 'pending', now, { next_attempt_at: String(now), updated_at: String(now) })
   }
 
   async attempts (id: string): Promise<Attempt[]> {
