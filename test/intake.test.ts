@@ -198,7 +198,7 @@ describe('large creates, streamed', () => {
     expect(both[1].statusCode, both[1].body).toBe(400)
     expect(both[0].json()).toEqual(both[1].json())
     // Not JSON inside a large image string (a raw control character, a bad escape): INVALID_JSON too, without the
-    // position a small body's detail gives (docs/API.md, "Changes to the contract" 36).
+    // position a small body's detail gives (docs/API.md, "Changes to the contract" 39).
     for (const bad of ['\n', '\t', '\\x']) {
       const text = JSON.stringify({ image_list: [{ image: good }, { image: URL_A }], prompt: 'p' })
         .replace(good, good.slice(0, 300_001) + bad + good.slice(300_001))
