@@ -232,6 +232,33 @@ describe('large creates, streamed', () => {
     }
   })
 
+  it('streams a body sent without a Content-Length (chunked), and refuses one once it passes the limit', async () => {
+    const png = noisyPng(900)
+    const text = Buffer.from(JSON.stringify({ image_list: [{ image: b64(png) }, { image: URL_A }], prompt: 'chunked' }))
+    async function * chunked (body: Buffer) {
+      for (let at = 0; at < body.length; at += 100_000) yield body.subarray(at, at + 100_000)
+    }
+    const send = async (origin: string, body: Buffer) => await request(`${origin}/v1/videos`, {
+      method: 'POST', body: chunked(body), headers: { ...auth('alice'), 'content-type': 'application/json' }
+    })
+    const res = await send(h.config.publicBaseUrl as string, text)
+    const answer = await res.body.json() as { request: { image_list: Array<{ image: { sha256: string } }> } }
+    expect(res.statusCode, JSON.stringify(answer)).toBe(202)
+    expect(answer.request.image_list[0].image.sha256).toBe(sha256(png))
+    const capped = await startHarness({ workers: false, listen: true, env: { CREATE_BODY_LIMIT_BYTES: String(MB) } })
+    try {
+      const refused = await send(capped.config.publicBaseUrl as string, text).catch((err: Error) => err)
+      // 413, or the socket closed under the rest of the body: either way nothing is parked.
+      if (!(refused instanceof Error)) {
+        expect(refused.statusCode).toBe(413)
+        await refused.body.dump()
+      }
+      expect(await until(async () => await nothingParked(capped))).toBe(true)
+    } finally {
+      await capped.close()
+    }
+  })
+
   it('takes escaped slashes in a large image as JSON does', async () => {
     const png = noisyPng(900)
     const body = JSON.stringify({ image_list: [{ image: b64(png) }, { image: URL_A }], prompt: 'escaped' })
