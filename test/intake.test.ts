@@ -7,6 +7,7 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import { createHash } from 'node:crypto'
 import { connect } from 'node:net'
+import { Readable } from 'node:stream'
 import fc from 'fast-check'
 import { request } from 'undici'
 import { auth, startHarness, type Harness } from './helpers/harness.ts'
@@ -239,7 +240,9 @@ describe('large creates, streamed', () => {
       for (let at = 0; at < body.length; at += 100_000) yield body.subarray(at, at + 100_000)
     }
     const send = async (origin: string, body: Buffer) => await request(`${origin}/v1/videos`, {
-      method: 'POST', body: chunked(body), headers: { ...auth('alice'), 'content-type': 'application/json' }
+      method: 'POST',
+      body: Readable.from(chunked(body)),
+      headers: { ...auth('alice'), 'content-type': 'application/json' }
     })
     const res = await send(h.config.publicBaseUrl as string, text)
     const answer = await res.body.json() as { request: { image_list: Array<{ image: { sha256: string } }> } }
