@@ -149,6 +149,22 @@ describe('large creates, streamed', () => {
     expect(await until(async () => await nothingParked(h))).toBe(true)
   })
 
+  it('streams the image of another kind (image2video) by its own schema, to its own upstream path', async () => {
+    const png = noisyPng(1400)
+    const res = await h.app.inject({
+      method: 'POST',
+      url: '/v1/videos/image2video',
+      headers: { ...auth('alice'), 'content-type': 'application/json' },
+      payload: JSON.stringify({ image: b64(png), prompt: 'one large image, image2video' })
+    })
+    expect(res.statusCode, res.body.slice(0, 300)).toBe(202)
+    expect(await until(async () => h.sim.createLog.some(c => c.prompt === 'one large image, image2video' &&
+      c.taskId !== null))).toBe(true)
+    const sent = h.sim.createLog.find(c => c.prompt === 'one large image, image2video' && c.taskId !== null)
+    expect(sent?.imageSha256).toEqual([sha256(png)])
+    expect(await until(async () => await nothingParked(h))).toBe(true)
+  })
+
   it('parks a streamed image as parts, counted exactly, that read back whole', async () => {
     const png = noisyPng(700)
     const small = makePng(300, 300)
