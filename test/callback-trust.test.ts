@@ -89,6 +89,23 @@ describe('callback free text', () => {
     })
 })
 
+describe('callback messages upstream words otherwise', () => {
+  it('costs one confirming query for a repeated message, not one per repeat', async () => {
+    const h = await harness({ sim: { auto: false }, env: ENV })
+    const { upstreamId, token } = await submitted(h)
+    h.sim.setStatus(upstreamId, 'processing', 'rendering 40%')
+    const before = h.sim.counts.queries
+    expect((await post(h, `token=${token}`, processing(upstreamId, 'Rendering, 40 percent'))).statusCode).toBe(200)
+    await queriesAbove(h, before)
+    // The query ran (and answered with its own wording); CometAPI repeats the callback: nothing more is asked.
+    for (let i = 0; i < 5; i++) {
+      expect((await post(h, `token=${token}`, processing(upstreamId, 'Rendering, 40 percent'))).statusCode).toBe(200)
+      await sleep(300) // long enough for a query a repeat queued to run
+    }
+    expect(h.sim.counts.queries).toBe(before + 1)
+  })
+})
+
 describe('callback tokens: key ids, rotation, expiry', () => {
   it('mints v2.<kid>.<exp>.<task id>.<mac>, expiring a day after twice the task deadline', async () => {
     const h = await harness({ sim: { auto: false }, env: { ...ENV, TASK_DEADLINE_MS: '7200000' } })

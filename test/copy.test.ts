@@ -193,6 +193,8 @@ describe('the result copy', () => {
       const job = await copies.queue.getJob(jobId)
       // Due when the job's own first retry would have been: MIRROR_RETRY_BASE_MS, jittered down to half.
       expect(job?.opts.delay).toBeGreaterThanOrEqual(30_000)
+      // The job knows one attempt was made before it, so its retries go on doubling from the second.
+      expect(job?.data).toEqual({ taskId: later.id, tried: 1 })
       expect(await inCopying(h, later.id)).toBe(true)
     })
 

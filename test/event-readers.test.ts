@@ -51,6 +51,35 @@ describe('GroupReader', () => {
     await waitFor('nothing pending', async () =>
       ((await redis.xpending(stream.key, 'webhooks')) as [number])[0] === 0 ? true : undefined, 5000, 20)
   })
+
+  it('with concurrency, a slow handler holds no entry behind it; a failed one is handed out again', async () => {
+    const redis = connect()
+    const stream = new EventStream(redis, `t${randomBytes(6).toString('hex')}:events`)
+    const done: string[] = []
+    let release: () => void = () => {}
+    const held = new Promise<void>(resolve => { release = resolve })
+    let failures = 0
+    const reader = new GroupReader('webhooks', stream, connect(), pino({ level: 'silent' }), async e => {
+      // evt_1 waits until evt_3 is handled: one at a time, this would never end.
+      if (e.id === 'evt_1') await held
+      if (e.id === 'evt_2' && failures++ === 0) throw new Error('fan-out failed once')
+      if (e.id === 'evt_3') release()
+      done.push(e.id)
+    }, Date.now, 4)
+    readers.push(reader)
+    await reader.ensureGroup()
+    for (const n of [1, 2, 3]) await redis.xadd(stream.key, '*', 'data', JSON.stringify(event(n)))
+    reader.start()
+    await waitFor('every event handled', () => ['evt_1', 'evt_2', 'evt_3'].every(id => done.includes(id))
+      ? true
+      : undefined, 10_000, 20)
+    expect(done.indexOf('evt_3')).toBeLessThan(done.indexOf('evt_1'))
+    // evt_2 failed once and was handed out again; the others were handled once each.
+    expect(done.filter(id => id === 'evt_1')).toHaveLength(1)
+    expect(done.filter(id => id === 'evt_3')).toHaveLength(1)
+    await waitFor('nothing pending', async () =>
+      ((await redis.xpending(stream.key, 'webhooks')) as [number])[0] === 0 ? true : undefined, 5000, 20)
+  })
 })
 
 describe('TailReader', () => {

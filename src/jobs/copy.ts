@@ -64,7 +64,10 @@ export interface CopyDeps {
 
 export const videoKey = (taskId: string, index: number): string => `videos/${taskId}/${index}.mp4`
 
-export class CopyJobs extends QueueJobs<{ taskId: string }> {
+/** A copy job's data; `tried`: attempts made before the job (the reader's first attempt). */
+interface CopyData { taskId: string, tried?: number }
+
+export class CopyJobs extends QueueJobs<CopyData> {
   private readonly agent: Agent
   /** First attempts running in this replica's copy reader (onEvent). */
   private readonly inline = new Set<Promise<void>>()
@@ -93,8 +96,9 @@ export class CopyJobs extends QueueJobs<{ taskId: string }> {
     }, {
       concurrency: 2,
       settings: {
-        backoffStrategy: (attemptsMade: number) =>
-          copyRetryDelay(attemptsMade, config.copy.retryBaseMs, config.copy.retryMaxMs)
+        // A job queued after a failed first attempt in the reader (`tried`) goes on doubling from there.
+        backoffStrategy: (attemptsMade: number, _type?: string, _err?: Error, job?: { data: CopyData }) =>
+          copyRetryDelay(attemptsMade + (job?.data.tried ?? 0), config.copy.retryBaseMs, config.copy.retryMaxMs)
       }
     })
   }
@@ -126,7 +130,7 @@ export class CopyJobs extends QueueJobs<{ taskId: string }> {
     } catch {
       // copy() logged why; from here on it is the job's, on the schedule.
       const delay = copyRetryDelay(1, config.copy.retryBaseMs, config.copy.retryMaxMs)
-      await this.enqueue(taskId, delay).catch((err: Error) => {
+      await this.enqueue(taskId, { delay, tried: 1 }).catch((err: Error) => {
         this.log.warn({ taskId, err: err.message }, 'could not queue the result copy; the sweep queues it again')
       })
     } finally {
@@ -134,12 +138,12 @@ export class CopyJobs extends QueueJobs<{ taskId: string }> {
     }
   }
 
-  async enqueue (taskId: string, delay = 0): Promise<void> {
-    await this.queue.add('copy', { taskId }, {
+  async enqueue (taskId: string, after: { delay: number, tried: number } = { delay: 0, tried: 0 }): Promise<void> {
+    await this.queue.add('copy', { taskId, ...(after.tried > 0 && { tried: after.tried }) }, {
       jobId: `copy-${taskId}`,
       attempts: ATTEMPTS,
       backoff: { type: 'custom' },
-      ...(delay > 0 && { delay }),
+      ...(after.delay > 0 && { delay: after.delay }),
       removeOnComplete: true,
       // A job that ends failed anyway must not stand in the way of the sweep's next add (same job id).
       removeOnFail: true
@@ -187,7 +191,7 @@ export class CopyJobs extends QueueJobs<{ taskId: string }> {
    * Copies every video of a succeeded task that is not stored yet, then records it with a `video.stored` event; a
    * failure is thrown (BullMQ retries) until the video's URL has expired, and then recorded as the task's last event.
    */
-  async copy (job: Pick<Job<{ taskId: string }>, 'data'> & { attemptsMade?: number }): Promise<string> {
+  async copy (job: Pick<Job<CopyData>, 'data'> & { attemptsMade?: number }): Promise<string> {
     const { store, blobs, clock } = this.deps
     const task = await store.get(job.data.taskId)
     if (task === null || task.status !== 'succeeded' || task.storedAt !== null || copyFailed(task)) {
@@ -204,7 +208,7 @@ export class CopyJobs extends QueueJobs<{ taskId: string }> {
       } catch (err) {
         const error = this.expired(task, video, err as Error)
         if (error === null) {
-          const attempt = (job.attemptsMade ?? 0) + 1
+          const attempt = (job.attemptsMade ?? 0) + (job.data.tried ?? 0) + 1
           this.log.info({ taskId: task.id, video: i, attempt, err: (err as Error).message },
             'result copy failed; retrying until the upstream URL expires')
           throw err

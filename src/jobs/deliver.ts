@@ -40,7 +40,7 @@ const FIVE_DAYS_MS = 5 * 24 * 3600_000
 /** How long the fan-out waits for an inline first attempt before it hands the delivery to a takeover job. */
 export const INLINE_WAIT_MS = 1000
 /** Inline first attempts in flight at once in this process; past it a delivery is queued as a job at once. */
-const INLINE_MAX = 64
+const INLINE_MAX = 128
 /** A takeover job is due this long after the inline attempt's own timeout, so it never races a live attempt. */
 const TAKEOVER_MARGIN_MS = 1000
 

@@ -39,8 +39,9 @@ export const RECONCILE_QUEUE = 'reconcile'
 export const CONFIRM_QUEUE = 'confirm'
 /** Confirming queries in flight at once per replica. */
 const CONFIRM_CONCURRENCY = 16
-/** Tasks a replica remembers a queued confirming query for (`confirmMessage`). */
+/** Tasks a replica remembers a confirming query for (`confirmMessage`), and for how long. */
 const CONFIRMING_REMEMBERED = 10_000
+const CONFIRMING_FOR_MS = 30_000
 
 interface CheckData {
   taskId?: string
@@ -116,23 +117,27 @@ export class ReconcileJobs extends QueueJobs<CheckData> {
   }
 
   /**
-   * The callback message that each task has a confirming query queued for, here: CometAPI repeats a callback
-   * many times, and the query may word the message otherwise, so the stored message cannot tell that it was
-   * asked already. Forgotten when the query runs on this replica (so a query that found nothing is asked again
-   * by the next callback), bounded, and only a saving: forgetting one costs one more query.
+   * The callback message that each task had a confirming query queued for, here, and when: CometAPI repeats a
+   * callback many times, and the query may word the message otherwise (or not give it yet), so the stored message
+   * cannot tell that it was asked already. Asked again after CONFIRMING_FOR_MS (upstream may have caught up), or
+   * at once when the query learned nothing; not once per repeat: with confirms running at once, forgetting it
+   * whenever the query ran made every repeat a query. Bounded, and only a saving: forgetting costs one more query.
    */
-  private readonly confirming = new Map<string, string>()
+  private readonly confirming = new Map<string, { message: string, at: number }>()
 
-  /** Queues a confirming query for a callback's status message, unless one for the same message is queued. */
+  /** Queues a confirming query for a callback's status message, unless one for the same message was just queued. */
   async confirmMessage (taskId: string, message: string): Promise<void> {
-    if (this.confirming.get(taskId) === message) return
+    const now = this.deps.clock()
+    const asked = this.confirming.get(taskId)
+    if (asked !== undefined && asked.message === message && now - asked.at < CONFIRMING_FOR_MS) return
     if (this.confirming.size >= CONFIRMING_REMEMBERED) this.confirming.clear()
-    this.confirming.set(taskId, message)
+    const entry = { message, at: now }
+    this.confirming.set(taskId, entry)
     try {
       await this.check(taskId, { confirm: true })
     } catch (err) {
       // Not queued after all (Redis unavailable): the next callback with this message must try again.
-      if (this.confirming.get(taskId) === message) this.confirming.delete(taskId)
+      if (this.confirming.get(taskId) === entry) this.confirming.delete(taskId)
       throw err
     }
   }
@@ -141,8 +146,10 @@ export class ReconcileJobs extends QueueJobs<CheckData> {
     if (job.name === 'sweep') return `swept ${await this.sweep()}`
     if (job.name === 'pause-check') return await this.deps.pause.check()
     const taskId = job.data.taskId ?? ''
-    if (job.id?.startsWith('confirm-') === true) this.confirming.delete(taskId)
-    return await this.checkTask(taskId, job.data.upstreamTaskId)
+    const outcome = await this.checkTask(taskId, job.data.upstreamTaskId)
+    // A confirm that learned nothing (not found, the look-up failed) lets the next callback ask again at once.
+    if (outcome === 'unknown' && job.id?.startsWith('confirm-') === true) this.confirming.delete(taskId)
+    return outcome
   }
 
   /** Queues checks for the tasks that have been quiet too long; returns how many. */
