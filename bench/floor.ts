@@ -3,8 +3,8 @@
  * needs at least, on the same machine, against the same redis-server. Run as a child by the benchmarks:
  * PORT, REDIS_URL, REDIS_PREFIX, CREATE_BODY_LIMIT_BYTES.
  *
- * - POST /v1/videos: parse the JSON body (same bodyLimit as the gateway), decode each Base64 image and store its
- *   bytes (one SET each, as the gateway parks them), 202; the bytes are deleted after the answer.
+ * - POST /v1/videos: parse the JSON body (same bodyLimit as the gateway), decode each Base64 image of the image list
+ *   (1 KB or more) and store its bytes (one SET each, as the gateway parks them), 202; deleted after the answer.
  * - POST /callbacks/kling?token=v2.<kid>.<exp>.<id>.<mac>: query and body schemas, one EVALSHA reading the task's
  *   status (a transition that finds nothing to do), 200 through a response schema.
  * - GET /v1/videos/:id: one HGETALL, returned through a response schema.
@@ -35,7 +35,8 @@ app.post('/v1/videos', { bodyLimit }, async (request, reply) => {
   const id = `floor-${++n}`
   const stored: string[] = []
   for (const [i, item] of (body.image_list ?? []).entries()) {
-    if (typeof item.image !== 'string') continue
+    // A real image only (hostile-bodies sends 50,000 8-character stand-ins, which no one would park).
+    if (typeof item.image !== 'string' || item.image.length < 1024 || /^https?:/i.test(item.image)) continue
     const key = `{${prefix}}:floor:${id}:${i}`
     await redis.set(key, Buffer.from(item.image, 'base64'))
     stored.push(key)

@@ -7,6 +7,7 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import { createHash } from 'node:crypto'
 import { connect } from 'node:net'
+import { Readable } from 'node:stream'
 import fc from 'fast-check'
 import { request } from 'undici'
 import { auth, startHarness, type Harness } from './helpers/harness.ts'
@@ -84,7 +85,8 @@ describe('a body split around its long image strings', () => {
     const body = Buffer.from(JSON.stringify({
       prompt: 'a "quoted" prompt \\ with a backslash, and an image-like {"image":"x"} in it',
       image_list: [{ image: image.replace(/\//g, '\\/') }, { image: URL_A }, { image }],
-      metadata: { image_list: [{ image }] }
+      // Brackets and escaped quotes inside strings where no image can be (skipped by indexOf there).
+      metadata: { note: 'a ] } [ { \\" ", "image_list": [', image_list: [{ image }], after: ['[', '"]"'] }
     }).replace(/\\\\\//g, '\\/'))
     fc.assert(fc.property(fc.array(fc.integer({ min: 1, max: body.length - 1 }), { maxLength: 8 }), cuts => {
       const seen: Array<{ pointer: string, raw: Buffer[] }> = []
@@ -147,6 +149,22 @@ describe('large creates, streamed', () => {
     expect(await until(async () => await nothingParked(h))).toBe(true)
   })
 
+  it('streams the image of another kind (image2video) by its own schema, to its own upstream path', async () => {
+    const png = noisyPng(1400)
+    const res = await h.app.inject({
+      method: 'POST',
+      url: '/v1/videos/image2video',
+      headers: { ...auth('alice'), 'content-type': 'application/json' },
+      payload: JSON.stringify({ image: b64(png), prompt: 'one large image, image2video' })
+    })
+    expect(res.statusCode, res.body.slice(0, 300)).toBe(202)
+    expect(await until(async () => h.sim.createLog.some(c => c.prompt === 'one large image, image2video' &&
+      c.taskId !== null))).toBe(true)
+    const sent = h.sim.createLog.find(c => c.prompt === 'one large image, image2video' && c.taskId !== null)
+    expect(sent?.imageSha256).toEqual([sha256(png)])
+    expect(await until(async () => await nothingParked(h))).toBe(true)
+  })
+
   it('parks a streamed image as parts, counted exactly, that read back whole', async () => {
     const png = noisyPng(700)
     const small = makePng(300, 300)
@@ -197,7 +215,7 @@ describe('large creates, streamed', () => {
     expect(both[1].statusCode, both[1].body).toBe(400)
     expect(both[0].json()).toEqual(both[1].json())
     // Not JSON inside a large image string (a raw control character, a bad escape): INVALID_JSON too, without the
-    // position a small body's detail gives (docs/API.md, "Changes to the contract" 36).
+    // position a small body's detail gives (docs/API.md, "Changes to the contract" 39).
     for (const bad of ['\n', '\t', '\\x']) {
       const text = JSON.stringify({ image_list: [{ image: good }, { image: URL_A }], prompt: 'p' })
         .replace(good, good.slice(0, 300_001) + bad + good.slice(300_001))
@@ -228,6 +246,35 @@ describe('large creates, streamed', () => {
       expect(parked.get('/image_list/0/image')?.equals(small)).toBe(true)
     } finally {
       await quiet.close()
+    }
+  })
+
+  it('streams a body sent without a Content-Length (chunked), and refuses one once it passes the limit', async () => {
+    const png = noisyPng(900)
+    const text = Buffer.from(JSON.stringify({ image_list: [{ image: b64(png) }, { image: URL_A }], prompt: 'chunked' }))
+    async function * chunked (body: Buffer) {
+      for (let at = 0; at < body.length; at += 100_000) yield body.subarray(at, at + 100_000)
+    }
+    const send = async (origin: string, body: Buffer) => await request(`${origin}/v1/videos`, {
+      method: 'POST',
+      body: Readable.from(chunked(body)),
+      headers: { ...auth('alice'), 'content-type': 'application/json' }
+    })
+    const res = await send(h.config.publicBaseUrl as string, text)
+    const answer = await res.body.json() as { request: { image_list: Array<{ image: { sha256: string } }> } }
+    expect(res.statusCode, JSON.stringify(answer)).toBe(202)
+    expect(answer.request.image_list[0].image.sha256).toBe(sha256(png))
+    const capped = await startHarness({ workers: false, listen: true, env: { CREATE_BODY_LIMIT_BYTES: String(MB) } })
+    try {
+      const refused = await send(capped.config.publicBaseUrl as string, text).catch((err: Error) => err)
+      // 413, or the socket closed under the rest of the body: either way nothing is parked.
+      if (!(refused instanceof Error)) {
+        expect(refused.statusCode).toBe(413)
+        await refused.body.dump()
+      }
+      expect(await until(async () => await nothingParked(capped))).toBe(true)
+    } finally {
+      await capped.close()
     }
   })
 

@@ -15,6 +15,8 @@ const isObj = (v: unknown): v is Obj => v !== null && typeof v === 'object' && !
 
 const QUOTE = 0x22
 const BACKSLASH = 0x5c
+/** The bytes that matter outside strings where no image can be: a string's start and the brackets. */
+const SKIP_TO = [QUOTE, 0x7b, 0x7d, 0x5b, 0x5d]
 
 /** Where a diverted string's bytes go: its raw JSON text (escapes included), then its end, answered with the text
  * that stands for it in the skeleton (between the quotes, as JSON). */
@@ -38,7 +40,6 @@ export class JsonDivert {
   /** Where the candidate string's content starts in the skeleton. */
   #stringStart = 0
   #sink: DivertSink | null = null
-  #pointer = ''
 
   /**
    * `schema`: the body's JSON schema (its `properties`, `items` and `contentEncoding: 'base64'` say where images
@@ -55,14 +56,27 @@ export class JsonDivert {
       if (end > copied) this.#push(chunk.subarray(copied, end))
       copied = end
     }
+    // Inside a value the schema knows nothing of (metadata, an unknown field), no image can be: only strings and
+    // brackets matter there, found with indexOf (cached per byte) instead of a look at every byte.
+    const next = [-2, -2, -2, -2, -2]
+    const skip = (from: number): number => {
+      let min = n
+      for (let k = 0; k < SKIP_TO.length; k++) {
+        if (next[k] !== -1 && next[k] < from) next[k] = chunk.indexOf(SKIP_TO[k], from)
+        if (next[k] >= 0 && next[k] < min) min = next[k]
+      }
+      return min
+    }
     while (i < n) {
       if (this.#state === 'outside') {
+        if (this.#stack.length > 0 && this.#stack[this.#stack.length - 1].schema === null) {
+          i = skip(i)
+          if (i >= n) break
+        }
         const b = chunk[i]
         if (b === QUOTE) {
-          if (this.#openString()) {
-            keep(i + 1)
-            this.#stringStart = this.#length
-          }
+          // Where its content starts in the skeleton, once the bytes before it are in (nothing is copied yet).
+          if (this.#openString()) this.#stringStart = this.#length + (i + 1 - copied)
         } else if (b === 0x7b || b === 0x5b) this.#openContainer(b === 0x5b)
         else if (b === 0x7d || b === 0x5d) this.#stack.pop()
         else if (b === 0x2c) this.#comma()
@@ -138,15 +152,19 @@ export class JsonDivert {
   #openString (): boolean {
     const top = this.#top()
     this.#escaped = false
+    if (top?.schema === null) {
+      this.#state = 'string'
+      return false
+    }
     if (top !== undefined && !top.array && top.expectKey) {
       this.#state = 'key'
       this.#keyRaw = []
       return false
     }
-    const pointer = this.#child()?.contentEncoding === 'base64' ? this.#pointerOf() : null
-    this.#state = pointer === null ? 'string' : 'candidate'
-    this.#pointer = pointer ?? ''
-    return pointer !== null
+    // The pointer is built only if the string is diverted: most image strings are short (URLs).
+    const image = this.#child()?.contentEncoding === 'base64'
+    this.#state = image ? 'candidate' : 'string'
+    return image
   }
 
   /** The JSON pointer of the value inside the top frame (RFC 6901), or null when a name on the way is unknown. */
@@ -205,7 +223,7 @@ export class JsonDivert {
     this.#pieces.length = 0
     this.#pieces.push(all.subarray(0, start))
     this.#length = start
-    this.#sink = this.open(this.#pointer)
+    this.#sink = this.open(this.#pointerOf() ?? '')
     if (all.length > start) this.#sink.write(all.subarray(start))
     this.#state = 'diverted'
   }
