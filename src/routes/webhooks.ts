@@ -12,7 +12,7 @@ import {
   bodyProblems, internal, invalidField, json, operatorScopeRequired, problem, unauthorized, unavailable
 } from '../schemas/common.ts'
 import { DELIVERY_EXAMPLE, ENDPOINT_EXAMPLE, SECRET_EXAMPLE } from '../schemas/examples.ts'
-import { DELIVERY_STATUSES, type Delivery, type Endpoint } from '../store/webhooks.ts'
+import { DELIVERY_STATUSES, type Attempt, type Delivery, type Endpoint } from '../store/webhooks.ts'
 
 const EndpointSchema = Type.Object({
   id: Type.String(),
@@ -98,7 +98,11 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
   /** An endpoint to change: the caller's own, or any for an operator (403 for an admin without the scope). */
   const changeableEndpoint = async (id: string, caller: Caller, note: (more: AuditFields) => void) =>
     changeable(caller, await store.getEndpoint(id), 'webhook endpoint', note)
-  const deliveryView = async (d: Delivery) => ({
+  const deliveryView = async (read: Delivery) => {
+    const { delivery: d, attempts } = await store.withAttempts(read)
+    return deliveryBody(d, attempts)
+  }
+  const deliveryBody = (d: Delivery, attempts: Attempt[]) => ({
     id: d.id,
     webhook_id: d.msgId,
     endpoint_id: d.endpointId,
@@ -108,7 +112,7 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
     sequence: d.sequence,
     status: d.status,
     next_attempt_at: d.nextAttemptAt === null ? null : new Date(d.nextAttemptAt).toISOString(),
-    attempts: await store.attempts(d.id),
+    attempts,
     created_at: new Date(d.createdAt).toISOString(),
     updated_at: new Date(d.updatedAt).toISOString()
   })
@@ -360,7 +364,8 @@ const webhooks: FastifyPluginAsyncTypebox = async (app) => {
       }
       await store.reopen(d)
       await deliveries.enqueue(d, { retry: true })
-      return await deliveryView({ ...d, status: 'pending', nextAttemptAt: app.deps.clock() })
+      // As the retry left it (a job may attempt it at once): pending, due now.
+      return deliveryBody({ ...d, status: 'pending', nextAttemptAt: app.deps.clock() }, await store.attempts(d.id))
     })
     return await reply.code(202).send(view)
   })

@@ -351,6 +351,19 @@ export class WebhookStore {
   }
 
   /**
+   * A delivery as it is now with its attempts, read in one MULTI: read apart, an attempt recorded in between showed
+   * a delivery still `pending` beside its attempt. `d` is what the caller read before (kept if it is gone now).
+   */
+  async withAttempts (d: Delivery): Promise<{ delivery: Delivery, attempts: Attempt[] }> {
+    const res = await this.redis.multi().hgetall(this.dlvKey(d.id)).lrange(this.dlvAttempts(d.id), 0, -1).exec()
+    const [[hashErr, hash], [listErr, list]] = res ?? [[null, {}], [null, []]]
+    if (hashErr !== null) throw hashErr
+    if (listErr !== null) throw listErr
+    const delivery = decodeDelivery(hash as Record<string, string>) ?? d
+    return { delivery, attempts: (list as string[]).map(a => JSON.parse(a) as Attempt) }
+  }
+
+  /**
    * Deletes up to `limit` of a task's deliveries (retention), each with its attempts and index entries in one
    * MULTI, so no index names a missing delivery; the task's set of them shrinks with them. Returns how many are left.
    */
