@@ -171,14 +171,16 @@ describe('max_webhook_endpoints', () => {
     }
     const task = await create(h, 'bob')
     expect(task.statusCode).toBe(202)
-    // video.queued, then (submitted upstream) video.submitted: each event is one delivery per endpoint.
+    // video.queued, then (submitted upstream) video.submitted: each event is one delivery per endpoint (the two
+    // events are fanned out at once, so both are waited for).
     const index = keys(h.prefix).deliveries({ caller: 'bob' })
-    await until(async () => await h.redis.zcard(index) >= 1001, 15_000)
+    await until(async () => await h.redis.zcard(index) >= 2002, 20_000)
     const ids = await h.redis.zrange(index, '0', '-1')
     const types = await Promise.all(ids.map(async id => await h.redis.hmget(keys(h.prefix).delivery(id), 'type',
       'endpoint_id')))
-    const queued = types.filter(([type]) => type === 'video.queued')
-    expect(new Set(queued.map(([, ep]) => ep)).size).toBe(1001)
+    for (const type of ['video.queued', 'video.submitted']) {
+      expect(new Set(types.filter(([t]) => t === type).map(([, ep]) => ep)).size, type).toBe(1001)
+    }
   }, 30_000)
 })
 

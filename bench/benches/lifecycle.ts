@@ -14,7 +14,7 @@ import { cpus } from 'node:os'
 import { join } from 'node:path'
 import { Pool } from 'undici'
 import { row, type Row } from '../lib/report.ts'
-import { gatewayWarnings, startGateway, startRedis, tmp } from '../lib/stack.ts'
+import { createSmallTasks, gatewayWarnings, startGateway, startRedis, tmp } from '../lib/stack.ts'
 import { commandStats, redisCpuMs, type CommandStats } from '../lib/redis-stats.ts'
 import { cpuMsOf, machineBusyMs, track } from '../lib/proc.ts'
 import { round } from '../lib/stats.ts'
@@ -29,8 +29,6 @@ const MAX_IDLE_MS = 60_000
 
 /** Main's figures per lifecycle before the cut (this bench on main at 1bf241c, 2 cores); the target is half. */
 const BASELINE = { commands: 748, roundTrips: 94.8, redisCpuMs: 11.5 }
-
-const URL_IMAGES = [{ image: 'https://images.example.com/bench/a.png' }, { image: 'https://images.example.com/bench/b.png' }]
 
 /** A webhook receiver on loopback that answers 200 and remembers which events arrived for which task. */
 interface Receiver { url: string, received: () => number, stored: Set<string>, stop: () => Promise<void> }
@@ -146,21 +144,7 @@ export async function lifecycle (): Promise<Row[]> {
     await new Promise(resolve => setTimeout(resolve, 1000))
 
     const s0 = await snapshot(redis.url, redis.pid, pool, gw.pid)
-    let next = 0
-    const creator = async () => {
-      while (next < TASKS) {
-        next++
-        const res = await pool.request({
-          method: 'POST',
-          path: '/v1/videos',
-          headers,
-          body: JSON.stringify({ image_list: URL_IMAGES, prompt: 'benchmark lifecycle' })
-        })
-        const text = await res.body.text()
-        if (res.statusCode !== 202) throw new Error(`create answered ${res.statusCode}: ${text}`)
-      }
-    }
-    await Promise.all(Array.from({ length: CREATE_CONCURRENCY }, creator))
+    await createSmallTasks(pool, gw.apiKey, TASKS, { concurrency: CREATE_CONCURRENCY, prompt: 'benchmark lifecycle' })
     const deadline = Date.now() + RUN_TIMEOUT_MS
     while ((receiver.stored.size < TASKS || receiver.received() < TASKS * EVENTS_PER_TASK) && Date.now() < deadline) {
       await new Promise(resolve => setTimeout(resolve, 50))

@@ -182,6 +182,37 @@ export async function runLoad (spec: ClosedSpec | LargeSpec, timeoutMs: number):
 const URL_IMAGES = [{ image: 'https://images.example.com/bench/a.png' }, { image: 'https://images.example.com/bench/b.png' }]
 
 /**
+ * POSTs `count` small creates (image URLs, so nothing is parked) from `concurrency` loops on `pool`, until
+ * `deadline`; returns the ids answered 202 and throws on any other answer.
+ */
+export async function createSmallTasks (
+  pool: Pool, apiKey: string, count: number, opts: { concurrency: number, prompt: string, deadline?: number }
+): Promise<string[]> {
+  const headers = { authorization: `Bearer ${apiKey}`, 'content-type': 'application/json' }
+  const deadline = opts.deadline ?? Infinity
+  const ids: string[] = []
+  let next = 0
+  const creator = async () => {
+    while (next < count && Date.now() < deadline) {
+      next++
+      const res = await pool.request({
+        method: 'POST',
+        path: '/v1/videos',
+        headers,
+        body: JSON.stringify({ image_list: URL_IMAGES, prompt: opts.prompt })
+      })
+      const body = await res.body.json() as { id?: string }
+      if (res.statusCode !== 202 || body.id === undefined) {
+        throw new Error(`create answered ${res.statusCode}: ${JSON.stringify(body)}`)
+      }
+      ids.push(body.id)
+    }
+  }
+  await Promise.all(Array.from({ length: opts.concurrency }, creator))
+  return ids
+}
+
+/**
  * Makes `count` small tasks through the API (image URLs, so nothing is parked) and waits until every one is
  * `submitted` upstream. Returns their ids and upstream task ids. Setup only: not measured.
  */
@@ -194,25 +225,7 @@ export async function makeSubmittedTasks (
   const headers = { authorization: `Bearer ${gw.apiKey}`, 'content-type': 'application/json' }
   const deadline = Date.now() + timeoutMs
   try {
-    const ids: string[] = []
-    let next = 0
-    const creator = async () => {
-      while (next < count && Date.now() < deadline) {
-        next++
-        const res = await pool.request({
-          method: 'POST',
-          path: '/v1/videos',
-          headers,
-          body: JSON.stringify({ image_list: URL_IMAGES, prompt: 'benchmark task' })
-        })
-        const body = await res.body.json() as { id?: string }
-        if (res.statusCode !== 202 || body.id === undefined) {
-          throw new Error(`setup create answered ${res.statusCode}: ${JSON.stringify(body)}`)
-        }
-        ids.push(body.id)
-      }
-    }
-    await Promise.all(Array.from({ length: 16 }, creator))
+    const ids = await createSmallTasks(pool, gw.apiKey, count, { concurrency: 16, prompt: 'benchmark task', deadline })
     const out: Array<{ id: string, upstreamId: string }> = []
     const pending = new Set(ids)
     while (pending.size > 0 && Date.now() < deadline) {
