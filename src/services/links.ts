@@ -45,8 +45,9 @@ const refused = (why: string) => new GatewayError('UNAUTHORIZED', 401, why, unde
 export function verifyLink (
   config: Config, sig: string, target: LinkTarget, taskId: string, now: number
 ): Caller {
-  // Caller names may hold dots; the expiry and the base64url MAC never do, so split from the right.
-  const m = /^(.{1,64})\.(\d{1,12})\.([A-Za-z0-9_-]{43})$/.exec(sig)
+  // Caller names may hold dots; the expiry and the base64url MAC never do, so split from the right. Only the MAC's
+  // own spelling: its last character carries 2 unused bits, and a twin spelling would decode to the same MAC.
+  const m = /^(.{1,64})\.(\d{1,12})\.([A-Za-z0-9_-]{42}[AEIMQUYcgkosw048])$/.exec(sig)
   if (m === null) throw refused('the signed link is not valid')
   const [, name, expiresText, given] = m
   const expires = Number(expiresText)
