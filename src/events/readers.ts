@@ -120,26 +120,21 @@ export class GroupReader extends Loop {
   }
 
   /**
-   * Handles the entries, `concurrency` at once (in order when 1), and acknowledges the handled ones together, in
-   * one XACK at the end (one per entry was a command and a round trip per event and group). Also when a handler
-   * throws: what was handled is acknowledged, the rest is read again from this consumer's pending entries. A crash
-   * before the XACK hands the whole batch out again, which handlers are written for.
+   * The one-at-a-time mode: handles the entries in order and acknowledges the handled ones together, in one XACK at
+   * the end (one per entry was a command and a round trip per event and group). Also when a handler throws: what
+   * was handled before is acknowledged, the rest is read again from this consumer's pending entries. A crash before
+   * the XACK hands the whole batch out again, which handlers are written for.
    */
   private async run (entries: StreamEntry[]): Promise<void> {
     const handled: string[] = []
-    let next = 0
-    const worker = async () => {
-      while (next < entries.length) {
-        const { entryId, event } = entries[next++]
+    try {
+      for (const { entryId, event } of entries) {
         if (event !== null) await this.handle(event)
         handled.push(entryId)
       }
+    } finally {
+      await this.stream.ack(this.name, handled)
     }
-    const workers = Array.from({ length: Math.min(this.concurrency, entries.length) }, worker)
-    const results = await Promise.allSettled(workers)
-    await this.stream.ack(this.name, handled)
-    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
-    if (failed !== undefined) throw failed.reason
   }
 
   /**

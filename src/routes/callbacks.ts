@@ -148,12 +148,12 @@ const callbacks: FastifyPluginAsyncTypebox = async (app) => {
     const outcome = changeFromUpstream(task, hint, clock()) === null
       ? null
       : await store.transition(task.id, t => changeFromUpstream(t, hint, clock()))
-    const now = outcome?.task ?? task
-    const said = up.statusMsg !== null && up.statusMsg !== now.upstream?.status_msg
+    const latest = outcome?.task ?? task
+    const said = up.statusMsg !== null && up.statusMsg !== latest.upstream?.status_msg
     if (said) await reconcile.confirmMessage(task.id, up.statusMsg as string)
     const applied = outcome?.applied === true
     request.log.info({ taskId: task.id, upstreamStatus: up.status, applied, confirm: said }, 'callback')
-    return { outcome: applied ? 'applied' : 'duplicate', status: now.status }
+    return { outcome: applied ? 'applied' : 'duplicate', status: latest.status }
   })
 }
 export default callbacks

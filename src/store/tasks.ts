@@ -551,10 +551,6 @@ export class TaskStore {
   }
 
   /**
-   * The task a callback names, and that callback counted in the task's current minute: one round trip, since a
-   * duplicate callback (the common case: CometAPI repeats itself) needs nothing else from Redis.
-   */
-  /**
    * What a callback decides by, in one plain command: a few fields, not the whole record (most callbacks are
    * repeats, and the request and result are most of a task's bytes; one that changes something reads the record in
    * its transition).

@@ -88,6 +88,8 @@ function decodeEndpoint (h: Record<string, string>): Endpoint | null {
   }
 }
 
+const decodeAttempts = (raw: string[]): Attempt[] => raw.map(a => JSON.parse(a) as Attempt)
+
 function decodeDelivery (h: Record<string, string>): Delivery | null {
   if (h.id === undefined) return null
   return {
@@ -347,7 +349,7 @@ export class WebhookStore {
   }
 
   async attempts (id: string): Promise<Attempt[]> {
-    return (await this.redis.lrange(this.dlvAttempts(id), 0, -1)).map(a => JSON.parse(a) as Attempt)
+    return decodeAttempts(await this.redis.lrange(this.dlvAttempts(id), 0, -1))
   }
 
   /**
@@ -360,7 +362,7 @@ export class WebhookStore {
     if (hashErr !== null) throw hashErr
     if (listErr !== null) throw listErr
     const delivery = decodeDelivery(hash as Record<string, string>) ?? d
-    return { delivery, attempts: (list as string[]).map(a => JSON.parse(a) as Attempt) }
+    return { delivery, attempts: decodeAttempts(list as string[]) }
   }
 
   /**
